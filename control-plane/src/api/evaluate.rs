@@ -1,0 +1,148 @@
+//! `POST /admin/v1/evaluate`: a dry run of routing for a sample request, with the data plane's engine code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use policy_engine::routing::{Decision, KeyFacts, PolicyTrace, RequestFacts, Router};
+use policy_engine::tokens;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::extract::{JsonBody, parse};
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SampleMessage {
+    #[expect(dead_code, reason = "accepted so real chat bodies can be pasted; the per-message overhead covers it")]
+    pub role: String,
+    pub content: String,
+}
+
+/// The parts of an OpenAI request routing looks at.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SampleRequest {
+    pub model: String,
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Declared tool names.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Chat messages; their text is counted with the real tokenizer.
+    #[serde(default)]
+    pub messages: Vec<SampleMessage>,
+    /// A plain prompt (completions, embeddings), counted like `messages`.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Use this count instead of tokenizing.
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+}
+
+fn default_endpoint() -> String {
+    "chat.completions".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    pub request: SampleRequest,
+    /// Facts of a hypothetical key.
+    #[serde(default)]
+    pub key: Option<KeyFacts>,
+    /// Or the name of an existing key, whose team, tags and allowed aliases apply.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// Evaluate as of this time (default: now).
+    #[serde(default)]
+    pub now: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluateResponse {
+    /// The config version evaluated.
+    pub config_version: i64,
+    pub prompt_tokens: u64,
+    pub key: KeyFacts,
+    /// False when the key's allowed aliases exclude the requested model: the data plane answers 403 before routing.
+    pub key_allows_model: bool,
+    pub decision: Decision,
+    /// Every policy evaluated, in order.
+    pub trace: Vec<PolicyTrace>,
+}
+
+pub async fn evaluate(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(body): JsonBody,
+) -> Result<Json<EvaluateResponse>, ApiError> {
+    principal.require(Action::Evaluate)?;
+    let input: EvaluateRequest = parse(body)?;
+    let (key, key_allows_model) = match (&input.key_name, input.key) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidBody {
+                message: "give either `key` or `key_name`, not both".to_owned(),
+                param: Some("key_name".to_owned()),
+            });
+        }
+        (Some(name), None) => {
+            let stored = state.store.get_key(name).await?;
+            let allows = stored.allowed_aliases.is_empty() || stored.allowed_aliases.contains(&input.request.model);
+            (KeyFacts { id: stored.id.to_string(), name: stored.name, team: stored.team, tags: stored.tags }, allows)
+        }
+        (None, key) => (key.unwrap_or_default(), true),
+    };
+    let (version, router) = state.router().await?;
+    let sample = input.request;
+    let prompt_tokens = sample.prompt_tokens.unwrap_or_else(|| {
+        let texts = sample.messages.iter().map(|m| m.content.as_str()).chain(sample.prompt.as_deref());
+        tokens::chat_prompt(texts)
+    });
+    let facts = RequestFacts {
+        model: sample.model,
+        endpoint: sample.endpoint,
+        stream: sample.stream,
+        prompt_tokens,
+        max_tokens: sample.max_tokens,
+        tools: sample.tools,
+        metadata: sample.metadata,
+        headers: sample.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+    };
+    let mut trace = Vec::new();
+    let decision = router.route(&facts, &key, input.now.unwrap_or_else(Utc::now), Some(&mut trace));
+    Ok(Json(EvaluateResponse { config_version: version, prompt_tokens, key, key_allows_model, decision, trace }))
+}
+
+/// The compiled router of the latest version, compiled at most once per version.
+pub(super) async fn compiled_router(state: &AppState) -> Result<(i64, Arc<Router>), ApiError> {
+    let (version, config) = state.store.current_config().await?;
+    if let Some(router) = state.router_cache.get(version) {
+        return Ok((version, router));
+    }
+    // CEL compilation is CPU-bound: keep it off the async workers.
+    let router = tokio::task::spawn_blocking(move || Router::compile(&config))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            ApiError::Internal(format!("stored policies do not compile: {}", text.join("; ")))
+        })?;
+    let router = Arc::new(router);
+    state.router_cache.put(version, router.clone());
+    Ok((version, router))
+}

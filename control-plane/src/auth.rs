@@ -1,0 +1,128 @@
+//! Admin principals, their roles and what each role may do.
+//!
+//! | role    | config resources | API keys | principals | audit, evaluate |
+//! |---------|------------------|----------|------------|-----------------|
+//! | admin   | read, write      | read, write | read, write | yes          |
+//! | author  | read, write      | no       | no         | yes             |
+//! | auditor | read             | read     | no         | yes             |
+
+use std::str::FromStr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Author,
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Author => "author",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "author" => Ok(Role::Author),
+            "auditor" => Ok(Role::Auditor),
+            other => Err(format!("unknown role {other:?}")),
+        }
+    }
+}
+
+/// Something a principal may or may not do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    ReadConfig,
+    WriteConfig,
+    ReadKeys,
+    WriteKeys,
+    ManagePrincipals,
+    ReadAudit,
+    Evaluate,
+}
+
+impl Action {
+    fn describe(self) -> &'static str {
+        match self {
+            Action::ReadConfig => "read configuration",
+            Action::WriteConfig => "change configuration",
+            Action::ReadKeys => "read API keys",
+            Action::WriteKeys => "create, change or revoke API keys",
+            Action::ManagePrincipals => "manage admin principals",
+            Action::ReadAudit => "read the audit log",
+            Action::Evaluate => "evaluate requests",
+        }
+    }
+}
+
+/// Whether `role` may perform `action`. Every pair is spelled out so a new action forces a decision.
+pub fn allows(role: Role, action: Action) -> bool {
+    match (role, action) {
+        (Role::Admin, _) => true,
+        (Role::Author, Action::ReadConfig | Action::WriteConfig | Action::ReadAudit | Action::Evaluate) => true,
+        (Role::Author, Action::ReadKeys | Action::WriteKeys | Action::ManagePrincipals) => false,
+        (Role::Auditor, Action::ReadConfig | Action::ReadKeys | Action::ReadAudit | Action::Evaluate) => true,
+        (Role::Auditor, Action::WriteConfig | Action::WriteKeys | Action::ManagePrincipals) => false,
+    }
+}
+
+/// The authenticated caller of an admin request, put in the request's extensions by the auth middleware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    pub request_id: Option<String>,
+}
+
+impl Principal {
+    pub fn require(&self, action: Action) -> Result<(), ApiError> {
+        if allows(self.role, action) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden { role: self.role.as_str(), action: action.describe().to_owned() })
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Principal>().cloned().ok_or(ApiError::MissingToken("authentication is required"))
+    }
+}
+
+/// A new random secret: `prefix` then 32 random bytes in URL-safe base64.
+pub fn generate_secret(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// How secrets are stored: SHA-256, hex. The secrets are 256-bit random, so a slow hash adds nothing.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+pub const ADMIN_TOKEN_PREFIX: &str = "gwa_";
+pub const API_KEY_PREFIX: &str = "gwk_";

@@ -1,0 +1,146 @@
+//! The admin API's one error type, rendered in the OpenAI error shape `{"error":{"message","type","param","code"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use policy_engine::validate::SpecError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{message}")]
+    InvalidBody { message: String, param: Option<String> },
+    #[error("{kind} {name:?} is invalid: {}", join(.errors))]
+    InvalidSpec { kind: &'static str, name: String, errors: Vec<SpecError> },
+    #[error("{0}")]
+    DanglingReference(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    InvalidPath(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    MissingToken(&'static str),
+    #[error("the admin token is not valid (unknown or revoked)")]
+    InvalidToken,
+    #[error("role {role} may not {action}")]
+    Forbidden { role: &'static str, action: String },
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("method {0} is not allowed on this path")]
+    MethodNotAllowed(String),
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn join(errors: &[SpecError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_)
+            | ApiError::InvalidBody { .. }
+            | ApiError::InvalidSpec { .. }
+            | ApiError::DanglingReference(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MissingToken(_) | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI `type` field.
+    pub fn error_type(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::CONFLICT => "conflict_error",
+            s if s.is_server_error() => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// A fixed machine-readable code, also the metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "invalid_json",
+            ApiError::InvalidBody { .. } => "invalid_body",
+            ApiError::InvalidSpec { .. } => "invalid_spec",
+            ApiError::DanglingReference(_) => "dangling_reference",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidPath(_) => "invalid_path",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::MissingToken(_) => "missing_token",
+            ApiError::InvalidToken => "invalid_token",
+            ApiError::Forbidden { .. } => "forbidden",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::NoRoute { .. } => "no_route",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::AlreadyExists { .. } => "already_exists",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn param(&self) -> Option<String> {
+        match self {
+            ApiError::InvalidBody { param, .. } => param.clone(),
+            ApiError::InvalidSpec { errors, .. } => errors.first().map(|e| e.field.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(format!("the database is unavailable: {error}"))
+            }
+            _ => ApiError::Internal(format!("database: {error}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), "{self}");
+        }
+        let body = json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        (status, Json(body)).into_response()
+    }
+}

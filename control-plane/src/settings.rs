@@ -1,0 +1,54 @@
+//! Static settings: command-line flags, each also read from a `GATEWAY_*` (or `DATABASE_URL`) variable.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "control-plane", version, about = "The LLM gateway's control plane")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then serve the admin API.
+    Serve(ServeArgs),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL; the database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/gateway")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address of the admin REST API.
+    #[arg(long, env = "GATEWAY_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_addr: SocketAddr,
+
+    /// Bootstrap admin token: the `bootstrap` principal (role admin) authenticates with it.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// 32-byte key (64 hex digits or base64) that encrypts provider secrets at rest.
+    #[arg(long, env = "GATEWAY_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Comma-separated hosts backends may point at: `api.openai.com`, `*.openai.azure.com`, `10.0.0.0/8`.
+    /// Empty allows any host; link-local and cloud metadata addresses are always refused.
+    #[arg(long, env = "GATEWAY_BACKEND_ALLOWLIST", default_value = "")]
+    pub backend_allowlist: String,
+
+    /// Largest admin request body, in bytes.
+    #[arg(long, env = "GATEWAY_ADMIN_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,257 @@
+//! Virtual API keys for applications: generated here, shown once, stored as a SHA-256.
+
+use chrono::{DateTime, Utc};
+use policy_engine::config::{BudgetScope, validate_name};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Store, is_unique_violation, sql};
+use crate::auth::{API_KEY_PREFIX, generate_secret, hash_secret};
+use crate::error::ApiError;
+use policy_engine::validate::SpecError;
+
+/// The writable fields of an API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub name: String,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Aliases (or models) this key may use; empty means any.
+    #[serde(default)]
+    pub allowed_aliases: Vec<String>,
+    #[serde(default)]
+    pub rpm_limit: Option<i32>,
+    #[serde(default)]
+    pub tpm_limit: Option<i64>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An API key as shown to readers: never its secret.
+#[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
+pub struct KeyView {
+    pub id: Uuid,
+    pub name: String,
+    /// The first characters of the secret, to recognise it.
+    pub prefix: String,
+    pub team: Option<String>,
+    pub tags: Vec<String>,
+    pub allowed_aliases: Vec<String>,
+    pub rpm_limit: Option<i32>,
+    pub tpm_limit: Option<i64>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+/// A key as returned by create: the only time the secret is ever shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: KeyView,
+    pub secret: String,
+}
+
+const COLUMNS: &str = "id, name, prefix, team, tags, allowed_aliases, rpm_limit, tpm_limit, expires_at, revoked_at, \
+                       revision, created_at, updated_at, created_by, updated_by";
+
+fn validate(spec: &KeySpec, known_alias: impl Fn(&str) -> bool) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    let mut fail = |field: &str, message: String| errors.push(SpecError { field: field.to_owned(), message });
+    if let Err(message) = validate_name(&spec.name) {
+        fail("name", message);
+    }
+    if spec.team.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        fail("team", "must not be empty when given".to_owned());
+    }
+    if spec.tags.iter().any(|t| t.trim().is_empty()) {
+        fail("tags", "tags must not be empty strings".to_owned());
+    }
+    for (i, alias) in spec.allowed_aliases.iter().enumerate() {
+        if !known_alias(alias) {
+            fail(&format!("allowed_aliases[{i}]"), format!("alias or model {alias:?} does not exist"));
+        }
+    }
+    if spec.rpm_limit.is_some_and(|l| l <= 0) {
+        fail("rpm_limit", "must be greater than zero".to_owned());
+    }
+    if spec.tpm_limit.is_some_and(|l| l <= 0) {
+        fail("tpm_limit", "must be greater than zero".to_owned());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidSpec { kind: "api_key", name: spec.name.clone(), errors })
+    }
+}
+
+fn view_json(key: &KeyView) -> serde_json::Value {
+    serde_json::to_value(key).unwrap_or_default()
+}
+
+impl Store {
+    pub async fn create_key(
+        &self,
+        actor: &str,
+        request_id: Option<&str>,
+        spec: KeySpec,
+    ) -> Result<CreatedKey, ApiError> {
+        let mut mutation = self.begin(actor, request_id).await?;
+        let config = mutation.config.clone();
+        validate(&spec, |alias| config.has_alias_or_model(alias))?;
+        let secret = generate_secret(API_KEY_PREFIX);
+        let prefix: String = secret.chars().take(API_KEY_PREFIX.len() + 8).collect();
+        let key: KeyView = sqlx::query_as(sql(format!(
+            "INSERT INTO api_keys (id, name, prefix, secret_sha256, team, tags, allowed_aliases, rpm_limit, tpm_limit,
+                                   expires_at, revision, created_by, updated_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING {COLUMNS}"
+        )))
+        .bind(Uuid::now_v7())
+        .bind(&spec.name)
+        .bind(&prefix)
+        .bind(hash_secret(&secret))
+        .bind(&spec.team)
+        .bind(&spec.tags)
+        .bind(&spec.allowed_aliases)
+        .bind(spec.rpm_limit)
+        .bind(spec.tpm_limit)
+        .bind(spec.expires_at)
+        .bind(mutation.version)
+        .bind(actor)
+        .fetch_one(mutation.conn())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                ApiError::AlreadyExists { kind: "api_key", name: spec.name.clone() }
+            } else {
+                e.into()
+            }
+        })?;
+        mutation.audit("create", "api_key", &spec.name, None, Some(view_json(&key))).await?;
+        mutation.commit(config).await?;
+        Ok(CreatedKey { key, secret })
+    }
+
+    pub async fn get_key(&self, name: &str) -> Result<KeyView, ApiError> {
+        sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM api_keys WHERE name = $1")))
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| ApiError::NotFound { kind: "api_key", name: name.to_owned() })
+    }
+
+    pub async fn list_keys(
+        &self,
+        team: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<KeyView>, ApiError> {
+        Ok(sqlx::query_as(sql(format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE ($1::TEXT IS NULL OR team = $1) AND ($2::TEXT IS NULL OR name > $2)
+             ORDER BY name LIMIT $3"
+        )))
+        .bind(team)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Replace a key's writable fields; its secret does not change.
+    pub async fn update_key(
+        &self,
+        actor: &str,
+        request_id: Option<&str>,
+        name: &str,
+        spec: KeySpec,
+    ) -> Result<KeyView, ApiError> {
+        if spec.name != name {
+            return Err(ApiError::InvalidBody {
+                message: format!("the body names {:?} but the URL names {name:?}; key names cannot change", spec.name),
+                param: Some("name".to_owned()),
+            });
+        }
+        let mut mutation = self.begin(actor, request_id).await?;
+        let config = mutation.config.clone();
+        validate(&spec, |alias| config.has_alias_or_model(alias))?;
+        let before = self.lock_key(&mut mutation, name).await?;
+        let key: KeyView = sqlx::query_as(sql(format!(
+            "UPDATE api_keys SET team = $2, tags = $3, allowed_aliases = $4, rpm_limit = $5, tpm_limit = $6,
+                                 expires_at = $7, revision = $8, updated_at = now(), updated_by = $9
+             WHERE name = $1 RETURNING {COLUMNS}"
+        )))
+        .bind(name)
+        .bind(&spec.team)
+        .bind(&spec.tags)
+        .bind(&spec.allowed_aliases)
+        .bind(spec.rpm_limit)
+        .bind(spec.tpm_limit)
+        .bind(spec.expires_at)
+        .bind(mutation.version)
+        .bind(actor)
+        .fetch_one(mutation.conn())
+        .await?;
+        mutation.audit("update", "api_key", name, Some(view_json(&before)), Some(view_json(&key))).await?;
+        mutation.commit(config).await?;
+        Ok(key)
+    }
+
+    /// Revoke a key: it stays listed (spend stays attributable) but never authenticates again.
+    pub async fn revoke_key(&self, actor: &str, request_id: Option<&str>, name: &str) -> Result<KeyView, ApiError> {
+        let mut mutation = self.begin(actor, request_id).await?;
+        let config = mutation.config.clone();
+        let before = self.lock_key(&mut mutation, name).await?;
+        let key: KeyView = sqlx::query_as(sql(format!(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()), revision = $2, updated_at = now(),
+                                 updated_by = $3
+             WHERE name = $1 RETURNING {COLUMNS}"
+        )))
+        .bind(name)
+        .bind(mutation.version)
+        .bind(actor)
+        .fetch_one(mutation.conn())
+        .await?;
+        mutation.audit("revoke", "api_key", name, Some(view_json(&before)), Some(view_json(&key))).await?;
+        mutation.commit(config).await?;
+        Ok(key)
+    }
+
+    pub async fn delete_key(&self, actor: &str, request_id: Option<&str>, name: &str) -> Result<(), ApiError> {
+        let mut mutation = self.begin(actor, request_id).await?;
+        let config = mutation.config.clone();
+        let before = self.lock_key(&mut mutation, name).await?;
+        let budgets: Vec<&str> = config
+            .budgets
+            .values()
+            .filter(|b| matches!(&b.scope, BudgetScope::Key { key } if key == name))
+            .map(|b| b.name.as_str())
+            .collect();
+        if !budgets.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "cannot delete api_key {name:?}: still referenced by budget(s) {}",
+                budgets.join(", ")
+            )));
+        }
+        sqlx::query("DELETE FROM api_keys WHERE name = $1").bind(name).execute(mutation.conn()).await?;
+        mutation.audit("delete", "api_key", name, Some(view_json(&before)), None).await?;
+        mutation.commit(config).await?;
+        Ok(())
+    }
+
+    async fn lock_key(&self, mutation: &mut super::Mutation, name: &str) -> Result<KeyView, ApiError> {
+        sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM api_keys WHERE name = $1 FOR UPDATE")))
+            .bind(name)
+            .fetch_optional(mutation.conn())
+            .await?
+            .ok_or_else(|| ApiError::NotFound { kind: "api_key", name: name.to_owned() })
+    }
+}

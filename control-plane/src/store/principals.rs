@@ -1,0 +1,185 @@
+//! Admin principals: bearer tokens with a role, stored as SHA-256.
+
+use chrono::{DateTime, Utc};
+use policy_engine::config::validate_name;
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Store, is_unique_violation, sql};
+use crate::auth::{ADMIN_TOKEN_PREFIX, Principal, Role, generate_secret, hash_secret};
+use crate::error::ApiError;
+
+/// The principal that `GATEWAY_ADMIN_TOKEN` authenticates as.
+pub const BOOTSTRAP_PRINCIPAL: &str = "bootstrap";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalSpec {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PrincipalView {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// A principal as returned by create: the only time its token is shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedPrincipal {
+    #[serde(flatten)]
+    pub principal: PrincipalView,
+    pub token: String,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    role: String,
+    revoked_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    created_by: String,
+}
+
+const COLUMNS: &str = "id, name, role, revoked_at, created_at, created_by";
+
+impl TryFrom<Row> for PrincipalView {
+    type Error = ApiError;
+
+    fn try_from(row: Row) -> Result<Self, ApiError> {
+        Ok(PrincipalView {
+            id: row.id,
+            name: row.name,
+            role: row.role.parse().map_err(ApiError::Internal)?,
+            revoked_at: row.revoked_at,
+            created_at: row.created_at,
+            created_by: row.created_by,
+        })
+    }
+}
+
+fn view_json(view: &PrincipalView) -> serde_json::Value {
+    serde_json::to_value(view).unwrap_or_default()
+}
+
+impl Store {
+    /// The principal a bearer token belongs to, if it is known and not revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<(String, Role)>, ApiError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT name, role FROM admin_principals WHERE token_sha256 = $1 AND revoked_at IS NULL")
+                .bind(hash_secret(token))
+                .fetch_optional(self.pool())
+                .await?;
+        row.map(|(name, role)| Ok((name, role.parse().map_err(ApiError::Internal)?))).transpose()
+    }
+
+    /// Make `token` the bootstrap admin's token (creating the principal, or rotating its token).
+    pub async fn ensure_bootstrap_admin(&self, token: &str) -> Result<(), ApiError> {
+        let hash = hash_secret(token);
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT token_sha256 FROM admin_principals WHERE name = $1 AND revoked_at IS NULL")
+                .bind(BOOTSTRAP_PRINCIPAL)
+                .fetch_optional(self.pool())
+                .await?;
+        if current.as_deref() == Some(hash.as_str()) {
+            return Ok(());
+        }
+        let mut mutation = self.begin("system", None).await?;
+        let config = mutation.config.clone();
+        let row: Row = sqlx::query_as(sql(format!(
+            "INSERT INTO admin_principals (id, name, role, token_sha256, created_by) VALUES ($1, $2, 'admin', $3, 'system')
+             ON CONFLICT (name) DO UPDATE SET token_sha256 = EXCLUDED.token_sha256, role = 'admin', revoked_at = NULL
+             RETURNING {COLUMNS}"
+        )))
+        .bind(Uuid::now_v7())
+        .bind(BOOTSTRAP_PRINCIPAL)
+        .bind(&hash)
+        .fetch_one(mutation.conn())
+        .await?;
+        let view = PrincipalView::try_from(row)?;
+        let action = if current.is_some() { "rotate_token" } else { "create" };
+        mutation.audit(action, "principal", BOOTSTRAP_PRINCIPAL, None, Some(view_json(&view))).await?;
+        mutation.commit(config).await?;
+        Ok(())
+    }
+
+    pub async fn create_principal(&self, by: &Principal, spec: PrincipalSpec) -> Result<CreatedPrincipal, ApiError> {
+        validate_name(&spec.name)
+            .map_err(|message| ApiError::InvalidBody { message, param: Some("name".to_owned()) })?;
+        let mut mutation = self.begin(&by.name, by.request_id.as_deref()).await?;
+        let config = mutation.config.clone();
+        let token = generate_secret(ADMIN_TOKEN_PREFIX);
+        let row: Row = sqlx::query_as(sql(format!(
+            "INSERT INTO admin_principals (id, name, role, token_sha256, created_by) VALUES ($1, $2, $3, $4, $5)
+             RETURNING {COLUMNS}"
+        )))
+        .bind(Uuid::now_v7())
+        .bind(&spec.name)
+        .bind(spec.role.as_str())
+        .bind(hash_secret(&token))
+        .bind(&by.name)
+        .fetch_one(mutation.conn())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                ApiError::AlreadyExists { kind: "principal", name: spec.name.clone() }
+            } else {
+                e.into()
+            }
+        })?;
+        let principal = PrincipalView::try_from(row)?;
+        mutation.audit("create", "principal", &spec.name, None, Some(view_json(&principal))).await?;
+        mutation.commit(config).await?;
+        Ok(CreatedPrincipal { principal, token })
+    }
+
+    pub async fn list_principals(&self) -> Result<Vec<PrincipalView>, ApiError> {
+        let rows: Vec<Row> = sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM admin_principals ORDER BY name")))
+            .fetch_all(self.pool())
+            .await?;
+        rows.into_iter().map(PrincipalView::try_from).collect()
+    }
+
+    pub async fn get_principal(&self, name: &str) -> Result<PrincipalView, ApiError> {
+        let row: Option<Row> = sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM admin_principals WHERE name = $1")))
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(PrincipalView::try_from)
+            .transpose()?
+            .ok_or_else(|| ApiError::NotFound { kind: "principal", name: name.to_owned() })
+    }
+
+    /// Revoke a principal's token. The row stays, so the audit log's actors stay resolvable.
+    pub async fn revoke_principal(&self, by: &Principal, name: &str) -> Result<PrincipalView, ApiError> {
+        let mut mutation = self.begin(&by.name, by.request_id.as_deref()).await?;
+        let config = mutation.config.clone();
+        let before: Option<Row> =
+            sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM admin_principals WHERE name = $1 FOR UPDATE")))
+                .bind(name)
+                .fetch_optional(mutation.conn())
+                .await?;
+        let before = before
+            .map(PrincipalView::try_from)
+            .transpose()?
+            .ok_or_else(|| ApiError::NotFound { kind: "principal", name: name.to_owned() })?;
+        let row: Row = sqlx::query_as(sql(format!(
+            "UPDATE admin_principals SET revoked_at = COALESCE(revoked_at, now()) WHERE name = $1 RETURNING {COLUMNS}"
+        )))
+        .bind(name)
+        .fetch_one(mutation.conn())
+        .await?;
+        let after = PrincipalView::try_from(row)?;
+        mutation.audit("revoke", "principal", name, Some(view_json(&before)), Some(view_json(&after))).await?;
+        mutation.commit(config).await?;
+        Ok(after)
+    }
+}

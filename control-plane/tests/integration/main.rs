@@ -1,0 +1,16 @@
+//! The control plane's integration tests: the whole admin application in-process against a real Postgres,
+//! one fresh database per test (`#[sqlx::test]`, which needs DATABASE_URL; `scripts/test.sh` provides one).
+
+// A failed unwrap is a failed test, with the reason in its panic message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod audit;
+mod auth;
+mod bad_input;
+mod common;
+mod evaluate;
+mod keys;
+mod resources;
+mod secrets;
+mod transactions;
+mod validation;

@@ -1,0 +1,469 @@
+//! The declarative resources governance teams author, as both planes see them.
+//!
+//! These are the "raw" stage of configuration: serde types that refuse unknown fields, so a typo in a
+//! policy bundle is an error instead of a silently ignored setting. [`ConfigSet`] holds one of each
+//! resource by name and checks what no single resource can check alone (references, pinned dimensions).
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Resource names appear in URLs, CEL strings and policy files, so they keep to a URL-safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 128 || !valid_chars || !starts_well {
+        return Err(format!(
+            "invalid name {name:?}: use 1 to 128 characters from A-Z a-z 0-9 - _ . :, starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Any OpenAI-compatible server (OpenAI, Groq, Together, vLLM, Ollama, ...).
+    Openai,
+    /// Azure OpenAI: deployment paths, `api-version` query and `api-key` header.
+    AzureOpenai,
+    /// Anthropic's native Messages API, translated both ways.
+    Anthropic,
+}
+
+/// How the gateway presents the backend's secret upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackendAuth {
+    /// `Authorization: Bearer <secret>`.
+    #[default]
+    Bearer,
+    /// The secret in a header of this name (e.g. `api-key`, `x-api-key`).
+    Header { header: String },
+    /// No credentials (local servers).
+    None,
+}
+
+/// A provider secret as written: a literal (sealed before it is stored) or a reference resolved where it is used.
+/// The sealed form only ever comes from the control plane itself and is never returned by a read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretSpec {
+    /// The secret itself; the control plane encrypts it before storing it.
+    Value(String),
+    /// A reference such as `env:OPENAI_API_KEY`, resolved by the data plane from its environment.
+    Ref(String),
+    /// Base64 of nonce and AES-256-GCM ciphertext, as stored.
+    Sealed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    pub connect_ms: u64,
+    pub first_byte_ms: u64,
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect_ms: 5_000, first_byte_ms: 60_000, total_ms: 600_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderRateLimit {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before a probe request.
+    pub open_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub interval_ms: u64,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+}
+
+fn default_health_path() -> String {
+    "/models".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSettings {
+    pub api_version: String,
+}
+
+/// A provider endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    pub name: String,
+    pub kind: BackendKind,
+    /// http(s) URL; normalised on write (a trailing slash never matters).
+    pub base_url: String,
+    #[serde(default)]
+    pub auth: BackendAuth,
+    /// Write-only: `{"value": "..."}` or `{"ref": "env:NAME"}`. Omitted on update keeps the stored secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<ProviderRateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Required for `azure_openai`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capabilities {
+    pub chat: bool,
+    pub completions: bool,
+    pub embeddings: bool,
+    pub tools: bool,
+    pub json_mode: bool,
+    pub vision: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_dimensions: Option<u32>,
+}
+
+/// Prices in USD per one million tokens. Exact decimals; strings (`"2.50"`) are the canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    #[schema(value_type = String, example = "2.50")]
+    pub input: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "1.25")]
+    pub cached_input: Option<Decimal>,
+    #[schema(value_type = String, example = "10.00")]
+    pub output: Decimal,
+}
+
+/// A deployable model on a backend. `pricing` is required: a model without a price is a configuration
+/// error, never a free model (a free local model says `"0"` explicitly).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub backend: String,
+    /// The model name the provider expects.
+    pub upstream_model: String,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    pub pricing: Pricing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Candidates in order; the next one on failure.
+    #[default]
+    Failover,
+    /// Random by weight; the others in order on failure.
+    Weighted,
+    /// The candidate with the lowest observed latency first.
+    LeastLatency,
+    /// The candidate with the lowest price first.
+    LowestCost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    pub model: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The public name apps send, mapped to an ordered list of candidate models.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AliasSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub candidates: Vec<Candidate>,
+    /// For embedding aliases: the dimension every candidate must produce. Once set it never changes,
+    /// so vectors already stored for a corpus stay comparable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_dimensions: Option<u32>,
+}
+
+/// What a matching route policy does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicyAction {
+    /// Serve with an alias or an explicit candidate list. The first matching route or deny policy wins.
+    Route {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alias: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        candidates: Option<Vec<Candidate>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        strategy: Option<Strategy>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retries: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+        /// CEL over `backend` and `model`: candidates for which it is not true are dropped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        require: Option<String>,
+    },
+    /// Refuse the request with this message (HTTP 403 naming the policy).
+    Deny { message: String },
+    /// Filter candidates of whatever route serves the request. Every matching constraint applies.
+    Constrain { require: String },
+}
+
+/// A routing or access rule: `when` (CEL over request and key) selects the requests it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePolicySpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Higher first; ties are broken by name.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// CEL, must evaluate to a bool.
+    #[serde(default = "default_when")]
+    pub when: String,
+    pub action: PolicyAction,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_when() -> String {
+    "true".to_owned()
+}
+
+/// A named JSON Schema for one tool's arguments; its revision is the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSchemaSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema (draft 2020-12 unless `$schema` says otherwise).
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolPolicyMode {
+    /// Violations act as `on_invalid` says.
+    #[default]
+    Enforce,
+    /// Violations are only recorded.
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalidToolCall {
+    #[default]
+    Reject,
+    Retry,
+    Annotate,
+}
+
+/// Which callers may declare which tools, and what happens to a tool call that does not validate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolPolicySpec {
+    pub name: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "default_when")]
+    pub when: String,
+    /// Tool names callers matching `when` may declare; `*` allows any.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Tool names they may not declare (wins over `allow`).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub mode: ToolPolicyMode,
+    #[serde(default)]
+    pub on_invalid: OnInvalidToolCall,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_max_retries() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BudgetScope {
+    /// One API key, by name.
+    Key {
+        key: String,
+    },
+    Team {
+        team: String,
+    },
+    /// One alias or model, by name.
+    Model {
+        model: String,
+    },
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    /// Calendar periods in UTC: they reset exactly at the boundary.
+    Day,
+    Week,
+    Month,
+    Total,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetAction {
+    #[default]
+    Block,
+    Alert,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    pub name: String,
+    pub scope: BudgetScope,
+    pub period: BudgetPeriod,
+    #[schema(value_type = String, example = "100.00")]
+    pub limit_usd: Decimal,
+    #[serde(default)]
+    pub action: BudgetAction,
+    /// Fraction of the limit (0 < x < 1) at which an alert fires before the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "0.8")]
+    pub soft_threshold: Option<Decimal>,
+}
+
+/// Every stored resource of one config version, by name. Keys live apart: they are many and change alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSet {
+    pub backends: BTreeMap<String, BackendSpec>,
+    pub models: BTreeMap<String, ModelSpec>,
+    pub aliases: BTreeMap<String, AliasSpec>,
+    pub route_policies: BTreeMap<String, RoutePolicySpec>,
+    pub tool_schemas: BTreeMap<String, ToolSchemaSpec>,
+    pub tool_policies: BTreeMap<String, ToolPolicySpec>,
+    pub budgets: BTreeMap<String, BudgetSpec>,
+}
+
+/// A reference from one resource to another that does not resolve, or a cross-resource rule broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resource}: {message}")]
+pub struct IntegrityError {
+    /// `kind/name` of the resource at fault.
+    pub resource: String,
+    pub message: String,
+}
+
+impl ConfigSet {
+    /// Whether `name` is a servable public name: an alias or a model.
+    pub fn has_alias_or_model(&self, name: &str) -> bool {
+        self.aliases.contains_key(name) || self.models.contains_key(name)
+    }
+
+    /// Every broken reference and cross-resource rule, in a stable order.
+    pub fn check_integrity(&self) -> Vec<IntegrityError> {
+        let mut errors = Vec::new();
+        let mut fail = |kind: &str, name: &str, message: String| {
+            errors.push(IntegrityError { resource: format!("{kind}/{name}"), message })
+        };
+        for model in self.models.values() {
+            if !self.backends.contains_key(&model.backend) {
+                fail("model", &model.name, format!("backend {:?} does not exist", model.backend));
+            }
+        }
+        for alias in self.aliases.values() {
+            for candidate in &alias.candidates {
+                match self.models.get(&candidate.model) {
+                    None => fail("alias", &alias.name, format!("model {:?} does not exist", candidate.model)),
+                    Some(model) => {
+                        if let Some(pinned) = alias.pinned_dimensions {
+                            let dims = model.capabilities.embedding_dimensions;
+                            if !model.capabilities.embeddings || dims != Some(pinned) {
+                                fail(
+                                    "alias",
+                                    &alias.name,
+                                    format!(
+                                        "model {:?} produces {} but the alias is pinned to {pinned} embedding dimensions",
+                                        model.name,
+                                        dims.map_or("no embeddings".to_owned(), |d| format!("{d} dimensions")),
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for policy in self.route_policies.values() {
+            if let PolicyAction::Route { alias, candidates, .. } = &policy.action {
+                if let Some(alias) = alias
+                    && !self.aliases.contains_key(alias)
+                {
+                    fail("route_policy", &policy.name, format!("alias {alias:?} does not exist"));
+                }
+                for candidate in candidates.iter().flatten() {
+                    if !self.models.contains_key(&candidate.model) {
+                        fail("route_policy", &policy.name, format!("model {:?} does not exist", candidate.model));
+                    }
+                }
+            }
+        }
+        for budget in self.budgets.values() {
+            if let BudgetScope::Model { model } = &budget.scope
+                && !self.has_alias_or_model(model)
+            {
+                fail("budget", &budget.name, format!("alias or model {model:?} does not exist"));
+            }
+        }
+        errors
+    }
+}

@@ -1,0 +1,21 @@
+//! The gateway's policy engine, shared by both planes and free of IO.
+//!
+//! The control plane uses it to validate what governance teams write and to dry-run requests; the data plane
+//! uses it to compile snapshots and route requests. Because both call the same code, a policy the control plane
+//! accepted cannot fail to compile in a data plane for a reason the control plane could have seen.
+//!
+//! - [`config`]: the resource types and cross-resource integrity rules.
+//! - [`validate`]: per-resource validation with field-located errors.
+//! - [`cel_env`]: the one CEL environment (variables and fields), compile-time checked.
+//! - [`routing`]: policy matching, constraints, candidate ordering.
+//! - [`tool_schema`]: JSON Schema compilation for tool arguments.
+//! - [`base_url`]: backend URL normalisation and the SSRF allowlist.
+//! - [`tokens`]: prompt-token estimates with a real tokenizer.
+
+pub mod base_url;
+pub mod cel_env;
+pub mod config;
+pub mod routing;
+pub mod tokens;
+pub mod tool_schema;
+pub mod validate;

@@ -1,0 +1,451 @@
+//! Compiled routing: which policy matches a request, which candidates survive the constraints, in what order.
+//!
+//! [`Router::compile`] runs once per config version (off the request path); [`Router::route`] runs per
+//! request and only evaluates precompiled programs. The control plane's dry run and the data plane call
+//! the same two functions, so what `POST /admin/v1/evaluate` answers is what serving would do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use cel::objects::{Key, Map};
+use cel::{Context, Value};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::cel_env::{self, CelError, CompiledExpression, ExpressionScope, Reads};
+use crate::config::*;
+
+/// A policy that does not compile, located by resource and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resource} {field}: {error}")]
+pub struct CompileError {
+    pub resource: String,
+    pub field: String,
+    pub error: CelError,
+}
+
+struct CompiledPolicy {
+    spec: RoutePolicySpec,
+    when: CompiledExpression,
+    require: Option<CompiledExpression>,
+}
+
+/// What the router knows of the request. Built by the data plane from the body and headers.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestFacts {
+    pub model: String,
+    /// `chat.completions`, `completions`, `embeddings`.
+    pub endpoint: String,
+    pub stream: bool,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u64>,
+    pub tools: Vec<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// What the router knows of the caller's key.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyFacts {
+    pub id: String,
+    pub name: String,
+    pub team: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// A candidate model the request may be sent to, in the order to try.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PlannedCandidate {
+    pub model: String,
+    pub backend: String,
+    pub upstream_model: String,
+    pub weight: u32,
+}
+
+/// A candidate dropped by a constraint, and which one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RejectedCandidate {
+    pub model: String,
+    pub backend: String,
+    /// The policy whose `require` was not true.
+    pub policy: String,
+    /// Present when the constraint failed to evaluate (which rejects the candidate: constraints fail closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Decision {
+    Route {
+        /// The route policy that matched; `None` when the request's model was used as is.
+        policy: Option<String>,
+        alias: Option<String>,
+        strategy: Strategy,
+        retries: Option<u32>,
+        timeout_ms: Option<u64>,
+        candidates: Vec<PlannedCandidate>,
+        rejected: Vec<RejectedCandidate>,
+        /// Constraint policies that applied.
+        constraints: Vec<String>,
+    },
+    Deny {
+        policy: String,
+        message: String,
+    },
+    /// `request.model` names no alias or model and no policy routed the request.
+    UnknownModel {
+        model: String,
+    },
+    /// Every candidate was filtered out by constraints.
+    NoEligibleCandidate {
+        policy: Option<String>,
+        alias: Option<String>,
+        rejected: Vec<RejectedCandidate>,
+        constraints: Vec<String>,
+    },
+}
+
+/// One policy's evaluation, for the dry run and for debugging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PolicyTrace {
+    pub policy: String,
+    pub priority: i32,
+    pub matched: bool,
+    /// An evaluation error: the policy is then treated as not matching.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The routing configuration of one version, compiled.
+pub struct Router {
+    /// Route and deny policies, in evaluation order (priority descending, then name).
+    policies: Vec<CompiledPolicy>,
+    /// Constraint policies, in the same order.
+    constraints: Vec<CompiledPolicy>,
+    aliases: HashMap<String, AliasSpec>,
+    models: HashMap<String, ModelSpec>,
+    backends: HashMap<String, BackendSpec>,
+    reads: Reads,
+}
+
+impl Router {
+    /// Compile every enabled route policy of `config`. Every error is reported, not only the first.
+    pub fn compile(config: &ConfigSet) -> Result<Router, Vec<CompileError>> {
+        let mut errors = Vec::new();
+        let mut policies = Vec::new();
+        let mut constraints = Vec::new();
+        let mut reads = Reads::default();
+        let mut sorted: Vec<&RoutePolicySpec> = config.route_policies.values().filter(|p| p.enabled).collect();
+        sorted.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+        for spec in sorted {
+            let compile = |field: &str, source: &str, scope| {
+                cel_env::compile(source, scope).map_err(|error| CompileError {
+                    resource: format!("route_policy/{}", spec.name),
+                    field: field.to_owned(),
+                    error,
+                })
+            };
+            let when = compile("when", &spec.when, ExpressionScope::Request);
+            let require = match &spec.action {
+                PolicyAction::Route { require: Some(r), .. } | PolicyAction::Constrain { require: r } => {
+                    Some(compile("action.require", r, ExpressionScope::Candidate))
+                }
+                _ => None,
+            }
+            .transpose();
+            match (when, require) {
+                (Ok(when), Ok(require)) => {
+                    reads = reads.union(when.reads());
+                    if let Some(r) = &require {
+                        reads = reads.union(r.reads());
+                    }
+                    let compiled = CompiledPolicy { spec: spec.clone(), when, require };
+                    if matches!(spec.action, PolicyAction::Constrain { .. }) {
+                        constraints.push(compiled);
+                    } else {
+                        policies.push(compiled);
+                    }
+                }
+                (when, require) => errors.extend(when.err().into_iter().chain(require.err())),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Router {
+            policies,
+            constraints,
+            aliases: clone_map(&config.aliases),
+            models: clone_map(&config.models),
+            backends: clone_map(&config.backends),
+            reads,
+        })
+    }
+
+    /// Which request attributes some policy reads (e.g. whether to count prompt tokens at all).
+    pub fn reads(&self) -> Reads {
+        self.reads
+    }
+
+    /// Decide how to serve `request` for `key` at `now`. `trace`, when given, receives every policy's result.
+    pub fn route(
+        &self,
+        request: &RequestFacts,
+        key: &KeyFacts,
+        now: DateTime<Utc>,
+        mut trace: Option<&mut Vec<PolicyTrace>>,
+    ) -> Decision {
+        let mut context = Context::default();
+        context.add_variable_from_value("request", request_value(request));
+        context.add_variable_from_value("key", key_value(key));
+        context.add_variable_from_value("now", Value::Timestamp(now.fixed_offset()));
+
+        let mut record = |policy: &CompiledPolicy, result: &Result<bool, String>| {
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push(PolicyTrace {
+                    policy: policy.spec.name.clone(),
+                    priority: policy.spec.priority,
+                    matched: matches!(result, Ok(true)),
+                    error: result.as_ref().err().cloned(),
+                });
+            }
+        };
+
+        let mut matched = None;
+        for policy in &self.policies {
+            let result = evaluate_bool(&policy.when, &context);
+            record(policy, &result);
+            if result == Ok(true) {
+                matched = Some(policy);
+                break;
+            }
+        }
+        let active_constraints: Vec<&CompiledPolicy> = self
+            .constraints
+            .iter()
+            .filter(|c| {
+                let result = evaluate_bool(&c.when, &context);
+                record(c, &result);
+                result == Ok(true)
+            })
+            .collect();
+
+        let (policy_name, alias, strategy, retries, timeout_ms, listed, own_require) =
+            match matched.map(|p| (p, &p.spec.action)) {
+                Some((policy, PolicyAction::Deny { message })) => {
+                    return Decision::Deny { policy: policy.spec.name.clone(), message: message.clone() };
+                }
+                Some((policy, PolicyAction::Route { alias, candidates, strategy, retries, timeout_ms, .. })) => {
+                    let (alias_name, listed, alias_strategy) = match (alias, candidates) {
+                        (Some(alias), _) => match self.aliases.get(alias) {
+                            Some(spec) => (Some(alias.clone()), spec.candidates.clone(), spec.strategy),
+                            None => return Decision::UnknownModel { model: alias.clone() },
+                        },
+                        (None, Some(list)) => (None, list.clone(), Strategy::default()),
+                        (None, None) => (None, Vec::new(), Strategy::default()),
+                    };
+                    (
+                        Some(policy.spec.name.clone()),
+                        alias_name,
+                        strategy.unwrap_or(alias_strategy),
+                        *retries,
+                        *timeout_ms,
+                        listed,
+                        policy.require.as_ref().map(|r| (policy.spec.name.as_str(), r)),
+                    )
+                }
+                Some((_, PolicyAction::Constrain { .. })) | None => match self.resolve_public_name(&request.model) {
+                    Some((alias, listed, strategy)) => (None, alias, strategy, None, None, listed, None),
+                    None => return Decision::UnknownModel { model: request.model.clone() },
+                },
+            };
+
+        let requirements: Vec<(&str, &CompiledExpression)> = own_require
+            .into_iter()
+            .chain(active_constraints.iter().filter_map(|c| c.require.as_ref().map(|r| (c.spec.name.as_str(), r))))
+            .collect();
+        let mut candidates = Vec::new();
+        let mut rejected = Vec::new();
+        for candidate in &listed {
+            let Some((model, backend)) = self.model_and_backend(&candidate.model) else { continue };
+            let scope = candidate_context(&context, model, backend);
+            let failed = requirements.iter().find_map(|(policy, require)| match evaluate_bool(require, &scope) {
+                Ok(true) => None,
+                Ok(false) => Some((policy, None)),
+                Err(error) => Some((policy, Some(error))),
+            });
+            match failed {
+                Some((policy, error)) => rejected.push(RejectedCandidate {
+                    model: model.name.clone(),
+                    backend: backend.name.clone(),
+                    policy: (*policy).to_owned(),
+                    error,
+                }),
+                None => candidates.push(PlannedCandidate {
+                    model: model.name.clone(),
+                    backend: backend.name.clone(),
+                    upstream_model: model.upstream_model.clone(),
+                    weight: candidate.weight,
+                }),
+            }
+        }
+        let constraints = active_constraints.iter().map(|c| c.spec.name.clone()).collect();
+        if candidates.is_empty() {
+            return Decision::NoEligibleCandidate { policy: policy_name, alias, rejected, constraints };
+        }
+        if strategy == Strategy::LowestCost {
+            candidates.sort_by_key(|c| self.models.get(&c.model).map(|m| m.pricing.input + m.pricing.output));
+        }
+        Decision::Route { policy: policy_name, alias, strategy, retries, timeout_ms, candidates, rejected, constraints }
+    }
+
+    /// An alias by that name, else a model by that name served alone.
+    fn resolve_public_name(&self, name: &str) -> Option<(Option<String>, Vec<Candidate>, Strategy)> {
+        if let Some(alias) = self.aliases.get(name) {
+            return Some((Some(alias.name.clone()), alias.candidates.clone(), alias.strategy));
+        }
+        self.models.get(name).map(|m| (None, vec![Candidate { model: m.name.clone(), weight: 1 }], Strategy::Failover))
+    }
+
+    fn model_and_backend(&self, model: &str) -> Option<(&ModelSpec, &BackendSpec)> {
+        let model = self.models.get(model)?;
+        Some((model, self.backends.get(&model.backend)?))
+    }
+}
+
+/// Order `candidates` for the weighted strategy: one drawn by weight with `draw` in `[0, 1)` first,
+/// the rest in their listed order as failover.
+pub fn weighted_order(candidates: &mut [PlannedCandidate], draw: f64) {
+    let total: u64 = candidates.iter().map(|c| u64::from(c.weight)).sum();
+    if total == 0 {
+        return;
+    }
+    let mut point = (draw.clamp(0.0, 1.0 - f64::EPSILON) * total as f64) as u64;
+    let chosen = candidates
+        .iter()
+        .position(|c| {
+            let weight = u64::from(c.weight);
+            if point < weight {
+                true
+            } else {
+                point -= weight;
+                false
+            }
+        })
+        .unwrap_or(0);
+    candidates[..=chosen].rotate_right(1);
+}
+
+fn clone_map<T: Clone>(map: &BTreeMap<String, T>) -> HashMap<String, T> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn evaluate_bool(expression: &CompiledExpression, context: &Context) -> Result<bool, String> {
+    match expression.program().execute(context) {
+        Ok(Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("`{}` evaluated to {other:?}, not a bool", expression.source())),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn string(s: &str) -> Value {
+    Value::String(Arc::new(s.to_owned()))
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    let map: HashMap<Key, Value> = entries.into_iter().map(|(k, v)| (Key::from(k), v)).collect();
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+fn list(items: &[String]) -> Value {
+    Value::List(Arc::new(items.iter().map(|s| string(s)).collect()))
+}
+
+/// Counts are CEL `int`s so that `request.prompt_tokens > 2000` compares like with like.
+fn int(value: u64) -> Value {
+    Value::Int(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+fn optional_int(value: Option<u64>) -> Value {
+    value.map_or(Value::Null, int)
+}
+
+fn json_value(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::Int(i),
+            (None, Some(u), _) => Value::UInt(u),
+            (None, None, Some(f)) => Value::Float(f),
+            (None, None, None) => Value::Null,
+        },
+        serde_json::Value::String(s) => string(s),
+        serde_json::Value::Array(items) => Value::List(Arc::new(items.iter().map(json_value).collect())),
+        serde_json::Value::Object(fields) => {
+            let map: HashMap<Key, Value> = fields.iter().map(|(k, v)| (Key::from(k.as_str()), json_value(v))).collect();
+            Value::Map(Map { map: Arc::new(map) })
+        }
+    }
+}
+
+fn request_value(request: &RequestFacts) -> Value {
+    let headers: HashMap<Key, Value> =
+        request.headers.iter().map(|(k, v)| (Key::from(k.to_ascii_lowercase()), string(v))).collect();
+    map(vec![
+        ("model", string(&request.model)),
+        ("endpoint", string(&request.endpoint)),
+        ("stream", Value::Bool(request.stream)),
+        ("prompt_tokens", int(request.prompt_tokens)),
+        ("max_tokens", optional_int(request.max_tokens)),
+        ("tools", list(&request.tools)),
+        ("metadata", json_value(&serde_json::Value::Object(request.metadata.clone()))),
+        ("headers", Value::Map(Map { map: Arc::new(headers) })),
+    ])
+}
+
+fn key_value(key: &KeyFacts) -> Value {
+    map(vec![
+        ("id", string(&key.id)),
+        ("name", string(&key.name)),
+        ("team", key.team.as_deref().map_or(Value::Null, string)),
+        ("tags", list(&key.tags)),
+    ])
+}
+
+fn price(value: Decimal) -> Value {
+    // CEL has no decimal type; prices are compared, not summed, in policies, so a double is precise enough here.
+    Value::Float(value.to_f64().unwrap_or(f64::MAX))
+}
+
+fn candidate_context<'a, 'v>(parent: &'a Context<'a, 'v>, model: &ModelSpec, backend: &BackendSpec) -> Context<'a, 'v> {
+    let mut scope = parent.new_inner_scope();
+    let kind = serde_json::to_value(backend.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    scope.add_variable_from_value(
+        "backend",
+        map(vec![
+            ("name", string(&backend.name)),
+            ("kind", string(&kind)),
+            ("region", backend.region.as_deref().map_or(Value::Null, string)),
+            ("tags", list(&backend.tags)),
+        ]),
+    );
+    scope.add_variable_from_value(
+        "model",
+        map(vec![
+            ("name", string(&model.name)),
+            ("upstream_model", string(&model.upstream_model)),
+            ("price_input", price(model.pricing.input)),
+            ("price_output", price(model.pricing.output)),
+            ("context_window", optional_int(model.capabilities.context_window.map(u64::from))),
+        ]),
+    );
+    scope
+}

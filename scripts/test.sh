@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run every test: the README's test command and what CI runs.
+# Needs only a Rust toolchain and PostgreSQL binaries (or DATABASE_URL pointing at a server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/postgres.sh
+ensure_database_url
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+else
+    echo "cargo-nextest not found; using cargo test (cargo install cargo-nextest --locked for faster runs)" >&2
+    cargo test --workspace --all-targets --no-fail-fast "$@"
+fi

@@ -233,30 +233,31 @@ pub fn document() -> OpenApi {
         ),
     );
 
-    let components = ComponentsBuilder::new()
-        .schema_from::<BackendSpec>()
-        .schema_from::<ModelSpec>()
-        .schema_from::<AliasSpec>()
-        .schema_from::<RoutePolicySpec>()
-        .schema_from::<ToolSchemaSpec>()
-        .schema_from::<ToolPolicySpec>()
-        .schema_from::<BudgetSpec>()
-        .schema_from::<Page>()
-        .schema_from::<KeySpec>()
-        .schema_from::<KeyView>()
-        .schema_from::<KeyPage>()
-        .schema_from::<CreatedKey>()
-        .schema_from::<PrincipalSpec>()
-        .schema_from::<PrincipalView>()
-        .schema_from::<CreatedPrincipal>()
-        .schema_from::<AuditEntry>()
-        .schema_from::<AuditPage>()
-        .schema_from::<EvaluateRequest>()
-        .schema_from::<EvaluateResponse>()
-        .schema_from::<Decision>()
-        .schema_from::<KeyFacts>()
-        .schema_from::<PolicyTrace>()
-        .schema_from::<ErrorBody>()
+    let components = ComponentsBuilder::new();
+    let components = with_schema::<BackendSpec>(components);
+    let components = with_schema::<ModelSpec>(components);
+    let components = with_schema::<AliasSpec>(components);
+    let components = with_schema::<RoutePolicySpec>(components);
+    let components = with_schema::<ToolSchemaSpec>(components);
+    let components = with_schema::<ToolPolicySpec>(components);
+    let components = with_schema::<BudgetSpec>(components);
+    let components = with_schema::<Page>(components);
+    let components = with_schema::<KeySpec>(components);
+    let components = with_schema::<KeyView>(components);
+    let components = with_schema::<KeyPage>(components);
+    let components = with_schema::<CreatedKey>(components);
+    let components = with_schema::<PrincipalSpec>(components);
+    let components = with_schema::<PrincipalView>(components);
+    let components = with_schema::<CreatedPrincipal>(components);
+    let components = with_schema::<AuditEntry>(components);
+    let components = with_schema::<AuditPage>(components);
+    let components = with_schema::<EvaluateRequest>(components);
+    let components = with_schema::<EvaluateResponse>(components);
+    let components = with_schema::<Decision>(components);
+    let components = with_schema::<KeyFacts>(components);
+    let components = with_schema::<PolicyTrace>(components);
+    let components = with_schema::<ErrorBody>(components);
+    let components = components
         .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
         .build();
 
@@ -267,6 +268,13 @@ pub fn document() -> OpenApi {
         .paths(paths)
         .components(Some(components))
         .build()
+}
+
+/// Add `T` and every schema it references.
+fn with_schema<T: ToSchema>(builder: ComponentsBuilder) -> ComponentsBuilder {
+    let mut nested = Vec::new();
+    T::schemas(&mut nested);
+    builder.schema_from::<T>().schemas_from_iter(nested)
 }
 
 /// Every error: `{"error": {"message", "type", "param", "code"}}`.

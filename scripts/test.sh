@@ -7,8 +7,8 @@ source scripts/lib/postgres.sh
 ensure_database_url
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+    cargo nextest run --workspace --no-fail-fast "$@"
 else
     echo "cargo-nextest not found; using cargo test (cargo install cargo-nextest --locked for faster runs)" >&2
-    cargo test --workspace --all-targets --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@"
 fi

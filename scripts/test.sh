@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
 ensure_database_url
 
+# The end-to-end tests run the real binaries.
+cargo build --workspace --bins
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -4,19 +4,26 @@
 //! - [`settings`]: static configuration (flags and environment).
 //! - [`api`]: the axum admin API; [`api::app`] builds the whole application.
 //! - [`store`]: the Postgres store, the only module that knows SQL.
+//! - [`distribution`]: snapshots built on every config change and streamed to data planes over gRPC.
 //! - [`auth`]: admin principals, roles and permissions.
 //! - [`secrets`]: provider secrets encrypted at rest.
 //! - [`error`]: the API's error type in the OpenAI error shape.
 
 pub mod api;
 pub mod auth;
+pub mod distribution;
 pub mod error;
 pub mod secrets;
 pub mod settings;
 pub mod store;
 
+use std::future::IntoFuture;
+
 use anyhow::Context;
 use policy_engine::base_url::BaseUrlPolicy;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::secrets::Sealer;
 use crate::settings::ServeArgs;
@@ -31,16 +38,29 @@ pub fn write_context(args: &ServeArgs) -> anyhow::Result<WriteContext> {
     Ok(WriteContext { base_urls, sealer })
 }
 
-/// Connect, migrate, bootstrap the admin token and serve until `shutdown` resolves.
-pub async fn serve(
-    args: ServeArgs,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let write_context = write_context(&args)?;
+/// Connect, migrate, bootstrap the admin token, bind, and serve until `shutdown` is cancelled.
+pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::connect(&args.database.database_url)
         .await
         .with_context(|| format!("connecting to Postgres at {}", redact(&args.database.database_url)))?;
     store.migrate().await.context("applying migrations")?;
+    let admin = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin API to {}", args.admin_addr))?;
+    let grpc =
+        TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
+    run(store, &args, admin, grpc, shutdown).await
+}
+
+/// Serve the admin API on `admin` and the snapshot stream on `grpc` with an already migrated store.
+pub async fn run(
+    store: Store,
+    args: &ServeArgs,
+    admin: TcpListener,
+    grpc: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let write_context = write_context(args)?;
     match &args.admin_token {
         Some(token) if !token.trim().is_empty() => {
             store.ensure_bootstrap_admin(token.trim()).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?
@@ -50,13 +70,32 @@ pub async fn serve(
     if write_context.sealer.is_none() {
         tracing::warn!("GATEWAY_SECRET_KEY is not set: backends can only hold secret references (env:NAME)");
     }
+    if args.node_token.as_deref().is_none_or(str::is_empty) {
+        tracing::warn!("GATEWAY_NODE_TOKEN is not set: every data plane will be refused");
+    }
+    let replica = args.replica_id.clone().unwrap_or_else(default_replica_id);
+    store.replica_started(&replica).await.map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
+
+    let published = distribution::publisher::spawn(store.clone(), write_context.sealer.clone(), shutdown.clone());
+    let discovery = distribution::grpc::service(store.clone(), published, replica.clone(), args.node_token.as_deref());
     let state = api::AppState::new(store, write_context, args.max_body_bytes);
-    let listener = tokio::net::TcpListener::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin API to {}", args.admin_addr))?;
-    tracing::info!(addr = %args.admin_addr, "admin API listening");
-    axum::serve(listener, api::app(state)).with_graceful_shutdown(shutdown).await?;
+
+    tracing::info!(admin = %admin.local_addr()?, grpc = %grpc.local_addr()?, %replica, "control plane listening");
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(discovery)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());
+    let admin_server =
+        axum::serve(admin, api::app(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    let (grpc_result, admin_result) = tokio::join!(grpc_server, admin_server);
+    grpc_result.context("gRPC server")?;
+    admin_result.context("admin server")?;
     Ok(())
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "control-plane".to_owned() } else { host };
+    format!("{host}-{}", std::process::id())
 }
 
 /// The URL without its password, for messages.

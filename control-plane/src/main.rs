@@ -2,6 +2,7 @@ use anyhow::Context;
 use clap::Parser;
 use control_plane::settings::{Cli, Command};
 use control_plane::store::Store;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -9,9 +10,18 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => control_plane::serve(args, shutdown_signal()).await,
+        Command::Serve(args) => {
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                trigger.cancel();
+            });
+            control_plane::serve(args, shutdown).await
+        }
         Command::Migrate(args) => {
             let store = Store::connect(&args.database_url)
                 .await

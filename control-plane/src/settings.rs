@@ -35,6 +35,18 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
     pub admin_addr: SocketAddr,
 
+    /// Address of the gRPC snapshot stream for data planes.
+    #[arg(long, env = "GATEWAY_GRPC_ADDR", default_value = "127.0.0.1:8082")]
+    pub grpc_addr: SocketAddr,
+
+    /// Token data planes present on the gRPC stream. Without it every data plane is refused.
+    #[arg(long, env = "GATEWAY_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: Option<String>,
+
+    /// This replica's name in the fleet view (default: host name and process id).
+    #[arg(long, env = "GATEWAY_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
     /// Bootstrap admin token: the `bootstrap` principal (role admin) authenticates with it.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

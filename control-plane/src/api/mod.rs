@@ -7,6 +7,7 @@
 mod audit;
 mod evaluate;
 mod extract;
+mod fleet;
 mod keys;
 pub mod openapi;
 mod resources;
@@ -63,6 +64,7 @@ pub fn app(state: AppState) -> Router {
         .merge(resources::routes::<BudgetSpec>())
         .merge(keys::routes())
         .route("/audit", get(audit::list))
+        .route("/fleet", get(fleet::list))
         .route("/evaluate", post(evaluate::evaluate))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/openapi.json", get(openapi::serve));

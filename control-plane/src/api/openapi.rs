@@ -257,6 +257,7 @@ pub fn document() -> OpenApi {
     let components = with_schema::<KeyFacts>(components);
     let components = with_schema::<PolicyTrace>(components);
     let components = with_schema::<ErrorBody>(components);
+    let components = with_schema::<super::fleet::Fleet>(components);
     let components = components
         .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
         .build();

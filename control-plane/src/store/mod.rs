@@ -5,6 +5,7 @@
 //! then appends an audit row. Nothing is visible to readers or data planes until it commits.
 
 pub mod audit;
+pub mod fleet;
 pub mod keys;
 pub mod principals;
 pub mod resources;
@@ -19,6 +20,9 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use crate::error::ApiError;
 
 pub use resources::{Resource, Stored};
+
+/// The `LISTEN`/`NOTIFY` channel that announces new config versions to every replica.
+pub const CONFIG_CHANNEL: &str = "gateway_config";
 
 /// Migrations embedded at build time from the workspace's `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -166,8 +170,14 @@ impl Mutation {
         Ok(())
     }
 
-    /// Commit, and make `config` the cached config of the new version.
-    pub async fn commit(self, config: Arc<ConfigSet>) -> Result<i64, ApiError> {
+    /// Commit, and make `config` the cached config of the new version. Every replica hears of the new version
+    /// through `NOTIFY`, which Postgres delivers only if and when the transaction commits.
+    pub async fn commit(mut self, config: Arc<ConfigSet>) -> Result<i64, ApiError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CONFIG_CHANNEL)
+            .bind(self.version.to_string())
+            .execute(&mut *self.tx)
+            .await?;
         self.tx.commit().await?;
         self.store.cache.put(self.version, config);
         Ok(self.version)

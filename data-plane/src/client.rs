@@ -1,0 +1,173 @@
+//! The subscription to the control plane: hello, then compile / swap / persist / ACK each snapshot, or NACK it and
+//! keep the last good one. Reconnects with jittered exponential backoff, from 100 ms to 15 s, reset by the first
+//! good message of a connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_proto::v1;
+use gateway_proto::v1::config_discovery_client::ConfigDiscoveryClient;
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+use crate::persist;
+use crate::snapshot;
+use crate::state::Current;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid control plane address {0:?}: {1}")]
+    Address(String, String),
+    #[error("cannot connect to the control plane: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the control plane refused the subscription: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the node token is not a valid header value")]
+    Token,
+}
+
+pub struct Subscription {
+    pub control_plane: String,
+    pub node_token: Option<String>,
+    pub node_id: String,
+    pub state_dir: std::path::PathBuf,
+}
+
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(15);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The next delay with full jitter in [delay/2, delay], so a fleet does not reconnect in lockstep.
+    fn next(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let millis = delay.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
+    }
+}
+
+impl Subscription {
+    /// Subscribe until `shutdown`, reconnecting as needed.
+    pub async fn run(self, current: Arc<Current>, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new();
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = self.session(&current, &mut backoff) => result,
+            };
+            match result {
+                Ok(()) => tracing::warn!("the control plane ended the subscription; reconnecting"),
+                Err(error) => tracing::warn!(%error, "subscription failed; serving the last good snapshot"),
+            }
+            let delay = backoff.next();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(&self, current: &Current, backoff: &mut Backoff) -> Result<(), ClientError> {
+        let endpoint = Endpoint::from_shared(self.control_plane.clone())
+            .map_err(|e| ClientError::Address(self.control_plane.clone(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint.connect().await?;
+        let token = match &self.node_token {
+            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| ClientError::Token)?),
+            None => None,
+        };
+        let mut client = ConfigDiscoveryClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            if let Some(token) = &token {
+                request.metadata_mut().insert("authorization", token.clone());
+            }
+            Ok(request)
+        })
+        .max_decoding_message_size(256 << 20);
+
+        let (tx, rx) = mpsc::channel(8);
+        let held = current.load();
+        let hello = v1::Hello {
+            node_id: self.node_id.clone(),
+            held_version: held.as_ref().map_or(0, |s| s.version),
+            held_content_hash: held.as_ref().map(|s| s.content_hash.clone()).unwrap_or_default(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        // The channel has room: this cannot fail before the stream starts.
+        let _ = tx.send(v1::SubscribeRequest { kind: Some(v1::subscribe_request::Kind::Hello(hello)) }).await;
+        let mut responses = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+        tracing::info!(control_plane = %self.control_plane, "subscribed");
+        let mut first = true;
+        while let Some(response) = responses.message().await? {
+            if std::mem::take(&mut first) {
+                backoff.reset();
+            }
+            let Some(v1::subscribe_response::Kind::Snapshot(snapshot)) = response.kind else {
+                continue; // budget state: handled by the spend issue
+            };
+            let answer = self.apply(current, snapshot, response.nonce).await;
+            if let Some(answer) = answer
+                && tx.send(answer).await.is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compile and swap in `snapshot`; the ACK or NACK to send, or nothing for a snapshot older than ours.
+    async fn apply(&self, current: &Current, snapshot: v1::Snapshot, nonce: String) -> Option<v1::SubscribeRequest> {
+        let version = snapshot.version;
+        if current.load().is_some_and(|held| held.version > version) {
+            tracing::warn!(version, held = current.version(), "ignoring a snapshot older than the one served");
+            return None;
+        }
+        let compiled = tokio::task::spawn_blocking(move || snapshot::compile(&snapshot).map(|c| (c, snapshot))).await;
+        let kind = match compiled {
+            Ok(Ok((compiled, snapshot))) => {
+                current.swap(compiled);
+                tracing::info!(version, "snapshot applied");
+                let dir = self.state_dir.clone();
+                match tokio::task::spawn_blocking(move || persist::write(&dir, &snapshot)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "could not persist the snapshot"),
+                    Err(error) => tracing::error!(%error, "could not persist the snapshot"),
+                }
+                v1::subscribe_request::Kind::Ack(v1::Ack { version, nonce })
+            }
+            Ok(Err(errors)) => {
+                let text: Vec<String> =
+                    errors.iter().map(|e| format!("{} {}: {}", e.resource, e.field, e.message)).collect();
+                tracing::error!(version, errors = %text.join("; "), "snapshot refused; serving the last good one");
+                v1::subscribe_request::Kind::Nack(v1::Nack { version, nonce, errors })
+            }
+            Err(error) => v1::subscribe_request::Kind::Nack(v1::Nack {
+                version,
+                nonce,
+                errors: vec![v1::Rejection {
+                    resource: "snapshot".to_owned(),
+                    field: String::new(),
+                    message: format!("compilation panicked: {error}"),
+                }],
+            }),
+        };
+        Some(v1::SubscribeRequest { kind: Some(kind) })
+    }
+}

@@ -1,0 +1,38 @@
+//! The data plane's HTTP surface. Today: health and readiness; the OpenAI-compatible endpoints come next.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::state::Current;
+
+pub fn app(current: Arc<Current>) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(current)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready once a snapshot is loaded; says which one.
+async fn readyz(State(current): State<Arc<Current>>) -> Response {
+    match current.load() {
+        Some(snapshot) => Json(json!({
+            "status": "ready",
+            "snapshot_version": snapshot.version,
+            "content_hash": snapshot.content_hash,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading", "reason": "no snapshot yet: waiting for the control plane"})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,81 @@
+//! The LLM gateway's data plane: receives versioned snapshots from the control plane, compiles them off the request
+//! path, swaps them in atomically and serves on the last good one, also across restarts while the control plane
+//! is away.
+//!
+//! - [`settings`]: static configuration (flags and environment).
+//! - [`client`]: the gRPC subscription (hello, ACK/NACK, backoff).
+//! - [`snapshot`]: compiling a snapshot (CEL, JSON Schemas, key index) with the shared policy engine.
+//! - [`state`]: the current snapshot, swapped atomically.
+//! - [`persist`]: the last good snapshot on local disk.
+//! - [`http`]: the HTTP surface.
+
+pub mod client;
+pub mod http;
+pub mod persist;
+pub mod settings;
+pub mod snapshot;
+pub mod state;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::ServeArgs;
+use crate::state::Current;
+
+/// Load a snapshot file and swap it in.
+fn load_file(path: &std::path::Path, current: &Current) -> anyhow::Result<()> {
+    let snapshot = persist::read(path)?;
+    let compiled = snapshot::compile(&snapshot).map_err(|errors| {
+        let text: Vec<String> = errors.iter().map(|e| format!("{} {}: {}", e.resource, e.field, e.message)).collect();
+        anyhow::anyhow!("{} does not compile: {}", path.display(), text.join("; "))
+    })?;
+    tracing::info!(path = %path.display(), version = compiled.version, "serving a snapshot from disk");
+    current.swap(compiled);
+    Ok(())
+}
+
+/// Bind and serve until `shutdown` is cancelled.
+pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(args.listen_addr).await.with_context(|| format!("binding to {}", args.listen_addr))?;
+    run(args, listener, Arc::new(Current::default()), shutdown).await
+}
+
+/// Serve on `listener` with `current` (shared so tests and benchmarks can watch swaps).
+pub async fn run(
+    args: ServeArgs,
+    listener: TcpListener,
+    current: Arc<Current>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    if let Some(path) = &args.snapshot {
+        load_file(path, &current)?;
+    } else {
+        let persisted = args.state_dir.join(persist::FILE_NAME);
+        if persisted.exists()
+            && let Err(error) = load_file(&persisted, &current)
+        {
+            tracing::warn!(%error, "the persisted snapshot is unusable; waiting for the control plane");
+        }
+        let subscription = client::Subscription {
+            control_plane: args.control_plane.clone(),
+            node_token: args.node_token.clone(),
+            node_id: args.node_id.clone().unwrap_or_else(|| default_node_id(local.port())),
+            state_dir: args.state_dir.clone(),
+        };
+        tokio::spawn(subscription.run(current.clone(), shutdown.clone()));
+    }
+    tracing::info!(addr = %local, "data plane listening");
+    axum::serve(listener, http::app(current)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+fn default_node_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "data-plane".to_owned() } else { host };
+    format!("{host}:{port}")
+}

@@ -1,0 +1,99 @@
+//! Compiling a received snapshot into what serving needs: decoded config, the compiled router, tool-schema
+//! validators and the key index. Everything the control plane validated is validated again here with the same
+//! engine, so version skew shows up as a NACK instead of a broken data plane.
+
+use std::collections::HashMap;
+
+use gateway_proto::convert;
+use gateway_proto::v1;
+use policy_engine::config::ConfigSet;
+use policy_engine::routing::Router;
+use policy_engine::{tool_schema, validate};
+
+/// A snapshot ready to serve. Swapped in whole; requests in flight finish on the one they started with.
+pub struct CompiledSnapshot {
+    pub version: u64,
+    pub content_hash: String,
+    pub config: ConfigSet,
+    pub router: Router,
+    pub tool_validators: HashMap<String, jsonschema::Validator>,
+    /// API keys by the hex SHA-256 of their secret.
+    pub keys: HashMap<String, v1::ApiKey>,
+}
+
+fn rejection(resource: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> v1::Rejection {
+    v1::Rejection { resource: resource.into(), field: field.into(), message: message.into() }
+}
+
+/// Compile `snapshot`, or say everything that is wrong with it.
+pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Rejection>> {
+    let Some(content) = &snapshot.content else {
+        return Err(vec![rejection("snapshot", "content", "missing")]);
+    };
+    let hash = convert::content_hash(content);
+    if hash != snapshot.content_hash {
+        return Err(vec![rejection(
+            "snapshot",
+            "content_hash",
+            format!("content hashes to {hash}, not {}", snapshot.content_hash),
+        )]);
+    }
+    let config = convert::decode(content).map_err(|errors| errors.into_iter().map(Into::into).collect::<Vec<_>>())?;
+    let mut rejections = Vec::new();
+    let spec_errors = |kind: &str, name: &str, errors: Vec<validate::SpecError>, out: &mut Vec<v1::Rejection>| {
+        out.extend(errors.into_iter().map(|e| rejection(format!("{kind}/{name}"), e.field, e.message)));
+    };
+    for spec in config.models.values() {
+        if let Err(errors) = validate::model(spec) {
+            spec_errors("model", &spec.name, errors, &mut rejections);
+        }
+    }
+    for spec in config.aliases.values() {
+        if let Err(errors) = validate::alias(spec) {
+            spec_errors("alias", &spec.name, errors, &mut rejections);
+        }
+    }
+    for spec in config.tool_policies.values() {
+        if let Err(errors) = validate::tool_policy(spec) {
+            spec_errors("tool_policy", &spec.name, errors, &mut rejections);
+        }
+    }
+    for spec in config.budgets.values() {
+        if let Err(errors) = validate::budget(spec) {
+            spec_errors("budget", &spec.name, errors, &mut rejections);
+        }
+    }
+    for error in config.check_integrity() {
+        rejections.push(rejection(error.resource, "", error.message));
+    }
+    let mut tool_validators = HashMap::new();
+    for spec in config.tool_schemas.values() {
+        match tool_schema::compile(&spec.schema) {
+            Ok(validator) => {
+                tool_validators.insert(spec.name.clone(), validator);
+            }
+            Err(error) => rejections.push(rejection(format!("tool_schema/{}", spec.name), "schema", error.to_string())),
+        }
+    }
+    // Route policies are checked by compiling them: the router reports every CEL error with its position.
+    let router = match Router::compile(&config) {
+        Ok(router) => Some(router),
+        Err(errors) => {
+            rejections.extend(errors.into_iter().map(|e| rejection(e.resource, e.field, e.error.to_string())));
+            None
+        }
+    };
+    let keys: HashMap<String, v1::ApiKey> =
+        content.api_keys.iter().map(|k| (k.secret_sha256.clone(), k.clone())).collect();
+    match router {
+        Some(router) if rejections.is_empty() => Ok(CompiledSnapshot {
+            version: snapshot.version,
+            content_hash: snapshot.content_hash.clone(),
+            config,
+            router,
+            tool_validators,
+            keys,
+        }),
+        _ => Err(rejections),
+    }
+}

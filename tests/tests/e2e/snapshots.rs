@@ -1,0 +1,211 @@
+//! Versioned snapshots over gRPC: propagation, convergence across replicas, restarts, static stability, NACKs,
+//! node authentication.
+
+use std::time::Duration;
+
+use gateway_e2e::*;
+use gateway_proto::v1;
+use gateway_proto::v1::config_discovery_client::ConfigDiscoveryClient;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+fn db_url(pool: &PgPool) -> String {
+    database_url(pool.connect_options().get_database().expect("test database name"))
+}
+
+fn backend(name: &str) -> Value {
+    json!({"name": name, "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "secret": {"value": "sk-e2e"}})
+}
+
+fn node<'a>(fleet: &'a Value, id: &str) -> Option<&'a Value> {
+    fleet["nodes"].as_array()?.iter().find(|n| n["node_id"] == json!(id))
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_change_reaches_a_subscribed_data_plane(pool: PgPool) {
+    let test = "change_reaches";
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
+    let (status, body) = eventually(Duration::from_secs(20), "the data plane to answer", || dp.readyz()).await;
+    assert!(status == 200 || status == 503, "{status} {body}");
+    let version = cp.create("backends", backend("b1")).await;
+    dp.wait_for_version(version).await;
+    let fleet = eventually(Duration::from_secs(10), "the fleet view to show the ACK", || async {
+        let fleet = cp.fleet().await;
+        (node(&fleet, "dp")?["acked_version"] == json!(version)).then_some(fleet)
+    })
+    .await;
+    let dp_node = node(&fleet, "dp").unwrap();
+    assert_eq!(dp_node["connected"], json!(true));
+    assert_eq!(dp_node["behind"], json!(false));
+    assert_eq!(dp_node["replica"], json!("cp"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_data_planes_and_two_replicas_converge(pool: PgPool) {
+    let test = "converge";
+    let url = db_url(&pool);
+    let cp_a = ControlPlane::start(ControlPlaneConfig::new(test, "cp-a", &url)).await;
+    let cp_b = ControlPlane::start(ControlPlaneConfig::new(test, "cp-b", &url)).await;
+    let dp1 = DataPlane::start(&DataPlaneConfig::new(test, "dp1", &cp_a.grpc_url()));
+    let dp2 = DataPlane::start(&DataPlaneConfig::new(test, "dp2", &cp_b.grpc_url()));
+    // Writes through either replica reach data planes on both: the other replica hears of them by NOTIFY.
+    let v1 = cp_a.create("backends", backend("via-a")).await;
+    dp1.wait_for_version(v1).await;
+    dp2.wait_for_version(v1).await;
+    let mut last = v1;
+    for i in 0..5 {
+        last = cp_b.create("backends", backend(&format!("burst-{i}"))).await;
+    }
+    dp1.wait_for_version(last).await;
+    dp2.wait_for_version(last).await;
+    assert_eq!(dp1.version().await, dp2.version().await);
+    let (_, a) = dp1.readyz().await.unwrap();
+    let (_, b) = dp2.readyz().await.unwrap();
+    assert_eq!(a["content_hash"], b["content_hash"], "same version, same content");
+    // Either replica's fleet view shows both nodes, whichever replica they are connected to.
+    eventually(Duration::from_secs(10), "both nodes acked in cp-a's fleet view", || async {
+        let fleet = cp_a.fleet().await;
+        let both = ["dp1", "dp2"].iter().all(|id| node(&fleet, id).is_some_and(|n| n["acked_version"] == json!(last)));
+        both.then_some(())
+    })
+    .await;
+    let fleet = cp_b.fleet().await;
+    assert_eq!(node(&fleet, "dp1").unwrap()["replica"], json!("cp-a"));
+    assert_eq!(node(&fleet, "dp2").unwrap()["replica"], json!("cp-b"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_killed_control_plane_loses_nothing_and_data_planes_catch_up(pool: PgPool) {
+    let test = "cp_restart";
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let config = cp.config();
+    let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
+    let before = cp.create("backends", backend("before-kill")).await;
+    dp.wait_for_version(before).await;
+
+    cp.kill().await;
+    // The data plane keeps serving its snapshot while the control plane is away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dp.version().await, Some(before));
+
+    let cp = ControlPlane::start(config).await;
+    let (status, body) = cp.call("GET", "/backends/before-kill", None).await;
+    assert_eq!(status, 200, "nothing committed was lost: {body}");
+    let after = cp.create("backends", backend("after-restart")).await;
+    dp.wait_for_version(after).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_data_plane_restarted_without_a_control_plane_serves_its_persisted_snapshot(pool: PgPool) {
+    let test = "static_stability";
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
+    let dp = DataPlane::start(&config);
+    let version = cp.create("backends", backend("b1")).await;
+    dp.wait_for_version(version).await;
+    let persisted = dp.state_dir.join("last-good.snapshot.pb");
+    eventually(Duration::from_secs(10), "the snapshot to be persisted", || async { persisted.exists().then_some(()) })
+        .await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&persisted).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the snapshot holds provider secrets: owner-only");
+    }
+    cp.kill().await;
+    dp.kill().await;
+
+    let restarted = DataPlane::start(&config);
+    restarted.wait_for_version(version).await;
+
+    // And a snapshot file alone is enough to serve, for local use.
+    let mut alone = DataPlaneConfig::new(test, "dp-file", "http://127.0.0.1:9");
+    alone.snapshot = Some(persisted);
+    let from_file = DataPlane::start(&alone);
+    from_file.wait_for_version(version).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_snapshot_that_fails_to_compile_is_nacked_and_the_old_one_keeps_serving(pool: PgPool) {
+    let test = "nack";
+    let url = db_url(&pool);
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &url)).await;
+    let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
+    cp.create("backends", backend("b1")).await;
+    cp.create(
+        "models",
+        json!({"name": "m1", "backend": "b1", "upstream_model": "m", "capabilities": {"chat": true},
+                                "pricing": {"input": "1", "output": "2"}}),
+    )
+    .await;
+    cp.create("aliases", json!({"name": "a1", "candidates": [{"model": "m1"}]})).await;
+    let good = cp
+        .create(
+            "route-policies",
+            json!({"name": "p1", "when": "request.model == 'a1'", "action": {"type": "route", "alias": "a1"}}),
+        )
+        .await;
+    dp.wait_for_version(good).await;
+
+    // Simulate version skew: a policy this data plane's engine cannot compile, written behind the API's back.
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("UPDATE route_policies SET spec = jsonb_set(spec, '{when}', '\"request.future_field == 1\"')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let bad: i64 = sqlx::query_scalar("UPDATE config_version SET version = version + 1 RETURNING version")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_notify('gateway_config', $1)").bind(bad.to_string()).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let fleet = eventually(Duration::from_secs(20), "the NACK in the fleet view", || async {
+        let fleet = cp.fleet().await;
+        (node(&fleet, "dp")?["last_nack_version"] == json!(bad)).then_some(fleet)
+    })
+    .await;
+    let dp_node = node(&fleet, "dp").unwrap();
+    let error = dp_node["last_nack_error"].as_str().unwrap();
+    assert!(error.contains("route_policy/p1 when") && error.contains("future_field"), "{error}");
+    assert_eq!(dp_node["acked_version"], json!(good));
+    assert_eq!(dp_node["behind"], json!(true));
+    assert_eq!(dp.version().await, Some(good), "the last good snapshot keeps serving");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_bad_node_token_is_refused(pool: PgPool) {
+    let test = "bad_token";
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    cp.create("backends", backend("b1")).await;
+
+    let mut client = ConfigDiscoveryClient::connect(cp.grpc_url()).await.unwrap();
+    let hello = v1::SubscribeRequest {
+        kind: Some(v1::subscribe_request::Kind::Hello(v1::Hello { node_id: "intruder".into(), ..Default::default() })),
+    };
+    let mut request = tonic::Request::new(tokio_stream_once(hello.clone()));
+    request.metadata_mut().insert("authorization", "Bearer wrong-token".parse().unwrap());
+    let status = client.subscribe(request).await.expect_err("a wrong token is refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(status.message(), "invalid node token");
+    let status = client.subscribe(tonic::Request::new(tokio_stream_once(hello))).await.expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // A data plane with the wrong token never becomes ready and never joins the fleet.
+    let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
+    config.node_token = "wrong-token".into();
+    let dp = DataPlane::start(&config);
+    let (status, body) = eventually(Duration::from_secs(20), "the data plane to answer", || dp.readyz()).await;
+    assert_eq!(status, 503, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dp.readyz().await.unwrap().0, 503);
+    assert!(node(&cp.fleet().await, "dp").is_none());
+}
+
+fn tokio_stream_once(
+    message: v1::SubscribeRequest,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = v1::SubscribeRequest> {
+    tonic::codegen::tokio_stream::iter(vec![message])
+}

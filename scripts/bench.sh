@@ -4,4 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
 ensure_database_url
-cargo bench -p control-plane --bench "${1:-admin_api}"
+case "${1:-admin_api}" in
+    admin_api) cargo bench -p control-plane --bench admin_api ;;
+    snapshots) cargo bench -p gateway-e2e --bench snapshots ;;
+    *) echo "unknown benchmark ${1}: admin_api | snapshots" >&2; exit 2 ;;
+esac

@@ -1,4 +1,4 @@
-//! The data plane's HTTP surface. Today: health and readiness; the OpenAI-compatible endpoints come next.
+//! The data plane's HTTP surface: health, readiness and the OpenAI-compatible API ([`crate::proxy`]).
 
 use std::sync::Arc;
 
@@ -10,10 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::proxy::{self, Proxy};
 use crate::state::Current;
 
-pub fn app(current: Arc<Current>) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(current)
+pub fn app(proxy: Arc<Proxy>) -> Router {
+    let health =
+        Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(proxy.current.clone());
+    health.merge(proxy::routes(proxy)).fallback(proxy::no_route)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -7,11 +7,13 @@
 //! - [`snapshot`]: compiling a snapshot (CEL, JSON Schemas, key index) with the shared policy engine.
 //! - [`state`]: the current snapshot, swapped atomically.
 //! - [`persist`]: the last good snapshot on local disk.
-//! - [`http`]: the HTTP surface.
+//! - [`proxy`]: the OpenAI-compatible API: authentication, routing, failover, streaming.
+//! - [`http`]: the HTTP surface (health, readiness, the proxy's routes).
 
 pub mod client;
 pub mod http;
 pub mod persist;
+pub mod proxy;
 pub mod settings;
 pub mod snapshot;
 pub mod state;
@@ -51,6 +53,8 @@ pub async fn run(
     current: Arc<Current>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // One TLS crypto provider for every upstream client (ring: no C toolchain beyond cc needed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let local = listener.local_addr()?;
     if let Some(path) = &args.snapshot {
         load_file(path, &current)?;
@@ -69,8 +73,14 @@ pub async fn run(
         };
         tokio::spawn(subscription.run(current.clone(), shutdown.clone()));
     }
+    let proxy = Arc::new(proxy::Proxy {
+        current,
+        upstreams: proxy::upstream::Upstreams::default(),
+        max_body_bytes: args.max_body_bytes,
+        max_retry_after: std::time::Duration::from_millis(args.max_retry_after_ms),
+    });
     tracing::info!(addr = %local, "data plane listening");
-    axum::serve(listener, http::app(current)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, http::app(proxy)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
 

@@ -36,6 +36,14 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest upstream `Retry-After` waited out before retrying the same candidate; longer ones fail over.
+    #[arg(long, env = "GATEWAY_MAX_RETRY_AFTER_MS", default_value_t = 2_000)]
+    pub max_retry_after_ms: u64,
+
     /// Serve this snapshot file alone, without a control plane (local use).
     #[arg(long, env = "GATEWAY_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,

@@ -16,6 +16,12 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 pub const NODE_TOKEN: &str = "e2e-node-token";
 pub const SECRET_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
+/// An HTTP client (installing the TLS crypto provider reqwest is built to expect, once).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A built workspace binary, next to the test executable's `deps/` directory.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -117,7 +123,7 @@ impl ControlPlane {
             child,
             admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
             grpc: SocketAddr::from(([127, 0, 0, 1], config.grpc_port)),
-            http: reqwest::Client::new(),
+            http: http_client(),
             config,
         };
         let url = format!("http://{}/readyz", plane.admin);
@@ -181,6 +187,7 @@ pub struct DataPlaneConfig {
     pub state_dir: PathBuf,
     pub snapshot: Option<PathBuf>,
     pub port: u16,
+    pub env: Vec<(String, String)>,
 }
 
 impl DataPlaneConfig {
@@ -195,6 +202,7 @@ impl DataPlaneConfig {
             state_dir,
             snapshot: None,
             port: free_port(),
+            env: Vec::new(),
         }
     }
 }
@@ -217,12 +225,13 @@ impl DataPlane {
         if let Some(snapshot) = &config.snapshot {
             command.env("GATEWAY_SNAPSHOT", snapshot);
         }
+        command.envs(config.env.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().expect("spawn data-plane");
         DataPlane {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], config.port)),
             state_dir: config.state_dir.clone(),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -251,5 +260,75 @@ impl DataPlane {
 
     pub async fn kill(mut self) {
         self.child.kill().await.unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POST `body` as JSON with the API key `key`.
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// A programmable OpenAI-compatible upstream (the `mock-upstream` binary).
+pub struct MockUpstream {
+    _child: Child,
+    pub addr: SocketAddr,
+    pub name: String,
+    http: reqwest::Client,
+}
+
+impl MockUpstream {
+    pub async fn start(test: &str, name: &str) -> MockUpstream {
+        let port = free_port();
+        let child = Command::new(binary("mock-upstream"))
+            .args(["--addr", &format!("127.0.0.1:{port}"), "--name", name])
+            .stdout(Stdio::null())
+            .stderr(log_file(test, name))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mock-upstream");
+        let mock = MockUpstream {
+            _child: child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            name: name.to_owned(),
+            http: http_client(),
+        };
+        eventually(Duration::from_secs(10), "the mock upstream to listen", || async {
+            mock.http.get(format!("http://{}/__mock/stats", mock.addr)).send().await.ok().map(|_| ())
+        })
+        .await;
+        mock
+    }
+
+    /// The base URL a backend uses.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queue behaviours for the next requests, in order.
+    pub async fn script(&self, behaviours: Value) {
+        let response =
+            self.http.post(format!("http://{}/__mock/script", self.addr)).json(&behaviours).send().await.unwrap();
+        assert!(response.status().is_success(), "mock script refused: {}", response.text().await.unwrap_or_default());
+    }
+
+    pub async fn requests(&self) -> Vec<Value> {
+        let reply = self.http.get(format!("http://{}/__mock/requests", self.addr)).send().await.unwrap();
+        reply.json::<Value>().await.unwrap().as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.http.get(format!("http://{}/__mock/stats", self.addr)).send().await.unwrap().json().await.unwrap()
     }
 }

@@ -1,0 +1,121 @@
+//! The data plane's one HTTP-facing error, rendered in the OpenAI error shape so every SDK raises its own class.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{message}")]
+    InvalidField { message: String, param: &'static str },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    InvalidApiKey(&'static str),
+    #[error("request denied by policy '{policy}': {message}")]
+    PolicyDenied { policy: String, message: String },
+    #[error("this API key may not use model '{model}'")]
+    ModelNotAllowed { model: String },
+    #[error("{0}")]
+    NoEligibleCandidate(String),
+    #[error("the model '{model}' does not exist or you do not have access to it")]
+    ModelNotFound { model: String },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("the gateway has no configuration yet: it is waiting for the control plane")]
+    NotReady,
+    #[error("{message}")]
+    UpstreamRateLimited { message: String, retry_after: Option<u64> },
+    #[error("{0}")]
+    UpstreamFailed(String),
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::InvalidRequest(_) | GatewayError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::PolicyDenied { .. }
+            | GatewayError::ModelNotAllowed { .. }
+            | GatewayError::NoEligibleCandidate(_) => StatusCode::FORBIDDEN,
+            GatewayError::ModelNotFound { .. } | GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            GatewayError::NotReady | GatewayError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A fixed code for the body and for metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::InvalidField { .. } => "invalid_value",
+            GatewayError::TooLarge { .. } => "request_too_large",
+            GatewayError::InvalidApiKey(_) => "invalid_api_key",
+            GatewayError::PolicyDenied { .. } => "policy_denied",
+            GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
+            GatewayError::NoEligibleCandidate(_) => "no_eligible_backend",
+            GatewayError::ModelNotFound { .. } => "model_not_found",
+            GatewayError::NoRoute { .. } => "unknown_url",
+            GatewayError::NotReady => "not_ready",
+            GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            GatewayError::UpstreamFailed(_) => "upstream_error",
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// The OpenAI `type`.
+    fn error_type(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s.is_server_error() => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::InvalidField { param, .. } => Some(param),
+            GatewayError::ModelNotFound { .. } | GatewayError::ModelNotAllowed { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The error as an SSE event, for failures after a stream has started.
+    pub fn sse_event(&self) -> String {
+        format!("data: {}\n\n", self.body())
+    }
+
+    fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.to_string(), "type": self.error_type(), "param": self.param(), "code": self.code()}})
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code(), "{self}");
+        }
+        let mut response = (status, Json(self.body())).into_response();
+        if let GatewayError::UpstreamRateLimited { retry_after: Some(seconds), .. } = &self
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert("retry-after", value);
+        }
+        response
+    }
+}

@@ -1,0 +1,293 @@
+//! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`.
+//!
+//! One request, in order (each step needs the one before):
+//! 1. the snapshot, loaded once so the whole request sees one version;
+//! 2. the virtual key (cheapest refusal first; nothing else is parsed for an unknown caller);
+//! 3. the body, read up to the limit and parsed leniently;
+//! 4. the key's allowed aliases, then routing (policies, constraints, alias resolution, strategy order);
+//! 5. the attempts, in order, failing over on connection errors, timeouts, 5xx and 429; never after the first byte
+//!    of a response reached the client.
+
+pub mod auth;
+pub mod error;
+pub mod request;
+pub mod sse;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use policy_engine::config::Strategy;
+use policy_engine::routing::{Decision, KeyFacts, PlannedCandidate, weighted_order};
+use rand::RngExt;
+use serde_json::json;
+
+use self::error::GatewayError;
+use self::request::{Endpoint, ParsedRequest};
+use self::upstream::{AttemptError, Upstreams};
+use crate::snapshot::CompiledSnapshot;
+use crate::state::Current;
+
+/// What the proxy shares across requests.
+pub struct Proxy {
+    pub current: Arc<Current>,
+    pub upstreams: Upstreams,
+    pub max_body_bytes: usize,
+    /// The longest `Retry-After` the gateway waits out before retrying the same candidate; longer ones fail over.
+    pub max_retry_after: Duration,
+}
+
+pub fn routes(proxy: Arc<Proxy>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .with_state(proxy)
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn snapshot(proxy: &Proxy) -> Result<Arc<CompiledSnapshot>, GatewayError> {
+    proxy.current.load().ok_or(GatewayError::NotReady)
+}
+
+async fn chat_completions(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    serve(&proxy, Endpoint::ChatCompletions, request).await
+}
+
+async fn completions(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    serve(&proxy, Endpoint::Completions, request).await
+}
+
+async fn embeddings(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    serve(&proxy, Endpoint::Embeddings, request).await
+}
+
+async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response {
+    let id = request_id(request.headers());
+    let mut response = match handle(proxy, endpoint, request, &id).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -> Result<Response, GatewayError> {
+    let snapshot = snapshot(proxy)?;
+    let (parts, body) = request.into_parts();
+    let key = auth::authenticate(&parts.headers, &snapshot, now_unix())?;
+    let bytes = axum::body::to_bytes(body, proxy.max_body_bytes).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            GatewayError::TooLarge { limit: proxy.max_body_bytes }
+        } else {
+            GatewayError::InvalidRequest(format!("could not read the request body: {error}"))
+        }
+    })?;
+    let parsed = request::parse(endpoint, &bytes)?;
+    if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
+        return Err(GatewayError::ModelNotAllowed { model: parsed.model });
+    }
+    let facts = parsed.facts(&parts.headers, snapshot.router.reads().prompt_tokens);
+    let key_facts = KeyFacts {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        team: (!key.team.is_empty()).then(|| key.team.clone()),
+        tags: key.tags.clone(),
+    };
+    let decision = snapshot.router.route(&facts, &key_facts, chrono::Utc::now(), None);
+    let (policy, mut candidates, strategy) = match decision {
+        Decision::Route { policy, candidates, strategy, .. } => (policy, candidates, strategy),
+        Decision::Deny { policy, message } => return Err(GatewayError::PolicyDenied { policy, message }),
+        Decision::UnknownModel { model } => return Err(GatewayError::ModelNotFound { model }),
+        Decision::NoEligibleCandidate { rejected, .. } => {
+            let by: Vec<String> = rejected.iter().map(|r| format!("{} (by '{}')", r.model, r.policy)).collect();
+            return Err(GatewayError::NoEligibleCandidate(format!(
+                "no backend may serve this request under the active constraints: {}",
+                by.join(", ")
+            )));
+        }
+    };
+    if strategy == Strategy::Weighted {
+        weighted_order(&mut candidates, rand::rng().random::<f64>());
+    }
+    forward(proxy, &snapshot, &parsed, &candidates, policy.as_deref(), id).await
+}
+
+/// Try the candidates in order; answer with the first usable response.
+async fn forward(
+    proxy: &Proxy,
+    snapshot: &CompiledSnapshot,
+    parsed: &ParsedRequest,
+    candidates: &[PlannedCandidate],
+    policy: Option<&str>,
+    id: &str,
+) -> Result<Response, GatewayError> {
+    let mut failures: Vec<(String, AttemptError)> = Vec::new();
+    for candidate in candidates {
+        let Some(backend) = snapshot.config.backends.get(&candidate.backend) else { continue };
+        let mut attempt =
+            proxy.upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, id).await;
+        // A short Retry-After is waited out once on the same candidate; a long one moves on.
+        if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
+            && *wait <= proxy.max_retry_after
+        {
+            tokio::time::sleep(*wait).await;
+            attempt = proxy.upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, id).await;
+        }
+        match attempt {
+            Ok(response) => {
+                let total = Duration::from_millis(backend.timeouts.total_ms);
+                let mut reply = respond(response, parsed.stream, total).await?;
+                let headers = reply.headers_mut();
+                for (name, value) in [
+                    ("x-gateway-backend", candidate.backend.as_str()),
+                    ("x-gateway-model", candidate.model.as_str()),
+                    ("x-gateway-policy", policy.unwrap_or("-")),
+                    ("x-gateway-snapshot-version", &snapshot.version.to_string()),
+                ] {
+                    if let Ok(value) = HeaderValue::from_str(value) {
+                        headers.insert(name, value);
+                    }
+                }
+                if !failures.is_empty() {
+                    tracing::info!(served_by = %candidate.model, failed = failures.len(), "served after failover");
+                }
+                return Ok(reply);
+            }
+            // The caller's own mistake: the next candidate would refuse it too.
+            Err(AttemptError::Status { status, body, .. }) if (400..500).contains(&status) && status != 429 => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                let mut reply = (status, body).into_response();
+                reply.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+                return Ok(reply);
+            }
+            Err(error) => {
+                tracing::warn!(model = %candidate.model, backend = %candidate.backend, error = %error.describe(), "candidate failed");
+                failures.push((candidate.model.clone(), error));
+            }
+        }
+    }
+    Err(all_failed(&failures))
+}
+
+/// The error for a request no candidate could serve, naming what each answered.
+fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
+    let detail: Vec<String> = failures.iter().map(|(model, e)| format!("{model}: {}", e.describe())).collect();
+    let message = format!("every candidate failed: {}", detail.join("; "));
+    let all = |f: fn(&AttemptError) -> bool| !failures.is_empty() && failures.iter().all(|(_, e)| f(e));
+    if all(|e| matches!(e, AttemptError::Status { status: 429, .. })) {
+        let retry_after = failures
+            .iter()
+            .filter_map(|(_, e)| match e {
+                AttemptError::Status { retry_after, .. } => retry_after.map(|d| d.as_secs().max(1)),
+                _ => None,
+            })
+            .min();
+        GatewayError::UpstreamRateLimited { message, retry_after }
+    } else if all(|e| matches!(e, AttemptError::Timeout(_))) {
+        GatewayError::UpstreamTimeout(message)
+    } else if all(|e| matches!(e, AttemptError::Connect(_) | AttemptError::Unsupported(_))) {
+        GatewayError::UpstreamUnavailable(message)
+    } else {
+        GatewayError::UpstreamFailed(message)
+    }
+}
+
+/// Turn a successful upstream response into ours: streamed through as it comes, or read whole.
+async fn respond(upstream: reqwest::Response, stream: bool, total: Duration) -> Result<Response, GatewayError> {
+    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
+    let content_type = upstream.headers().get("content-type").cloned();
+    let is_sse =
+        content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = if stream && is_sse {
+        Body::from_stream(sse::passthrough(upstream.bytes_stream(), total))
+    } else {
+        let bytes = tokio::time::timeout(total, upstream.bytes())
+            .await
+            .map_err(|_| {
+                GatewayError::UpstreamTimeout(format!(
+                    "the response exceeded the total timeout of {} ms",
+                    total.as_millis()
+                ))
+            })?
+            .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
+        Body::from(bytes)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if let Some(content_type) = content_type {
+        response.headers_mut().insert("content-type", content_type);
+    }
+    if stream && is_sse {
+        response.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
+    }
+    Ok(response)
+}
+
+/// The aliases (and models) a key may use.
+fn visible_models<'a>(snapshot: &'a CompiledSnapshot, allowed: &'a [String]) -> Vec<&'a str> {
+    let mut names: Vec<&str> = snapshot.config.aliases.keys().map(String::as_str).collect();
+    if !allowed.is_empty() {
+        names = allowed.iter().map(String::as_str).filter(|n| snapshot.config.has_alias_or_model(n)).collect();
+    }
+    names.sort_unstable();
+    names
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "gateway"})
+}
+
+async fn list_models(State(proxy): State<Arc<Proxy>>, headers: HeaderMap) -> Response {
+    let result = (|| {
+        let snapshot = snapshot(&proxy)?;
+        let key = auth::authenticate(&headers, &snapshot, now_unix())?;
+        let data: Vec<_> = visible_models(&snapshot, &key.allowed_aliases).into_iter().map(model_object).collect();
+        Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
+    })();
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn get_model(State(proxy): State<Arc<Proxy>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let result = (|| {
+        let snapshot = snapshot(&proxy)?;
+        let key = auth::authenticate(&headers, &snapshot, now_unix())?;
+        let visible = visible_models(&snapshot, &key.allowed_aliases);
+        let allowed_model = key.allowed_aliases.is_empty() && snapshot.config.models.contains_key(&id);
+        if visible.contains(&id.as_str()) || allowed_model {
+            Ok(axum::Json(model_object(&id)).into_response())
+        } else {
+            Err(GatewayError::ModelNotFound { model: id })
+        }
+    })();
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Unknown paths and methods, in the OpenAI shape.
+pub async fn no_route(method: Method, uri: Uri) -> Response {
+    GatewayError::NoRoute { method: method.to_string(), path: uri.path().to_owned() }.into_response()
+}

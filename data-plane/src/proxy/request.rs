@@ -1,0 +1,203 @@
+//! Lenient request parsing: the gateway types only the fields it reads; everything else passes through untouched.
+
+use std::collections::BTreeMap;
+
+use axum::http::HeaderMap;
+use policy_engine::routing::RequestFacts;
+use policy_engine::tokens;
+use serde_json::{Map, Value};
+
+use super::error::GatewayError;
+
+/// The OpenAI endpoints the gateway serves, and what each needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The name policies see as `request.endpoint`.
+    pub fn cel_name(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    /// The path after the provider's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+}
+
+pub struct ParsedRequest {
+    pub endpoint: Endpoint,
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+}
+
+fn invalid(param: &'static str, message: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidField { message: message.into(), param }
+}
+
+pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ParsedRequest, GatewayError> {
+    if bytes.is_empty() {
+        return Err(GatewayError::InvalidRequest("the request body is empty; a JSON object is required".to_owned()));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| GatewayError::InvalidRequest(format!("the request body is not valid JSON: {e}")))?;
+    let Value::Object(body) = value else {
+        return Err(GatewayError::InvalidRequest("the request body must be a JSON object".to_owned()));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(invalid("model", "you must provide a model parameter"));
+        }
+        Some(other) => return Err(invalid("model", format!("model must be a string, not {}", kind(other)))),
+    };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(other) => return Err(invalid("stream", format!("stream must be a boolean, not {}", kind(other)))),
+    };
+    match endpoint {
+        Endpoint::ChatCompletions => match body.get("messages") {
+            Some(Value::Array(messages)) if !messages.is_empty() => {
+                for (i, message) in messages.iter().enumerate() {
+                    if !message.get("role").is_some_and(Value::is_string) {
+                        return Err(invalid(
+                            "messages",
+                            format!("messages[{i}] must be an object with a string `role`"),
+                        ));
+                    }
+                }
+            }
+            Some(Value::Array(_)) => return Err(invalid("messages", "messages must not be empty")),
+            None | Some(Value::Null) => return Err(invalid("messages", "you must provide a messages parameter")),
+            Some(other) => return Err(invalid("messages", format!("messages must be an array, not {}", kind(other)))),
+        },
+        Endpoint::Completions => {
+            if body.get("prompt").is_none_or(Value::is_null) {
+                return Err(invalid("prompt", "you must provide a prompt parameter"));
+            }
+        }
+        Endpoint::Embeddings => {
+            if body.get("input").is_none_or(Value::is_null) {
+                return Err(invalid("input", "you must provide an input parameter"));
+            }
+            if stream {
+                return Err(invalid("stream", "embeddings cannot be streamed"));
+            }
+        }
+    }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        if let Some(value) = body.get(field).filter(|v| !v.is_null())
+            && value.as_u64().is_none()
+        {
+            return Err(GatewayError::InvalidRequest(format!("{field} must be a non-negative integer")));
+        }
+    }
+    if let Some(tools) = body.get("tools").filter(|v| !v.is_null())
+        && !tools.is_array()
+    {
+        return Err(invalid("tools", format!("tools must be an array, not {}", kind(tools))));
+    }
+    if let Some(metadata) = body.get("metadata").filter(|v| !v.is_null())
+        && !metadata.is_object()
+    {
+        return Err(invalid("metadata", format!("metadata must be an object, not {}", kind(metadata))));
+    }
+    Ok(ParsedRequest { endpoint, body, model, stream })
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+const META_HEADER_PREFIX: &str = "x-gateway-meta-";
+
+impl ParsedRequest {
+    /// What routing sees. Tokens are counted only when some policy reads them.
+    pub fn facts(&self, headers: &HeaderMap, count_tokens: bool) -> RequestFacts {
+        let mut metadata = self.body.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        let mut header_map = BTreeMap::new();
+        for (name, value) in headers {
+            let Ok(value) = value.to_str() else { continue };
+            let name = name.as_str();
+            if let Some(key) = name.strip_prefix(META_HEADER_PREFIX) {
+                metadata.insert(key.to_owned(), Value::String(value.to_owned()));
+            }
+            if name != "authorization" {
+                header_map.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        let tools = self
+            .body
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|tools| {
+                tools
+                    .iter()
+                    .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let max_tokens = ["max_completion_tokens", "max_tokens"].iter().find_map(|f| self.body.get(*f)?.as_u64());
+        RequestFacts {
+            model: self.model.clone(),
+            endpoint: self.endpoint.cel_name().to_owned(),
+            stream: self.stream,
+            prompt_tokens: if count_tokens { self.prompt_tokens() } else { 0 },
+            max_tokens,
+            tools,
+            metadata,
+            headers: header_map,
+        }
+    }
+
+    /// Estimated prompt tokens, with the real tokenizer, over every text the request carries.
+    pub fn prompt_tokens(&self) -> u64 {
+        let mut texts: Vec<&str> = Vec::new();
+        match self.endpoint {
+            Endpoint::ChatCompletions => {
+                for message in self.body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+                    match message.get("content") {
+                        Some(Value::String(text)) => texts.push(text),
+                        Some(Value::Array(parts)) => {
+                            texts.extend(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)))
+                        }
+                        _ => {}
+                    }
+                }
+                return tokens::chat_prompt(texts);
+            }
+            Endpoint::Completions => collect_strings(self.body.get("prompt"), &mut texts),
+            Endpoint::Embeddings => collect_strings(self.body.get("input"), &mut texts),
+        }
+        texts.iter().map(|t| tokens::count(t)).sum()
+    }
+}
+
+fn collect_strings<'a>(value: Option<&'a Value>, out: &mut Vec<&'a str>) {
+    match value {
+        Some(Value::String(s)) => out.push(s),
+        Some(Value::Array(items)) => items.iter().for_each(|item| collect_strings(Some(item), out)),
+        _ => {}
+    }
+}

@@ -1,0 +1,145 @@
+//! Sending one attempt to one candidate: URL and auth per backend kind, pooled keep-alive clients, timeouts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use policy_engine::config::{BackendAuth, BackendKind, BackendSpec, SecretSpec};
+use serde_json::{Map, Value};
+
+use super::request::Endpoint;
+
+/// Why an attempt did not produce a usable response.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// Refused or failed before a response (DNS, TCP, TLS).
+    Connect(String),
+    /// No response headers within the first-byte timeout.
+    Timeout(u64),
+    /// The upstream answered with an error status.
+    Status { status: u16, body: String, retry_after: Option<Duration> },
+    /// The data plane cannot talk to this kind of backend.
+    Unsupported(String),
+}
+
+impl AttemptError {
+    pub fn describe(&self) -> String {
+        match self {
+            AttemptError::Connect(e) => format!("connection failed ({e})"),
+            AttemptError::Timeout(ms) => format!("no response within {ms} ms"),
+            AttemptError::Status { status, body, .. } => {
+                let body: String = body.chars().take(200).collect();
+                format!("HTTP {status}: {body}")
+            }
+            AttemptError::Unsupported(e) => e.clone(),
+        }
+    }
+}
+
+/// One keep-alive pool per connect timeout, shared across snapshots so a config change keeps warm connections.
+#[derive(Default)]
+pub struct Upstreams {
+    clients: Mutex<HashMap<u64, reqwest::Client>>,
+}
+
+impl Upstreams {
+    fn client(&self, connect_ms: u64) -> Result<reqwest::Client, AttemptError> {
+        let mut clients = self.clients.lock().map_err(|_| AttemptError::Connect("client pool poisoned".to_owned()))?;
+        if let Some(client) = clients.get(&connect_ms) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(connect_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
+        clients.insert(connect_ms, client.clone());
+        Ok(client)
+    }
+
+    /// Send `body` (with `model` set to the upstream name) to `backend`; the response once its headers arrived.
+    pub async fn send(
+        &self,
+        backend: &BackendSpec,
+        upstream_model: &str,
+        endpoint: Endpoint,
+        body: &Map<String, Value>,
+        request_id: &str,
+    ) -> Result<reqwest::Response, AttemptError> {
+        let url = match backend.kind {
+            BackendKind::Openai => format!("{}{}", backend.base_url, endpoint.path()),
+            BackendKind::AzureOpenai => {
+                let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();
+                format!(
+                    "{}/openai/deployments/{upstream_model}{}?api-version={version}",
+                    backend.base_url,
+                    endpoint.path()
+                )
+            }
+            BackendKind::Anthropic => {
+                return Err(AttemptError::Unsupported(
+                    "anthropic backends are not served by this data plane version".to_owned(),
+                ));
+            }
+        };
+        let mut body = body.clone();
+        body.insert("model".to_owned(), Value::String(upstream_model.to_owned()));
+        let payload = serde_json::to_vec(&body).map_err(|e| AttemptError::Connect(e.to_string()))?;
+        let client = self.client(backend.timeouts.connect_ms)?;
+        let mut request = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-request-id", request_id)
+            .body(payload);
+        if let Some(secret) = resolve_secret(backend.secret.as_ref()) {
+            request = match &backend.auth {
+                BackendAuth::Bearer => request.bearer_auth(secret),
+                BackendAuth::Header { header } => request.header(header.as_str(), secret),
+                BackendAuth::None => request,
+            };
+        }
+        let first_byte = backend.timeouts.first_byte_ms;
+        let response = match tokio::time::timeout(Duration::from_millis(first_byte), request.send()).await {
+            Err(_) => return Err(AttemptError::Timeout(first_byte)),
+            Ok(Err(error)) if error.is_timeout() => return Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
+            Ok(Err(error)) => return Err(AttemptError::Connect(error_chain(&error))),
+            Ok(Ok(response)) => response,
+        };
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let body = match tokio::time::timeout(Duration::from_millis(first_byte), response.text()).await {
+            Ok(Ok(text)) => text,
+            _ => String::new(),
+        };
+        Err(AttemptError::Status { status, body, retry_after })
+    }
+}
+
+fn resolve_secret(secret: Option<&SecretSpec>) -> Option<String> {
+    match secret? {
+        SecretSpec::Value(value) => Some(value.clone()),
+        SecretSpec::Ref(reference) => std::env::var(reference.strip_prefix("env:")?).ok(),
+        SecretSpec::Sealed(_) => None,
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

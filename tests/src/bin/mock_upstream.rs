@@ -1,0 +1,264 @@
+//! A programmable OpenAI-compatible upstream for end-to-end tests and load benchmarks.
+//!
+//! `mock-upstream --addr 127.0.0.1:PORT --name NAME`. Each request takes the next behaviour from a queue
+//! (`POST /__mock/script` with a JSON array) or, when the queue is empty, the default: a 200 answer. A behaviour:
+//! `{"status": 500, "body": {...}, "delay_ms": 0, "retry_after": "1", "chunks": 3, "chunk_delay_ms": 0,
+//!   "cut_after": 2, "omit_usage": true, "tool_arguments": "{bad json", "dimensions": 8}`.
+//! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Behaviour {
+    status: Option<u16>,
+    body: Option<Value>,
+    delay_ms: Option<u64>,
+    retry_after: Option<String>,
+    chunks: Option<usize>,
+    chunk_delay_ms: Option<u64>,
+    cut_after: Option<usize>,
+    omit_usage: Option<bool>,
+    tool_arguments: Option<String>,
+    dimensions: Option<usize>,
+}
+
+#[derive(Default)]
+struct Mock {
+    name: String,
+    script: Mutex<VecDeque<Behaviour>>,
+    requests: Mutex<Vec<Value>>,
+    streams_finished: AtomicU64,
+    streams_cancelled: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut addr, mut name) = ("127.0.0.1:0".to_owned(), "mock".to_owned());
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => addr = args.next().expect("--addr value"),
+            "--name" => name = args.next().expect("--name value"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let mock = Arc::new(Mock { name, ..Mock::default() });
+    let app = Router::new()
+        .route("/__mock/script", post(script))
+        .route("/__mock/reset", post(reset))
+        .route("/__mock/requests", get(requests))
+        .route("/__mock/stats", get(stats))
+        .route("/v1/models", get(models))
+        .fallback(post(openai))
+        .with_state(mock);
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    axum::serve(listener, app).await.unwrap();
+}
+
+async fn script(State(mock): State<Arc<Mock>>, Json(list): Json<Vec<Behaviour>>) -> StatusCode {
+    mock.script.lock().await.extend(list);
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(mock): State<Arc<Mock>>) -> StatusCode {
+    mock.script.lock().await.clear();
+    mock.requests.lock().await.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn requests(State(mock): State<Arc<Mock>>) -> Json<Value> {
+    Json(Value::Array(mock.requests.lock().await.clone()))
+}
+
+async fn stats(State(mock): State<Arc<Mock>>) -> Json<Value> {
+    Json(json!({
+        "streams_finished": mock.streams_finished.load(Ordering::SeqCst),
+        "streams_cancelled": mock.streams_cancelled.load(Ordering::SeqCst),
+    }))
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
+}
+
+async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    mock.requests.lock().await.push(json!({
+        "path": uri.path(),
+        "query": uri.query(),
+        "authorization": header("authorization"),
+        "api_key": header("api-key"),
+        "request_id": header("x-request-id"),
+        "body": request,
+    }));
+    let behaviour = mock.script.lock().await.pop_front().unwrap_or_default();
+    if let Some(delay) = behaviour.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap();
+    if !status.is_success() {
+        let body = behaviour.body.clone().unwrap_or_else(|| {
+            json!({"error": {"message": format!("{} says {}", mock.name, status), "type": "server_error", "param": null, "code": null}})
+        });
+        let mut response = (status, Json(body)).into_response();
+        if let Some(retry_after) = &behaviour.retry_after {
+            response.headers_mut().insert("retry-after", retry_after.parse().unwrap());
+        }
+        return response;
+    }
+    if let Some(body) = behaviour.body.clone() {
+        return Json(body).into_response();
+    }
+    let path = uri.path();
+    if path.ends_with("/embeddings") {
+        return Json(embeddings(&request, behaviour.dimensions.unwrap_or(8))).into_response();
+    }
+    let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    if request["stream"].as_bool() == Some(true) {
+        return stream(mock, request, model, behaviour);
+    }
+    let completion = path.ends_with("/completions") && !path.ends_with("/chat/completions");
+    Json(chat(&mock.name, &request, &model, &behaviour, completion)).into_response()
+}
+
+fn content_for(name: &str, request: &Value) -> String {
+    if request.pointer("/response_format/type").and_then(Value::as_str) == Some("json_object") {
+        return r#"{"answer": 42}"#.to_owned();
+    }
+    format!("Hello from {name}")
+}
+
+fn wants_tool(request: &Value) -> Option<String> {
+    let tools = request["tools"].as_array()?;
+    if request["tool_choice"].as_str() == Some("none") {
+        return None;
+    }
+    tools.first()?.pointer("/function/name").and_then(Value::as_str).map(str::to_owned)
+}
+
+fn usage() -> Value {
+    json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17})
+}
+
+fn chat(name: &str, request: &Value, model: &str, behaviour: &Behaviour, completion: bool) -> Value {
+    let mut body = if completion {
+        json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000, "model": model,
+               "choices": [{"index": 0, "text": content_for(name, request), "finish_reason": "stop", "logprobs": null}]})
+    } else {
+        let message = match wants_tool(request) {
+            Some(tool) => json!({"role": "assistant", "content": null, "tool_calls": [{
+                "id": "call_mock_1", "type": "function",
+                "function": {"name": tool, "arguments": behaviour.tool_arguments.clone().unwrap_or_else(|| r#"{"city":"Paris"}"#.to_owned())}}]}),
+            None => json!({"role": "assistant", "content": content_for(name, request)}),
+        };
+        let finish = if message["tool_calls"].is_array() { "tool_calls" } else { "stop" };
+        json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+               "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}]})
+    };
+    if behaviour.omit_usage != Some(true) {
+        body["usage"] = usage();
+    }
+    body
+}
+
+fn embeddings(request: &Value, dimensions: usize) -> Value {
+    let inputs = match &request["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let base64 = request["encoding_format"].as_str() == Some("base64");
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| {
+            let vector: Vec<f32> = (0..dimensions).map(|d| (i * dimensions + d) as f32 / 100.0).collect();
+            let embedding = if base64 {
+                use base64::Engine;
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+}
+
+fn stream(mock: Arc<Mock>, request: Value, model: String, behaviour: Behaviour) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        match wants_tool(&request) {
+            Some(tool) => {
+                let arguments = behaviour.tool_arguments.clone().unwrap_or_else(|| r#"{"city":"Paris"}"#.to_owned());
+                let (first, second) = arguments.split_at(arguments.len() / 2);
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
+                    "function": {"name": tool, "arguments": first}}]}),
+                    Value::Null,
+                ));
+                events
+                    .push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}), Value::Null));
+                events.push(chunk(json!({}), json!("tool_calls")));
+            }
+            None => {
+                let content = content_for(&mock.name, &request);
+                let words: Vec<&str> = content.split(' ').collect();
+                let n = behaviour.chunks.unwrap_or(words.len()).max(1);
+                for i in 0..n {
+                    let word = words.get(i).copied().unwrap_or("more");
+                    let text = if i == 0 { word.to_owned() } else { format!(" {word}") };
+                    events.push(chunk(json!({"content": text}), Value::Null));
+                }
+                events.push(chunk(json!({}), json!("stop")));
+            }
+        }
+        let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+        if include_usage && behaviour.omit_usage != Some(true) {
+            events.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                               "model": model, "choices": [], "usage": usage()}));
+        }
+        for (i, event) in events.iter().enumerate() {
+            if behaviour.cut_after == Some(i) {
+                return; // the connection ends without [DONE]
+            }
+            if tx.send(Ok(Bytes::from(format!("data: {event}\n\n")))).await.is_err() {
+                mock.streams_cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if let Some(delay) = behaviour.chunk_delay_ms {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+        }
+        if tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await.is_err() {
+            mock.streams_cancelled.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        mock.streams_finished.fetch_add(1, Ordering::SeqCst);
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([("content-type", "text/event-stream")], body).into_response()
+}

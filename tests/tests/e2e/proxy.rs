@@ -1,0 +1,419 @@
+//! The OpenAI-compatible endpoint through the real data plane, configured by the real control plane, against
+//! programmable mock upstreams: routing, failover, streaming, cancellation, errors.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gateway_e2e::*;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// A control plane, three mock upstreams (`m0`..`m2`), one data plane, and a configuration over them.
+struct Gateway {
+    _cp: ControlPlane,
+    mocks: Vec<MockUpstream>,
+    dp: DataPlane,
+    key: String,
+    limited_key: String,
+    revoked_key: String,
+}
+
+fn db_url(pool: &PgPool) -> String {
+    database_url(pool.connect_options().get_database().expect("test database name"))
+}
+
+impl Gateway {
+    async fn start(pool: &PgPool, test: &str) -> Gateway {
+        Gateway::start_with(pool, test, Vec::new()).await
+    }
+
+    async fn start_with(pool: &PgPool, test: &str, env: Vec<(String, String)>) -> Gateway {
+        let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(pool))).await;
+        let mut mocks = Vec::new();
+        for i in 0..3 {
+            mocks.push(MockUpstream::start(test, &format!("m{i}")).await);
+        }
+        for (i, mock) in mocks.iter().enumerate() {
+            cp.create(
+                "backends",
+                json!({"name": format!("up{i}"), "kind": "openai", "base_url": mock.base_url(),
+                "secret": {"value": format!("sk-up{i}")},
+                "timeouts": {"connect_ms": 1000, "first_byte_ms": 700, "total_ms": 5000}}),
+            )
+            .await;
+            cp.create(
+                "models",
+                json!({"name": format!("model{i}"), "backend": format!("up{i}"),
+                "upstream_model": format!("upstream-{i}"),
+                "capabilities": {"chat": true, "completions": true, "tools": true, "json_mode": true},
+                "pricing": {"input": "1", "output": "2"}}),
+            )
+            .await;
+            cp.create(
+                "models",
+                json!({"name": format!("embed{i}"), "backend": format!("up{i}"),
+                "upstream_model": format!("embedding-{i}"),
+                "capabilities": {"embeddings": true, "embedding_dimensions": 8},
+                "pricing": {"input": "0.02", "output": "0"}}),
+            )
+            .await;
+        }
+        // A backend nobody listens on, for refused connections.
+        cp.create(
+            "backends",
+            json!({"name": "closed", "kind": "openai", "base_url": format!("http://127.0.0.1:{}/v1", free_port())}),
+        )
+        .await;
+        cp.create(
+            "models",
+            json!({"name": "closed-model", "backend": "closed", "upstream_model": "x",
+            "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "1"}}),
+        )
+        .await;
+        let candidates = |names: &[&str]| names.iter().map(|m| json!({"model": m})).collect::<Vec<_>>();
+        cp.create("aliases", json!({"name": "chain", "candidates": candidates(&["model0", "model1", "model2"])})).await;
+        cp.create("aliases", json!({"name": "refused-first", "candidates": candidates(&["closed-model", "model1"])}))
+            .await;
+        cp.create(
+            "aliases",
+            json!({"name": "split", "strategy": "weighted",
+            "candidates": [{"model": "model0", "weight": 3}, {"model": "model1", "weight": 1}]}),
+        )
+        .await;
+        cp.create("aliases", json!({"name": "embeddings", "candidates": candidates(&["embed0", "embed1"])})).await;
+        cp.create(
+            "route-policies",
+            json!({"name": "no-secrets-please", "priority": 100,
+            "when": "has(request.metadata.classification) && request.metadata.classification == 'secret'",
+            "action": {"type": "deny", "message": "secret data may not leave the building"}}),
+        )
+        .await;
+        let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "app", "team": "search"}))).await;
+        let key = created["secret"].as_str().unwrap().to_owned();
+        let (_, created) =
+            cp.call("POST", "/keys", Some(json!({"name": "limited", "allowed_aliases": ["split"]}))).await;
+        let limited_key = created["secret"].as_str().unwrap().to_owned();
+        let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "gone"}))).await;
+        let revoked_key = created["secret"].as_str().unwrap().to_owned();
+        let (status, _) = cp.call("POST", "/keys/gone/revoke", None).await;
+        assert_eq!(status, 200);
+        let version = cp.fleet().await["config_version"].as_u64().unwrap();
+
+        let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
+        config.env = env;
+        let dp = DataPlane::start(&config);
+        dp.wait_for_version(version).await;
+        Gateway { _cp: cp, mocks, dp, key, limited_key, revoked_key }
+    }
+
+    async fn chat(&self, model: &str, extra: Value) -> reqwest::Response {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        self.dp.post("/v1/chat/completions", Some(&self.key), &body).await
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[sqlx::test(migrations = false)]
+async fn chat_is_routed_forwarded_and_labelled(pool: PgPool) {
+    let gw = Gateway::start(&pool, "proxy_chat").await;
+    let response = gw
+        .dp
+        .client()
+        .post(gw.dp.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key)
+        .header("x-request-id", "req-123")
+        .json(&json!({"model": "chain", "messages": [{"role": "user", "content": "hi"}],
+                      "vendor_extension": {"keep": true}, "temperature": 0.2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-request-id"), "req-123");
+    assert_eq!(header(&response, "x-gateway-backend"), "up0");
+    assert_eq!(header(&response, "x-gateway-model"), "model0");
+    assert_eq!(header(&response, "x-gateway-policy"), "-");
+    assert!(header(&response, "x-gateway-snapshot-version").parse::<u64>().is_ok());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["model"], json!("upstream-0"), "the response names what served it");
+    assert_eq!(body["choices"][0]["message"]["content"], json!("Hello from m0"));
+
+    let seen = &gw.mocks[0].requests().await[0];
+    assert_eq!(seen["path"], json!("/v1/chat/completions"));
+    assert_eq!(seen["authorization"], json!("Bearer sk-up0"), "the backend's secret, not the caller's key");
+    assert_eq!(seen["request_id"], json!("req-123"));
+    assert_eq!(seen["body"]["model"], json!("upstream-0"));
+    assert_eq!(seen["body"]["vendor_extension"], json!({"keep": true}), "unknown fields pass through");
+    assert_eq!(seen["body"]["temperature"], json!(0.2));
+
+    // Completions and embeddings take the same path.
+    let completion = gw.dp.post("/v1/completions", Some(&gw.key), &json!({"model": "chain", "prompt": "Say hi"})).await;
+    let (status, body) = json_of(completion).await;
+    assert_eq!((status, body["object"].clone()), (200, json!("text_completion")));
+    let embedding =
+        gw.dp.post("/v1/embeddings", Some(&gw.key), &json!({"model": "embeddings", "input": ["a", "b"]})).await;
+    let (status, body) = json_of(embedding).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(gw.mocks[0].requests().await.last().unwrap()["body"]["model"], json!("embedding-0"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn streams_pass_through_and_cut_streams_end_with_an_error_event(pool: PgPool) {
+    let gw = Gateway::start(&pool, "proxy_stream").await;
+    let response = gw.chat("chain", json!({"stream": true})).await;
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "content-type").starts_with("text/event-stream"));
+    let text = response.text().await.unwrap();
+    assert!(text.contains("\"content\":\"Hello\""), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    gw.mocks[0].script(json!([{"cut_after": 2}])).await;
+    let text = gw.chat("chain", json!({"stream": true})).await.text().await.unwrap();
+    assert!(!text.contains("data: [DONE]"), "{text}");
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    let event: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(event["error"]["code"], json!("upstream_error"));
+    assert_eq!(event["error"]["message"], json!("the upstream ended the stream before [DONE]"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn failover_on_5xx_429_timeouts_and_refused_connections(pool: PgPool) {
+    let gw = Gateway::start(&pool, "proxy_failover").await;
+    let served_by = |r: &reqwest::Response| header(r, "x-gateway-backend").to_owned();
+
+    gw.mocks[0].script(json!([{"status": 500}])).await;
+    let response = gw.chat("chain", json!({})).await;
+    assert_eq!((response.status().as_u16(), served_by(&response)), (200, "up1".to_owned()), "5xx fails over");
+
+    gw.mocks[0].script(json!([{"status": 429, "retry_after": "0.2"}])).await;
+    let response = gw.chat("chain", json!({})).await;
+    assert_eq!(served_by(&response), "up0", "a short Retry-After is waited out on the same candidate");
+
+    gw.mocks[0].script(json!([{"status": 429, "retry_after": "30"}])).await;
+    let response = gw.chat("chain", json!({})).await;
+    assert_eq!(served_by(&response), "up1", "a long Retry-After moves on");
+
+    gw.mocks[0].script(json!([{"status": 429}])).await;
+    let response = gw.chat("chain", json!({})).await;
+    assert_eq!(served_by(&response), "up1", "429 without Retry-After moves on");
+
+    gw.mocks[0].script(json!([{"delay_ms": 1500}])).await;
+    let response = gw.chat("chain", json!({})).await;
+    assert_eq!(served_by(&response), "up1", "a slow first byte (over 700 ms) fails over");
+
+    let response = gw.chat("refused-first", json!({})).await;
+    assert_eq!(served_by(&response), "up1", "a refused connection fails over");
+
+    // 4xx other than 429 is the caller's problem: returned at once, no other candidate tried.
+    let before = gw.mocks[1].requests().await.len();
+    gw.mocks[0].script(json!([{"status": 400, "body": {"error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature", "code": null}}}])).await;
+    let (status, body) = json_of(gw.chat("chain", json!({})).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["message"], json!("bad temperature"));
+    assert_eq!(gw.mocks[1].requests().await.len(), before);
+}
+
+#[sqlx::test(migrations = false)]
+async fn when_every_candidate_fails_the_error_says_what_each_answered(pool: PgPool) {
+    let gw = Gateway::start(&pool, "proxy_all_fail").await;
+    for mock in &gw.mocks {
+        mock.script(json!([{"status": 503}])).await;
+    }
+    let (status, body) = json_of(gw.chat("chain", json!({})).await).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["code"], json!("upstream_error"));
+    let message = body["error"]["message"].as_str().unwrap();
+    for model in ["model0: HTTP 503", "model1: HTTP 503", "model2: HTTP 503"] {
+        assert!(message.contains(model), "{message}");
+    }
+    for mock in &gw.mocks {
+        mock.script(json!([{"delay_ms": 1200}])).await;
+    }
+    let (status, body) = json_of(gw.chat("chain", json!({})).await).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no response within 700 ms"));
+    for mock in &gw.mocks {
+        mock.script(json!([{"status": 429, "retry_after": "30"}])).await;
+    }
+    let response = gw.chat("chain", json!({})).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "30");
+}
+
+#[sqlx::test(migrations = false)]
+async fn weighted_routing_splits_by_weight(pool: PgPool) {
+    let gw = Gateway::start(&pool, "proxy_weighted").await;
+    let mut first = 0;
+    let n = 200;
+    for _ in 0..n {
+        let response = gw.chat("split", json!({})).await;
+        if header(&response, "x-gateway-backend") == "up0" {
+            first += 1;
+        }
+    }
+    // Weights 3:1, so up0 serves Binomial(200, 0.75): mean 150, sd 6.1. Five sd either side: 120..=180.
+    assert!((120..=180).contains(&first), "up0 served {first} of {n}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_client_disconnect_cancels_the_upstream_stream(pool: PgPool) {
+    let gw = Gateway::start(&pool, "proxy_cancel").await;
+    gw.mocks[0].script(json!([{"chunks": 50, "chunk_delay_ms": 100}])).await;
+    let response = gw.chat("chain", json!({"stream": true})).await;
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(stream);
+    eventually(Duration::from_secs(10), "the upstream stream to be cancelled", || async {
+        let stats = gw.mocks[0].stats().await;
+        (stats["streams_cancelled"] == json!(1)).then_some(())
+    })
+    .await;
+    assert_eq!(gw.mocks[0].stats().await["streams_finished"], json!(0));
+}
+
+#[sqlx::test(migrations = false)]
+async fn bad_requests_get_openai_shaped_errors(pool: PgPool) {
+    let env = vec![("GATEWAY_MAX_BODY_BYTES".to_owned(), "65536".to_owned())];
+    let gw = Gateway::start_with(&pool, "proxy_errors", env).await;
+    let raw = |body: &'static str| {
+        gw.dp
+            .client()
+            .post(gw.dp.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(reqwest::Response, u16, &str, &str)> = vec![
+        (
+            raw("{\"model\": ").await.unwrap(),
+            400,
+            "invalid_request",
+            "the request body is not valid JSON: EOF while parsing a value at line 1 column 10",
+        ),
+        (raw("[]").await.unwrap(), 400, "invalid_request", "the request body must be a JSON object"),
+        (
+            raw("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}").await.unwrap(),
+            400,
+            "invalid_value",
+            "you must provide a model parameter",
+        ),
+        (
+            raw("{\"model\": 5, \"messages\": []}").await.unwrap(),
+            400,
+            "invalid_value",
+            "model must be a string, not a number",
+        ),
+        (raw("{\"model\": \"chain\"}").await.unwrap(), 400, "invalid_value", "you must provide a messages parameter"),
+        (
+            raw("{\"model\": \"chain\", \"messages\": \"hi\"}").await.unwrap(),
+            400,
+            "invalid_value",
+            "messages must be an array, not a string",
+        ),
+        (
+            raw("{\"model\": \"chain\", \"messages\": [{\"role\": \"user\"}], \"stream\": \"yes\"}").await.unwrap(),
+            400,
+            "invalid_value",
+            "stream must be a boolean, not a string",
+        ),
+        (
+            gw.chat("no-such-alias", json!({})).await,
+            404,
+            "model_not_found",
+            "the model 'no-such-alias' does not exist or you do not have access to it",
+        ),
+        (
+            gw.chat("chain", json!({"metadata": {"classification": "secret"}})).await,
+            403,
+            "policy_denied",
+            "request denied by policy 'no-secrets-please': secret data may not leave the building",
+        ),
+        (
+            gw.dp.post("/v1/chat/completions", None, &json!({"model": "chain"})).await,
+            401,
+            "invalid_api_key",
+            "missing API key: send `Authorization: Bearer <key>`",
+        ),
+        (
+            gw.dp.post("/v1/chat/completions", Some("gwk_wrong"), &json!({"model": "chain"})).await,
+            401,
+            "invalid_api_key",
+            "incorrect API key provided",
+        ),
+        (
+            gw.dp.post("/v1/chat/completions", Some(&gw.revoked_key), &json!({"model": "chain"})).await,
+            401,
+            "invalid_api_key",
+            "this API key has been revoked",
+        ),
+        (
+            gw.dp
+                .post(
+                    "/v1/chat/completions",
+                    Some(&gw.limited_key),
+                    &json!({"model": "chain", "messages": [{"role": "user", "content": "x"}]}),
+                )
+                .await,
+            403,
+            "model_not_allowed",
+            "this API key may not use model 'chain'",
+        ),
+        (gw.dp.post("/v1/nope", Some(&gw.key), &json!({})).await, 404, "unknown_url", "no route for POST /v1/nope"),
+    ];
+    for (response, status, code, message) in cases {
+        let (actual_status, body) = json_of(response).await;
+        assert_eq!(actual_status, status, "{body}");
+        assert_eq!(body["error"]["code"], json!(code), "{body}");
+        assert_eq!(body["error"]["message"], json!(message));
+        assert!(body["error"]["type"].is_string());
+    }
+    // The metadata header works like the body's metadata.
+    let response = gw
+        .dp
+        .client()
+        .post(gw.dp.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key)
+        .header("x-gateway-meta-classification", "secret")
+        .json(&json!({"model": "chain", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let huge = json!({"model": "chain", "messages": [{"role": "user", "content": "x".repeat(70_000)}]});
+    let (status, body) = json_of(gw.dp.post("/v1/chat/completions", Some(&gw.key), &huge).await).await;
+    assert_eq!((status, body["error"]["code"].clone()), (413, json!("request_too_large")));
+    assert_eq!(gw.mocks[0].requests().await.len(), 0, "nothing invalid was forwarded");
+}
+
+#[sqlx::test(migrations = false)]
+async fn models_lists_what_the_key_may_use(pool: PgPool) {
+    let gw = Gateway::start(&pool, "proxy_models").await;
+    let list = |key: String| {
+        let client = gw.dp.client().clone();
+        let url = gw.dp.url("/v1/models");
+        async move { client.get(url).bearer_auth(key).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let all = list(gw.key.clone()).await;
+    let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["chain", "embeddings", "refused-first", "split"]);
+    assert_eq!(all["object"], json!("list"));
+    let limited = list(gw.limited_key.clone()).await;
+    assert_eq!(limited["data"], json!([{"id": "split", "object": "model", "created": 0, "owned_by": "gateway"}]));
+    let one = gw.dp.client().get(gw.dp.url("/v1/models/chain")).bearer_auth(&gw.key).send().await.unwrap();
+    assert_eq!(one.json::<Value>().await.unwrap()["id"], json!("chain"));
+    let hidden = gw.dp.client().get(gw.dp.url("/v1/models/chain")).bearer_auth(&gw.limited_key).send().await.unwrap();
+    assert_eq!(hidden.status(), 404);
+}

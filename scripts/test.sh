@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
 ensure_database_url
 
+# The SDK conformance suite runs the official `openai` Python package from a local venv.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, pytest' 2>/dev/null \
+    || ! cmp -s tests/sdk/requirements.txt .venv/requirements.installed; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+    cp tests/sdk/requirements.txt .venv/requirements.installed
+fi
+
 # The end-to-end tests run the real binaries.
 cargo build --workspace --bins
 

@@ -201,3 +201,74 @@ fn collect_strings<'a>(value: Option<&'a Value>, out: &mut Vec<&'a str>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,10}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Nothing from the network panics the parser.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings] {
+                let _ = parse(endpoint, &bytes);
+            }
+        }
+
+        /// Arbitrary JSON either parses or is refused with a 400, and a parsed body keeps every field as sent.
+        #[test]
+        fn arbitrary_json_is_kept_or_refused(mut extra in prop::collection::btree_map("[a-z_]{1,12}", json_value(), 0..6),
+                                             model in json_value(), messages in json_value(), stream in json_value()) {
+            extra.insert("model".into(), model);
+            extra.insert("messages".into(), messages);
+            extra.insert("stream".into(), stream);
+            let body = Value::Object(extra.into_iter().collect());
+            let bytes = serde_json::to_vec(&body).unwrap();
+            match parse(Endpoint::ChatCompletions, &bytes) {
+                Ok(parsed) => {
+                    prop_assert_eq!(Value::Object(parsed.body.clone()), body);
+                    let facts = parsed.facts(&HeaderMap::new(), true);
+                    prop_assert_eq!(facts.model, parsed.model);
+                }
+                Err(error) => prop_assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST),
+            }
+        }
+    }
+
+    #[test]
+    fn metadata_headers_join_the_body_metadata() {
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}], "metadata": {"team": "a"}});
+        let parsed = parse(Endpoint::ChatCompletions, body.to_string().as_bytes()).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-gateway-meta-task", "code_generation".parse().unwrap());
+        headers.insert("authorization", "Bearer secret".parse().unwrap());
+        let facts = parsed.facts(&headers, true);
+        assert_eq!(facts.metadata["team"], json!("a"));
+        assert_eq!(facts.metadata["task"], json!("code_generation"));
+        assert!(!facts.headers.contains_key("authorization"), "the caller's key never reaches policies");
+        assert_eq!(facts.prompt_tokens, tokens::chat_prompt(["hello there"]));
+    }
+}

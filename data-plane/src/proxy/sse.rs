@@ -66,3 +66,65 @@ where
         Some((Ok(Bytes::from(failure.sse_event())), state))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::stream;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Run `passthrough` over `input` split at `cuts`, and collect what the client would receive.
+    fn run(input: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.push(0);
+        points.push(input.len());
+        points.sort_unstable();
+        points.dedup();
+        let chunks: Vec<reqwest::Result<Bytes>> =
+            points.windows(2).map(|w| Ok(Bytes::copy_from_slice(&input[w[0]..w[1]]))).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let out: Vec<Result<Bytes, Infallible>> =
+                passthrough(stream::iter(chunks), Duration::from_secs(60)).collect().await;
+            out.into_iter().flat_map(|chunk| chunk.unwrap().to_vec()).collect()
+        })
+    }
+
+    fn events(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"w{i}\"}}}}]}}\n\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// However the upstream chunks a complete stream, the client gets exactly its bytes.
+        #[test]
+        fn complete_streams_pass_through_byte_for_byte(n in 0usize..20, cuts in prop::collection::vec(any::<usize>(), 0..30)) {
+            let mut input = events(n);
+            input.extend_from_slice(b"data: [DONE]\n\n");
+            prop_assert_eq!(run(&input, &cuts), input);
+        }
+
+        /// A stream that ends without [DONE] is passed through, then closed with one error event.
+        #[test]
+        fn cut_streams_end_with_an_error_event(n in 0usize..20, cuts in prop::collection::vec(any::<usize>(), 0..30)) {
+            let input = events(n);
+            let output = run(&input, &cuts);
+            prop_assert!(output.starts_with(&input));
+            let tail = std::str::from_utf8(&output[input.len()..]).unwrap();
+            prop_assert!(tail.starts_with("data: {\"error\":"), "{}", tail);
+            prop_assert!(tail.ends_with("\n\n"));
+        }
+
+        /// Arbitrary bytes never panic the pass-through.
+        #[test]
+        fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..512), cuts in prop::collection::vec(any::<usize>(), 0..10)) {
+            let output = run(&input, &cuts);
+            prop_assert!(output.starts_with(&input));
+        }
+    }
+}

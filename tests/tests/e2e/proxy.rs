@@ -417,3 +417,33 @@ async fn models_lists_what_the_key_may_use(pool: PgPool) {
     let hidden = gw.dp.client().get(gw.dp.url("/v1/models/chain")).bearer_auth(&gw.limited_key).send().await.unwrap();
     assert_eq!(hidden.status(), 404);
 }
+
+/// The SDK conformance suite (`tests/sdk/`) with the official `openai` Python package, in the venv that
+/// `scripts/test.sh` prepares.
+#[sqlx::test(migrations = false)]
+async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
+    let gw = Gateway::start(&pool, "sdk").await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test.sh creates it (python3 -m venv .venv && .venv/bin/pip install -r tests/sdk/requirements.txt)",
+        python.display()
+    );
+    let mocks: Vec<String> = gw.mocks.iter().map(|m| format!("http://{}", m.addr)).collect();
+    let output = tokio::process::Command::new(python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/sdk"])
+        .current_dir(&root)
+        .env("GATEWAY_BASE_URL", gw.dp.url("/v1"))
+        .env("GATEWAY_KEY", &gw.key)
+        .env("GATEWAY_LIMITED_KEY", &gw.limited_key)
+        .env("GATEWAY_REVOKED_KEY", &gw.revoked_key)
+        .env("MOCK_URLS", mocks.join(","))
+        .output()
+        .await
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the SDK suite failed:\n{report}");
+    assert!(report.contains("15 passed"), "every SDK test ran:\n{report}");
+    assert!(!report.contains("skipped"), "no SDK test may be skipped:\n{report}");
+}

@@ -1,0 +1,180 @@
+"""SDK conformance: the official `openai` Python package against the gateway, unchanged but for base URL and key.
+
+Run by the Rust end-to-end test `proxy::the_official_python_sdk_works_unchanged`, which starts the control plane,
+the data plane and three mock upstreams and passes their addresses in the environment:
+GATEWAY_BASE_URL, GATEWAY_KEY, GATEWAY_LIMITED_KEY, GATEWAY_REVOKED_KEY, MOCK_URLS (comma-separated).
+"""
+
+import json
+import os
+import urllib.request
+
+import openai
+import pytest
+
+BASE_URL = os.environ["GATEWAY_BASE_URL"]
+KEY = os.environ["GATEWAY_KEY"]
+MOCKS = os.environ["MOCK_URLS"].split(",")
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def client():
+    # No SDK retries: each test decides what the gateway sees.
+    return openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0)
+
+
+def script(mock_index, behaviours):
+    request = urllib.request.Request(
+        f"{MOCKS[mock_index]}/__mock/script",
+        data=json.dumps(behaviours).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request).read()
+
+
+def test_chat(client):
+    completion = client.chat.completions.create(model="chain", messages=MESSAGES)
+    assert completion.choices[0].message.content == "Hello from m0"
+    assert completion.model == "upstream-0"
+    assert completion.usage.total_tokens == 17
+
+
+def test_chat_with_raw_response_headers(client):
+    raw = client.chat.completions.with_raw_response.create(model="chain", messages=MESSAGES)
+    assert raw.headers["x-gateway-backend"] == "up0"
+    assert raw.headers["x-request-id"]
+    assert raw.parse().choices[0].message.content == "Hello from m0"
+
+
+def test_streaming(client):
+    stream = client.chat.completions.create(model="chain", messages=MESSAGES, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "Hello from m0"
+
+
+def test_streaming_with_include_usage(client):
+    stream = client.chat.completions.create(
+        model="chain", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.total_tokens == 17
+
+
+def test_tools_and_tool_choice(client):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    completion = client.chat.completions.create(model="chain", messages=MESSAGES, tools=tools, tool_choice="auto")
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+    # Streaming: the SDK's chunks carry the argument deltas; assembled, they are the whole call.
+    stream = client.chat.completions.create(model="chain", messages=MESSAGES, tools=tools, stream=True)
+    name, arguments = None, ""
+    for chunk in stream:
+        for delta in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            name = delta.function.name or name
+            arguments += delta.function.arguments or ""
+    assert name == "get_weather"
+    assert json.loads(arguments) == {"city": "Paris"}
+
+    none = client.chat.completions.create(model="chain", messages=MESSAGES, tools=tools, tool_choice="none")
+    assert none.choices[0].message.tool_calls is None
+
+
+def test_json_mode_passes_through(client):
+    completion = client.chat.completions.create(
+        model="chain", messages=MESSAGES, response_format={"type": "json_object"}
+    )
+    assert json.loads(completion.choices[0].message.content) == {"answer": 42}
+
+
+def test_embeddings_float_and_base64(client):
+    floats = client.embeddings.create(model="embeddings", input=["a", "b"], encoding_format="float")
+    assert len(floats.data) == 2
+    assert len(floats.data[0].embedding) == 8
+    assert floats.data[1].embedding[0] == pytest.approx(0.08)
+    # The SDK's default asks for base64 and decodes it to floats itself.
+    decoded = client.embeddings.create(model="embeddings", input="a")
+    assert decoded.data[0].embedding[:2] == pytest.approx([0.0, 0.01])
+    raw = client.embeddings.create(model="embeddings", input="a", encoding_format="base64")
+    assert isinstance(raw.data[0].embedding, str)
+
+
+def test_models(client):
+    ids = [model.id for model in client.models.list()]
+    assert ids == ["chain", "embeddings", "refused-first", "split"]
+    assert client.models.retrieve("split").id == "split"
+    limited = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["GATEWAY_LIMITED_KEY"], max_retries=0)
+    assert [model.id for model in limited.models.list()] == ["split"]
+
+
+def test_401_is_authentication_error():
+    with pytest.raises(openai.AuthenticationError) as error:
+        openai.OpenAI(base_url=BASE_URL, api_key="gwk_wrong", max_retries=0).chat.completions.create(
+            model="chain", messages=MESSAGES
+        )
+    assert error.value.code == "invalid_api_key"
+    revoked = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["GATEWAY_REVOKED_KEY"], max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        revoked.models.list()
+
+
+def test_403_is_permission_denied(client):
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        client.chat.completions.create(model="chain", messages=MESSAGES, metadata={"classification": "secret"})
+    assert error.value.code == "policy_denied"
+    assert "no-secrets-please" in error.value.message
+
+
+def test_404_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as error:
+        client.chat.completions.create(model="no-such-alias", messages=MESSAGES)
+    assert error.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-alias")
+
+
+def test_400_is_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="chain", messages=[])
+    assert error.value.code == "invalid_value"
+    assert error.value.param == "messages"
+
+
+def test_429_is_rate_limit_error(client):
+    for index in range(3):
+        script(index, [{"status": 429, "retry_after": "30"}])
+    with pytest.raises(openai.RateLimitError) as error:
+        client.chat.completions.create(model="chain", messages=MESSAGES)
+    assert error.value.code == "upstream_rate_limited"
+    assert error.value.response.headers["retry-after"] == "30"
+
+
+def test_5xx_is_internal_server_error(client):
+    for index in range(3):
+        script(index, [{"status": 500}])
+    with pytest.raises(openai.InternalServerError) as error:
+        client.chat.completions.create(model="chain", messages=MESSAGES)
+    assert error.value.status_code == 502
+    assert isinstance(error.value, openai.APIStatusError)
+
+
+def test_a_stream_cut_midway_raises(client):
+    script(0, [{"cut_after": 2}])
+    stream = client.chat.completions.create(model="chain", messages=MESSAGES, stream=True)
+    with pytest.raises(openai.APIError) as error:
+        for _ in stream:
+            pass
+    assert "before [DONE]" in str(error.value)

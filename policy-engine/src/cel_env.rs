@@ -111,11 +111,34 @@ impl Reads {
     }
 }
 
+/// Facts about the request without which an expression cannot be true, found in its top-level `&&` chain.
+/// They let routing skip evaluating a policy that cannot match, without changing any result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guards {
+    /// `has(request.metadata.K)`: K must be present.
+    pub metadata_present: Vec<String>,
+    /// `request.metadata.K == "v"` (either side): K must be the string v. Any other value is false or an error,
+    /// and an error does not match either.
+    pub metadata_equals: Vec<(String, String)>,
+}
+
+impl Guards {
+    /// Whether `metadata` can satisfy every guard.
+    pub fn admit(&self, metadata: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.metadata_present.iter().all(|k| metadata.contains_key(k))
+            && self
+                .metadata_equals
+                .iter()
+                .all(|(k, v)| metadata.get(k).and_then(serde_json::Value::as_str) == Some(v.as_str()))
+    }
+}
+
 /// A compiled, checked expression. Cheap to evaluate many times.
 pub struct CompiledExpression {
     source: String,
     program: Program,
     reads: Reads,
+    guards: Guards,
 }
 
 impl fmt::Debug for CompiledExpression {
@@ -136,6 +159,52 @@ impl CompiledExpression {
     pub fn program(&self) -> &Program {
         &self.program
     }
+
+    pub fn guards(&self) -> &Guards {
+        &self.guards
+    }
+}
+
+/// The metadata key of `request.metadata.K` (or `has(request.metadata.K)` when `test`).
+fn metadata_key(node: &IdedExpr, test: bool) -> Option<&str> {
+    let Expr::Select(select) = &node.expr else { return None };
+    if select.test != test {
+        return None;
+    }
+    let Expr::Select(metadata) = &select.operand.expr else { return None };
+    let Expr::Ident(root) = &metadata.operand.expr else { return None };
+    (root == "request" && metadata.field == "metadata" && !metadata.test).then_some(select.field.as_str())
+}
+
+fn string_literal(node: &IdedExpr) -> Option<String> {
+    match &node.expr {
+        Expr::Literal(cel::common::ast::LiteralValue::String(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn collect_guards(node: &IdedExpr, guards: &mut Guards) {
+    let Expr::Call(call) = &node.expr else {
+        if let Some(key) = metadata_key(node, true) {
+            guards.metadata_present.push(key.to_owned());
+        }
+        return;
+    };
+    match (call.func_name.as_str(), call.args.as_slice()) {
+        (cel::common::ast::operators::LOGICAL_AND, [left, right]) => {
+            collect_guards(left, guards);
+            collect_guards(right, guards);
+        }
+        (cel::common::ast::operators::EQUALS, [left, right]) => {
+            let pair = metadata_key(left, false)
+                .zip(string_literal(right))
+                .or_else(|| metadata_key(right, false).zip(string_literal(left)));
+            if let Some((key, value)) = pair {
+                guards.metadata_equals.push((key.to_owned(), value));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Compile `source` for `scope`, refusing syntax errors and undeclared variables or fields.
@@ -154,7 +223,9 @@ pub fn compile(source: &str, scope: ExpressionScope) -> Result<CompiledExpressio
     let mut checker = Checker { scope, source, program: &program, bound: Vec::new(), reads: Reads::default() };
     checker.check(program.expression())?;
     let reads = checker.reads;
-    Ok(CompiledExpression { source: source.to_owned(), program, reads })
+    let mut guards = Guards::default();
+    collect_guards(program.expression(), &mut guards);
+    Ok(CompiledExpression { source: source.to_owned(), program, reads, guards })
 }
 
 struct Checker<'a> {
@@ -343,6 +414,24 @@ mod tests {
         let error = compile("request.model == ", ExpressionScope::Request).map(|_| ()).unwrap_err();
         assert_eq!((error.line, error.column), (1, 18), "{error}");
         assert!(compile("  ", ExpressionScope::Request).is_err());
+    }
+
+    #[test]
+    fn finds_guards_only_in_the_top_level_conjunction() {
+        let guards = |src: &str| compile(src, ExpressionScope::Request).unwrap().guards().clone();
+        assert_eq!(
+            guards("has(request.metadata.tenant) && request.metadata.tier == 'gold' && request.prompt_tokens > 5"),
+            Guards { metadata_present: vec!["tenant".into()], metadata_equals: vec![("tier".into(), "gold".into())] }
+        );
+        assert_eq!(guards("'eu' == request.metadata.region").metadata_equals, [("region".into(), "eu".into())]);
+        assert_eq!(guards("has(request.metadata.a) || request.metadata.b == 'x'"), Guards::default());
+        assert_eq!(guards("!(request.metadata.b == 'x')"), Guards::default());
+        let g = guards("has(request.metadata.t) && request.metadata.t == 'a'");
+        let metadata = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert!(g.admit(&metadata(serde_json::json!({"t": "a"}))));
+        assert!(!g.admit(&metadata(serde_json::json!({"t": "b"}))));
+        assert!(!g.admit(&metadata(serde_json::json!({"t": 1}))));
+        assert!(!g.admit(&metadata(serde_json::json!({}))));
     }
 
     #[test]

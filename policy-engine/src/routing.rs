@@ -5,7 +5,7 @@
 //! the same two functions, so what `POST /admin/v1/evaluate` answers is what serving would do.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use cel::objects::{Key, Map};
 use cel::{Context, Value};
@@ -17,6 +17,9 @@ use utoipa::ToSchema;
 
 use crate::cel_env::{self, CelError, CompiledExpression, ExpressionScope, Reads};
 use crate::config::*;
+
+/// The standard CEL environment, built once: `Context::default()` would rebuild it on every request.
+static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
 /// A policy that does not compile, located by resource and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,11 +205,13 @@ impl Router {
         now: DateTime<Utc>,
         mut trace: Option<&mut Vec<PolicyTrace>>,
     ) -> Decision {
-        let mut context = Context::default();
+        let mut context = Context::with_env(STDLIB.clone());
         context.add_variable_from_value("request", request_value(request));
         context.add_variable_from_value("key", key_value(key));
         context.add_variable_from_value("now", Value::Timestamp(now.fixed_offset()));
 
+        // Guards skip policies that cannot match; the dry run (with a trace) evaluates everything.
+        let tracing = trace.is_some();
         let mut record = |policy: &CompiledPolicy, result: &Result<bool, String>| {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(PolicyTrace {
@@ -218,8 +223,12 @@ impl Router {
             }
         };
 
+        let admitted = |e: &CompiledExpression| tracing || e.guards().admit(&request.metadata);
         let mut matched = None;
         for policy in &self.policies {
+            if !admitted(&policy.when) {
+                continue;
+            }
             let result = evaluate_bool(&policy.when, &context);
             record(policy, &result);
             if result == Ok(true) {
@@ -231,6 +240,9 @@ impl Router {
             .constraints
             .iter()
             .filter(|c| {
+                if !admitted(&c.when) {
+                    return false;
+                }
                 let result = evaluate_bool(&c.when, &context);
                 record(c, &result);
                 result == Ok(true)
@@ -275,12 +287,17 @@ impl Router {
         let mut rejected = Vec::new();
         for candidate in &listed {
             let Some((model, backend)) = self.model_and_backend(&candidate.model) else { continue };
-            let scope = candidate_context(&context, model, backend);
-            let failed = requirements.iter().find_map(|(policy, require)| match evaluate_bool(require, &scope) {
-                Ok(true) => None,
-                Ok(false) => Some((policy, None)),
-                Err(error) => Some((policy, Some(error))),
-            });
+            // Most requests have no constraint: build the candidate's CEL scope only when one must be evaluated.
+            let failed = if requirements.is_empty() {
+                None
+            } else {
+                let scope = candidate_context(&context, model, backend);
+                requirements.iter().find_map(|(policy, require)| match evaluate_bool(require, &scope) {
+                    Ok(true) => None,
+                    Ok(false) => Some((policy, None)),
+                    Err(error) => Some((policy, Some(error))),
+                })
+            };
             match failed {
                 Some((policy, error)) => rejected.push(RejectedCandidate {
                     model: model.name.clone(),
@@ -448,4 +465,83 @@ fn candidate_context<'a, 'v>(parent: &'a Context<'a, 'v>, model: &ModelSpec, bac
         ]),
     );
     scope
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn config() -> ConfigSet {
+        let bundle: serde_json::Value = serde_json::from_str(include_str!("../../policies/seed/bundle.json")).unwrap();
+        let mut config = ConfigSet::default();
+        for b in bundle["backends"].as_array().unwrap() {
+            let b: BackendSpec = serde_json::from_value(b.clone()).unwrap();
+            config.backends.insert(b.name.clone(), b);
+        }
+        for m in bundle["models"].as_array().unwrap() {
+            let m: ModelSpec = serde_json::from_value(m.clone()).unwrap();
+            config.models.insert(m.name.clone(), m);
+        }
+        for a in bundle["aliases"].as_array().unwrap() {
+            let a: AliasSpec = serde_json::from_value(a.clone()).unwrap();
+            config.aliases.insert(a.name.clone(), a);
+        }
+        for p in bundle["route_policies"].as_array().unwrap() {
+            let p: RoutePolicySpec = serde_json::from_value(p.clone()).unwrap();
+            config.route_policies.insert(p.name.clone(), p);
+        }
+        config
+    }
+
+    /// Guards only skip work: with them (no trace) and without them (trace) every decision is the same.
+    #[test]
+    fn guards_never_change_a_decision() {
+        let router = Router::compile(&config()).unwrap();
+        let metadatas = [
+            json!({}),
+            json!({"sensitivity": "low"}),
+            json!({"sensitivity": "high", "task": "code_generation"}),
+            json!({"data_classification": "restricted"}),
+            json!({"data_classification": "public", "sensitivity": "low"}),
+            json!({"data_classification": 7, "task": 1}),
+        ];
+        for metadata in metadatas {
+            for prompt_tokens in [10, 5000] {
+                for tags in [vec![], vec!["blocked".to_owned()]] {
+                    let request = RequestFacts {
+                        model: "gpt-4o".into(),
+                        prompt_tokens,
+                        metadata: metadata.as_object().unwrap().clone(),
+                        ..RequestFacts::default()
+                    };
+                    let key = KeyFacts { tags, ..KeyFacts::default() };
+                    let now = Utc::now();
+                    let guarded = router.route(&request, &key, now, None);
+                    let evaluated = router.route(&request, &key, now, Some(&mut Vec::new()));
+                    assert_eq!(guarded, evaluated, "{metadata} {prompt_tokens}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_order_draws_by_weight() {
+        let candidate = |model: &str, weight| PlannedCandidate {
+            model: model.into(),
+            backend: "b".into(),
+            upstream_model: "u".into(),
+            weight,
+        };
+        let order = |draw| {
+            let mut list = vec![candidate("a", 3), candidate("b", 1)];
+            weighted_order(&mut list, draw);
+            list.iter().map(|c| c.model.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(order(0.0), ["a", "b"]);
+        assert_eq!(order(0.74), ["a", "b"]);
+        assert_eq!(order(0.75), ["b", "a"]);
+        assert_eq!(order(0.999), ["b", "a"]);
+    }
 }

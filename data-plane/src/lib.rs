@@ -80,6 +80,10 @@ pub async fn run(
         max_retry_after: std::time::Duration::from_millis(args.max_retry_after_ms),
     });
     tracing::info!(addr = %local, "data plane listening");
+    // Small SSE chunks must leave at once, not wait for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, http::app(proxy)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -71,6 +71,9 @@ async fn main() {
         .with_state(mock);
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     println!("listening {}", listener.local_addr().unwrap());
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await.unwrap();
 }
 

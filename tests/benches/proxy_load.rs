@@ -1,0 +1,189 @@
+//! Whole-request load: the same requests straight to the mock upstream and through the data plane, in one run, at a
+//! fixed concurrency; prints RPS, p50/p99 and the latency the gateway adds. Non-streaming and streaming.
+//!
+//! `cargo bench -p gateway-e2e --bench proxy_load` (no database needed: the data plane serves a snapshot file).
+//! The mock upstream runs as its own process; the data plane runs in this process on its own 1-thread runtime,
+//! the load generator on another, so the three do not share an executor.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use data_plane::settings::ServeArgs;
+use data_plane::state::Current;
+use gateway_proto::convert;
+use gateway_proto::v1;
+use policy_engine::config::ConfigSet;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+const CONCURRENCY: usize = 8;
+const REQUESTS: usize = 4000;
+const WARMUP: usize = 400;
+const KEY: &str = "gwk_bench_key";
+
+fn main() {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mock_port = free_port();
+    let mut mock = std::process::Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
+        .args(["--addr", &format!("127.0.0.1:{mock_port}"), "--name", "bench"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let snapshot_dir = std::env::temp_dir().join(format!("gateway-bench-load-{}", std::process::id()));
+    let snapshot_file = data_plane::persist::write(&snapshot_dir, &snapshot(mock_port)).unwrap();
+
+    // The data plane on its own single-threaded runtime and thread.
+    let dp_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dp_addr = dp_listener.local_addr().unwrap();
+    dp_listener.set_nonblocking(true).unwrap();
+    let shutdown = CancellationToken::new();
+    let dp_shutdown = shutdown.clone();
+    let args = ServeArgs {
+        listen_addr: dp_addr,
+        control_plane: "http://127.0.0.1:9".into(),
+        node_token: None,
+        node_id: None,
+        max_body_bytes: 1 << 20,
+        max_retry_after_ms: 0,
+        snapshot: Some(snapshot_file),
+        state_dir: snapshot_dir.clone(),
+    };
+    let dp_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(dp_listener).unwrap();
+            data_plane::run(args, listener, Arc::new(Current::default()), dp_shutdown).await.unwrap();
+        });
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY * 2).build().unwrap();
+        wait_ready(&client, &format!("http://127.0.0.1:{mock_port}/__mock/stats")).await;
+        wait_ready(&client, &format!("http://{dp_addr}/readyz")).await;
+        let direct = format!("http://127.0.0.1:{mock_port}/v1/chat/completions");
+        let proxied = format!("http://{dp_addr}/v1/chat/completions");
+        println!("concurrency {CONCURRENCY}, {REQUESTS} requests per phase after {WARMUP} warm-up");
+        for stream in [false, true] {
+            let body =
+                json!({"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream});
+            let base = run(&client, &direct, None, &body).await;
+            let gateway = run(&client, &proxied, Some(KEY), &body).await;
+            let label = if stream { "streaming" } else { "non-streaming" };
+            base.print(&format!("{label:>13} direct "));
+            gateway.print(&format!("{label:>13} gateway"));
+            println!(
+                "{label:>13} added latency: p50 {:+.3} ms, p99 {:+.3} ms; throughput ratio {:.2}",
+                ms(gateway.p50) - ms(base.p50),
+                ms(gateway.p99) - ms(base.p99),
+                gateway.rps / base.rps
+            );
+        }
+    });
+    shutdown.cancel();
+    let _ = dp_thread.join();
+    let _ = mock.kill();
+    let _ = std::fs::remove_dir_all(snapshot_dir);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn snapshot(mock_port: u16) -> v1::Snapshot {
+    let config: ConfigSet = ConfigSet {
+        backends: [(
+            "mock".to_owned(),
+            serde_json::from_value(json!({"name": "mock", "kind": "openai",
+            "base_url": format!("http://127.0.0.1:{mock_port}/v1"), "auth": {"type": "none"}}))
+            .unwrap(),
+        )]
+        .into(),
+        models: [(
+            "m".to_owned(),
+            serde_json::from_value(json!({"name": "m", "backend": "mock", "upstream_model": "mock-model",
+            "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "2"}}))
+            .unwrap(),
+        )]
+        .into(),
+        aliases: [(
+            "gpt".to_owned(),
+            serde_json::from_value(json!({"name": "gpt", "candidates": [{"model": "m"}]})).unwrap(),
+        )]
+        .into(),
+        ..ConfigSet::default()
+    };
+    let key = v1::ApiKey {
+        id: "k".into(),
+        name: "bench".into(),
+        secret_sha256: hex::encode(Sha256::digest(KEY.as_bytes())),
+        ..v1::ApiKey::default()
+    };
+    let content = convert::encode(&config, vec![key], |_| None);
+    v1::Snapshot { version: 1, content_hash: convert::content_hash(&content), content: Some(content) }
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) {
+    for _ in 0..200 {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+struct Figures {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Figures {
+    fn print(&self, label: &str) {
+        println!("{label}: {:>7.0} req/s, p50 {:.3} ms, p99 {:.3} ms", self.rps, ms(self.p50), ms(self.p99));
+    }
+}
+
+async fn one(client: &reqwest::Client, url: &str, key: Option<&str>, body: &serde_json::Value) -> Duration {
+    let started = Instant::now();
+    let mut request = client.post(url).json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let bytes = response.bytes().await.unwrap();
+    assert!(!bytes.is_empty());
+    started.elapsed()
+}
+
+async fn run(client: &reqwest::Client, url: &str, key: Option<&str>, body: &serde_json::Value) -> Figures {
+    for _ in 0..WARMUP / CONCURRENCY {
+        let batch = (0..CONCURRENCY).map(|_| one(client, url, key, body));
+        futures::future::join_all(batch).await;
+    }
+    let started = Instant::now();
+    let workers = (0..CONCURRENCY).map(|_| async {
+        let mut samples = Vec::with_capacity(REQUESTS / CONCURRENCY);
+        for _ in 0..REQUESTS / CONCURRENCY {
+            samples.push(one(client, url, key, body).await);
+        }
+        samples
+    });
+    let mut samples: Vec<Duration> = futures::future::join_all(workers).await.into_iter().flatten().collect();
+    let elapsed = started.elapsed();
+    samples.sort_unstable();
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    Figures { rps: samples.len() as f64 / elapsed.as_secs_f64(), p50: at(0.5), p99: at(0.99) }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -89,6 +89,7 @@ fn main() {
     shutdown.cancel();
     let _ = dp_thread.join();
     let _ = mock.kill();
+    let _ = mock.wait();
     let _ = std::fs::remove_dir_all(snapshot_dir);
 }
 

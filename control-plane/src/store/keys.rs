@@ -7,7 +7,7 @@ use sqlx::FromRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Store, is_unique_violation, sql};
+use super::{Store, already_exists, sql};
 use crate::auth::{API_KEY_PREFIX, generate_secret, hash_secret};
 use crate::error::ApiError;
 use policy_engine::validate::SpecError;
@@ -129,13 +129,7 @@ impl Store {
         .bind(actor)
         .fetch_one(mutation.conn())
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                ApiError::AlreadyExists { kind: "api_key", name: spec.name.clone() }
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(already_exists("api_key", &spec.name))?;
         mutation.audit("create", "api_key", &spec.name, None, Some(view_json(&key))).await?;
         mutation.commit(config).await?;
         Ok(CreatedKey { key, secret })

@@ -184,9 +184,13 @@ impl Mutation {
     }
 }
 
-/// Whether `error` is a unique-constraint violation (a duplicate name).
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+/// Map an insert's error: a unique-constraint violation (a duplicate name) becomes `AlreadyExists`.
+pub fn already_exists(kind: &'static str, name: &str) -> impl FnOnce(sqlx::Error) -> ApiError {
+    let name = name.to_owned();
+    move |error| match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => ApiError::AlreadyExists { kind, name },
+        _ => error.into(),
+    }
 }
 
 /// Mark a query built with `format!` as safe. Only compile-time constants (table and column lists) are ever

@@ -7,7 +7,7 @@ use sqlx::FromRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Store, is_unique_violation, sql};
+use super::{Store, already_exists, sql};
 use crate::auth::{ADMIN_TOKEN_PREFIX, Principal, Role, generate_secret, hash_secret};
 use crate::error::ApiError;
 
@@ -128,13 +128,7 @@ impl Store {
         .bind(&by.name)
         .fetch_one(mutation.conn())
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                ApiError::AlreadyExists { kind: "principal", name: spec.name.clone() }
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(already_exists("principal", &spec.name))?;
         let principal = PrincipalView::try_from(row)?;
         mutation.audit("create", "principal", &spec.name, None, Some(view_json(&principal))).await?;
         mutation.commit(config).await?;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use super::{Store, is_unique_violation, sql};
+use super::{Store, already_exists, sql};
 use crate::error::ApiError;
 use crate::secrets::Sealer;
 
@@ -430,13 +430,7 @@ impl Store {
         .bind(actor)
         .fetch_one(mutation.conn())
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                ApiError::AlreadyExists { kind: T::KIND, name: spec.name().to_owned() }
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(already_exists(T::KIND, spec.name()))?;
         let stored = decode::<T>(row)?;
         mutation.audit("create", T::KIND, spec.name(), None, Some(stored.view())).await?;
         mutation.commit(Arc::new(config)).await?;

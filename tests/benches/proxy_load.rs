@@ -1,5 +1,5 @@
-//! Whole-request load: the same requests straight to the mock upstream and through the data plane, in one run, at a
-//! fixed concurrency; prints RPS, p50/p99 and the latency the gateway adds. Non-streaming and streaming.
+//! Whole-request load: the same requests straight to the mock upstream and through the data plane, in one run, at
+//! fixed concurrencies (1 and 8); prints RPS, p50/p99 and the latency the gateway adds. Non-streaming and streaming.
 //!
 //! `cargo bench -p gateway-e2e --bench proxy_load` (no database needed: the data plane serves a snapshot file).
 //! The mock upstream runs as its own process; the data plane runs in this process on its own 1-thread runtime,
@@ -19,7 +19,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-const CONCURRENCY: usize = 8;
+/// Concurrency 1 shows the latency a request pays with nothing queued; 8 shows throughput (and queueing).
+const CONCURRENCIES: [usize; 2] = [1, 8];
 const REQUESTS: usize = 4000;
 const WARMUP: usize = 400;
 const KEY: &str = "gwk_bench_key";
@@ -64,22 +65,22 @@ fn main() {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY * 2).build().unwrap();
+        let client = reqwest::Client::builder().pool_max_idle_per_host(32).build().unwrap();
         wait_ready(&client, &format!("http://127.0.0.1:{mock_port}/__mock/stats")).await;
         wait_ready(&client, &format!("http://{dp_addr}/readyz")).await;
         let direct = format!("http://127.0.0.1:{mock_port}/v1/chat/completions");
         let proxied = format!("http://{dp_addr}/v1/chat/completions");
-        println!("concurrency {CONCURRENCY}, {REQUESTS} requests per phase after {WARMUP} warm-up");
-        for stream in [false, true] {
+        println!("{REQUESTS} requests per phase after {WARMUP} warm-up");
+        for (concurrency, stream) in CONCURRENCIES.iter().flat_map(|c| [(*c, false), (*c, true)]) {
             let body =
                 json!({"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream});
-            let base = run(&client, &direct, None, &body).await;
-            let gateway = run(&client, &proxied, Some(KEY), &body).await;
-            let label = if stream { "streaming" } else { "non-streaming" };
-            base.print(&format!("{label:>13} direct "));
-            gateway.print(&format!("{label:>13} gateway"));
+            let base = run(&client, &direct, None, &body, concurrency).await;
+            let gateway = run(&client, &proxied, Some(KEY), &body, concurrency).await;
+            let label = format!("c={concurrency} {}", if stream { "streaming" } else { "non-streaming" });
+            base.print(&format!("{label:>19} direct "));
+            gateway.print(&format!("{label:>19} gateway"));
             println!(
-                "{label:>13} added latency: p50 {:+.3} ms, p99 {:+.3} ms; throughput ratio {:.2}",
+                "{label:>19} added latency: p50 {:+.3} ms, p99 {:+.3} ms; throughput ratio {:.2}",
                 ms(gateway.p50) - ms(base.p50),
                 ms(gateway.p99) - ms(base.p99),
                 gateway.rps / base.rps
@@ -165,15 +166,21 @@ async fn one(client: &reqwest::Client, url: &str, key: Option<&str>, body: &serd
     started.elapsed()
 }
 
-async fn run(client: &reqwest::Client, url: &str, key: Option<&str>, body: &serde_json::Value) -> Figures {
-    for _ in 0..WARMUP / CONCURRENCY {
-        let batch = (0..CONCURRENCY).map(|_| one(client, url, key, body));
+async fn run(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &serde_json::Value,
+    concurrency: usize,
+) -> Figures {
+    for _ in 0..WARMUP / concurrency {
+        let batch = (0..concurrency).map(|_| one(client, url, key, body));
         futures::future::join_all(batch).await;
     }
     let started = Instant::now();
-    let workers = (0..CONCURRENCY).map(|_| async {
-        let mut samples = Vec::with_capacity(REQUESTS / CONCURRENCY);
-        for _ in 0..REQUESTS / CONCURRENCY {
+    let workers = (0..concurrency).map(|_| async {
+        let mut samples = Vec::with_capacity(REQUESTS / concurrency);
+        for _ in 0..REQUESTS / concurrency {
             samples.push(one(client, url, key, body).await);
         }
         samples

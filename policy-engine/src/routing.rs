@@ -135,6 +135,7 @@ pub struct Router {
     aliases: HashMap<String, AliasSpec>,
     models: HashMap<String, ModelSpec>,
     backends: HashMap<String, BackendSpec>,
+    candidate_values: HashMap<String, CandidateValues>,
     reads: Reads,
 }
 
@@ -182,7 +183,13 @@ impl Router {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let candidate_values = config
+            .models
+            .values()
+            .filter_map(|m| Some((m.name.clone(), CandidateValues::new(m, config.backends.get(&m.backend)?))))
+            .collect();
         Ok(Router {
+            candidate_values,
             policies,
             constraints,
             aliases: clone_map(&config.aliases),
@@ -291,7 +298,10 @@ impl Router {
             let failed = if requirements.is_empty() {
                 None
             } else {
-                let scope = candidate_context(&context, model, backend);
+                let scope = match self.candidate_values.get(&model.name) {
+                    Some(values) => candidate_context(&context, values),
+                    None => candidate_context(&context, &CandidateValues::new(model, backend)),
+                };
                 requirements.iter().find_map(|(policy, require)| match evaluate_bool(require, &scope) {
                     Ok(true) => None,
                     Ok(false) => Some((policy, None)),
@@ -442,28 +452,38 @@ fn price(value: Decimal) -> Value {
     Value::Float(value.to_f64().unwrap_or(f64::MAX))
 }
 
-fn candidate_context<'a, 'v>(parent: &'a Context<'a, 'v>, model: &ModelSpec, backend: &BackendSpec) -> Context<'a, 'v> {
+/// The CEL values of one candidate (`backend` and `model`), built once per snapshot instead of per request.
+struct CandidateValues {
+    backend: Value,
+    model: Value,
+}
+
+impl CandidateValues {
+    fn new(model: &ModelSpec, backend: &BackendSpec) -> CandidateValues {
+        let kind =
+            serde_json::to_value(backend.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        CandidateValues {
+            backend: map(vec![
+                ("name", string(&backend.name)),
+                ("kind", string(&kind)),
+                ("region", backend.region.as_deref().map_or(Value::Null, string)),
+                ("tags", list(&backend.tags)),
+            ]),
+            model: map(vec![
+                ("name", string(&model.name)),
+                ("upstream_model", string(&model.upstream_model)),
+                ("price_input", price(model.pricing.input)),
+                ("price_output", price(model.pricing.output)),
+                ("context_window", optional_int(model.capabilities.context_window.map(u64::from))),
+            ]),
+        }
+    }
+}
+
+fn candidate_context<'a, 'v>(parent: &'a Context<'a, 'v>, values: &CandidateValues) -> Context<'a, 'v> {
     let mut scope = parent.new_inner_scope();
-    let kind = serde_json::to_value(backend.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    scope.add_variable_from_value(
-        "backend",
-        map(vec![
-            ("name", string(&backend.name)),
-            ("kind", string(&kind)),
-            ("region", backend.region.as_deref().map_or(Value::Null, string)),
-            ("tags", list(&backend.tags)),
-        ]),
-    );
-    scope.add_variable_from_value(
-        "model",
-        map(vec![
-            ("name", string(&model.name)),
-            ("upstream_model", string(&model.upstream_model)),
-            ("price_input", price(model.pricing.input)),
-            ("price_output", price(model.pricing.output)),
-            ("context_window", optional_int(model.capabilities.context_window.map(u64::from))),
-        ]),
-    );
+    scope.add_variable_from_value("backend", values.backend.clone());
+    scope.add_variable_from_value("model", values.model.clone());
     scope
 }
 

@@ -45,7 +45,7 @@ async fn main() {
         drop(compiled);
         let (cp, _) = fixture.start_control_plane().await;
         let (current, _) = subscribe(&cp, 1, "single").await;
-        let end_to_end = write_to_applied(&fixture.store, &current, 5).await;
+        let end_to_end = write_to_applied(fixture, &current, 5).await;
         println!(
             "{:>5} snapshot ({} keys, {} policies, {} tool schemas; {:.1} MiB): build {:.0} ms, compile {:.0} ms, write-to-swap median {:.0} ms",
             fixture.name,
@@ -64,7 +64,7 @@ async fn main() {
     let fleet = Fixture::new(&admin, &base, "fleet").await;
     let (cp, _) = fleet.start_control_plane().await;
     let (one, _) = subscribe(&cp, 1, "solo").await;
-    let baseline = write_to_applied(&fleet.store, &one, 40).await;
+    let baseline = write_to_applied(&fleet, &one, 40).await;
     let (many, _) = subscribe(&cp, 50, "node").await;
     let mut applied = Vec::new();
     let mut all_acked = Vec::new();
@@ -270,21 +270,10 @@ async fn wait_version(current: &Current, version: u64, started: Instant) -> Dura
     started.elapsed()
 }
 
-async fn write_to_applied(store: &Store, currents: &[Arc<Current>], writes: usize) -> Vec<Duration> {
-    let fixture_writer = |name: String| {
-        let store = store.clone();
-        async move {
-            let backend: BackendSpec =
-                serde_json::from_value(json!({"name": name, "kind": "openai", "base_url": "http://127.0.0.1:9"}))
-                    .unwrap();
-            let started = Instant::now();
-            let stored = store.create(&WriteContext::default(), "bench", None, backend).await.unwrap();
-            (stored.revision as u64, started)
-        }
-    };
+async fn write_to_applied(fixture: &Fixture, currents: &[Arc<Current>], writes: usize) -> Vec<Duration> {
     let mut samples = Vec::new();
     for _ in 0..writes {
-        let (version, started) = fixture_writer(format!("w-{}", uuid_like())).await;
+        let (version, started) = fixture.write().await;
         samples.extend(futures::future::join_all(currents.iter().map(|c| wait_version(c, version, started))).await);
     }
     samples.sort_unstable();

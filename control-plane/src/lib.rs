@@ -81,7 +81,11 @@ pub async fn run(
     let state = api::AppState::new(store, write_context, args.max_body_bytes);
 
     tracing::info!(admin = %admin.local_addr()?, grpc = %grpc.local_addr()?, %replica, "control plane listening");
-    let grpc_server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls(args)? {
+        builder = builder.tls_config(tls).context("gRPC TLS configuration")?;
+    }
+    let grpc_server = builder
         .add_service(discovery)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());
     let admin_server =
@@ -90,6 +94,28 @@ pub async fn run(
     grpc_result.context("gRPC server")?;
     admin_result.context("admin server")?;
     Ok(())
+}
+
+/// TLS for the gRPC stream: server identity, and client verification (mTLS) when a client CA is given.
+fn grpc_tls(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let (cert, key) = match (&args.grpc_tls_cert, &args.grpc_tls_key) {
+        (None, None) => {
+            anyhow::ensure!(
+                args.grpc_client_ca.is_none(),
+                "GATEWAY_GRPC_CLIENT_CA needs GATEWAY_GRPC_TLS_CERT and _KEY"
+            );
+            return Ok(None);
+        }
+        (Some(cert), Some(key)) => (read(cert)?, read(key)?),
+        _ => anyhow::bail!("GATEWAY_GRPC_TLS_CERT and GATEWAY_GRPC_TLS_KEY go together"),
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = &args.grpc_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 fn default_replica_id() -> String {

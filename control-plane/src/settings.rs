@@ -43,6 +43,18 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_NODE_TOKEN", hide_env_values = true)]
     pub node_token: Option<String>,
 
+    /// PEM certificate chain for TLS on the gRPC stream (with `--grpc-tls-key`).
+    #[arg(long, env = "GATEWAY_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for TLS on the gRPC stream.
+    #[arg(long, env = "GATEWAY_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA bundle: when set, data planes must present a client certificate it signed (mTLS).
+    #[arg(long, env = "GATEWAY_GRPC_CLIENT_CA")]
+    pub grpc_client_ca: Option<std::path::PathBuf>,
+
     /// This replica's name in the fleet view (default: host name and process id).
     #[arg(long, env = "GATEWAY_REPLICA_ID")]
     pub replica_id: Option<String>,

@@ -30,8 +30,16 @@ pub enum ClientError {
     Token,
 }
 
+/// TLS toward the control plane: the CA to trust and, for mTLS, this node's identity (PEM bytes).
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    pub ca: Option<Vec<u8>>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 pub struct Subscription {
     pub control_plane: String,
+    pub tls: ClientTls,
     pub node_token: Option<String>,
     pub node_id: String,
     pub state_dir: std::path::PathBuf,
@@ -89,6 +97,18 @@ impl Subscription {
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
+        let endpoint = if self.tls.ca.is_some() || self.tls.identity.is_some() {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = &self.tls.ca {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &self.tls.identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint.tls_config(tls)?
+        } else {
+            endpoint
+        };
         let channel = endpoint.connect().await?;
         let token = match &self.node_token {
             Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| ClientError::Token)?),

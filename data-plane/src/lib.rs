@@ -65,8 +65,16 @@ pub async fn run(
         {
             tracing::warn!(%error, "the persisted snapshot is unusable; waiting for the control plane");
         }
+        let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let identity = match (&args.node_cert, &args.node_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => anyhow::bail!("GATEWAY_NODE_CERT and GATEWAY_NODE_KEY go together"),
+        };
+        let ca = args.control_plane_ca.as_deref().map(read).transpose()?;
         let subscription = client::Subscription {
             control_plane: args.control_plane.clone(),
+            tls: client::ClientTls { ca, identity },
             node_token: args.node_token.clone(),
             node_id: args.node_id.clone().unwrap_or_else(|| default_node_id(local.port())),
             state_dir: args.state_dir.clone(),

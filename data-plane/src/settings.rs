@@ -32,6 +32,18 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_NODE_TOKEN", hide_env_values = true)]
     pub node_token: Option<String>,
 
+    /// PEM CA bundle that signed the control plane's certificate (TLS on the gRPC stream; use an https URL).
+    #[arg(long, env = "GATEWAY_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to the control plane (mTLS), with `--node-key`.
+    #[arg(long, env = "GATEWAY_NODE_CERT")]
+    pub node_cert: Option<PathBuf>,
+
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "GATEWAY_NODE_KEY")]
+    pub node_key: Option<PathBuf>,
+
     /// This data plane's name in the fleet view (default: host name and listen port).
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,

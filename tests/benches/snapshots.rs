@@ -195,6 +195,9 @@ impl Fixture {
             admin_addr: admin.local_addr().unwrap(),
             grpc_addr: grpc.local_addr().unwrap(),
             node_token: Some(TOKEN.to_owned()),
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
+            grpc_client_ca: None,
             replica_id: Some(format!("bench-{}", self.name)),
             admin_token: None,
             secret_key: None,
@@ -250,6 +253,7 @@ async fn subscribe(cp: &ControlPlaneHandle, n: usize, prefix: &str) -> (Vec<Arc<
         let current = Arc::new(Current::default());
         let subscription = Subscription {
             control_plane: cp.url.clone(),
+            tls: Default::default(),
             node_token: Some(TOKEN.to_owned()),
             node_id: format!("{prefix}-{i}"),
             state_dir: std::env::temp_dir().join(format!("gateway-bench-{prefix}-{i}-{}", std::process::id())),

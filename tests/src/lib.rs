@@ -86,6 +86,7 @@ pub struct ControlPlaneConfig {
     pub database_url: String,
     pub admin_port: u16,
     pub grpc_port: u16,
+    pub env: Vec<(String, String)>,
 }
 
 impl ControlPlaneConfig {
@@ -96,6 +97,7 @@ impl ControlPlaneConfig {
             database_url: database_url.to_owned(),
             admin_port: free_port(),
             grpc_port: free_port(),
+            env: Vec::new(),
         }
     }
 }
@@ -114,6 +116,7 @@ impl ControlPlane {
             .env("GATEWAY_SECRET_KEY", SECRET_KEY)
             .env("GATEWAY_REPLICA_ID", &config.name)
             .env("RUST_LOG", "info,control_plane=debug")
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)

@@ -209,3 +209,69 @@ fn tokio_stream_once(
 ) -> impl tonic::codegen::tokio_stream::Stream<Item = v1::SubscribeRequest> {
     tonic::codegen::tokio_stream::iter(vec![message])
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM files into `dir`.
+fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut server_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    server_params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let server_key = KeyPair::generate().unwrap();
+    let server = server_params.signed_by(&server_key, &ca).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["data-plane".to_owned()]).unwrap().signed_by(&client_key, &ca).unwrap();
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    })
+}
+
+#[sqlx::test(migrations = false)]
+async fn data_planes_can_be_required_to_present_a_client_certificate(pool: PgPool) {
+    let test = "mtls";
+    let dir = std::env::temp_dir().join(format!("gateway-e2e-mtls-{}", std::process::id()));
+    let [ca, server_cert, server_key, client_cert, client_key] = certificates(&dir);
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let mut config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
+    config.env = vec![
+        ("GATEWAY_GRPC_TLS_CERT".into(), path(&server_cert)),
+        ("GATEWAY_GRPC_TLS_KEY".into(), path(&server_key)),
+        ("GATEWAY_GRPC_CLIENT_CA".into(), path(&ca)),
+    ];
+    let cp = ControlPlane::start(config).await;
+    let version = cp.create("backends", backend("b1")).await;
+    let url = format!("https://127.0.0.1:{}", cp.grpc.port());
+
+    let mut with_cert = DataPlaneConfig::new(test, "dp-cert", &url);
+    with_cert.env = vec![
+        ("GATEWAY_CONTROL_PLANE_CA".into(), path(&ca)),
+        ("GATEWAY_NODE_CERT".into(), path(&client_cert)),
+        ("GATEWAY_NODE_KEY".into(), path(&client_key)),
+    ];
+    let dp = DataPlane::start(&with_cert);
+    dp.wait_for_version(version).await;
+
+    // Trusting the server is not enough: without a client certificate the handshake fails.
+    let mut without_cert = DataPlaneConfig::new(test, "dp-no-cert", &url);
+    without_cert.env = vec![("GATEWAY_CONTROL_PLANE_CA".into(), path(&ca))];
+    let refused = DataPlane::start(&without_cert);
+    let (status, _) = eventually(Duration::from_secs(20), "the data plane to answer", || refused.readyz()).await;
+    assert_eq!(status, 503);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(refused.readyz().await.unwrap().0, 503);
+    let fleet = cp.fleet().await;
+    assert!(node(&fleet, "dp-cert").is_some());
+    assert!(node(&fleet, "dp-no-cert").is_none());
+    let _ = std::fs::remove_dir_all(dir);
+}

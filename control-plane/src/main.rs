@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
                 shutdown_signal().await;
                 trigger.cancel();
             });
-            control_plane::serve(args, shutdown).await
+            control_plane::serve(*args, shutdown).await
         }
         Command::Migrate(args) => {
             let store = Store::connect(&args.database_url)

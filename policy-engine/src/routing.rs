@@ -416,11 +416,13 @@ fn json_value(value: &serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => string(s),
         serde_json::Value::Array(items) => Value::List(Arc::new(items.iter().map(json_value).collect())),
-        serde_json::Value::Object(fields) => {
-            let map: HashMap<Key, Value> = fields.iter().map(|(k, v)| (Key::from(k.as_str()), json_value(v))).collect();
-            Value::Map(Map { map: Arc::new(map) })
-        }
+        serde_json::Value::Object(fields) => json_object(fields),
     }
+}
+
+fn json_object(fields: &serde_json::Map<String, serde_json::Value>) -> Value {
+    let map: HashMap<Key, Value> = fields.iter().map(|(k, v)| (Key::from(k.as_str()), json_value(v))).collect();
+    Value::Map(Map { map: Arc::new(map) })
 }
 
 fn request_value(request: &RequestFacts) -> Value {
@@ -433,7 +435,7 @@ fn request_value(request: &RequestFacts) -> Value {
         ("prompt_tokens", int(request.prompt_tokens)),
         ("max_tokens", optional_int(request.max_tokens)),
         ("tools", list(&request.tools)),
-        ("metadata", json_value(&serde_json::Value::Object(request.metadata.clone()))),
+        ("metadata", json_object(&request.metadata)),
         ("headers", Value::Map(Map { map: Arc::new(headers) })),
     ])
 }

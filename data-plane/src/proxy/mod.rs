@@ -111,7 +111,7 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
     if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
         return Err(GatewayError::ModelNotAllowed { model: parsed.model });
     }
-    let facts = parsed.facts(&parts.headers, snapshot.router.reads().prompt_tokens);
+    let facts = parsed.facts(&parts.headers, snapshot.router.reads());
     let key_facts = KeyFacts {
         id: key.id.clone(),
         name: key.name.clone(),

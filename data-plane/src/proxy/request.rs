@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::HeaderMap;
+use policy_engine::cel_env::Reads;
 use policy_engine::routing::RequestFacts;
 use policy_engine::tokens;
 use serde_json::{Map, Value};
@@ -133,8 +134,8 @@ fn kind(value: &Value) -> &'static str {
 const META_HEADER_PREFIX: &str = "x-gateway-meta-";
 
 impl ParsedRequest {
-    /// What routing sees. Tokens are counted only when some policy reads them.
-    pub fn facts(&self, headers: &HeaderMap, count_tokens: bool) -> RequestFacts {
+    /// What routing sees. Tokens are counted, and headers copied, only when some policy reads them.
+    pub fn facts(&self, headers: &HeaderMap, reads: Reads) -> RequestFacts {
         let mut metadata = self.body.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut header_map = BTreeMap::new();
         for (name, value) in headers {
@@ -143,7 +144,7 @@ impl ParsedRequest {
             if let Some(key) = name.strip_prefix(META_HEADER_PREFIX) {
                 metadata.insert(key.to_owned(), Value::String(value.to_owned()));
             }
-            if name != "authorization" {
+            if reads.headers && name != "authorization" {
                 header_map.insert(name.to_owned(), value.to_owned());
             }
         }
@@ -163,7 +164,7 @@ impl ParsedRequest {
             model: self.model.clone(),
             endpoint: self.endpoint.cel_name().to_owned(),
             stream: self.stream,
-            prompt_tokens: if count_tokens { self.prompt_tokens() } else { 0 },
+            prompt_tokens: if reads.prompt_tokens { self.prompt_tokens() } else { 0 },
             max_tokens,
             tools,
             metadata,
@@ -209,6 +210,8 @@ mod tests {
 
     use super::*;
 
+    const ALL: Reads = Reads { prompt_tokens: true, headers: true, metadata: true };
+
     fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -249,7 +252,7 @@ mod tests {
             match parse(Endpoint::ChatCompletions, &bytes) {
                 Ok(parsed) => {
                     prop_assert_eq!(Value::Object(parsed.body.clone()), body);
-                    let facts = parsed.facts(&HeaderMap::new(), true);
+                    let facts = parsed.facts(&HeaderMap::new(), ALL);
                     prop_assert_eq!(facts.model, parsed.model);
                 }
                 Err(error) => prop_assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST),
@@ -265,7 +268,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-gateway-meta-task", "code_generation".parse().unwrap());
         headers.insert("authorization", "Bearer secret".parse().unwrap());
-        let facts = parsed.facts(&headers, true);
+        let facts = parsed.facts(&headers, ALL);
         assert_eq!(facts.metadata["team"], json!("a"));
         assert_eq!(facts.metadata["task"], json!("code_generation"));
         assert!(!facts.headers.contains_key("authorization"), "the caller's key never reaches policies");

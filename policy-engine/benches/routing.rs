@@ -1,5 +1,6 @@
 //! The routing decision per request: 100 route policies evaluated (the matching one last), a residency
 //! constraint, a three-candidate alias. Baseline in the same run: no policies, the alias named by the request.
+//! The interpreted case shows what policies outside the natively evaluated subset cost.
 //! `cargo bench -p policy-engine --bench routing`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,9 +13,18 @@ use policy_engine::config::*;
 use policy_engine::routing::{KeyFacts, RequestFacts, Router};
 use serde_json::json;
 
-/// `guarded`: policies open with `has(request.metadata.tenant) && ...`, which routing can skip without evaluating
-/// when the request has no tenant. Unguarded policies must all be evaluated.
-fn config(policies: usize, guarded: bool) -> ConfigSet {
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Policies open with `has(request.metadata.tenant) && ...`, which routing skips without evaluating when the
+    /// request has no tenant.
+    Guarded,
+    /// Every policy must be evaluated; all are in the natively evaluated subset.
+    Unguarded,
+    /// Every policy must be evaluated, and each calls a function (`size`) only the CEL interpreter evaluates.
+    Interpreted,
+}
+
+fn config(policies: usize, shape: Shape) -> ConfigSet {
     let mut config = ConfigSet::default();
     for (i, region) in ["us", "eu", "eu"].iter().enumerate() {
         let backend: BackendSpec = serde_json::from_value(json!({"name": format!("b{i}"), "kind": "openai",
@@ -35,10 +45,16 @@ fn config(policies: usize, guarded: bool) -> ConfigSet {
         // Realistic shapes: metadata, key and size conditions. Only the last (lowest priority) matches.
         let when = if i + 1 == policies {
             "request.metadata.task == 'code_generation' && key.team == 'search'".to_owned()
-        } else if guarded {
-            format!("has(request.metadata.tenant) && request.metadata.tenant == 't{i}' && request.prompt_tokens > {i}")
         } else {
-            format!("key.team == 'team-{i}' || (request.prompt_tokens > 100000 && 'x{i}' in key.tags)")
+            match shape {
+                Shape::Guarded => format!(
+                    "has(request.metadata.tenant) && request.metadata.tenant == 't{i}' && request.prompt_tokens > {i}"
+                ),
+                Shape::Unguarded => {
+                    format!("key.team == 'team-{i}' || (request.prompt_tokens > 100000 && 'x{i}' in key.tags)")
+                }
+                Shape::Interpreted => format!("key.team == 'team-{i}' || size(key.tags) > {}", i + 10),
+            }
         };
         let policy: RoutePolicySpec =
             serde_json::from_value(json!({"name": format!("p{i:03}"), "priority": 1000 - i as i32,
@@ -71,10 +87,13 @@ fn bench(c: &mut Criterion) {
     let key = KeyFacts { id: "k".into(), name: "app".into(), team: Some("search".into()), tags: vec!["prod".into()] };
     let request = request();
     let mut group = c.benchmark_group("route");
-    for (policies, guarded, name) in
-        [(0, false, "0_policies"), (100, true, "100_guarded_policies"), (100, false, "100_unguarded_policies")]
-    {
-        let router = Router::compile(&config(policies, guarded)).unwrap();
+    for (policies, shape, name) in [
+        (0, Shape::Unguarded, "0_policies"),
+        (100, Shape::Guarded, "100_guarded_policies"),
+        (100, Shape::Unguarded, "100_unguarded_policies"),
+        (100, Shape::Interpreted, "100_interpreted_policies"),
+    ] {
+        let router = Router::compile(&config(policies, shape)).unwrap();
         let decision = router.route(&request, &key, Utc::now(), None);
         let policy = match &decision {
             policy_engine::routing::Decision::Route { policy, candidates, .. } => {

@@ -9,6 +9,8 @@ use std::fmt;
 use cel::Program;
 use cel::common::ast::{Expr, IdedExpr};
 
+use crate::cel_native::{self, Native};
+
 /// Where an expression is used, which decides the variables it may read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpressionScope {
@@ -139,6 +141,8 @@ pub struct CompiledExpression {
     program: Program,
     reads: Reads,
     guards: Guards,
+    /// The same expression in the natively evaluated subset, when all of it is in that subset.
+    native: Option<Native>,
 }
 
 impl fmt::Debug for CompiledExpression {
@@ -162,6 +166,15 @@ impl CompiledExpression {
 
     pub fn guards(&self) -> &Guards {
         &self.guards
+    }
+
+    pub(crate) fn native(&self) -> Option<&Native> {
+        self.native.as_ref()
+    }
+
+    /// Whether the whole expression is evaluated natively (no interpreter, no CEL values) when it can be.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
     }
 }
 
@@ -225,7 +238,8 @@ pub fn compile(source: &str, scope: ExpressionScope) -> Result<CompiledExpressio
     let reads = checker.reads;
     let mut guards = Guards::default();
     collect_guards(program.expression(), &mut guards);
-    Ok(CompiledExpression { source: source.to_owned(), program, reads, guards })
+    let native = cel_native::translate(program.expression());
+    Ok(CompiledExpression { source: source.to_owned(), program, reads, guards, native })
 }
 
 struct Checker<'a> {

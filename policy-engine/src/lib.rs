@@ -7,6 +7,7 @@
 //! - [`config`]: the resource types and cross-resource integrity rules.
 //! - [`validate`]: per-resource validation with field-located errors.
 //! - [`cel_env`]: the one CEL environment (variables and fields), compile-time checked.
+//! - `cel_native`: native evaluation of the common policy shapes, falling back to the interpreter.
 //! - [`routing`]: policy matching, constraints, candidate ordering.
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
 //! - [`base_url`]: backend URL normalisation and the SSRF allowlist.
@@ -14,6 +15,7 @@
 
 pub mod base_url;
 pub mod cel_env;
+mod cel_native;
 pub mod config;
 pub mod routing;
 pub mod tokens;

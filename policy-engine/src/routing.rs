@@ -4,6 +4,7 @@
 //! request and only evaluates precompiled programs. The control plane's dry run and the data plane call
 //! the same two functions, so what `POST /admin/v1/evaluate` answers is what serving would do.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 
@@ -11,11 +12,11 @@ use cel::objects::{Key, Map};
 use cel::{Context, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::cel_env::{self, CelError, CompiledExpression, ExpressionScope, Reads};
+use crate::cel_native::{self, CandidateFacts, Facts};
 use crate::config::*;
 
 /// The standard CEL environment, built once: `Context::default()` would rebuild it on every request.
@@ -212,10 +213,27 @@ impl Router {
         now: DateTime<Utc>,
         mut trace: Option<&mut Vec<PolicyTrace>>,
     ) -> Decision {
-        let mut context = Context::with_env(STDLIB.clone());
-        context.add_variable_from_value("request", request_value(request));
-        context.add_variable_from_value("key", key_value(key));
-        context.add_variable_from_value("now", Value::Timestamp(now.fixed_offset()));
+        // Header names are matched in lower case, as HTTP has them; callers of the dry run may not send them so.
+        let lowered;
+        let request = if request.headers.keys().any(|k| k.bytes().any(|b| b.is_ascii_uppercase())) {
+            let headers = request.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+            lowered = RequestFacts { headers, ..request.clone() };
+            &lowered
+        } else {
+            request
+        };
+        let facts = Facts { request, key, candidate: None };
+        // The interpreter's variables are built only if some expression is outside the native subset.
+        let interpreter = OnceCell::new();
+        let context = || {
+            interpreter.get_or_init(|| {
+                let mut context = Context::with_env(STDLIB.clone());
+                context.add_variable_from_value("request", request_value(request));
+                context.add_variable_from_value("key", key_value(key));
+                context.add_variable_from_value("now", Value::Timestamp(now.fixed_offset()));
+                context
+            })
+        };
 
         // Guards skip policies that cannot match; the dry run (with a trace) evaluates everything.
         let tracing = trace.is_some();
@@ -236,7 +254,7 @@ impl Router {
             if !admitted(&policy.when) {
                 continue;
             }
-            let result = evaluate_bool(&policy.when, &context);
+            let result = evaluate_bool(&policy.when, &facts, context);
             record(policy, &result);
             if result == Ok(true) {
                 matched = Some(policy);
@@ -250,7 +268,7 @@ impl Router {
                 if !admitted(&c.when) {
                     return false;
                 }
-                let result = evaluate_bool(&c.when, &context);
+                let result = evaluate_bool(&c.when, &facts, context);
                 record(c, &result);
                 result == Ok(true)
             })
@@ -298,11 +316,18 @@ impl Router {
             let failed = if requirements.is_empty() {
                 None
             } else {
-                let scope = match self.candidate_values.get(&model.name) {
-                    Some(values) => candidate_context(&context, values),
-                    None => candidate_context(&context, &CandidateValues::new(model, backend)),
+                let built;
+                let values = match self.candidate_values.get(&model.name) {
+                    Some(values) => values,
+                    None => {
+                        built = CandidateValues::new(model, backend);
+                        &built
+                    }
                 };
-                requirements.iter().find_map(|(policy, require)| match evaluate_bool(require, &scope) {
+                let facts = Facts { candidate: Some(&values.facts), ..facts };
+                let scope = OnceCell::new();
+                let scope = || scope.get_or_init(|| candidate_context(context(), values));
+                requirements.iter().find_map(|(policy, require)| match evaluate_bool(require, &facts, scope) {
                     Ok(true) => None,
                     Ok(false) => Some((policy, None)),
                     Err(error) => Some((policy, Some(error))),
@@ -374,8 +399,16 @@ fn clone_map<T: Clone>(map: &BTreeMap<String, T>) -> HashMap<String, T> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn evaluate_bool(expression: &CompiledExpression, context: &Context) -> Result<bool, String> {
-    match expression.program().execute(context) {
+/// Natively when the answer is certain, else with the interpreter (whose context `context` builds on first use).
+fn evaluate_bool<'c, 'v: 'c>(
+    expression: &CompiledExpression,
+    facts: &Facts,
+    context: impl FnOnce() -> &'c Context<'c, 'v>,
+) -> Result<bool, String> {
+    if let Some(answer) = expression.native().and_then(|native| native.evaluate(facts)) {
+        return Ok(answer);
+    }
+    match expression.program().execute(context()) {
         Ok(Value::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("`{}` evaluated to {other:?}, not a bool", expression.source())),
         Err(error) => Err(error.to_string()),
@@ -450,14 +483,14 @@ fn key_value(key: &KeyFacts) -> Value {
 }
 
 fn price(value: Decimal) -> Value {
-    // CEL has no decimal type; prices are compared, not summed, in policies, so a double is precise enough here.
-    Value::Float(value.to_f64().unwrap_or(f64::MAX))
+    Value::Float(cel_native::price(value))
 }
 
 /// The CEL values of one candidate (`backend` and `model`), built once per snapshot instead of per request.
 struct CandidateValues {
     backend: Value,
     model: Value,
+    facts: CandidateFacts,
 }
 
 impl CandidateValues {
@@ -478,6 +511,7 @@ impl CandidateValues {
                 ("price_output", price(model.pricing.output)),
                 ("context_window", optional_int(model.capabilities.context_window.map(u64::from))),
             ]),
+            facts: CandidateFacts::new(model, backend),
         }
     }
 }
@@ -544,6 +578,218 @@ mod tests {
                     let evaluated = router.route(&request, &key, now, Some(&mut Vec::new()));
                     assert_eq!(guarded, evaluated, "{metadata} {prompt_tokens}");
                 }
+            }
+        }
+    }
+
+    mod native_agrees_with_the_interpreter {
+        use proptest::prelude::{ProptestConfig, Strategy, any, prop, prop_assert, proptest};
+
+        use super::*;
+        use crate::cel_native::CandidateFacts;
+
+        /// Expressions over every native shape, and some the native subset leaves to the interpreter.
+        fn expression() -> impl Strategy<Value = String> {
+            let leaf = prop::sample::select(vec![
+                "request.model",
+                "request.endpoint",
+                "request.stream",
+                "request.prompt_tokens",
+                "request.max_tokens",
+                "request.tools",
+                "key.id",
+                "key.name",
+                "key.team",
+                "key.tags",
+                "request.metadata.a",
+                "request.metadata.b",
+                "request.headers['x-h']",
+                "request.headers.missing",
+                "request.metadata",
+                "backend.name",
+                "backend.kind",
+                "backend.region",
+                "backend.tags",
+                "model.name",
+                "model.price_input",
+                "model.context_window",
+                "'a'",
+                "'b'",
+                "''",
+                "1",
+                "0",
+                "-1",
+                "2u",
+                "1.5",
+                "0.0",
+                "true",
+                "false",
+                "null",
+                "['a', 'b']",
+                "[1, 'a', null]",
+                "[]",
+                "[1.5, 2u]",
+                "has(request.metadata.a)",
+                "has(request.headers.x)",
+                "'x' in request.metadata",
+                "1 in request.metadata",
+                "size(key.tags)",
+                "now > timestamp('2020-01-01T00:00:00Z')",
+                "key.tags.exists(t, t == 'a')",
+            ])
+            .prop_map(str::to_owned);
+            leaf.prop_recursive(4, 24, 2, |inner| {
+                (inner.clone(), inner, 0..9usize).prop_map(|(a, b, op)| match op {
+                    0 => format!("({a} && {b})"),
+                    1 => format!("({a} || {b})"),
+                    2 => format!("!({a})"),
+                    3 => format!("({a} == {b})"),
+                    4 => format!("({a} != {b})"),
+                    5 => format!("({a} < {b})"),
+                    6 => format!("({a} >= {b})"),
+                    7 => format!("({a} in {b})"),
+                    _ => format!("({a} > {b})"),
+                })
+            })
+        }
+
+        fn scalar() -> impl Strategy<Value = Option<serde_json::Value>> {
+            prop::sample::select(vec![
+                None,
+                Some(json!("a")),
+                Some(json!("b")),
+                Some(json!(1)),
+                Some(json!(u64::MAX)),
+                Some(json!(1.5)),
+                Some(json!(true)),
+                Some(json!(null)),
+                Some(json!(["a"])),
+                Some(json!({"a": 1})),
+            ])
+        }
+
+        fn facts() -> impl Strategy<Value = (RequestFacts, KeyFacts, ModelSpec, BackendSpec)> {
+            let names = prop::sample::subsequence(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()], 0..3);
+            (
+                (scalar(), scalar(), any::<bool>(), 0u64..3, prop::option::of(0u64..3), names.clone()),
+                (prop::option::of(prop::sample::select(vec!["a", "b"])), names.clone(), any::<bool>()),
+                (prop::option::of(prop::sample::select(vec!["a", "eu"])), names, prop::option::of(0u32..3)),
+            )
+                .prop_map(
+                    |(
+                        (a, b, stream, prompt_tokens, max_tokens, tools),
+                        (team, tags, header),
+                        (region, backend_tags, window),
+                    )| {
+                        let mut metadata = serde_json::Map::new();
+                        metadata.extend(a.map(|v| ("a".to_owned(), v)));
+                        metadata.extend(b.map(|v| ("b".to_owned(), v)));
+                        let headers =
+                            if header { [("x-h".to_owned(), "a".to_owned())].into() } else { BTreeMap::new() };
+                        let request = RequestFacts {
+                            model: "a".into(),
+                            endpoint: "chat.completions".into(),
+                            stream,
+                            prompt_tokens,
+                            max_tokens,
+                            tools,
+                            metadata,
+                            headers,
+                        };
+                        let key = KeyFacts { id: "a".into(), name: "b".into(), team: team.map(str::to_owned), tags };
+                        let backend: BackendSpec = serde_json::from_value(json!({"name": "a", "kind": "openai",
+                        "base_url": "https://x", "region": region, "tags": backend_tags}))
+                        .unwrap();
+                        let model: ModelSpec = serde_json::from_value(json!({"name": "b", "backend": "a",
+                        "upstream_model": "u", "capabilities": {"context_window": window},
+                        "pricing": {"input": "1.5", "output": "2"}}))
+                        .unwrap();
+                        (request, key, model, backend)
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            /// Whatever native evaluation decides, the interpreter decides the same.
+            #[test]
+            fn every_decided_answer_matches((request, key, model, backend) in facts(), source in expression()) {
+                let Ok(expression) = cel_env::compile(&source, ExpressionScope::Candidate) else { return Ok(()) };
+                let Some(native) = expression.native() else { return Ok(()) };
+                let candidate = CandidateFacts::new(&model, &backend);
+                let facts = Facts { request: &request, key: &key, candidate: Some(&candidate) };
+                let Some(answer) = native.evaluate(&facts) else { return Ok(()) };
+                let mut root = Context::with_env(STDLIB.clone());
+                root.add_variable_from_value("request", request_value(&request));
+                root.add_variable_from_value("key", key_value(&key));
+                root.add_variable_from_value("now", Value::Timestamp(Utc::now().fixed_offset()));
+                let scope = candidate_context(&root, &CandidateValues::new(&model, &backend));
+                let interpreted = expression.program().execute(&scope);
+                prop_assert!(matches!(interpreted, Ok(Value::Bool(b)) if b == answer),
+                    "{source}: native {answer}, interpreter {interpreted:?}");
+            }
+        }
+
+        /// Boundary cases, each decided natively and checked against the interpreter.
+        #[test]
+        fn boundaries_agree() {
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("big".into(), json!(u64::MAX));
+            metadata.insert("neg".into(), json!(-1));
+            metadata.insert("half".into(), json!(0.5));
+            metadata.insert("nil".into(), json!(null));
+            metadata.insert("s".into(), json!("b"));
+            let request = RequestFacts { prompt_tokens: u64::MAX, metadata, ..RequestFacts::default() };
+            let key = KeyFacts::default();
+            let mut root = Context::with_env(STDLIB.clone());
+            root.add_variable_from_value("request", request_value(&request));
+            root.add_variable_from_value("key", key_value(&key));
+            let facts = Facts { request: &request, key: &key, candidate: None };
+            for source in [
+                "request.metadata.big > 1",
+                "request.metadata.big < 1",
+                "request.metadata.big == 18446744073709551615u",
+                "request.metadata.neg < 0u",
+                "request.metadata.neg == -1.0",
+                "request.metadata.half < 1",
+                "1 > request.metadata.half",
+                "request.metadata.nil == null",
+                "request.metadata.nil == 'x'",
+                "request.metadata.s > 'a'",
+                "key.team == null",
+                "key.team == 'x'",
+                "key.team in ['a', null]",
+                "request.prompt_tokens == 9223372036854775807",
+                "request.max_tokens == null",
+                "'s' in request.metadata || request.metadata.missing == 1",
+                "request.metadata.missing == 1 && false",
+                "request.metadata.missing == 1 || true",
+            ] {
+                let expression = cel_env::compile(source, ExpressionScope::Request).unwrap();
+                let native = expression.native().and_then(|n| n.evaluate(&facts));
+                let interpreted = expression.program().execute(&root);
+                assert!(native.is_some(), "{source} is not decided natively");
+                assert!(
+                    matches!(interpreted, Ok(Value::Bool(b)) if Some(b) == native),
+                    "{source}: native {native:?}, interpreter {interpreted:?}"
+                );
+            }
+        }
+
+        /// The seed bundle's and the benchmark's policy shapes are all evaluated natively.
+        #[test]
+        fn common_shapes_are_native() {
+            for source in [
+                "request.prompt_tokens > 2000 && request.metadata.sensitivity == 'low'",
+                "has(request.metadata.task) && request.metadata.task == 'code_generation'",
+                "key.team == 'team-1' || (request.prompt_tokens > 100000 && 'x1' in key.tags)",
+                "'intern' in key.tags && request.stream",
+                "key.team in ['a', 'b'] && !(request.endpoint == 'embeddings')",
+                "backend.region == 'eu' && model.price_input < 5",
+                "request.headers['x-tenant'] == 'acme'",
+            ] {
+                assert!(cel_env::compile(source, ExpressionScope::Candidate).unwrap().is_native(), "{source}");
             }
         }
     }

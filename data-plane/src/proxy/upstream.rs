@@ -83,9 +83,8 @@ impl Upstreams {
                 ));
             }
         };
-        let mut body = body.clone();
-        body.insert("model".to_owned(), Value::String(upstream_model.to_owned()));
-        let payload = serde_json::to_vec(&body).map_err(|e| AttemptError::Connect(e.to_string()))?;
+        let payload = serde_json::to_vec(&WithModel { body, model: upstream_model })
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
         let client = self.client(backend.timeouts.connect_ms)?;
         let mut request = client
             .post(url)
@@ -122,6 +121,27 @@ impl Upstreams {
             _ => String::new(),
         };
         Err(AttemptError::Status { status, body, retry_after })
+    }
+}
+
+/// The request body with `model` replaced by the upstream's name, serialised without copying the body.
+struct WithModel<'a> {
+    body: &'a Map<String, Value>,
+    model: &'a str,
+}
+
+impl serde::Serialize for WithModel<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map =
+            serializer.serialize_map(Some(self.body.len() + usize::from(!self.body.contains_key("model"))))?;
+        map.serialize_entry("model", self.model)?;
+        for (name, value) in self.body {
+            if name != "model" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
     }
 }
 

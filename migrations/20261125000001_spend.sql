@@ -1,6 +1,6 @@
 -- The spend ledger: one row per metered request, reported by the data planes (idempotent on the event id), and
--- daily roll-ups maintained in the same transaction as the inserts, so a report over whole UTC days reads the
--- roll-ups and is exact. Money is NUMERIC (unconstrained scale: costs are stored exactly as reported).
+-- daily and monthly roll-ups maintained in the same transaction as the inserts, so a report over whole UTC days or
+-- months reads the roll-ups and is exact. Money is NUMERIC (unconstrained scale: costs are stored exactly as reported).
 
 CREATE TABLE spend_events (
     id                    UUID PRIMARY KEY,             -- UUIDv7 from the data plane
@@ -61,6 +61,29 @@ CREATE TABLE spend_daily (
 );
 CREATE INDEX spend_daily_team ON spend_daily (team, day);
 CREATE INDEX spend_daily_key ON spend_daily (key_name, day);
+
+-- The same sums per calendar month (`month` is its first day), so reports and budgets over whole months read about
+-- thirty times fewer rows than from `spend_daily`.
+CREATE TABLE spend_monthly (
+    month                 DATE NOT NULL,
+    key_id                TEXT NOT NULL,
+    key_name              TEXT NOT NULL,
+    team                  TEXT NOT NULL,
+    alias                 TEXT NOT NULL,
+    backend               TEXT NOT NULL,
+    model                 TEXT NOT NULL,
+    requests              BIGINT NOT NULL,
+    errors                BIGINT NOT NULL,
+    estimated             BIGINT NOT NULL,
+    prompt_tokens         BIGINT NOT NULL,
+    cached_prompt_tokens  BIGINT NOT NULL,
+    completion_tokens     BIGINT NOT NULL,
+    cache_creation_tokens BIGINT NOT NULL,
+    cost_usd              NUMERIC NOT NULL,
+    PRIMARY KEY (month, key_id, key_name, team, alias, backend, model)
+);
+CREATE INDEX spend_monthly_team ON spend_monthly (team, month);
+CREATE INDEX spend_monthly_key ON spend_monthly (key_name, month);
 
 -- Events that failed validation: not counted, but never dropped silently. One row per (node, id as sent).
 CREATE TABLE spend_quarantine (

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Days, NaiveDate, Utc};
 use policy_engine::budget_period::midnight;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -227,8 +227,29 @@ WITH input AS (
         cache_creation_tokens = d.cache_creation_tokens + EXCLUDED.cache_creation_tokens,
         cost_usd = d.cost_usd + EXCLUDED.cost_usd
     RETURNING 1
+), rolled_monthly AS (
+    INSERT INTO spend_monthly AS m (month, key_id, key_name, team, alias, backend, model, requests, errors, estimated,
+                                    prompt_tokens, cached_prompt_tokens, completion_tokens, cache_creation_tokens,
+                                    cost_usd)
+    SELECT date_trunc('month', occurred_at AT TIME ZONE 'UTC')::DATE, key_id, key_name, team, alias, backend, model,
+           count(*), count(*) FILTER (WHERE outcome <> 'ok'), count(*) FILTER (WHERE usage_estimated),
+           sum(prompt_tokens)::BIGINT, sum(cached_prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT,
+           sum(cache_creation_tokens)::BIGINT, sum(cost_usd)
+    FROM inserted
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ORDER BY 1, 2, 3, 4, 5, 6, 7
+    ON CONFLICT (month, key_id, key_name, team, alias, backend, model) DO UPDATE SET
+        requests = m.requests + EXCLUDED.requests,
+        errors = m.errors + EXCLUDED.errors,
+        estimated = m.estimated + EXCLUDED.estimated,
+        prompt_tokens = m.prompt_tokens + EXCLUDED.prompt_tokens,
+        cached_prompt_tokens = m.cached_prompt_tokens + EXCLUDED.cached_prompt_tokens,
+        completion_tokens = m.completion_tokens + EXCLUDED.completion_tokens,
+        cache_creation_tokens = m.cache_creation_tokens + EXCLUDED.cache_creation_tokens,
+        cost_usd = m.cost_usd + EXCLUDED.cost_usd
+    RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled)";
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled) + (SELECT count(*) FROM rolled_monthly)";
 
 /// Deadlock or serialization failure: the transaction can simply run again.
 fn retryable(error: &sqlx::Error) -> bool {
@@ -333,7 +354,8 @@ impl Store {
         Ok(IngestOutcome { accepted, duplicates: (records.len() as u64).saturating_sub(accepted), committed_unix_us })
     }
 
-    /// Totals over `[from, to)` grouped by `group_by` (any subset; none: one row), sorted by the groups.
+    /// Totals over `[from, to)` grouped by `group_by` (any subset; none: one row, or none without events), sorted
+    /// by the groups.
     pub async fn spend_report(
         &self,
         group_by: &[Dimension],
@@ -341,21 +363,9 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<SpendRow>, ApiError> {
-        let has = |d: Dimension| group_by.contains(&d);
-        let pick = |d: Dimension, column: &'static str, null: &'static str| if has(d) { column } else { null };
-        let columns = |day: &'static str| {
-            [
-                pick(Dimension::Key, "key_id", "NULL::TEXT"),
-                pick(Dimension::Key, "key_name", "NULL::TEXT"),
-                pick(Dimension::Team, "team", "NULL::TEXT"),
-                pick(Dimension::Alias, "alias", "NULL::TEXT"),
-                pick(Dimension::Backend, "backend", "NULL::TEXT"),
-                pick(Dimension::Model, "model", "NULL::TEXT"),
-                pick(Dimension::Day, day, "NULL::DATE"),
-            ]
-            .join(", ")
-        };
-        // Whole days come from the roll-ups; the partial first and last days from raw events.
+        let shape = ReportShape::new(group_by);
+        // Whole months from the monthly roll-ups (unless grouped by day), the other whole days from the daily ones,
+        // the partial first and last days from raw events.
         let first_full = ceil_day(from);
         let last_full = floor_day(to);
         let (days, head, tail) = if first_full < last_full {
@@ -363,33 +373,42 @@ impl Store {
         } else {
             ((first_full, first_full), (from, to), (to, to))
         };
+        let split = DayRanges::split(days.0, days.1, !group_by.contains(&Dimension::Day));
         let query = format!(
-            "SELECT key_id, key_name, team, alias, backend, model, day,
-                    sum(requests)::BIGINT AS requests, sum(errors)::BIGINT AS errors,
+            "SELECT {outer}, sum(requests)::BIGINT AS requests, sum(errors)::BIGINT AS errors,
                     sum(estimated)::BIGINT AS estimated, sum(prompt_tokens)::BIGINT AS prompt_tokens,
                     sum(cached_prompt_tokens)::BIGINT AS cached_prompt_tokens,
                     sum(completion_tokens)::BIGINT AS completion_tokens,
                     sum(cache_creation_tokens)::BIGINT AS cache_creation_tokens, sum(cost_usd) AS cost_usd
              FROM (
-                SELECT {daily}, requests, errors, estimated, prompt_tokens, cached_prompt_tokens, completion_tokens,
+                SELECT {daily}requests, errors, estimated, prompt_tokens, cached_prompt_tokens, completion_tokens,
                        cache_creation_tokens, cost_usd
-                FROM spend_daily WHERE day >= $1 AND day < $2 AND {FILTERS_DAILY}
+                FROM spend_daily
+                WHERE ((day >= $1 AND day < $2) OR (day >= $12 AND day < $13)) AND {FILTERS_DAILY}
                 UNION ALL
-                SELECT {raw}, 1, (outcome <> 'ok')::INT, usage_estimated::INT, prompt_tokens, cached_prompt_tokens,
+                SELECT {monthly}requests, errors, estimated, prompt_tokens, cached_prompt_tokens, completion_tokens,
+                       cache_creation_tokens, cost_usd
+                FROM spend_monthly WHERE month >= $14 AND month < $15 AND {FILTERS_DAILY}
+                UNION ALL
+                SELECT {raw}1, (outcome <> 'ok')::INT, usage_estimated::INT, prompt_tokens, cached_prompt_tokens,
                        completion_tokens, cache_creation_tokens, cost_usd
                 FROM spend_events
                 WHERE ((occurred_at >= $8 AND occurred_at < $9) OR (occurred_at >= $10 AND occurred_at < $11))
                   AND {FILTERS_DAILY}
-             ) AS spend (key_id, key_name, team, alias, backend, model, day, requests, errors, estimated,
-                         prompt_tokens, cached_prompt_tokens, completion_tokens, cache_creation_tokens, cost_usd)
-             GROUP BY key_id, key_name, team, alias, backend, model, day
-             ORDER BY key_name, key_id, team, alias, backend, model, day",
-            daily = columns("day"),
-            raw = columns("(occurred_at AT TIME ZONE 'UTC')::DATE"),
+             ) AS spend ({names}requests, errors, estimated, prompt_tokens, cached_prompt_tokens,
+                         completion_tokens, cache_creation_tokens, cost_usd)
+             {group} HAVING count(*) > 0 {order}",
+            outer = shape.outer,
+            daily = shape.inner("day"),
+            monthly = shape.inner("month"),
+            raw = shape.inner("(occurred_at AT TIME ZONE 'UTC')::DATE"),
+            names = shape.names,
+            group = shape.group,
+            order = shape.order,
         );
         let rows: Vec<SpendRow> = sqlx::query_as(sql(query))
-            .bind(days.0)
-            .bind(days.1)
+            .bind(split.daily[0].0)
+            .bind(split.daily[0].1)
             .bind(&filter.key)
             .bind(&filter.team)
             .bind(&filter.alias)
@@ -399,6 +418,10 @@ impl Store {
             .bind(head.1)
             .bind(tail.0)
             .bind(tail.1)
+            .bind(split.daily[1].0)
+            .bind(split.daily[1].1)
+            .bind(split.monthly.0)
+            .bind(split.monthly.1)
             .fetch_all(self.pool())
             .await?;
         Ok(rows.into_iter().map(normalise_row).collect())
@@ -412,34 +435,26 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<SpendRow>, ApiError> {
-        let has = |d: Dimension| group_by.contains(&d);
-        let pick = |d: Dimension, column: &'static str, null: &'static str| if has(d) { column } else { null };
-        let columns = [
-            pick(Dimension::Key, "key_id", "NULL::TEXT"),
-            pick(Dimension::Key, "key_name", "NULL::TEXT"),
-            pick(Dimension::Team, "team", "NULL::TEXT"),
-            pick(Dimension::Alias, "alias", "NULL::TEXT"),
-            pick(Dimension::Backend, "backend", "NULL::TEXT"),
-            pick(Dimension::Model, "model", "NULL::TEXT"),
-            pick(Dimension::Day, "(occurred_at AT TIME ZONE 'UTC')::DATE", "NULL::DATE"),
-        ]
-        .join(", ");
+        let shape = ReportShape::new(group_by);
         let query = format!(
-            "SELECT key_id, key_name, team, alias, backend, model, day, count(*) AS requests,
-                    count(*) FILTER (WHERE outcome <> 'ok') AS errors,
+            "SELECT {outer}, count(*) AS requests, count(*) FILTER (WHERE outcome <> 'ok') AS errors,
                     count(*) FILTER (WHERE usage_estimated) AS estimated,
                     sum(prompt_tokens)::BIGINT AS prompt_tokens,
                     sum(cached_prompt_tokens)::BIGINT AS cached_prompt_tokens,
                     sum(completion_tokens)::BIGINT AS completion_tokens,
                     sum(cache_creation_tokens)::BIGINT AS cache_creation_tokens, sum(cost_usd) AS cost_usd
-             FROM (SELECT {columns}, outcome, usage_estimated, prompt_tokens, cached_prompt_tokens, completion_tokens,
+             FROM (SELECT {inner}outcome, usage_estimated, prompt_tokens, cached_prompt_tokens, completion_tokens,
                           cache_creation_tokens, cost_usd
                    FROM spend_events
                    WHERE occurred_at >= $1 AND occurred_at < $2 AND {FILTERS_DAILY})
-                AS e (key_id, key_name, team, alias, backend, model, day, outcome, usage_estimated, prompt_tokens,
-                      cached_prompt_tokens, completion_tokens, cache_creation_tokens, cost_usd)
-             GROUP BY key_id, key_name, team, alias, backend, model, day
-             ORDER BY key_name, key_id, team, alias, backend, model, day"
+                AS e ({names}outcome, usage_estimated, prompt_tokens, cached_prompt_tokens, completion_tokens,
+                      cache_creation_tokens, cost_usd)
+             {group} HAVING count(*) > 0 {order}",
+            outer = shape.outer,
+            inner = shape.inner("(occurred_at AT TIME ZONE 'UTC')::DATE"),
+            names = shape.names,
+            group = shape.group,
+            order = shape.order,
         );
         let rows: Vec<SpendRow> = sqlx::query_as(sql(query))
             .bind(from)
@@ -491,28 +506,44 @@ impl Store {
     }
 
     /// Each budget's spend over its window, and the database clock (microseconds) of the read: every ingestion
-    /// whose `committed_unix_us` is smaller is included.
+    /// whose `committed_unix_us` is smaller is included. Whole months of a window read the monthly roll-ups.
     pub async fn budget_spend(&self, windows: &[BudgetWindow]) -> Result<(HashMap<String, Decimal>, i64), ApiError> {
         let mut spend: HashMap<String, Decimal> = windows.iter().map(|w| (w.name.clone(), Decimal::ZERO)).collect();
+        let splits: Vec<DayRanges> =
+            windows.iter().map(|w| DayRanges::split(w.start_day, w.end_day.unwrap_or(FAR_FUTURE), true)).collect();
+        let column = |f: fn(&DayRanges) -> NaiveDate| splits.iter().map(f).collect::<Vec<_>>();
         let rows: Vec<(Option<String>, Option<Decimal>, i64)> = sqlx::query_as(
-            "SELECT b.name, sum(d.cost_usd), (extract(epoch FROM statement_timestamp()) * 1000000)::BIGINT
-             FROM (SELECT NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::DATE, NULL::DATE
+            "SELECT b.name,
+                    COALESCE((SELECT sum(m.cost_usd) FROM spend_monthly m
+                              WHERE m.month >= b.m_start AND m.month < b.m_end
+                                AND CASE b.scope WHEN 'key' THEN m.key_name = b.value
+                                                 WHEN 'team' THEN m.team = b.value
+                                                 WHEN 'model' THEN m.alias = b.value OR m.model = b.value
+                                                 ELSE TRUE END), 0)
+                  + COALESCE((SELECT sum(d.cost_usd) FROM spend_daily d
+                              WHERE ((d.day >= b.d1_start AND d.day < b.d1_end)
+                                     OR (d.day >= b.d2_start AND d.day < b.d2_end))
+                                AND CASE b.scope WHEN 'key' THEN d.key_name = b.value
+                                                 WHEN 'team' THEN d.team = b.value
+                                                 WHEN 'model' THEN d.alias = b.value OR d.model = b.value
+                                                 ELSE TRUE END), 0),
+                    (extract(epoch FROM statement_timestamp()) * 1000000)::BIGINT
+             FROM (SELECT NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::DATE, NULL::DATE, NULL::DATE, NULL::DATE,
+                          NULL::DATE, NULL::DATE
                    UNION ALL
-                   SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::DATE[], $5::DATE[]))
-                  AS b (name, scope, value, start_day, end_day)
-             LEFT JOIN spend_daily d
-               ON b.name IS NOT NULL AND d.day >= b.start_day AND (b.end_day IS NULL OR d.day < b.end_day)
-              AND CASE b.scope WHEN 'key' THEN d.key_name = b.value
-                               WHEN 'team' THEN d.team = b.value
-                               WHEN 'model' THEN d.alias = b.value OR d.model = b.value
-                               ELSE TRUE END
-             GROUP BY b.name",
+                   SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::DATE[], $5::DATE[], $6::DATE[],
+                                        $7::DATE[], $8::DATE[], $9::DATE[]))
+                  AS b (name, scope, value, m_start, m_end, d1_start, d1_end, d2_start, d2_end)",
         )
         .bind(windows.iter().map(|w| w.name.clone()).collect::<Vec<_>>())
         .bind(windows.iter().map(|w| w.scope.to_owned()).collect::<Vec<_>>())
         .bind(windows.iter().map(|w| w.value.clone()).collect::<Vec<_>>())
-        .bind(windows.iter().map(|w| w.start_day).collect::<Vec<_>>())
-        .bind(windows.iter().map(|w| w.end_day).collect::<Vec<_>>())
+        .bind(column(|s| s.monthly.0))
+        .bind(column(|s| s.monthly.1))
+        .bind(column(|s| s.daily[0].0))
+        .bind(column(|s| s.daily[0].1))
+        .bind(column(|s| s.daily[1].0))
+        .bind(column(|s| s.daily[1].1))
         .fetch_all(self.pool())
         .await?;
         let mut as_of = 0;
@@ -531,9 +562,111 @@ impl Store {
     }
 }
 
+/// The SQL fragments of a report grouped by some dimensions, built from constant column names only. Only the
+/// grouped columns are carried through and grouped (so Postgres estimates the groups well and hashes them); the
+/// others are selected as typed NULLs.
+struct ReportShape {
+    chosen: Vec<(&'static str, bool)>,
+    /// The outer SELECT list of the seven row columns.
+    outer: String,
+    /// `name, ...` of the grouped columns, each followed by a comma (empty when nothing is grouped).
+    names: String,
+    group: String,
+    order: String,
+}
+
+impl ReportShape {
+    /// (row column, source column, type); `day` is computed per source.
+    const COLUMNS: [(Dimension, &'static str, &'static str); 7] = [
+        (Dimension::Key, "key_id", "TEXT"),
+        (Dimension::Key, "key_name", "TEXT"),
+        (Dimension::Team, "team", "TEXT"),
+        (Dimension::Alias, "alias", "TEXT"),
+        (Dimension::Backend, "backend", "TEXT"),
+        (Dimension::Model, "model", "TEXT"),
+        (Dimension::Day, "day", "DATE"),
+    ];
+
+    fn new(group_by: &[Dimension]) -> ReportShape {
+        let chosen: Vec<(&'static str, bool)> =
+            Self::COLUMNS.iter().map(|(d, column, _)| (*column, group_by.contains(d))).collect();
+        let outer = Self::COLUMNS
+            .iter()
+            .zip(&chosen)
+            .map(
+                |((_, column, ty), (_, on))| if *on { (*column).to_owned() } else { format!("NULL::{ty} AS {column}") },
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
+        let grouped: Vec<&str> = chosen.iter().filter(|(_, on)| *on).map(|(c, _)| *c).collect();
+        let names = grouped.iter().map(|c| format!("{c}, ")).collect::<String>();
+        let (group, order) = if grouped.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("GROUP BY {}", grouped.join(", ")), format!("ORDER BY {}", order_columns(&grouped)))
+        };
+        ReportShape { chosen, outer, names, group, order }
+    }
+
+    /// The grouped source columns, each followed by a comma; `day` is `day_expression`.
+    fn inner(&self, day_expression: &'static str) -> String {
+        self.chosen
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(column, _)| format!("{}, ", if *column == "day" { day_expression } else { column }))
+            .collect()
+    }
+}
+
+/// Rows sort by key name before key id.
+fn order_columns(grouped: &[&str]) -> String {
+    let mut order: Vec<&str> = grouped.to_vec();
+    if let (Some(id), Some(name)) =
+        (order.iter().position(|c| *c == "key_id"), order.iter().position(|c| *c == "key_name"))
+    {
+        order.swap(id, name);
+    }
+    order.join(", ")
+}
+
 fn normalise_row(mut row: SpendRow) -> SpendRow {
     row.totals.cost_usd = row.totals.cost_usd.normalize();
     row
+}
+
+/// The end of a window that has none (`total`): far beyond any event the ledger accepts.
+const FAR_FUTURE: NaiveDate = match NaiveDate::from_ymd_opt(9999, 1, 1) {
+    Some(d) => d,
+    None => NaiveDate::MAX,
+};
+
+/// Whole days `[start, end)` split into whole calendar months (read from `spend_monthly`) and the days before and
+/// after them (read from `spend_daily`). Empty ranges are `(d, d)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DayRanges {
+    monthly: (NaiveDate, NaiveDate),
+    daily: [(NaiveDate, NaiveDate); 2],
+}
+
+impl DayRanges {
+    fn split(start: NaiveDate, end: NaiveDate, months: bool) -> DayRanges {
+        let first_month = ceil_month(start);
+        let last_month = end.with_day(1).unwrap_or(end);
+        if months && start < end && first_month < last_month {
+            DayRanges { monthly: (first_month, last_month), daily: [(start, first_month), (last_month, end)] }
+        } else {
+            DayRanges { monthly: (start, start), daily: [(start, end.max(start)), (start, start)] }
+        }
+    }
+}
+
+/// The first day of a month at or after `day`.
+fn ceil_month(day: NaiveDate) -> NaiveDate {
+    if day.day() == 1 {
+        day
+    } else {
+        day.with_day(1).and_then(|d| d.checked_add_months(chrono::Months::new(1))).unwrap_or(day)
+    }
 }
 
 /// The first midnight at or after `t`.
@@ -545,4 +678,61 @@ fn ceil_day(t: DateTime<Utc>) -> NaiveDate {
 /// The last midnight at or before `t`.
 fn floor_day(t: DateTime<Utc>) -> NaiveDate {
     t.date_naive()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn d(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    #[track_caller]
+    fn check(start: &str, end: &str, months: bool, monthly: (&str, &str), first: (&str, &str), second: (&str, &str)) {
+        let want = DayRanges {
+            monthly: (d(monthly.0), d(monthly.1)),
+            daily: [(d(first.0), d(first.1)), (d(second.0), d(second.1))],
+        };
+        assert_eq!(DayRanges::split(d(start), d(end), months), want, "{start}..{end}");
+    }
+
+    #[test]
+    fn whole_months_come_from_the_monthly_roll_ups() {
+        let e = "2026-11-01";
+        // Exactly one month.
+        check("2026-11-01", "2026-12-01", true, ("2026-11-01", "2026-12-01"), (e, e), ("2026-12-01", "2026-12-01"));
+        // Days on both sides of two whole months.
+        check(
+            "2026-10-15",
+            "2027-01-03",
+            true,
+            ("2026-11-01", "2027-01-01"),
+            ("2026-10-15", "2026-11-01"),
+            ("2027-01-01", "2027-01-03"),
+        );
+        // Within one month, or grouped by day: days only.
+        check(
+            "2026-11-03",
+            "2026-11-20",
+            true,
+            ("2026-11-03", "2026-11-03"),
+            ("2026-11-03", "2026-11-20"),
+            ("2026-11-03", "2026-11-03"),
+        );
+        check("2026-11-01", "2026-12-01", false, (e, e), ("2026-11-01", "2026-12-01"), (e, e));
+        // A day-aligned range touching no month start.
+        check(
+            "2026-11-30",
+            "2026-12-02",
+            true,
+            ("2026-11-30", "2026-11-30"),
+            ("2026-11-30", "2026-12-02"),
+            ("2026-11-30", "2026-11-30"),
+        );
+        // Empty.
+        check(e, e, true, (e, e), (e, e), (e, e));
+    }
 }

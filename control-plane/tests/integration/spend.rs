@@ -125,6 +125,12 @@ async fn the_same_batch_twice_is_counted_once(pool: PgPool) {
     let (requests, cost): (i64, Decimal) =
         sqlx::query_as("SELECT sum(requests)::BIGINT, sum(cost_usd) FROM spend_daily").fetch_one(&pool).await.unwrap();
     assert_eq!((rows, requests, cost), (3, 3, dec("0.75")));
+    let (requests, cost): (i64, Decimal) =
+        sqlx::query_as("SELECT sum(requests)::BIGINT, sum(cost_usd) FROM spend_monthly")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((requests, cost), (3, dec("0.75")));
     let from = (now - Duration::hours(1)).to_rfc3339();
     let reply = app.call("GET", &format!("/admin/v1/spend?from={}", enc(&from)), None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -215,7 +221,7 @@ fn spread() -> Vec<Ev> {
             backend: backends[(i / 5) % 3],
             model: models[(i / 7) % 2],
             cost: costs[i % 5],
-            outcome: if i % 11 == 0 { "upstream_error" } else { "ok" },
+            outcome: if i.is_multiple_of(11) { "upstream_error" } else { "ok" },
         })
         .collect()
 }
@@ -279,6 +285,8 @@ async fn reports_group_by_every_subset_filter_and_cut_ranges_exactly(pool: PgPoo
         ("2026-11-10T00:00:00Z", "2026-11-13T00:00:00Z"),
         // Partial days at both ends: raw events for them, roll-ups in between.
         ("2026-11-10T05:30:00Z", "2026-11-12T19:00:00.001Z"),
+        // Whole months (the monthly roll-ups), whole days around them and partial days at the ends.
+        ("2026-10-20T10:00:00Z", "2026-12-05T07:00:00Z"),
         // Within one day: raw events only.
         ("2026-11-11T01:00:00Z", "2026-11-11T02:42:00Z"),
         // Boundaries are [from, to): an event exactly at `to` is out, one exactly at `from` in.

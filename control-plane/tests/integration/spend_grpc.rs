@@ -54,23 +54,18 @@ async fn start(app: &TestApp) -> Running {
     Running { url, shutdown }
 }
 
-type Client = ConfigDiscoveryClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>,
-    >,
->;
+type Interceptor = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
+type Client = ConfigDiscoveryClient<tonic::service::interceptor::InterceptedService<Channel, Interceptor>>;
 
 async fn client(url: &str, token: Option<&str>) -> Client {
     let channel = Channel::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
     let header = token.map(|t| MetadataValue::try_from(format!("Bearer {t}")).unwrap());
-    let interceptor: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync> =
-        Box::new(move |mut request: tonic::Request<()>| {
-            if let Some(header) = &header {
-                request.metadata_mut().insert("authorization", header.clone());
-            }
-            Ok(request)
-        });
+    let interceptor: Interceptor = Box::new(move |mut request: tonic::Request<()>| {
+        if let Some(header) = &header {
+            request.metadata_mut().insert("authorization", header.clone());
+        }
+        Ok(request)
+    });
     ConfigDiscoveryClient::with_interceptor(channel, interceptor)
 }
 

@@ -7,5 +7,6 @@ ensure_database_url
 case "${1:-admin_api}" in
     admin_api) cargo bench -p control-plane --bench admin_api ;;
     snapshots) cargo bench -p gateway-e2e --bench snapshots ;;
-    *) echo "unknown benchmark ${1}: admin_api | snapshots" >&2; exit 2 ;;
+    spend) cargo bench -p control-plane --bench spend "${@:2}" ;;
+    *) echo "unknown benchmark ${1}: admin_api | snapshots | spend" >&2; exit 2 ;;
 esac

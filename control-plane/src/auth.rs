@@ -1,10 +1,13 @@
 //! Admin principals, their roles and what each role may do.
 //!
-//! | role    | config resources | API keys | principals | audit, evaluate |
-//! |---------|------------------|----------|------------|-----------------|
-//! | admin   | read, write      | read, write | read, write | yes          |
-//! | author  | read, write      | no       | no         | yes             |
-//! | auditor | read             | read     | no         | yes             |
+//! | role    | config resources | API keys | principals | audit, evaluate | spend, budget status |
+//! |---------|------------------|----------|------------|-----------------|----------------------|
+//! | admin   | read, write      | read, write | read, write | yes          | read                 |
+//! | author  | read, write      | no       | no         | yes             | read                 |
+//! | auditor | read             | read     | no         | yes             | read                 |
+//!
+//! Spend is only ever written by data planes over gRPC (node token), never through the admin API: no role writes
+//! it. Authors read it because they set the budgets it is measured against.
 
 use std::str::FromStr;
 
@@ -60,6 +63,7 @@ pub enum Action {
     ManagePrincipals,
     ReadAudit,
     Evaluate,
+    ReadSpend,
 }
 
 impl Action {
@@ -72,6 +76,7 @@ impl Action {
             Action::ManagePrincipals => "manage admin principals",
             Action::ReadAudit => "read the audit log",
             Action::Evaluate => "evaluate requests",
+            Action::ReadSpend => "read spend",
         }
     }
 }
@@ -80,9 +85,15 @@ impl Action {
 pub fn allows(role: Role, action: Action) -> bool {
     match (role, action) {
         (Role::Admin, _) => true,
-        (Role::Author, Action::ReadConfig | Action::WriteConfig | Action::ReadAudit | Action::Evaluate) => true,
+        (
+            Role::Author,
+            Action::ReadConfig | Action::WriteConfig | Action::ReadAudit | Action::Evaluate | Action::ReadSpend,
+        ) => true,
         (Role::Author, Action::ReadKeys | Action::WriteKeys | Action::ManagePrincipals) => false,
-        (Role::Auditor, Action::ReadConfig | Action::ReadKeys | Action::ReadAudit | Action::Evaluate) => true,
+        (
+            Role::Auditor,
+            Action::ReadConfig | Action::ReadKeys | Action::ReadAudit | Action::Evaluate | Action::ReadSpend,
+        ) => true,
         (Role::Auditor, Action::WriteConfig | Action::WriteKeys | Action::ManagePrincipals) => false,
     }
 }
@@ -126,3 +137,43 @@ pub fn hash_secret(secret: &str) -> String {
 
 pub const ADMIN_TOKEN_PREFIX: &str = "gwa_";
 pub const API_KEY_PREFIX: &str = "gwk_";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Action; 8] = [
+        Action::ReadConfig,
+        Action::WriteConfig,
+        Action::ReadKeys,
+        Action::WriteKeys,
+        Action::ManagePrincipals,
+        Action::ReadAudit,
+        Action::Evaluate,
+        Action::ReadSpend,
+    ];
+
+    /// Actions that change nothing. `Evaluate` is a dry run: it reads the configuration and stores nothing.
+    fn is_read(action: Action) -> bool {
+        match action {
+            Action::ReadConfig | Action::ReadKeys | Action::ReadAudit | Action::Evaluate | Action::ReadSpend => true,
+            Action::WriteConfig | Action::WriteKeys | Action::ManagePrincipals => false,
+        }
+    }
+
+    #[test]
+    fn auditors_may_read_everything_and_write_nothing() {
+        for action in ALL {
+            assert_eq!(allows(Role::Auditor, action), is_read(action), "{action:?}");
+        }
+    }
+
+    #[test]
+    fn every_role_reads_spend_and_admins_do_everything() {
+        for role in [Role::Admin, Role::Author, Role::Auditor] {
+            assert!(allows(role, Action::ReadSpend), "{role:?}");
+        }
+        assert!(ALL.iter().all(|a| allows(Role::Admin, *a)));
+        assert!(!allows(Role::Author, Action::WriteKeys) && !allows(Role::Author, Action::ManagePrincipals));
+    }
+}

@@ -20,6 +20,8 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("{0}")]
     InvalidPath(String),
+    #[error("query parameter {param}: {message}")]
+    InvalidParameter { param: &'static str, message: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("request body must be JSON (Content-Type: application/json)")]
@@ -58,7 +60,8 @@ impl ApiError {
             | ApiError::InvalidSpec { .. }
             | ApiError::DanglingReference(_)
             | ApiError::InvalidQuery(_)
-            | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidPath(_)
+            | ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MissingToken(_) | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::DanglingReference(_) => "dangling_reference",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::InvalidPath(_) => "invalid_path",
+            ApiError::InvalidParameter { .. } => "invalid_parameter",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::MissingToken(_) => "missing_token",
@@ -111,6 +115,7 @@ impl ApiError {
         match self {
             ApiError::InvalidBody { param, .. } => param.clone(),
             ApiError::InvalidSpec { errors, .. } => errors.first().map(|e| e.field.clone()),
+            ApiError::InvalidParameter { param, .. } => Some((*param).to_owned()),
             _ => None,
         }
     }

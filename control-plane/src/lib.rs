@@ -7,6 +7,7 @@
 //! - [`distribution`]: snapshots built on every config change and streamed to data planes over gRPC.
 //! - [`auth`]: admin principals, roles and permissions.
 //! - [`secrets`]: provider secrets encrypted at rest.
+//! - [`spend`]: validation of the spend events data planes report (the ledger's SQL is in [`store::spend`]).
 //! - [`error`]: the API's error type in the OpenAI error shape.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod distribution;
 pub mod error;
 pub mod secrets;
 pub mod settings;
+pub mod spend;
 pub mod store;
 
 use std::future::IntoFuture;
@@ -77,7 +79,15 @@ pub async fn run(
     store.replica_started(&replica).await.map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
 
     let published = distribution::publisher::spawn(store.clone(), write_context.sealer.clone(), shutdown.clone());
-    let discovery = distribution::grpc::service(store.clone(), published, replica.clone(), args.node_token.as_deref());
+    let spend_changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let budgets = distribution::budgets::spawn(
+        store.clone(),
+        std::time::Duration::from_millis(args.budget_state_interval_ms.max(10)),
+        spend_changed.clone(),
+        shutdown.clone(),
+    );
+    let streams = distribution::grpc::Streams { published, budgets, spend_changed };
+    let discovery = distribution::grpc::service(store.clone(), streams, replica.clone(), args.node_token.as_deref());
     let state = api::AppState::new(store, write_context, args.max_body_bytes);
 
     tracing::info!(admin = %admin.local_addr()?, grpc = %grpc.local_addr()?, %replica, "control plane listening");

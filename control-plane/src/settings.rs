@@ -72,6 +72,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_BACKEND_ALLOWLIST", default_value = "")]
     pub backend_allowlist: String,
 
+    /// How often each data plane receives every budget's spend in its current period, in milliseconds (also soon
+    /// after ingested spend changes it).
+    #[arg(long, env = "GATEWAY_BUDGET_STATE_INTERVAL_MS", default_value_t = 1000)]
+    pub budget_state_interval_ms: u64,
+
     /// Largest admin request body, in bytes.
     #[arg(long, env = "GATEWAY_ADMIN_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

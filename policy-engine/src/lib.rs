@@ -11,9 +11,11 @@
 //! - [`routing`]: policy matching, constraints, candidate ordering.
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
 //! - [`base_url`]: backend URL normalisation and the SSRF allowlist.
+//! - [`budget_period`]: UTC calendar budget periods.
 //! - [`tokens`]: prompt-token estimates with a real tokenizer.
 
 pub mod base_url;
+pub mod budget_period;
 pub mod cel_env;
 mod cel_native;
 pub mod config;

@@ -203,6 +203,7 @@ impl Fixture {
             secret_key: None,
             backend_allowlist: String::new(),
             max_body_bytes: 1 << 20,
+            budget_state_interval_ms: 1000,
         };
         let shutdown = CancellationToken::new();
         let store = self.store.clone();

@@ -5,12 +5,14 @@
 //! `/admin/v1/openapi.json` are open.
 
 mod audit;
+mod budgets;
 mod evaluate;
 mod extract;
 mod fleet;
 mod keys;
 pub mod openapi;
 mod resources;
+mod spend;
 
 use std::sync::Arc;
 
@@ -61,10 +63,12 @@ pub fn app(state: AppState) -> Router {
         .merge(resources::routes::<RoutePolicySpec>())
         .merge(resources::routes::<ToolSchemaSpec>())
         .merge(resources::routes::<ToolPolicySpec>())
-        .merge(resources::routes::<BudgetSpec>())
+        .merge(resources::routes_with_read::<BudgetSpec>(get(budgets::read)))
         .merge(keys::routes())
         .route("/audit", get(audit::list))
         .route("/fleet", get(fleet::list))
+        .route("/spend", get(spend::report))
+        .route("/spend/events", get(spend::events))
         .route("/evaluate", post(evaluate::evaluate))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/openapi.json", get(openapi::serve));

@@ -16,13 +16,16 @@ use utoipa::openapi::{
 use utoipa::{IntoParams, ToSchema};
 
 use super::audit::AuditPage;
+use super::budgets::BudgetStatus;
 use super::evaluate::{EvaluateRequest, EvaluateResponse};
 use super::keys::{KeyListParams, KeyPage};
 use super::resources::{ListParams, Page};
+use super::spend::{EventParams, ReportParams, SpendEventPage, SpendReport};
 use crate::store::Resource;
 use crate::store::audit::{AuditEntry, AuditFilter};
 use crate::store::keys::{CreatedKey, KeySpec, KeyView};
 use crate::store::principals::{CreatedPrincipal, PrincipalSpec, PrincipalView};
+use crate::store::spend::{SpendEventRow, SpendRow, SpendTotals};
 
 static DOCUMENT: LazyLock<OpenApi> = LazyLock::new(document);
 
@@ -113,6 +116,15 @@ pub fn document() -> OpenApi {
     resource_paths::<ToolSchemaSpec>(&mut paths);
     resource_paths::<ToolPolicySpec>(&mut paths);
     resource_paths::<BudgetSpec>(&mut paths);
+    // A budget read also shows its current period's spend.
+    if let Some(item) = paths.paths.get_mut("/admin/v1/budgets/{name}") {
+        item.get = Some(ok(
+            op("budget", "Read a budget and its status: period, spent, remaining", "read_budget".into())
+                .parameter(name_param()),
+            "200",
+            Some("BudgetView"),
+        ));
+    }
 
     let keys = "/admin/v1/keys";
     let key = "/admin/v1/keys/{name}";
@@ -222,6 +234,42 @@ pub fn document() -> OpenApi {
             Some("AuditPage"),
         ),
     );
+    let csv = |builder: OperationBuilder, schema: &str| {
+        builder
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("JSON, or CSV with `format=csv` or `Accept: text/csv` (next page: `x-next-cursor`)")
+                    .content("application/json", json_ref(schema))
+                    .content("text/csv", ContentBuilder::new().build())
+                    .build(),
+            )
+            .build()
+    };
+    add(
+        &mut paths,
+        "/admin/v1/spend",
+        HttpMethod::Get,
+        csv(
+            op(
+                "spend",
+                "Spend totals over [from, to) grouped by any of key, team, alias, backend, model, day",
+                "spend_report".into(),
+            )
+            .parameters(Some(ReportParams::into_params(|| Some(ParameterIn::Query)))),
+            "SpendReport",
+        ),
+    );
+    add(
+        &mut paths,
+        "/admin/v1/spend/events",
+        HttpMethod::Get,
+        csv(
+            op("spend", "Spend events by (occurred_at, id), keyset-paginated", "spend_events".into())
+                .parameters(Some(EventParams::into_params(|| Some(ParameterIn::Query)))),
+            "SpendEventPage",
+        ),
+    );
     add(
         &mut paths,
         "/admin/v1/evaluate",
@@ -258,6 +306,13 @@ pub fn document() -> OpenApi {
     let components = with_schema::<PolicyTrace>(components);
     let components = with_schema::<ErrorBody>(components);
     let components = with_schema::<super::fleet::Fleet>(components);
+    let components = with_schema::<BudgetView>(components);
+    let components = with_schema::<BudgetStatus>(components);
+    let components = with_schema::<SpendReport>(components);
+    let components = with_schema::<SpendRow>(components);
+    let components = with_schema::<SpendTotals>(components);
+    let components = with_schema::<SpendEventPage>(components);
+    let components = with_schema::<SpendEventRow>(components);
     let components = components
         .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
         .build();
@@ -293,4 +348,13 @@ struct ErrorDetail {
     r#type: String,
     param: Option<String>,
     code: String,
+}
+
+/// `GET /admin/v1/budgets/{name}`: the spec, `meta`, and the current period's `status`.
+/// A schema only: the handler extends the generic view.
+#[derive(serde::Serialize, ToSchema)]
+struct BudgetView {
+    #[serde(flatten)]
+    spec: BudgetSpec,
+    status: BudgetStatus,
 }

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,9 +15,14 @@ use crate::error::ApiError;
 use crate::store::Resource;
 
 pub fn routes<T: Resource>() -> Router<AppState> {
+    routes_with_read::<T>(get(read::<T>))
+}
+
+/// The generic routes with a kind's own `GET /{collection}/{name}` (budgets add their status).
+pub fn routes_with_read<T: Resource>(read: MethodRouter<AppState>) -> Router<AppState> {
     Router::new()
         .route(&format!("/{}", T::COLLECTION), get(list::<T>).post(create::<T>))
-        .route(&format!("/{}/{{name}}", T::COLLECTION), get(read::<T>).put(update::<T>).delete(delete::<T>))
+        .route(&format!("/{}/{{name}}", T::COLLECTION), read.put(update::<T>).delete(delete::<T>))
 }
 
 /// Keyset pagination by name.
@@ -46,10 +51,12 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-/// The body without the read-only `meta` a GET returned, so a read can be edited and written back.
+/// The body without the read-only `meta` (and a budget's `status`) a GET returned, so a read can be edited and
+/// written back. No spec has a field of either name.
 fn spec_body<T: Resource>(mut body: Value) -> Result<T, ApiError> {
     if let Some(object) = body.as_object_mut() {
         object.remove("meta");
+        object.remove("status");
     }
     parse(body)
 }

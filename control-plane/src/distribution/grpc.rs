@@ -2,7 +2,11 @@
 //!
 //! A stream starts with the data plane's hello; the control plane then sends the latest snapshot (unless the node
 //! already holds exactly it) and every later one. Each response carries a fresh nonce. A version counts as applied
-//! only when ACKed; a NACK is logged with its errors and recorded in the fleet view.
+//! only when ACKed; a NACK is logged with its errors and recorded in the fleet view. Budget state
+//! ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed.
+//!
+//! `ReportSpend` ingests a batch of spend events (validated by [`crate::spend::validate`]) in one transaction and
+//! answers only after the commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +14,15 @@ use std::time::Duration;
 use gateway_proto::v1;
 use gateway_proto::v1::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::budgets::BudgetStateRx;
 use super::publisher::{Published, PublishedRx};
+use crate::error::ApiError;
+use crate::spend::{self, BatchError};
 use crate::store::Store;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +30,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Discovery {
     store: Store,
     published: PublishedRx,
+    budgets: BudgetStateRx,
+    /// Notified after an ingestion stored new events, so budget state is recomputed soon.
+    spend_changed: Arc<Notify>,
     replica: String,
 }
 
@@ -62,14 +72,22 @@ impl tonic::service::Interceptor for NodeAuth {
     }
 }
 
+/// What the service streams: snapshots, and budget state with the signal that recomputes it.
+pub struct Streams {
+    pub published: PublishedRx,
+    pub budgets: BudgetStateRx,
+    pub spend_changed: Arc<Notify>,
+}
+
 pub fn service(
     store: Store,
-    published: PublishedRx,
+    streams: Streams,
     replica: String,
     node_token: Option<&str>,
 ) -> InterceptedService<ConfigDiscoveryServer<Discovery>, NodeAuth> {
-    // Snapshots of 10k keys exceed tonic's 4 MiB default.
-    let server = ConfigDiscoveryServer::new(Discovery { store, published, replica })
+    let Streams { published, budgets, spend_changed } = streams;
+    // Snapshots of 10k keys exceed tonic's 4 MiB default; so may a spend batch of 10k events.
+    let server = ConfigDiscoveryServer::new(Discovery { store, published, budgets, spend_changed, replica })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(256 << 20);
     InterceptedService::new(server, NodeAuth::new(node_token))
@@ -110,6 +128,7 @@ impl ConfigDiscovery for Discovery {
         let session = Session {
             store: self.store.clone(),
             published: self.published.clone(),
+            budgets: self.budgets.clone(),
             replica: self.replica.clone(),
             node_id: hello.node_id,
             held: hello.held_version.try_into().ok().zip(Some(hello.held_content_hash)),
@@ -118,14 +137,49 @@ impl ConfigDiscovery for Discovery {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn report_spend(&self, _request: Request<v1::SpendBatch>) -> Result<Response<v1::SpendAck>, Status> {
-        Err(Status::unimplemented("spend ingestion is not implemented by this control plane yet"))
+    async fn report_spend(&self, request: Request<v1::SpendBatch>) -> Result<Response<v1::SpendAck>, Status> {
+        let batch = request.into_inner();
+        let validated = spend::validate(&batch, chrono::Utc::now()).map_err(|error| match error {
+            BatchError::NodeId | BatchError::TooLarge(_) => Status::invalid_argument(error.to_string()),
+        })?;
+        for rejected in &validated.rejected {
+            tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, index = rejected.index, id = %rejected.id,
+                field = %rejected.field, reason = %rejected.reason, "spend event rejected and quarantined");
+        }
+        let outcome = self
+            .store
+            .ingest_spend(&batch.node_id, &batch.batch_id, &validated.records, &validated.rejected)
+            .await
+            .map_err(|error| {
+                // Nothing is known to be stored: the data plane keeps the batch and retries.
+                tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, %error, "spend ingestion failed");
+                match error {
+                    ApiError::Unavailable(message) => Status::unavailable(message),
+                    other => Status::unavailable(format!("the spend ledger could not commit: {other}")),
+                }
+            })?;
+        if outcome.accepted > 0 {
+            self.spend_changed.notify_one();
+        }
+        tracing::debug!(node = %batch.node_id, batch = %batch.batch_id, accepted = outcome.accepted,
+            duplicates = outcome.duplicates, rejected = validated.rejected.len(), "spend batch committed");
+        Ok(Response::new(v1::SpendAck {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+            rejected: validated
+                .rejected
+                .into_iter()
+                .map(|r| v1::RejectedEvent { id: r.id, index: r.index, field: r.field, reason: r.reason })
+                .collect(),
+            committed_unix_us: outcome.committed_unix_us,
+        }))
     }
 }
 
 struct Session {
     store: Store,
     published: PublishedRx,
+    budgets: BudgetStateRx,
     replica: String,
     node_id: String,
     /// The version and hash the node said it holds.
@@ -139,6 +193,7 @@ impl Session {
         tx: mpsc::Sender<Result<v1::SubscribeResponse, Status>>,
     ) {
         let mut sent: Option<i64> = None;
+        let mut budgets_open = true;
         loop {
             // Send the latest snapshot if this node has not got it.
             let latest: Option<Arc<Published>> = self.published.borrow_and_update().clone();
@@ -156,6 +211,22 @@ impl Session {
                 changed = self.published.changed() => {
                     if changed.is_err() {
                         break; // the publisher stopped: this replica is shutting down
+                    }
+                }
+                changed = self.budgets.changed(), if budgets_open => {
+                    if changed.is_err() {
+                        budgets_open = false; // the budget task stopped: this replica is shutting down
+                        continue;
+                    }
+                    let state = self.budgets.borrow_and_update().clone();
+                    if let Some(state) = state {
+                        let response = v1::SubscribeResponse {
+                            nonce: uuid::Uuid::new_v4().to_string(),
+                            kind: Some(v1::subscribe_response::Kind::BudgetState((*state).clone())),
+                        };
+                        if tx.send(Ok(response)).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 message = inbound.message() => match message {

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod keys;
 pub mod principals;
 pub mod resources;
+pub mod spend;
 
 use std::sync::{Arc, Mutex};
 

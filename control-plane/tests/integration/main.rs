@@ -12,5 +12,7 @@ mod evaluate;
 mod keys;
 mod resources;
 mod secrets;
+mod spend;
+mod spend_grpc;
 mod transactions;
 mod validation;

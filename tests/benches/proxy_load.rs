@@ -4,6 +4,11 @@
 //! `cargo bench -p gateway-e2e --bench proxy_load` (no database needed: the data plane serves a snapshot file).
 //! The mock upstream runs as its own process; the data plane runs in this process on its own 1-thread runtime,
 //! the load generator on another, so the three do not share an executor.
+//!
+//! A second baseline, the bare relay, is the extra hop alone: an axum server on its own 1-thread runtime that
+//! sends each body to the mock with a pooled reqwest client and returns the answer, with no gateway logic. The
+//! gateway minus the relay is what the gateway's own work costs; the relay minus direct is the price of any
+//! HTTP proxy built on the same stack on this machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -66,6 +71,15 @@ fn main() {
         });
     });
 
+    let relay_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay_listener.local_addr().unwrap();
+    relay_listener.set_nonblocking(true).unwrap();
+    let relay_shutdown = shutdown.clone();
+    let relay_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(relay(relay_listener, mock_port, relay_shutdown));
+    });
+
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::builder().pool_max_idle_per_host(32).build().unwrap();
@@ -73,14 +87,17 @@ fn main() {
         wait_ready(&client, &format!("http://{dp_addr}/readyz")).await;
         let direct = format!("http://127.0.0.1:{mock_port}/v1/chat/completions");
         let proxied = format!("http://{dp_addr}/v1/chat/completions");
+        let relayed = format!("http://{relay_addr}/v1/chat/completions");
         println!("{REQUESTS} requests per phase after {WARMUP} warm-up");
         for (concurrency, stream) in CONCURRENCIES.iter().flat_map(|c| [(*c, false), (*c, true)]) {
             let body =
                 json!({"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream});
             let base = run(&client, &direct, None, &body, concurrency).await;
+            let bare = run(&client, &relayed, None, &body, concurrency).await;
             let gateway = run(&client, &proxied, Some(KEY), &body, concurrency).await;
             let label = format!("c={concurrency} {}", if stream { "streaming" } else { "non-streaming" });
             base.print(&format!("{label:>19} direct "));
+            bare.print(&format!("{label:>19} relay  "));
             gateway.print(&format!("{label:>19} gateway"));
             println!(
                 "{label:>19} added latency: p50 {:+.3} ms, p99 {:+.3} ms; throughput ratio {:.2}",
@@ -88,13 +105,46 @@ fn main() {
                 ms(gateway.p99) - ms(base.p99),
                 gateway.rps / base.rps
             );
+            println!(
+                "{label:>19} of which the bare hop: p50 {:+.3} ms, p99 {:+.3} ms; gateway over relay: p50 {:+.3} ms, p99 {:+.3} ms",
+                ms(bare.p50) - ms(base.p50),
+                ms(bare.p99) - ms(base.p99),
+                ms(gateway.p50) - ms(bare.p50),
+                ms(gateway.p99) - ms(bare.p99),
+            );
         }
     });
     shutdown.cancel();
     let _ = dp_thread.join();
+    let _ = relay_thread.join();
     let _ = mock.kill();
     let _ = mock.wait();
     let _ = std::fs::remove_dir_all(snapshot_dir);
+}
+
+/// The bare relay: forward the body to the mock and its answer back, streamed, with nothing else.
+async fn relay(listener: std::net::TcpListener, mock_port: u16, shutdown: CancellationToken) {
+    use axum::body::{Body, Bytes};
+    let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let upstream = format!("http://127.0.0.1:{mock_port}/v1/chat/completions");
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: Bytes| {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            async move {
+                let response =
+                    client.post(upstream).header("content-type", "application/json").body(body).send().await.unwrap();
+                let mut reply = axum::response::Response::new(Body::from_stream(response.bytes_stream()));
+                reply.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                reply
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.unwrap();
 }
 
 fn free_port() -> u16 {

@@ -9,6 +9,7 @@
 //! - [`cel_env`]: the one CEL environment (variables and fields), compile-time checked.
 //! - [`routing`]: policy matching, constraints, candidate ordering.
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
+//! - [`tool_policy`]: tool policies (who may declare which tools) and tool-call validation.
 //! - [`base_url`]: backend URL normalisation and the SSRF allowlist.
 //! - [`tokens`]: prompt-token estimates with a real tokenizer.
 
@@ -17,5 +18,6 @@ pub mod cel_env;
 pub mod config;
 pub mod routing;
 pub mod tokens;
+pub mod tool_policy;
 pub mod tool_schema;
 pub mod validate;

@@ -19,7 +19,7 @@ use crate::cel_env::{self, CelError, CompiledExpression, ExpressionScope, Reads}
 use crate::config::*;
 
 /// The standard CEL environment, built once: `Context::default()` would rebuild it on every request.
-static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+pub(crate) static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
 /// A policy that does not compile, located by resource and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -374,7 +374,7 @@ fn clone_map<T: Clone>(map: &BTreeMap<String, T>) -> HashMap<String, T> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn evaluate_bool(expression: &CompiledExpression, context: &Context) -> Result<bool, String> {
+pub(crate) fn evaluate_bool(expression: &CompiledExpression, context: &Context) -> Result<bool, String> {
     match expression.program().execute(context) {
         Ok(Value::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("`{}` evaluated to {other:?}, not a bool", expression.source())),
@@ -425,7 +425,7 @@ fn json_object(fields: &serde_json::Map<String, serde_json::Value>) -> Value {
     Value::Map(Map { map: Arc::new(map) })
 }
 
-fn request_value(request: &RequestFacts) -> Value {
+pub(crate) fn request_value(request: &RequestFacts) -> Value {
     let headers: HashMap<Key, Value> =
         request.headers.iter().map(|(k, v)| (Key::from(k.to_ascii_lowercase()), string(v))).collect();
     map(vec![
@@ -440,7 +440,7 @@ fn request_value(request: &RequestFacts) -> Value {
     ])
 }
 
-fn key_value(key: &KeyFacts) -> Value {
+pub(crate) fn key_value(key: &KeyFacts) -> Value {
     map(vec![
         ("id", string(&key.id)),
         ("name", string(&key.name)),

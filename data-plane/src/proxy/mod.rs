@@ -194,7 +194,7 @@ enum Served {
 }
 
 /// Try the candidates in order from `start` (wrapping around); answer with the first usable response.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "the request's parts, each borrowed; a struct would only rename them")]
 async fn forward(
     proxy: &Proxy,
     snapshot: &CompiledSnapshot,

@@ -371,7 +371,8 @@ mod tests {
     /// Each case: calls, expected outcomes. Without holding the stream is unchanged; with it, it is rejected.
     #[test]
     fn every_kind_of_invalid_call() {
-        let cases: &[(&[(&str, &[&str])], &[Outcome])] = &[
+        type Calls<'a> = &'a [(&'a str, &'a [&'a str])];
+        let cases: &[(Calls, &[Outcome])] = &[
             (&[("get_wether", &["{\"city\":\"Paris\"}"])], &[Outcome::UnknownTool]),
             (&[("get_weather", &["{\"city\":", "\"Par"])], &[Outcome::InvalidJson]),
             (&[("get_weather", &["{}"])], &[Outcome::SchemaViolation]),

@@ -157,7 +157,8 @@ fn owned(list: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn tool_calls_are_validated_streaming_or_not(pool: PgPool) {
     let gw = Gateway::start(&pool, "tools_validation").await;
     // (calls the model makes, violations expected: (tool_call_index, pointer)); empty = valid.
-    let cases: &[(&[(&str, &str)], &[(u64, &str)])] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [(u64, &'a str)]);
+    let cases: &[Case] = &[
         (&[PARIS], &[]),
         (&[PARIS, TIME], &[]),
         (&[("get_wether", r#"{"city":"Paris"}"#)], &[(0, "")]),

@@ -1,6 +1,6 @@
 //! Compiling a received snapshot into what serving needs: decoded config, the compiled router, tool-schema
-//! validators and the key index. Everything the control plane validated is validated again here with the same
-//! engine, so version skew shows up as a NACK instead of a broken data plane.
+//! validators, the compiled tool policies and the key index. Everything the control plane validated is validated
+//! again here with the same engine, so version skew shows up as a NACK instead of a broken data plane.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! The data plane's HTTP surface: health, readiness and the OpenAI-compatible API ([`crate::proxy`]).
+//! The data plane's HTTP surface: health, readiness, Prometheus metrics and the OpenAI-compatible API
+//! ([`crate::proxy`]). `/healthz`, `/readyz` and `/metrics` need no key.
 
 use std::sync::Arc;
 
@@ -14,13 +15,20 @@ use crate::proxy::{self, Proxy};
 use crate::state::Current;
 
 pub fn app(proxy: Arc<Proxy>) -> Router {
-    let health =
-        Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(proxy.current.clone());
+    let health = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(proxy.current.clone())
+        .route("/metrics", get(metrics));
     health.merge(proxy::routes(proxy)).fallback(proxy::no_route)
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+async fn metrics() -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render()).into_response()
 }
 
 /// Ready once a snapshot is loaded; says which one.

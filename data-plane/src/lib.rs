@@ -8,10 +8,12 @@
 //! - [`state`]: the current snapshot, swapped atomically.
 //! - [`persist`]: the last good snapshot on local disk.
 //! - [`proxy`]: the OpenAI-compatible API: authentication, routing, failover, streaming.
-//! - [`http`]: the HTTP surface (health, readiness, the proxy's routes).
+//! - [`http`]: the HTTP surface (health, readiness, metrics, the proxy's routes).
+//! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 
 pub mod client;
 pub mod http;
+pub mod metrics;
 pub mod persist;
 pub mod proxy;
 pub mod settings;
@@ -55,6 +57,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // One TLS crypto provider for every upstream client (ring: no C toolchain beyond cc needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    metrics::install();
     let local = listener.local_addr()?;
     if let Some(path) = &args.snapshot {
         load_file(path, &current)?;

@@ -1,13 +1,15 @@
 //! Compiling a received snapshot into what serving needs: decoded config, the compiled router, tool-schema
-//! validators and the key index. Everything the control plane validated is validated again here with the same
-//! engine, so version skew shows up as a NACK instead of a broken data plane.
+//! validators, the compiled tool policies and the key index. Everything the control plane validated is validated
+//! again here with the same engine, so version skew shows up as a NACK instead of a broken data plane.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use gateway_proto::convert;
 use gateway_proto::v1;
 use policy_engine::config::ConfigSet;
 use policy_engine::routing::Router;
+use policy_engine::tool_policy::ToolPolicies;
 use policy_engine::{tool_schema, validate};
 
 /// A snapshot ready to serve. Swapped in whole; requests in flight finish on the one they started with.
@@ -16,7 +18,9 @@ pub struct CompiledSnapshot {
     pub content_hash: String,
     pub config: ConfigSet,
     pub router: Router,
-    pub tool_validators: HashMap<String, jsonschema::Validator>,
+    /// Registered tool schemas by tool name; shared with the requests (and streams) that validate against them.
+    pub tool_validators: HashMap<String, Arc<jsonschema::Validator>>,
+    pub tool_policies: ToolPolicies,
     /// API keys by the hex SHA-256 of their secret.
     pub keys: HashMap<String, v1::ApiKey>,
 }
@@ -70,7 +74,7 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
     for spec in config.tool_schemas.values() {
         match tool_schema::compile(&spec.schema) {
             Ok(validator) => {
-                tool_validators.insert(spec.name.clone(), validator);
+                tool_validators.insert(spec.name.clone(), Arc::new(validator));
             }
             Err(error) => rejections.push(rejection(format!("tool_schema/{}", spec.name), "schema", error.to_string())),
         }
@@ -83,15 +87,23 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
             None
         }
     };
+    let tool_policies = match ToolPolicies::compile(&config) {
+        Ok(policies) => Some(policies),
+        Err(errors) => {
+            rejections.extend(errors.into_iter().map(|e| rejection(e.resource, e.field, e.error.to_string())));
+            None
+        }
+    };
     let keys: HashMap<String, v1::ApiKey> =
         content.api_keys.iter().map(|k| (k.secret_sha256.clone(), k.clone())).collect();
-    match router {
-        Some(router) if rejections.is_empty() => Ok(CompiledSnapshot {
+    match (router, tool_policies) {
+        (Some(router), Some(tool_policies)) if rejections.is_empty() => Ok(CompiledSnapshot {
             version: snapshot.version,
             content_hash: snapshot.content_hash.clone(),
             config,
             router,
             tool_validators,
+            tool_policies,
             keys,
         }),
         _ => Err(rejections),

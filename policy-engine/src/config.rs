@@ -313,7 +313,7 @@ pub struct ToolPolicySpec {
     pub priority: i32,
     #[serde(default = "default_when")]
     pub when: String,
-    /// Tool names callers matching `when` may declare; `*` allows any.
+    /// Tool names callers matching `when` may declare; `*` or an empty list allows any (see `docs/tools.md`).
     #[serde(default)]
     pub allow: Vec<String>,
     /// Tool names they may not declare (wins over `allow`).

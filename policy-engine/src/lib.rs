@@ -10,6 +10,7 @@
 //! - `cel_native`: native evaluation of the common policy shapes, falling back to the interpreter.
 //! - [`routing`]: policy matching, constraints, candidate ordering.
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
+//! - [`tool_policy`]: tool policies (who may declare which tools) and tool-call validation.
 //! - [`base_url`]: backend URL normalisation and the SSRF allowlist.
 //! - [`budget_period`]: UTC calendar budget periods.
 //! - [`tokens`]: prompt-token estimates with a real tokenizer.
@@ -21,5 +22,6 @@ mod cel_native;
 pub mod config;
 pub mod routing;
 pub mod tokens;
+pub mod tool_policy;
 pub mod tool_schema;
 pub mod validate;

@@ -20,7 +20,7 @@ use crate::cel_native::{self, CandidateFacts, Facts};
 use crate::config::*;
 
 /// The standard CEL environment, built once: `Context::default()` would rebuild it on every request.
-static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+pub(crate) static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
 /// A policy that does not compile, located by resource and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -400,7 +400,7 @@ fn clone_map<T: Clone>(map: &BTreeMap<String, T>) -> HashMap<String, T> {
 }
 
 /// Natively when the answer is certain, else with the interpreter (whose context `context` builds on first use).
-fn evaluate_bool<'c, 'v: 'c>(
+pub(crate) fn evaluate_bool<'c, 'v: 'c>(
     expression: &CompiledExpression,
     facts: &Facts,
     context: impl FnOnce() -> &'c Context<'c, 'v>,
@@ -458,7 +458,7 @@ fn json_object(fields: &serde_json::Map<String, serde_json::Value>) -> Value {
     Value::Map(Map { map: Arc::new(map) })
 }
 
-fn request_value(request: &RequestFacts) -> Value {
+pub(crate) fn request_value(request: &RequestFacts) -> Value {
     let headers: HashMap<Key, Value> =
         request.headers.iter().map(|(k, v)| (Key::from(k.to_ascii_lowercase()), string(v))).collect();
     map(vec![
@@ -473,7 +473,7 @@ fn request_value(request: &RequestFacts) -> Value {
     ])
 }
 
-fn key_value(key: &KeyFacts) -> Value {
+pub(crate) fn key_value(key: &KeyFacts) -> Value {
     map(vec![
         ("id", string(&key.id)),
         ("name", string(&key.name)),

@@ -93,6 +93,82 @@ def test_tools_and_tool_choice(client):
     assert none.choices[0].message.tool_calls is None
 
 
+TWO_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]},
+        },
+    },
+]
+TWO_CALLS = [
+    {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
+    {"name": "get_time", "arguments": json.dumps({"tz": "Europe/Paris"})},
+]
+EXPECTED_CALLS = [
+    ("call_mock_1", "get_weather", {"city": "Paris"}),
+    ("call_mock_2", "get_time", {"tz": "Europe/Paris"}),
+]
+
+
+@pytest.mark.parametrize("metadata", [{"tools": "enforce"}, None], ids=["held-and-validated", "observed"])
+def test_streamed_parallel_tool_calls_are_assembled(client, metadata):
+    script(0, [{"tool_calls": TWO_CALLS, "text": "Checking."}])
+    extra = {"metadata": metadata} if metadata else {}
+    stream = client.chat.completions.create(model="chain", messages=MESSAGES, tools=TWO_TOOLS, stream=True, **extra)
+    text, finish, calls = "", None, {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = delta.id or call["id"]
+                if delta.function:
+                    call["name"] += delta.function.name or ""
+                    call["arguments"] += delta.function.arguments or ""
+    assert text == "Checking."
+    assert finish == "tool_calls"
+    assembled = [(c["id"], c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())]
+    assert assembled == EXPECTED_CALLS
+
+
+def test_the_sdk_stream_helper_assembles_held_tool_calls(client):
+    script(0, [{"tool_calls": TWO_CALLS}])
+    with client.chat.completions.stream(
+        model="chain", messages=MESSAGES, tools=TWO_TOOLS, metadata={"tools": "enforce"}
+    ) as stream:
+        completion = stream.get_final_completion()
+    calls = completion.choices[0].message.tool_calls
+    assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls] == EXPECTED_CALLS
+
+
+def test_invalid_tool_calls_raise(client):
+    bad = [{"name": "get_weather", "arguments": json.dumps({"town": "Paris"})}]
+    script(0, [{"tool_calls": bad}])
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        client.chat.completions.create(model="chain", messages=MESSAGES, tools=TWO_TOOLS, metadata={"tools": "enforce"})
+    assert error.value.code == "invalid_tool_call"
+    assert error.value.body["violations"][0]["pointer"] == "/city"
+
+    script(0, [{"tool_calls": bad}])
+    stream = client.chat.completions.create(
+        model="chain", messages=MESSAGES, tools=TWO_TOOLS, stream=True, metadata={"tools": "enforce"}
+    )
+    with pytest.raises(openai.APIError) as error:
+        for chunk in stream:
+            assert not (chunk.choices and chunk.choices[0].delta.tool_calls), "nothing of the invalid call"
+    assert "invalid tool call" in str(error.value)
+
+
 def test_json_mode_passes_through(client):
     completion = client.chat.completions.create(
         model="chain", messages=MESSAGES, response_format={"type": "json_object"}

@@ -36,6 +36,17 @@ async fn cel_errors_name_the_problem_and_its_position(pool: PgPool) {
         "route_policy \"p\" is invalid: when: CEL 'backend' is only available in a constraint's `require`, not in `when` (at line 1, column 1)").await;
     check(&app, "tool-policies", json!({"name": "t", "when": "key.group == 'x'"}), bad, "invalid_spec",
         "tool_policy \"t\" is invalid: when: CEL 'key' has no field 'group'; its fields are id, name, team, tags (at line 1, column 5)").await;
+    check(&app, "tool-policies", json!({"name": "t", "when": "request.tools.exists(t, t == 'x')", "allow": ["search", "bad name"], "deny": ["*", "/etc"], "max_retries": 9}), bad, "invalid_spec",
+        "tool_policy \"t\" is invalid: allow[1]: invalid name \"bad name\": use 1 to 128 characters from A-Z a-z 0-9 - _ . :, starting with a letter or digit; deny[1]: invalid name \"/etc\": use 1 to 128 characters from A-Z a-z 0-9 - _ . :, starting with a letter or digit; max_retries: at most 5 retries").await;
+    check(
+        &app,
+        "tool-policies",
+        json!({"name": "t", "on_invalid": "explode"}),
+        bad,
+        "invalid_body",
+        "on_invalid: unknown variant `explode`, expected one of `reject`, `retry`, `annotate`",
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -35,6 +35,36 @@ pub enum GatewayError {
     UpstreamUnavailable(String),
     #[error("{0}")]
     UpstreamTimeout(String),
+    #[error("{}", tool_not_allowed_message(policy, tools))]
+    ToolNotAllowed { policy: String, tools: Vec<String> },
+    #[error("{}", invalid_tool_call_message(violations))]
+    InvalidToolCall { violations: Vec<ToolViolation> },
+}
+
+/// One violation in an `invalid_tool_call` error: which call, which tool, where in its arguments, what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ToolViolation {
+    pub tool_call_index: u64,
+    pub tool: String,
+    pub pointer: String,
+    pub message: String,
+}
+
+fn tool_not_allowed_message(policy: &str, tools: &[String]) -> String {
+    let names: Vec<String> = tools.iter().map(|t| format!("'{t}'")).collect();
+    let (noun, verb) = if tools.len() == 1 { ("tool", "is") } else { ("tools", "are") };
+    format!("the {noun} {} {verb} not allowed for this caller by tool policy '{policy}'", names.join(", "))
+}
+
+fn invalid_tool_call_message(violations: &[ToolViolation]) -> String {
+    let list: Vec<String> = violations
+        .iter()
+        .map(|v| {
+            let at = if v.pointer.is_empty() { String::new() } else { format!(" at {}", v.pointer) };
+            format!("tool_calls[{}] '{}'{at}: {}", v.tool_call_index, v.tool, v.message)
+        })
+        .collect();
+    format!("the model produced an invalid tool call: {}", list.join("; "))
 }
 
 impl GatewayError {
@@ -43,7 +73,9 @@ impl GatewayError {
             GatewayError::InvalidRequest(_) | GatewayError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidToolCall { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::PolicyDenied { .. }
+            | GatewayError::ToolNotAllowed { .. }
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::NoEligibleCandidate(_) => StatusCode::FORBIDDEN,
             GatewayError::ModelNotFound { .. } | GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
@@ -71,6 +103,8 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
+            GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
         }
     }
 
@@ -90,6 +124,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidField { param, .. } => Some(param),
             GatewayError::ModelNotFound { .. } | GatewayError::ModelNotAllowed { .. } => Some("model"),
+            GatewayError::ToolNotAllowed { .. } => Some("tools"),
             _ => None,
         }
     }
@@ -100,7 +135,11 @@ impl GatewayError {
     }
 
     fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.to_string(), "type": self.error_type(), "param": self.param(), "code": self.code()}})
+        let mut body = json!({"error": {"message": self.to_string(), "type": self.error_type(), "param": self.param(), "code": self.code()}});
+        if let GatewayError::InvalidToolCall { violations } = self {
+            body["error"]["violations"] = json!(violations);
+        }
+        body
     }
 }
 

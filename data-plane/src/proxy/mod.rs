@@ -5,13 +5,19 @@
 //! 2. the virtual key (cheapest refusal first; nothing else is parsed for an unknown caller);
 //! 3. the body, read up to the limit and parsed leniently;
 //! 4. the key's allowed aliases, then routing (policies, constraints, alias resolution, strategy order);
-//! 5. the attempts, in order, failing over on connection errors, timeouts, 5xx and 429; never after the first byte
-//!    of a response reached the client.
+//! 5. tool governance, only when the request declares tools: the tool policy (after routing, so a route policy's
+//!    deny wins), registered schemas put in place of the caller's;
+//! 6. the attempts, in order, failing over on connection errors, timeouts, 5xx and 429; never after the first byte
+//!    of a response reached the client;
+//! 7. tool calls in the answer validated (non-streamed: whole; streamed: per call), retried while the policy allows
+//!    and nothing reached the client.
 
 pub mod auth;
 pub mod error;
 pub mod request;
 pub mod sse;
+pub mod tool_stream;
+pub mod tools;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -25,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use policy_engine::config::Strategy;
 use policy_engine::routing::{Decision, KeyFacts, PlannedCandidate, weighted_order};
+use policy_engine::tool_policy::InvalidCallAction;
 use rand::RngExt;
 use serde_json::json;
 
@@ -107,7 +114,7 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
             GatewayError::InvalidRequest(format!("could not read the request body: {error}"))
         }
     })?;
-    let parsed = request::parse(endpoint, &bytes)?;
+    let mut parsed = request::parse(endpoint, &bytes)?;
     if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
         return Err(GatewayError::ModelNotAllowed { model: parsed.model });
     }
@@ -131,23 +138,76 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
             )));
         }
     };
+    let governance = tools::prepare(&snapshot, &mut parsed, &facts, &key_facts)?;
     if strategy == Strategy::Weighted {
         weighted_order(&mut candidates, rand::rng().random::<f64>());
     }
-    forward(proxy, &snapshot, &parsed, &candidates, policy.as_deref(), id).await
+    let Some(governance) = governance else {
+        return forward(proxy, &snapshot, &parsed, &candidates, 0, policy.as_deref(), id, None).await.map(|served| {
+            match served {
+                Served::Response(response) => response,
+                Served::InvalidToolCalls => GatewayError::InvalidToolCall { violations: Vec::new() }.into_response(),
+            }
+        });
+    };
+    // Invalid answers are re-asked: first of the candidate that produced them, then of the following ones.
+    let mut report = tools::ToolReport::new(id, &governance);
+    let mut retries_left =
+        if governance.decision.action == InvalidCallAction::Retry { governance.decision.max_retries } else { 0 };
+    let mut start = 0;
+    let mut retried = 0;
+    loop {
+        let check = ToolCheck { governance: &governance, can_retry: retries_left > 0, report: &mut report };
+        let served = forward(proxy, &snapshot, &parsed, &candidates, start, policy.as_deref(), id, Some(check)).await;
+        match served {
+            Ok(Served::Response(response)) => return Ok(response),
+            Ok(Served::InvalidToolCalls) => {
+                retries_left -= 1;
+                retried += 1;
+                let last = report.last_candidate.unwrap_or(start);
+                start = if retried == 1 { last } else { (last + 1) % candidates.len().max(1) };
+                tracing::info!(request_id = id, retry = retried, "invalid tool calls: asking again");
+            }
+            Err(error) => {
+                if matches!(error, GatewayError::InvalidToolCall { .. }) {
+                    report.delivered = false;
+                }
+                tools::finish(report);
+                return Err(error);
+            }
+        }
+    }
 }
 
-/// Try the candidates in order; answer with the first usable response.
+/// Tool validation for one forwarding pass.
+struct ToolCheck<'a> {
+    governance: &'a tools::ToolGovernance,
+    /// Whether an invalid answer may be re-asked (otherwise it is handled per the policy's action).
+    can_retry: bool,
+    report: &'a mut tools::ToolReport,
+}
+
+enum Served {
+    Response(Response),
+    /// The answer's tool calls were invalid and may be retried (only when `ToolCheck::can_retry`).
+    InvalidToolCalls,
+}
+
+/// Try the candidates in order from `start` (wrapping around); answer with the first usable response.
+#[expect(clippy::too_many_arguments, reason = "the request's parts, each borrowed; a struct would only rename them")]
 async fn forward(
     proxy: &Proxy,
     snapshot: &CompiledSnapshot,
     parsed: &ParsedRequest,
     candidates: &[PlannedCandidate],
+    start: usize,
     policy: Option<&str>,
     id: &str,
-) -> Result<Response, GatewayError> {
+    mut tools: Option<ToolCheck<'_>>,
+) -> Result<Served, GatewayError> {
     let mut failures: Vec<(String, AttemptError)> = Vec::new();
-    for candidate in candidates {
+    let order = (0..candidates.len()).map(|i| (start + i) % candidates.len());
+    for (position, candidate) in order.map(|i| (i, &candidates[i])) {
         let Some(backend) = snapshot.config.backends.get(&candidate.backend) else { continue };
         let mut attempt =
             proxy.upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, id).await;
@@ -161,7 +221,13 @@ async fn forward(
         match attempt {
             Ok(response) => {
                 let total = Duration::from_millis(backend.timeouts.total_ms);
-                let mut reply = respond(response, parsed.stream, total).await?;
+                if let Some(tools) = tools.as_mut() {
+                    tools.report.last_candidate = Some(position);
+                }
+                let mut reply = match respond(response, parsed.stream, total, tools, candidate).await? {
+                    Served::Response(reply) => reply,
+                    Served::InvalidToolCalls => return Ok(Served::InvalidToolCalls),
+                };
                 let headers = reply.headers_mut();
                 for (name, value) in [
                     ("x-gateway-backend", candidate.backend.as_str()),
@@ -176,14 +242,17 @@ async fn forward(
                 if !failures.is_empty() {
                     tracing::info!(served_by = %candidate.model, failed = failures.len(), "served after failover");
                 }
-                return Ok(reply);
+                return Ok(Served::Response(reply));
             }
             // The caller's own mistake: the next candidate would refuse it too.
             Err(AttemptError::Status { status, body, .. }) if (400..500).contains(&status) && status != 429 => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 let mut reply = (status, body).into_response();
                 reply.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-                return Ok(reply);
+                if let Some(tools) = tools {
+                    tools::finish(tools.report.clone());
+                }
+                return Ok(Served::Response(reply));
             }
             Err(error) => {
                 tracing::warn!(model = %candidate.model, backend = %candidate.backend, error = %error.describe(), "candidate failed");
@@ -217,25 +286,61 @@ fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
     }
 }
 
-/// Turn a successful upstream response into ours: streamed through as it comes, or read whole.
-async fn respond(upstream: reqwest::Response, stream: bool, total: Duration) -> Result<Response, GatewayError> {
+/// Turn a successful upstream response into ours: streamed through as it comes, or read whole. With `tools`, tool
+/// calls are validated: a non-streamed answer whole, a streamed one per call (see [`tool_stream`]).
+async fn respond(
+    upstream: reqwest::Response,
+    stream: bool,
+    total: Duration,
+    tools: Option<ToolCheck<'_>>,
+    candidate: &PlannedCandidate,
+) -> Result<Served, GatewayError> {
+    let deadline = tokio::time::Instant::now() + total;
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
     let content_type = upstream.headers().get("content-type").cloned();
     let is_sse =
         content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = if stream && is_sse {
-        Body::from_stream(sse::passthrough(upstream.bytes_stream(), total))
-    } else {
-        let bytes = tokio::time::timeout(total, upstream.bytes())
-            .await
-            .map_err(|_| {
-                GatewayError::UpstreamTimeout(format!(
-                    "the response exceeded the total timeout of {} ms",
-                    total.as_millis()
-                ))
-            })?
-            .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
-        Body::from(bytes)
+    let mut validation = None;
+    let body = match tools {
+        None if stream && is_sse => Body::from_stream(sse::passthrough(upstream.bytes_stream(), total)),
+        Some(tools) if stream && is_sse => match governed_stream(upstream, deadline, total, tools, candidate).await? {
+            Some(body) => body,
+            None => return Ok(Served::InvalidToolCalls),
+        },
+        tools => {
+            let bytes = tokio::time::timeout(total, upstream.bytes())
+                .await
+                .map_err(|_| {
+                    GatewayError::UpstreamTimeout(format!(
+                        "the response exceeded the total timeout of {} ms",
+                        total.as_millis()
+                    ))
+                })?
+                .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
+            if let Some(tools) = tools {
+                let declared = &tools.governance.declared;
+                let calls = tools::check_completion(&bytes, declared);
+                tools::record(&calls, declared, &candidate.model, &candidate.backend);
+                let invalid = calls.iter().any(|c| !c.is_valid());
+                if !calls.is_empty() {
+                    validation = Some(if invalid { "invalid" } else { "valid" });
+                }
+                let violations = tools::violations(&calls);
+                tools.report.attempts.push(tools::AttemptOutcomes {
+                    model: candidate.model.clone(),
+                    backend: candidate.backend.clone(),
+                    calls,
+                });
+                if invalid && tools.governance.decision.action.blocks() {
+                    if tools.can_retry {
+                        return Ok(Served::InvalidToolCalls);
+                    }
+                    return Err(GatewayError::InvalidToolCall { violations });
+                }
+                tools::finish(tools.report.clone());
+            }
+            Body::from(bytes)
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -245,7 +350,54 @@ async fn respond(upstream: reqwest::Response, stream: bool, total: Duration) -> 
     if stream && is_sse {
         response.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
     }
-    Ok(response)
+    if let Some(validation) = validation {
+        response.headers_mut().insert(tools::VALIDATION_HEADER, HeaderValue::from_static(validation));
+    }
+    Ok(Served::Response(response))
+}
+
+/// A streamed answer to a request that declared tools. When an invalid answer may be retried, the stream is read
+/// ahead (nothing sent) until text or a validated call is ready to go out; an invalid call before that point
+/// returns `None` so the caller asks again. Once the client has received something, an invalid call ends the
+/// stream with an error event instead.
+async fn governed_stream(
+    upstream: reqwest::Response,
+    deadline: tokio::time::Instant,
+    total: Duration,
+    tools: ToolCheck<'_>,
+    candidate: &PlannedCandidate,
+) -> Result<Option<Body>, GatewayError> {
+    use futures_util::StreamExt;
+    let declared = tools.governance.declared.clone();
+    let mut stage = tool_stream::ToolStream::new(declared.clone(), tools.governance.decision.action.blocks());
+    let mut upstream = upstream.bytes_stream().fuse();
+    let mut initial = Vec::new();
+    if tools.can_retry {
+        while !stage.committed() && !stage.saw_done() {
+            match tokio::time::timeout_at(deadline, upstream.next()).await {
+                Ok(Some(Ok(chunk))) => stage.push(&chunk, &mut initial),
+                // Ended, failed or timed out: the stream wrapper reports it to the client.
+                _ => break,
+            }
+            if stage.rejected() {
+                let calls = stage.take_outcomes();
+                tools::record(&calls, &declared, &candidate.model, &candidate.backend);
+                tools.report.attempts.push(tools::AttemptOutcomes {
+                    model: candidate.model.clone(),
+                    backend: candidate.backend.clone(),
+                    calls,
+                });
+                return Ok(None);
+            }
+        }
+    }
+    let report = sse::StreamReport {
+        report: tools.report.clone(),
+        declared,
+        model: candidate.model.clone(),
+        backend: candidate.backend.clone(),
+    };
+    Ok(Some(Body::from_stream(sse::governed(upstream, stage, initial, deadline, total, report))))
 }
 
 /// The aliases (and models) a key may use.

@@ -1,14 +1,20 @@
 //! Streaming pass-through: upstream bytes go to the client as they arrive, unbuffered. The gateway only watches for
 //! the terminating `data: [DONE]`; a stream that fails or ends without it gets an error event the SDKs raise.
+//! Requests that declare tools take [`governed`] instead, which parses events (see [`super::tool_stream`]).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
+use policy_engine::tool_policy::DeclaredTools;
+
 use super::error::GatewayError;
+use super::tool_stream::ToolStream;
+use super::tools::{self, AttemptOutcomes, ToolReport};
 
 const DONE: &[u8] = b"data: [DONE]";
 
@@ -64,6 +70,97 @@ where
         tracing::warn!(code = failure.code(), "{failure}");
         state.finished = true;
         Some((Ok(Bytes::from(failure.sse_event())), state))
+    })
+}
+
+/// What a governed stream reports when it ends (however it ends: completed, failed, or the client went away).
+pub struct StreamReport {
+    pub report: ToolReport,
+    pub declared: Arc<DeclaredTools>,
+    pub model: String,
+    pub backend: String,
+}
+
+struct Governed<S> {
+    upstream: S,
+    stage: ToolStream,
+    /// Output produced before the stream was handed to the client (the retry look-ahead), sent first.
+    initial: Option<Bytes>,
+    deadline: Instant,
+    total_ms: u64,
+    finished: bool,
+    report: Option<StreamReport>,
+}
+
+impl<S> Drop for Governed<S> {
+    fn drop(&mut self) {
+        if let Some(mut end) = self.report.take() {
+            let calls = self.stage.take_outcomes();
+            tools::record(&calls, &end.declared, &end.model, &end.backend);
+            end.report.delivered = !self.stage.rejected();
+            end.report.attempts.push(AttemptOutcomes { model: end.model, backend: end.backend, calls });
+            tools::finish(end.report);
+        }
+    }
+}
+
+/// Like [`passthrough`], but every event goes through the tool-call `stage` (see [`super::tool_stream`]).
+pub fn governed<S>(
+    upstream: S,
+    stage: ToolStream,
+    initial: Vec<u8>,
+    deadline: Instant,
+    total: Duration,
+    report: StreamReport,
+) -> impl Stream<Item = Result<Bytes, Infallible>>
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Unpin + Send + 'static,
+{
+    let state = Governed {
+        upstream,
+        stage,
+        initial: (!initial.is_empty()).then(|| Bytes::from(initial)),
+        deadline,
+        total_ms: total.as_millis() as u64,
+        finished: false,
+        report: Some(report),
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        if let Some(initial) = state.initial.take() {
+            return Some((Ok(initial), state));
+        }
+        loop {
+            if state.finished || state.stage.rejected() {
+                return None;
+            }
+            let mut out = Vec::new();
+            let failure = match tokio::time::timeout_at(state.deadline, state.upstream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    state.stage.push(&chunk, &mut out);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(Bytes::from(out)), state));
+                }
+                Ok(None) => {
+                    state.stage.end(&mut out);
+                    if state.stage.saw_done() || state.stage.rejected() {
+                        state.finished = true;
+                        return (!out.is_empty()).then(|| (Ok(Bytes::from(out)), state));
+                    }
+                    GatewayError::UpstreamFailed("the upstream ended the stream before [DONE]".to_owned())
+                }
+                Ok(Some(Err(error))) => GatewayError::UpstreamFailed(format!("the upstream stream failed: {error}")),
+                Err(_) => GatewayError::UpstreamTimeout(format!(
+                    "the stream exceeded the backend's total timeout of {} ms",
+                    state.total_ms
+                )),
+            };
+            tracing::warn!(code = failure.code(), "{failure}");
+            state.finished = true;
+            out.extend_from_slice(failure.sse_event().as_bytes());
+            return Some((Ok(Bytes::from(out)), state));
+        }
     })
 }
 

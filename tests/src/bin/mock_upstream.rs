@@ -3,7 +3,10 @@
 //! `mock-upstream --addr 127.0.0.1:PORT --name NAME`. Each request takes the next behaviour from a queue
 //! (`POST /__mock/script` with a JSON array) or, when the queue is empty, the default: a 200 answer. A behaviour:
 //! `{"status": 500, "body": {...}, "delay_ms": 0, "retry_after": "1", "chunks": 3, "chunk_delay_ms": 0,
-//!   "cut_after": 2, "omit_usage": true, "tool_arguments": "{bad json", "dimensions": 8}`.
+//!   "cut_after": 2, "omit_usage": true, "tool_arguments": "{bad json", "dimensions": 8,
+//!   "tool_calls": [{"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}], "text": "Let me check."}`.
+//! `tool_calls` answers with exactly those calls (parallel, in order, whatever the request declared); streamed, each
+//! call's arguments are split into three deltas. `text` is sent as content before them.
 //! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -38,6 +41,32 @@ struct Behaviour {
     omit_usage: Option<bool>,
     tool_arguments: Option<String>,
     dimensions: Option<usize>,
+    tool_calls: Option<Vec<ScriptedCall>>,
+    text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptedCall {
+    name: String,
+    arguments: String,
+}
+
+/// The tool calls to answer with: the scripted ones, else one call to the first declared tool (if any).
+fn calls_for(request: &Value, behaviour: &Behaviour) -> Vec<ScriptedCall> {
+    if let Some(calls) = &behaviour.tool_calls {
+        return calls.clone();
+    }
+    let arguments = behaviour.tool_arguments.clone().unwrap_or_else(|| r#"{"city":"Paris"}"#.to_owned());
+    wants_tool(request).map(|name| vec![ScriptedCall { name, arguments }]).unwrap_or_default()
+}
+
+/// `arguments` in three pieces (on char boundaries), as providers stream them.
+fn split3(arguments: &str) -> Vec<String> {
+    let chars: Vec<char> = arguments.chars().collect();
+    let third = chars.len().div_ceil(3).max(1);
+    let pieces: Vec<String> = chars.chunks(third).map(|c| c.iter().collect()).collect();
+    if pieces.is_empty() { vec![String::new()] } else { pieces }
 }
 
 #[derive(Default)]
@@ -168,11 +197,19 @@ fn chat(name: &str, request: &Value, model: &str, behaviour: &Behaviour, complet
         json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000, "model": model,
                "choices": [{"index": 0, "text": content_for(name, request), "finish_reason": "stop", "logprobs": null}]})
     } else {
-        let message = match wants_tool(request) {
-            Some(tool) => json!({"role": "assistant", "content": null, "tool_calls": [{
-                "id": "call_mock_1", "type": "function",
-                "function": {"name": tool, "arguments": behaviour.tool_arguments.clone().unwrap_or_else(|| r#"{"city":"Paris"}"#.to_owned())}}]}),
-            None => json!({"role": "assistant", "content": content_for(name, request)}),
+        let calls = calls_for(request, behaviour);
+        let message = if calls.is_empty() {
+            json!({"role": "assistant", "content": content_for(name, request)})
+        } else {
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    json!({"id": format!("call_mock_{}", i + 1), "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+                })
+                .collect();
+            json!({"role": "assistant", "content": behaviour.text, "tool_calls": calls})
         };
         let finish = if message["tool_calls"].is_array() { "tool_calls" } else { "stop" };
         json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
@@ -214,20 +251,25 @@ fn stream(mock: Arc<Mock>, request: Value, model: String, behaviour: Behaviour) 
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
         let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-        match wants_tool(&request) {
-            Some(tool) => {
-                let arguments = behaviour.tool_arguments.clone().unwrap_or_else(|| r#"{"city":"Paris"}"#.to_owned());
-                let (first, second) = arguments.split_at(arguments.len() / 2);
-                events.push(chunk(
-                    json!({"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
-                    "function": {"name": tool, "arguments": first}}]}),
-                    Value::Null,
-                ));
-                events
-                    .push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}), Value::Null));
+        let calls = calls_for(&request, &behaviour);
+        if let Some(text) = &behaviour.text {
+            events.push(chunk(json!({"content": text}), Value::Null));
+        }
+        {
+            if !calls.is_empty() {
+                for (i, call) in calls.iter().enumerate() {
+                    for (j, piece) in split3(&call.arguments).into_iter().enumerate() {
+                        let fragment = if j == 0 {
+                            json!({"index": i, "id": format!("call_mock_{}", i + 1), "type": "function",
+                                   "function": {"name": call.name, "arguments": piece}})
+                        } else {
+                            json!({"index": i, "function": {"arguments": piece}})
+                        };
+                        events.push(chunk(json!({"tool_calls": [fragment]}), Value::Null));
+                    }
+                }
                 events.push(chunk(json!({}), json!("tool_calls")));
-            }
-            None => {
+            } else {
                 let content = content_for(&mock.name, &request);
                 let words: Vec<&str> = content.split(' ').collect();
                 let n = behaviour.chunks.unwrap_or(words.len()).max(1);

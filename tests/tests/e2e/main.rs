@@ -5,3 +5,4 @@
 
 mod proxy;
 mod snapshots;
+mod tools;

@@ -10,9 +10,11 @@
 //! - [`proxy`]: the OpenAI-compatible API: authentication, routing, failover, streaming.
 //! - [`http`]: the HTTP surface (health, readiness, metrics, the proxy's routes).
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
+//! - [`metering`]: token usage from answers and streams, `include_usage` injection and stripping, exact cost.
 
 pub mod client;
 pub mod http;
+pub mod metering;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;

@@ -48,7 +48,7 @@ pub struct ToolStream {
 }
 
 /// The end of the first event in `buf` (after its blank line), if it is complete.
-fn event_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     let mut line_start = 0;
     while i < buf.len() {

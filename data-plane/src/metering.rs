@@ -1,0 +1,617 @@
+//! Metering, pure: token usage from upstream answers and streams, the `stream_options.include_usage` injection and
+//! the stripping of the usage chunk the client did not ask for, and exact cost. Not wired into the request path yet.
+//!
+//! - Non-streamed answers: [`usage_from_body`] reads OpenAI's `usage`; `None` when it is missing or malformed, so the
+//!   caller estimates instead of recording zero.
+//! - Streams: [`StreamMeter`] cuts the SSE bytes into events (however the upstream chunks them), records the last
+//!   `usage` it sees, and accumulates the generated text (content, refusals, reasoning, tool-call names and
+//!   arguments, legacy completions' `text`) so that a stream without usage (interrupted, or an upstream that ignores
+//!   `include_usage`) is still metered with the real tokenizer and marked estimated. Each JSON event is parsed once,
+//!   typed and borrowing its strings: the estimate needs the text of every event, so a `"usage"` pre-filter would
+//!   save nothing (with `include_usage` every chunk carries `"usage":null` anyway). `[DONE]` and comments are not parsed.
+//! - [`cost`]: USD from the snapshot's per-million-token prices in `Decimal`, never `f64`; overflow is an error.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use policy_engine::config::Pricing;
+use policy_engine::tokens;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::proxy::request::Endpoint;
+use crate::proxy::tool_stream::event_end;
+
+/// Token counts of one request, as a spend event carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Every input token, cached and cache-creation ones included.
+    pub prompt_tokens: u64,
+    /// The part of `prompt_tokens` read from a provider cache.
+    pub cached_prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The part of `prompt_tokens` written to a provider cache (Anthropic; OpenAI never reports it).
+    pub cache_creation_tokens: u64,
+    /// The counts come from the gateway's tokenizer, not the upstream.
+    pub estimated: bool,
+}
+
+/// OpenAI's `usage` object; unknown fields are ignored, a wrong type fails the whole parse.
+#[derive(Deserialize)]
+struct RawUsage {
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<RawDetails>,
+}
+
+#[derive(Deserialize)]
+struct RawDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+/// `usage` as an object: serde's derive would also take a positional array for a struct, which is not usage.
+type UsageObject = Map<String, Value>;
+
+impl RawUsage {
+    fn from_object(usage: UsageObject) -> Option<RawUsage> {
+        serde_json::from_value(Value::Object(usage)).ok()
+    }
+
+    /// Embeddings report only prompt (and total) tokens; the generating endpoints must report completion tokens.
+    fn into_usage(self, endpoint: Endpoint) -> Option<Usage> {
+        let completion_tokens = match endpoint {
+            Endpoint::Embeddings => 0,
+            Endpoint::ChatCompletions | Endpoint::Completions => self.completion_tokens?,
+        };
+        let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        Some(Usage {
+            prompt_tokens: self.prompt_tokens,
+            // A cached part larger than the whole is an upstream bug; clamped so the event stays valid
+            // (the control plane quarantines cached > prompt).
+            cached_prompt_tokens: cached.min(self.prompt_tokens),
+            completion_tokens,
+            cache_creation_tokens: 0,
+            estimated: false,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    usage: Option<UsageObject>,
+}
+
+/// The usage of a non-streamed answer of `endpoint`, or `None` when it is missing or malformed (never panics).
+pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    RawUsage::from_object(answer.usage?)?.into_usage(endpoint)
+}
+
+/// For a streamed request, ask the upstream for usage: set `stream_options.include_usage = true`, keeping any other
+/// `stream_options` field. Returns whether the client had not asked for it, i.e. whether the usage chunk must be
+/// stripped from what the client receives. Unchanged (and `false`) for a request that does not stream, and when
+/// `stream_options` is present but not an object: the upstream rejects that, and the gateway must not hide the
+/// caller's error by rewriting it.
+pub fn inject_include_usage(body: &mut Map<String, Value>) -> bool {
+    if body.get("stream") != Some(&Value::Bool(true)) {
+        return false;
+    }
+    match body.get_mut("stream_options") {
+        Some(Value::Object(options)) => {
+            if options.get("include_usage") == Some(&Value::Bool(true)) {
+                return false;
+            }
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+            true
+        }
+        None | Some(Value::Null) => {
+            let mut options = Map::new();
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+            body.insert("stream_options".to_owned(), Value::Object(options));
+            true
+        }
+        Some(_) => false,
+    }
+}
+
+/// One streamed chunk, typed only as far as metering reads it; strings borrow from the event when unescaped.
+#[derive(Deserialize)]
+struct StreamChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<StreamChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageObject>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    /// Legacy completions stream `choices[].text`.
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    /// Reasoning models of some providers (DeepSeek, vLLM) stream their billed reasoning here.
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default, borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// An event longer than this without its blank line is not held: passed on (stripping) and left unparsed, so a
+/// broken upstream cannot grow the buffer without bound.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Accumulated text is counted and dropped past this size, bounding memory on long streams; a cut may split one
+/// token in two, an error of about one token per 64 KiB.
+const TEXT_FLUSH_BYTES: usize = 64 << 10;
+
+/// The metering stage of a chat or completions stream (see the module documentation).
+pub struct StreamMeter {
+    strip_usage_chunk: bool,
+    /// Bytes of an event not terminated yet (held back from the client only when stripping).
+    pending: Vec<u8>,
+    usage: Option<Usage>,
+    /// Generated text not counted yet, and the tokens of the text already counted.
+    text: String,
+    counted: u64,
+}
+
+/// The event's `data` (its `data:` lines joined by `\n`), borrowed when it has a single line.
+fn event_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    for line in raw.split(|b| *b == b'\n' || *b == b'\r') {
+        let Some(value) = line.strip_prefix(b"data:") else { continue };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        match &mut data {
+            Some(data) => {
+                let data = data.to_mut();
+                data.push(b'\n');
+                data.extend_from_slice(value);
+            }
+            None => data = Some(Cow::Borrowed(value)),
+        }
+    }
+    data
+}
+
+impl StreamMeter {
+    /// `strip_usage_chunk`: the gateway injected `include_usage` (see [`inject_include_usage`]), so the usage-only
+    /// event is metered but not forwarded.
+    pub fn new(strip_usage_chunk: bool) -> StreamMeter {
+        StreamMeter { strip_usage_chunk, pending: Vec::new(), usage: None, text: String::new(), counted: 0 }
+    }
+
+    /// Feed upstream bytes; returns what to forward now. Without stripping that is `chunk` itself (no copy); with
+    /// stripping, the complete events other than the usage-only one (an unterminated event waits for its end: a
+    /// client cannot act on half an event anyway).
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        let mut buf = std::mem::take(&mut self.pending);
+        let carried = buf.len();
+        buf.extend_from_slice(&chunk);
+        let mut out = Vec::new();
+        let mut stripped = false;
+        let mut start = 0;
+        while let Some(len) = event_end(&buf[start..]) {
+            let raw = &buf[start..start + len];
+            let usage_only = self.observe(raw);
+            if self.strip_usage_chunk {
+                if usage_only {
+                    stripped = true;
+                } else {
+                    out.extend_from_slice(raw);
+                }
+            }
+            start += len;
+        }
+        let whole = start == buf.len();
+        if buf.len() - start > MAX_EVENT_BYTES {
+            if self.strip_usage_chunk {
+                out.extend_from_slice(&buf[start..]);
+            }
+            buf.clear();
+        } else {
+            buf.drain(..start);
+        }
+        self.pending = buf;
+        if !self.strip_usage_chunk || (carried == 0 && whole && !stripped) {
+            return chunk;
+        }
+        Bytes::from(out)
+    }
+
+    /// Meter one complete event; whether it is the usage-only event (`usage` with no choices).
+    fn observe(&mut self, raw: &[u8]) -> bool {
+        let Some(data) = event_data(raw) else { return false };
+        // Only JSON objects can carry text or usage (`[DONE]`, comments and keep-alives are skipped unparsed).
+        if data.trim_ascii_start().first() != Some(&b'{') {
+            return false;
+        }
+        let Ok(chunk) = serde_json::from_slice::<StreamChunk<'_>>(&data) else { return false };
+        let mut has_choices = false;
+        for choice in chunk.choices.iter().flatten() {
+            has_choices = true;
+            self.push_text(choice.text.as_deref());
+            if let Some(delta) = &choice.delta {
+                self.push_text(delta.content.as_deref());
+                self.push_text(delta.refusal.as_deref());
+                self.push_text(delta.reasoning_content.as_deref());
+                for call in delta.tool_calls.iter().flatten() {
+                    if let Some(function) = &call.function {
+                        self.push_text(function.name.as_deref());
+                        self.push_text(function.arguments.as_deref());
+                    }
+                }
+            }
+        }
+        let Some(usage) =
+            chunk.usage.and_then(RawUsage::from_object).and_then(|u| u.into_usage(Endpoint::ChatCompletions))
+        else {
+            return false;
+        };
+        // The last usage wins: some upstreams send running totals.
+        self.usage = Some(usage);
+        !has_choices
+    }
+
+    fn push_text(&mut self, text: Option<&str>) {
+        let Some(text) = text else { return };
+        self.text.push_str(text);
+        if self.text.len() >= TEXT_FLUSH_BYTES {
+            // Cut before the last whitespace: BPE tokens start with their leading space, so that cut rarely splits
+            // one (falls back to counting everything when there is none).
+            let cut = self.text.rfind(char::is_whitespace).filter(|&i| i > 0).unwrap_or(self.text.len());
+            self.counted = self.counted.saturating_add(tokens::count(&self.text[..cut]));
+            self.text.drain(..cut);
+        }
+    }
+
+    /// The stream's usage: the upstream's if it sent one, else `prompt_estimate` and the tokens of the text
+    /// received, marked estimated. An unterminated last event is metered too (the upstream produced it); when
+    /// stripping it was never forwarded, as SSE clients discard such an event anyway.
+    pub fn finish(mut self, prompt_estimate: u64) -> Usage {
+        let tail = std::mem::take(&mut self.pending);
+        if !tail.is_empty() {
+            self.observe(&tail);
+        }
+        if let Some(usage) = self.usage {
+            return usage;
+        }
+        Usage {
+            prompt_tokens: prompt_estimate,
+            completion_tokens: self.counted.saturating_add(tokens::count(&self.text)),
+            estimated: true,
+            ..Usage::default()
+        }
+    }
+}
+
+/// The cost does not fit a `Decimal` (about 7.9e28): absurd token counts or prices. An error rather than a
+/// saturated amount, because a made-up number in the ledger is worse than an event the caller marks as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the cost overflows the decimal range")]
+pub struct CostOverflow;
+
+/// Exact USD cost of `usage` at `pricing` (USD per million tokens). Cached tokens are priced at `cached_input`
+/// (`input` when the model has none); cache-creation tokens at `input` (prices carry no cache-write rate). Parts
+/// larger than `prompt_tokens` leave no uncached remainder rather than a negative one. Normalised (no trailing zeros).
+pub fn cost(usage: &Usage, pricing: &Pricing) -> Result<Decimal, CostOverflow> {
+    let uncached =
+        usage.prompt_tokens.saturating_sub(usage.cached_prompt_tokens).saturating_sub(usage.cache_creation_tokens);
+    let parts = [
+        (uncached, pricing.input),
+        (usage.cached_prompt_tokens, pricing.cached_input.unwrap_or(pricing.input)),
+        (usage.cache_creation_tokens, pricing.input),
+        (usage.completion_tokens, pricing.output),
+    ];
+    let mut total = Decimal::ZERO;
+    for (count, price) in parts {
+        let part = Decimal::from(count).checked_mul(price).ok_or(CostOverflow)?;
+        total = total.checked_add(part).ok_or(CostOverflow)?;
+    }
+    Ok(total.checked_div(Decimal::from(1_000_000u32)).ok_or(CostOverflow)?.normalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn usage(prompt: u64, cached: u64, completion: u64) -> Usage {
+        Usage { prompt_tokens: prompt, cached_prompt_tokens: cached, completion_tokens: completion, ..Usage::default() }
+    }
+
+    #[test]
+    fn usage_from_answers() {
+        #[track_caller]
+        fn check(endpoint: Endpoint, body: &str, expected: Option<Usage>) {
+            assert_eq!(usage_from_body(endpoint, body.as_bytes()), expected, "{body}");
+        }
+        use Endpoint::*;
+        let chat = r#"{"id":"x","choices":[{"message":{"content":"hi"}}],
+            "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        check(ChatCompletions, chat, Some(usage(12, 0, 3)));
+        check(Completions, chat, Some(usage(12, 0, 3)));
+        check(
+            ChatCompletions,
+            r#"{"usage":{"prompt_tokens":2000,"completion_tokens":5,
+                "prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},
+                "completion_tokens_details":{"reasoning_tokens":0}}}"#,
+            Some(usage(2000, 1920, 5)),
+        );
+        check(
+            ChatCompletions,
+            r#"{"usage":{"prompt_tokens":7,"completion_tokens":1,"prompt_tokens_details":null}}"#,
+            Some(usage(7, 0, 1)),
+        );
+        check(
+            ChatCompletions,
+            r#"{"usage":{"prompt_tokens":7,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":9}}}"#,
+            Some(usage(7, 7, 1)),
+        );
+        check(
+            Embeddings,
+            r#"{"object":"list","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+            Some(usage(8, 0, 0)),
+        );
+        // Missing or malformed: the caller estimates.
+        check(ChatCompletions, r#"{"usage":{"prompt_tokens":8,"total_tokens":8}}"#, None);
+        check(ChatCompletions, r#"{"choices":[]}"#, None);
+        check(ChatCompletions, r#"{"usage":null}"#, None);
+        check(ChatCompletions, r#"{"usage":{"prompt_tokens":"8","completion_tokens":1}}"#, None);
+        check(ChatCompletions, r#"{"usage":{"prompt_tokens":-1,"completion_tokens":1}}"#, None);
+        check(ChatCompletions, r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":1}}"#, None);
+        check(
+            ChatCompletions,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":"x"}}}"#,
+            None,
+        );
+        check(ChatCompletions, r#"{"usage":[1,2]}"#, None);
+        check(ChatCompletions, "[]", None);
+        check(ChatCompletions, "", None);
+        check(ChatCompletions, "not json", None);
+    }
+
+    #[test]
+    fn include_usage_injection() {
+        #[track_caller]
+        fn check(body: Value, expected_strip: bool, expected: Value) {
+            let Value::Object(mut body) = body else { panic!("not an object") };
+            assert_eq!(inject_include_usage(&mut body), expected_strip);
+            assert_eq!(Value::Object(body), expected);
+        }
+        let on = json!({"stream": true, "stream_options": {"include_usage": true}});
+        check(json!({"stream": true}), true, on.clone());
+        check(json!({"stream": true, "stream_options": null}), true, on.clone());
+        check(json!({"stream": true, "stream_options": {}}), true, on.clone());
+        check(json!({"stream": true, "stream_options": {"include_usage": false}}), true, on.clone());
+        check(on.clone(), false, on.clone());
+        check(
+            json!({"stream": true, "stream_options": {"include_obfuscation": false}}),
+            true,
+            json!({"stream": true, "stream_options": {"include_obfuscation": false, "include_usage": true}}),
+        );
+        // Not streamed, or a caller error the upstream should report: untouched.
+        check(json!({"messages": []}), false, json!({"messages": []}));
+        check(json!({"stream": false}), false, json!({"stream": false}));
+        check(json!({"stream": true, "stream_options": "x"}), false, json!({"stream": true, "stream_options": "x"}));
+    }
+
+    #[test]
+    fn exact_costs() {
+        #[track_caller]
+        fn check(usage: Usage, pricing: (&str, Option<&str>, &str), expected: &str) {
+            let pricing = Pricing {
+                input: pricing.0.parse().unwrap(),
+                cached_input: pricing.1.map(|p| p.parse().unwrap()),
+                output: pricing.2.parse().unwrap(),
+            };
+            let cost = cost(&usage, &pricing).unwrap();
+            assert_eq!(cost.to_string(), expected);
+        }
+        check(usage(1234, 0, 56), ("2.50", None, "10.00"), "0.003645");
+        check(usage(0, 0, 0), ("2.50", None, "10.00"), "0");
+        check(usage(1_000_000, 0, 1_000_000), ("2.50", None, "10.00"), "12.5");
+        check(usage(1, 0, 0), ("0.000001", None, "0"), "0.000000000001");
+        // 1000 uncached at 2.50, 1000 cached at 1.25, 100 out at 10.00.
+        check(usage(2000, 1000, 100), ("2.50", Some("1.25"), "10.00"), "0.00475");
+        // No cached price: cached tokens cost the input price.
+        check(usage(2000, 1000, 100), ("2.50", None, "10.00"), "0.006");
+        // Cache creation at the input price: 500 uncached + 300 cached at 0.30 + 200 created, all else 3.00.
+        let created = Usage { cache_creation_tokens: 200, ..usage(1000, 300, 10) };
+        check(created, ("3.00", Some("0.30"), "15.00"), "0.00234");
+        // Inconsistent parts: no negative remainder.
+        let odd = Usage { cache_creation_tokens: 10, ..usage(5, 5, 0) };
+        check(odd, ("1", Some("0.5"), "1"), "0.0000125");
+        // Embeddings: prompt only.
+        check(usage(8191, 0, 0), ("0.02", None, "0"), "0.00016382");
+        check(usage(u64::MAX, 0, u64::MAX), ("0", None, "0"), "0");
+        check(usage(u64::MAX, 0, 0), ("1", None, "0"), "18446744073709.551615");
+    }
+
+    #[test]
+    fn absurd_costs_are_errors() {
+        let pricing = Pricing { input: Decimal::MAX, cached_input: None, output: Decimal::MAX };
+        assert_eq!(cost(&usage(u64::MAX, 0, u64::MAX), &pricing), Err(CostOverflow));
+        assert_eq!(cost(&usage(2, 0, 0), &pricing), Err(CostOverflow));
+    }
+
+    const CONTENT: [&str; 4] = ["Hello", " wor", "ld \\\"quoted\\\"", "!"];
+    const USAGE_EVENT: &str = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\
+        \"completion_tokens\":6,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\n";
+
+    /// A recorded chat stream: a role event, content, a tool call in fragments, a finish, maybe usage, `[DONE]`.
+    fn recorded(with_usage: bool) -> String {
+        let mut s = String::from(
+            ": keep-alive\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}],\"usage\":null}\n\n",
+        );
+        for c in CONTENT {
+            s += &format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{c}\"}}}}],\"usage\":null}}\r\n\r\n"
+            );
+        }
+        s += "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"get\",\"arguments\":\"\"}}]}}]}\n\n";
+        s += "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\\\":1}\"}}]}}]}\n\n";
+        s += "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        if with_usage {
+            s += USAGE_EVENT;
+        }
+        s += "data: [DONE]\n\n";
+        s
+    }
+
+    fn generated_text() -> String {
+        let content: String = CONTENT.concat().replace("\\\"", "\"");
+        format!("{content}get{{\"a\":1}}")
+    }
+
+    /// Feed `input` split at `cuts`; what was forwarded and the usage.
+    fn meter(input: &[u8], cuts: &[usize], strip: bool, prompt_estimate: u64) -> (Vec<u8>, Usage) {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.extend([0, input.len()]);
+        points.sort_unstable();
+        points.dedup();
+        let mut meter = StreamMeter::new(strip);
+        let mut out = Vec::new();
+        for w in points.windows(2) {
+            out.extend_from_slice(&meter.feed(Bytes::copy_from_slice(&input[w[0]..w[1]])));
+        }
+        (out, meter.finish(prompt_estimate))
+    }
+
+    #[test]
+    fn streams_metered() {
+        let reported = usage(9, 4, 6);
+        let estimated = Usage {
+            prompt_tokens: 42,
+            completion_tokens: tokens::count(&generated_text()),
+            estimated: true,
+            ..Usage::default()
+        };
+        assert!(estimated.completion_tokens > 0);
+        #[track_caller]
+        fn check(input: &str, strip: bool, expected_out: &str, expected: Usage) {
+            let (out, usage) = meter(input.as_bytes(), &[], strip, 42);
+            assert_eq!(String::from_utf8_lossy(&out), expected_out);
+            assert_eq!(usage, expected);
+        }
+        let full = recorded(true);
+        let bare = recorded(false);
+        check(&full, false, &full, reported);
+        check(&full, true, &bare, reported);
+        check(&bare, false, &bare, estimated);
+        check(&bare, true, &bare, estimated);
+        // Interrupted mid-event: the text so far is estimated.
+        let cut = &bare[..bare.find("finish_reason").unwrap_or(0)];
+        let (_, interrupted) = meter(cut.as_bytes(), &[], false, 42);
+        assert_eq!(interrupted, estimated);
+        // A usage event without its blank line at the end still counts; stripped, it is not forwarded.
+        let tail = USAGE_EVENT.trim_end();
+        check(tail, true, "", reported);
+        check(tail, false, tail, reported);
+        // Usage on a content chunk (continuous usage stats): recorded, never stripped; the last one wins.
+        let inline = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n\
+                      data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        check(inline, true, inline, usage(1, 0, 2));
+        // Legacy completions stream `text`; multi-line data is joined.
+        let legacy = "data: {\"choices\":[{\"text\":\"hello world\"}]}\n\ndata: {\"choices\":\ndata: [{\"text\":\" again\"}]}\n\n";
+        let expected = Usage { completion_tokens: tokens::count("hello world again"), ..estimated };
+        check(legacy, false, legacy, expected);
+        // Malformed usage is not usage: forwarded, estimated.
+        let bad = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":\"9\"}}\n\n";
+        check(bad, true, bad, Usage { completion_tokens: 0, ..estimated });
+    }
+
+    #[test]
+    fn forwards_without_copying_when_not_stripping() {
+        let mut meter = StreamMeter::new(false);
+        let chunk = Bytes::from(recorded(true));
+        let out = meter.feed(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        let mut meter = StreamMeter::new(true);
+        let chunk = Bytes::from(recorded(false));
+        let out = meter.feed(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn long_text_is_counted_in_bounded_memory() {
+        let word = "data: {\"choices\":[{\"delta\":{\"content\":\"lorem ipsum \"}}]}\n\n";
+        let mut meter = StreamMeter::new(false);
+        for _ in 0..20_000 {
+            meter.feed(Bytes::from_static(word.as_bytes()));
+        }
+        assert!(meter.text.len() < TEXT_FLUSH_BYTES);
+        let usage = meter.finish(0);
+        let exact = tokens::count(&"lorem ipsum ".repeat(20_000));
+        assert!(usage.completion_tokens.abs_diff(exact) <= 5, "{} vs {exact}", usage.completion_tokens);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// However the upstream chunks a stream, the forwarded bytes and the usage are the same.
+        #[test]
+        fn chunking_does_not_matter(with_usage: bool, strip: bool, cuts in prop::collection::vec(any::<usize>(), 0..40)) {
+            let input = recorded(with_usage);
+            let (out, usage) = meter(input.as_bytes(), &cuts, strip, 42);
+            let expected_out = if strip { recorded(false) } else { input.clone() };
+            prop_assert_eq!(String::from_utf8_lossy(&out), expected_out);
+            let (_, whole) = meter(input.as_bytes(), &[], strip, 42);
+            prop_assert_eq!(usage, whole);
+            prop_assert_eq!(usage.estimated, !with_usage);
+        }
+
+        /// Arbitrary bytes never panic, and without stripping pass through unchanged.
+        #[test]
+        fn arbitrary_bytes(input in prop::collection::vec(any::<u8>(), 0..512), cuts in prop::collection::vec(any::<usize>(), 0..10), strip: bool) {
+            let (out, _) = meter(&input, &cuts, strip, 0);
+            if !strip {
+                prop_assert_eq!(out, input);
+            }
+        }
+
+        /// Arbitrary SSE-looking events never panic either, and stripping only ever removes bytes.
+        #[test]
+        fn arbitrary_events(events in prop::collection::vec("(data: |: )?[{}\\[\\]\":,a-z0-9 ]{0,40}(\n\n|\r\n\r\n|\r\r|\n)", 0..20), cuts in prop::collection::vec(any::<usize>(), 0..10)) {
+            let input = events.concat();
+            let (out, _) = meter(input.as_bytes(), &cuts, true, 0);
+            prop_assert!(out.len() <= input.len());
+        }
+
+        #[test]
+        fn costs_never_panic(prompt: u64, cached: u64, completion: u64, created: u64, input: i64, output: i64, scale in 0u32..=28) {
+            let usage = Usage { prompt_tokens: prompt, cached_prompt_tokens: cached, completion_tokens: completion, cache_creation_tokens: created, estimated: false };
+            let pricing = Pricing { input: Decimal::new(input, scale), cached_input: Some(Decimal::new(output, 0)), output: Decimal::new(output, scale) };
+            let _ = cost(&usage, &pricing);
+        }
+    }
+}

@@ -32,6 +32,19 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+// Why a stream stopped short, as both stream stages report it in the closing error event.
+fn ended_before_done() -> GatewayError {
+    GatewayError::UpstreamFailed("the upstream ended the stream before [DONE]".to_owned())
+}
+
+fn broke(error: &reqwest::Error) -> GatewayError {
+    GatewayError::UpstreamFailed(format!("the upstream stream failed: {error}"))
+}
+
+fn timed_out(total_ms: u64) -> GatewayError {
+    GatewayError::UpstreamTimeout(format!("the stream exceeded the backend's total timeout of {total_ms} ms"))
+}
+
 /// Forward `upstream` until it ends, fails or passes `total` since the request started.
 pub fn passthrough<S>(upstream: S, total: Duration) -> impl Stream<Item = Result<Bytes, Infallible>>
 where
@@ -60,12 +73,9 @@ where
                 return Some((Ok(chunk), state));
             }
             Ok(None) if state.saw_done => return None,
-            Ok(None) => GatewayError::UpstreamFailed("the upstream ended the stream before [DONE]".to_owned()),
-            Ok(Some(Err(error))) => GatewayError::UpstreamFailed(format!("the upstream stream failed: {error}")),
-            Err(_) => GatewayError::UpstreamTimeout(format!(
-                "the stream exceeded the backend's total timeout of {} ms",
-                state.total_ms
-            )),
+            Ok(None) => ended_before_done(),
+            Ok(Some(Err(error))) => broke(&error),
+            Err(_) => timed_out(state.total_ms),
         };
         tracing::warn!(code = failure.code(), "{failure}");
         state.finished = true;
@@ -148,13 +158,10 @@ where
                         state.finished = true;
                         return (!out.is_empty()).then(|| (Ok(Bytes::from(out)), state));
                     }
-                    GatewayError::UpstreamFailed("the upstream ended the stream before [DONE]".to_owned())
+                    ended_before_done()
                 }
-                Ok(Some(Err(error))) => GatewayError::UpstreamFailed(format!("the upstream stream failed: {error}")),
-                Err(_) => GatewayError::UpstreamTimeout(format!(
-                    "the stream exceeded the backend's total timeout of {} ms",
-                    state.total_ms
-                )),
+                Ok(Some(Err(error))) => broke(&error),
+                Err(_) => timed_out(state.total_ms),
             };
             tracing::warn!(code = failure.code(), "{failure}");
             state.finished = true;

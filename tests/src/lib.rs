@@ -35,17 +35,81 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound, then released for the process to take).
+/// Ports the harness hands out: below Linux's ephemeral range (32768 and up), so that no outgoing connection of
+/// any process (Postgres clients, HTTP clients, TIME_WAIT sockets) can take a port between the moment it is
+/// chosen here and the moment the spawned process binds it.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback port (bound, then released for the process to take). Each test process starts at its own
+/// pseudo-random offset and walks on, so parallel tests rarely even try the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(nanos);
+        let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = PORTS.start + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}")
 }
 
-fn log_file(test: &str, name: &str) -> std::fs::File {
+fn log_path(test: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe.ancestors().nth(3).unwrap().to_path_buf();
     let dir = target.join("e2e-logs").join(test);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::File::create(dir.join(format!("{name}.log"))).unwrap()
+    dir.join(format!("{name}.log"))
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::File::create(path).unwrap()
+}
+
+/// The last lines of a process's log, for failure messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    format!("--- last lines of {} ---\n{tail}", path.display())
+}
+
+/// How waiting for a spawned process to become ready ended badly.
+enum NotReady {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Poll `check` until it succeeds, the child exits, or `timeout` passes.
+async fn wait_ready<F, Fut>(child: &mut Child, timeout: Duration, mut check: F) -> Result<(), NotReady>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NotReady::Exited(status));
+        }
+        if Instant::now() >= deadline {
+            return Err(NotReady::TimedOut);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a process that exited early did so because its port was taken (then it is started again elsewhere).
+fn lost_a_port_race(log: &Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| text.contains("Address already in use"))
 }
 
 /// Wait until `check` returns `Some`, polling; panic with `what` after `timeout`.
@@ -76,6 +140,7 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     pub grpc: SocketAddr,
     pub http: reqwest::Client,
+    pub log: PathBuf,
     config: ControlPlaneConfig,
 }
 
@@ -87,6 +152,8 @@ pub struct ControlPlaneConfig {
     pub admin_port: u16,
     pub grpc_port: u16,
     pub env: Vec<(String, String)>,
+    /// A restart must come back on the same ports (data planes know them); a first start may move.
+    keep_ports: bool,
 }
 
 impl ControlPlaneConfig {
@@ -98,45 +165,73 @@ impl ControlPlaneConfig {
             admin_port: free_port(),
             grpc_port: free_port(),
             env: Vec::new(),
+            keep_ports: false,
         }
     }
 }
 
 impl ControlPlane {
-    /// Start and wait until the admin API is ready.
-    pub async fn start(config: ControlPlaneConfig) -> ControlPlane {
-        let log = log_file(&config.test, &config.name);
-        let child = Command::new(binary("control-plane"))
-            .arg("serve")
-            .env("DATABASE_URL", &config.database_url)
-            .env("GATEWAY_ADMIN_ADDR", format!("127.0.0.1:{}", config.admin_port))
-            .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{}", config.grpc_port))
-            .env("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("GATEWAY_NODE_TOKEN", NODE_TOKEN)
-            .env("GATEWAY_SECRET_KEY", SECRET_KEY)
-            .env("GATEWAY_REPLICA_ID", &config.name)
-            .env("RUST_LOG", "info,control_plane=debug")
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn control-plane");
-        let plane = ControlPlane {
-            child,
-            admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
-            grpc: SocketAddr::from(([127, 0, 0, 1], config.grpc_port)),
-            http: http_client(),
-            config,
-        };
-        let url = format!("http://{}/readyz", plane.admin);
-        let http = plane.http.clone();
-        eventually(Duration::from_secs(30), "the control plane to be ready", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-        })
-        .await;
-        plane
+    /// Start and wait until the admin API is ready. A first start that lost its port to another process is
+    /// retried on fresh ports; any other early exit or a timeout fails with the end of the process's log.
+    pub async fn start(mut config: ControlPlaneConfig) -> ControlPlane {
+        let http = http_client();
+        let log = log_path(&config.test, &config.name);
+        for attempt in 1.. {
+            let mut child = Command::new(binary("control-plane"))
+                .arg("serve")
+                .env("DATABASE_URL", &config.database_url)
+                .env("GATEWAY_ADMIN_ADDR", format!("127.0.0.1:{}", config.admin_port))
+                .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{}", config.grpc_port))
+                .env("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("GATEWAY_NODE_TOKEN", NODE_TOKEN)
+                .env("GATEWAY_SECRET_KEY", SECRET_KEY)
+                .env("GATEWAY_REPLICA_ID", &config.name)
+                .env("RUST_LOG", "info,control_plane=debug")
+                .envs(config.env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(log_file(&log))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn control-plane");
+            let url = format!("http://127.0.0.1:{}/readyz", config.admin_port);
+            let ready = wait_ready(&mut child, Duration::from_secs(60), || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+            })
+            .await;
+            match ready {
+                Ok(()) => {
+                    config.keep_ports = true;
+                    return ControlPlane {
+                        child,
+                        admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
+                        grpc: SocketAddr::from(([127, 0, 0, 1], config.grpc_port)),
+                        http,
+                        log,
+                        config,
+                    };
+                }
+                Err(NotReady::Exited(_)) if !config.keep_ports && attempt < 5 && lost_a_port_race(&log) => {
+                    config.admin_port = free_port();
+                    config.grpc_port = free_port();
+                }
+                Err(NotReady::Exited(status)) => {
+                    panic!(
+                        "the control plane {} exited with {status} before it was ready\n{}",
+                        config.name,
+                        log_tail(&log)
+                    )
+                }
+                Err(NotReady::TimedOut) => {
+                    panic!(
+                        "timed out after 60s waiting for the control plane {} to be ready\n{}",
+                        config.name,
+                        log_tail(&log)
+                    )
+                }
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     pub fn config(&self) -> ControlPlaneConfig {
@@ -179,6 +274,7 @@ pub struct DataPlane {
     child: Child,
     pub addr: SocketAddr,
     pub state_dir: PathBuf,
+    pub log: PathBuf,
     http: reqwest::Client,
 }
 
@@ -212,7 +308,7 @@ impl DataPlaneConfig {
 
 impl DataPlane {
     pub fn start(config: &DataPlaneConfig) -> DataPlane {
-        let log = log_file(&config.test, &config.node_id);
+        let log = log_path(&config.test, &config.node_id);
         let mut command = Command::new(binary("data-plane"));
         command
             .arg("serve")
@@ -223,7 +319,7 @@ impl DataPlane {
             .env("GATEWAY_STATE_DIR", &config.state_dir)
             .env("RUST_LOG", "info,data_plane=debug")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log_file(&log))
             .kill_on_drop(true);
         if let Some(snapshot) = &config.snapshot {
             command.env("GATEWAY_SNAPSHOT", snapshot);
@@ -234,6 +330,7 @@ impl DataPlane {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], config.port)),
             state_dir: config.state_dir.clone(),
+            log,
             http: http_client(),
         }
     }
@@ -251,18 +348,34 @@ impl DataPlane {
         (status == 200).then(|| body["snapshot_version"].as_u64()).flatten()
     }
 
-    /// Wait until the data plane serves `version` (or newer).
+    /// Wait until the data plane serves `version` (or newer); fails with the end of its log.
     pub async fn wait_for_version(&self, version: u64) {
-        eventually(
-            Duration::from_secs(20),
-            &format!("data plane {} to serve version {version}", self.addr),
-            || async { self.version().await.filter(|v| *v >= version) },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.version().await.is_none_or(|v| v < version) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 30s waiting for data plane {} to serve version {version}\n{}",
+                self.addr,
+                log_tail(&self.log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
+    /// SIGKILL: no graceful shutdown.
     pub async fn kill(mut self) {
         self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then wait for the process to exit (a graceful shutdown); its exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the data plane is running");
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!("the data plane did not exit within 60s of SIGTERM\n{}", log_tail(&self.log)),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -293,25 +406,36 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub async fn start(test: &str, name: &str) -> MockUpstream {
-        let port = free_port();
-        let child = Command::new(binary("mock-upstream"))
-            .args(["--addr", &format!("127.0.0.1:{port}"), "--name", name])
-            .stdout(Stdio::null())
-            .stderr(log_file(test, name))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn mock-upstream");
-        let mock = MockUpstream {
-            _child: child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            name: name.to_owned(),
-            http: http_client(),
-        };
-        eventually(Duration::from_secs(10), "the mock upstream to listen", || async {
-            mock.http.get(format!("http://{}/__mock/stats", mock.addr)).send().await.ok().map(|_| ())
-        })
-        .await;
-        mock
+        let http = http_client();
+        let log = log_path(test, name);
+        for attempt in 1.. {
+            let port = free_port();
+            let mut child = Command::new(binary("mock-upstream"))
+                .args(["--addr", &format!("127.0.0.1:{port}"), "--name", name])
+                .stdout(Stdio::null())
+                .stderr(log_file(&log))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn mock-upstream");
+            let url = format!("http://127.0.0.1:{port}/__mock/stats");
+            let ready = wait_ready(&mut child, Duration::from_secs(20), || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+            })
+            .await;
+            match ready {
+                Ok(()) => {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                    return MockUpstream { _child: child, addr, name: name.to_owned(), http };
+                }
+                Err(NotReady::Exited(_)) if attempt < 5 && lost_a_port_race(&log) => {}
+                Err(NotReady::Exited(status)) => {
+                    panic!("the mock upstream {name} exited with {status}\n{}", log_tail(&log))
+                }
+                Err(NotReady::TimedOut) => panic!("the mock upstream {name} did not listen\n{}", log_tail(&log)),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// The base URL a backend uses.

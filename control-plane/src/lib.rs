@@ -42,7 +42,8 @@ pub fn write_context(args: &ServeArgs) -> anyhow::Result<WriteContext> {
 
 /// Connect, migrate, bootstrap the admin token, bind, and serve until `shutdown` is cancelled.
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = Store::connect(&args.database.database_url)
+    let acquire_timeout = std::time::Duration::from_millis(args.database.db_acquire_timeout_ms.max(1));
+    let store = Store::connect(&args.database.database_url, acquire_timeout)
         .await
         .with_context(|| format!("connecting to Postgres at {}", redact(&args.database.database_url)))?;
     store.migrate().await.context("applying migrations")?;

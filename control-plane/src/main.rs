@@ -23,7 +23,8 @@ async fn main() -> anyhow::Result<()> {
             control_plane::serve(*args, shutdown).await
         }
         Command::Migrate(args) => {
-            let store = Store::connect(&args.database_url)
+            let acquire_timeout = std::time::Duration::from_millis(args.db_acquire_timeout_ms.max(1));
+            let store = Store::connect(&args.database_url, acquire_timeout)
                 .await
                 .with_context(|| format!("connecting to Postgres at {}", control_plane::redact(&args.database_url)))?;
             store.migrate().await.context("applying migrations")?;

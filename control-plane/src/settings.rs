@@ -24,6 +24,11 @@ pub struct DatabaseArgs {
     /// Postgres connection URL; the database is created if it does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/gateway")]
     pub database_url: String,
+
+    /// How long a query waits for a database connection before it fails (the admin API answers 503 and data
+    /// planes keep their spend to send again), in milliseconds.
+    #[arg(long, env = "GATEWAY_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

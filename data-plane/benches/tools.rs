@@ -85,7 +85,7 @@ fn first_tool_byte(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 let upstream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok));
-                let mut out = Box::pin(sse::passthrough(upstream, Duration::from_secs(60)));
+                let mut out = Box::pin(sse::passthrough(upstream, Duration::from_secs(60), None));
                 while let Some(Ok(bytes)) = out.next().await {
                     if bytes.windows(10).any(|w| w == b"tool_calls") {
                         break;
@@ -111,6 +111,7 @@ fn first_tool_byte(c: &mut Criterion) {
                     declared: tools.clone(),
                     model: "m".into(),
                     backend: "b".into(),
+                    spend: None,
                 };
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                 let mut out =

@@ -12,10 +12,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::persist;
 use crate::snapshot;
+use crate::spend::budgets::BudgetLedger;
 use crate::state::Current;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,15 +39,71 @@ pub struct ClientTls {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-pub struct Subscription {
-    pub control_plane: String,
+/// How to reach the control plane: its address, TLS and the node token. Shared by the subscription and the spend
+/// reporter.
+#[derive(Clone)]
+pub struct ControlPlaneConnection {
+    pub url: String,
     pub tls: ClientTls,
     pub node_token: Option<String>,
-    pub node_id: String,
-    pub state_dir: std::path::PathBuf,
 }
 
-struct Backoff {
+/// Adds `authorization: Bearer <node token>` to every call.
+#[derive(Clone)]
+pub struct NodeToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for NodeToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type DiscoveryClient = ConfigDiscoveryClient<InterceptedService<Channel, NodeToken>>;
+
+impl ControlPlaneConnection {
+    /// The gRPC endpoint, with TLS when a CA or a client identity is configured.
+    pub fn endpoint(&self) -> Result<Endpoint, ClientError> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| ClientError::Address(self.url.clone(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if self.tls.ca.is_none() && self.tls.identity.is_none() {
+            return Ok(endpoint);
+        }
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &self.tls.ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &self.tls.identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        Ok(endpoint.tls_config(tls)?)
+    }
+
+    /// A client over `channel` that presents the node token.
+    pub fn client(&self, channel: Channel) -> Result<DiscoveryClient, ClientError> {
+        let token = match &self.node_token {
+            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| ClientError::Token)?),
+            None => None,
+        };
+        Ok(ConfigDiscoveryClient::with_interceptor(channel, NodeToken(token)).max_decoding_message_size(256 << 20))
+    }
+}
+
+pub struct Subscription {
+    pub connection: ControlPlaneConnection,
+    pub node_id: String,
+    pub state_dir: std::path::PathBuf,
+    /// Receives the budget state that streams on the subscription.
+    pub budgets: Arc<BudgetLedger>,
+}
+
+/// Exponential backoff with jitter, from 100 ms to 15 s; shared with the spend reporter.
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -53,16 +111,16 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(15);
 
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff { next: Self::FIRST }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = Self::FIRST;
     }
 
     /// The next delay with full jitter in [delay/2, delay], so a fleet does not reconnect in lockstep.
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         let millis = delay.as_millis() as u64;
@@ -92,35 +150,8 @@ impl Subscription {
     }
 
     async fn session(&self, current: &Current, backoff: &mut Backoff) -> Result<(), ClientError> {
-        let endpoint = Endpoint::from_shared(self.control_plane.clone())
-            .map_err(|e| ClientError::Address(self.control_plane.clone(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let endpoint = if self.tls.ca.is_some() || self.tls.identity.is_some() {
-            let mut tls = tonic::transport::ClientTlsConfig::new();
-            if let Some(ca) = &self.tls.ca {
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
-            }
-            if let Some((cert, key)) = &self.tls.identity {
-                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
-            }
-            endpoint.tls_config(tls)?
-        } else {
-            endpoint
-        };
-        let channel = endpoint.connect().await?;
-        let token = match &self.node_token {
-            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| ClientError::Token)?),
-            None => None,
-        };
-        let mut client = ConfigDiscoveryClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            if let Some(token) = &token {
-                request.metadata_mut().insert("authorization", token.clone());
-            }
-            Ok(request)
-        })
-        .max_decoding_message_size(256 << 20);
+        let channel = self.connection.endpoint()?.connect().await?;
+        let mut client = self.connection.client(channel)?;
 
         let (tx, rx) = mpsc::channel(8);
         let held = current.load();
@@ -133,14 +164,20 @@ impl Subscription {
         // The channel has room: this cannot fail before the stream starts.
         let _ = tx.send(v1::SubscribeRequest { kind: Some(v1::subscribe_request::Kind::Hello(hello)) }).await;
         let mut responses = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
-        tracing::info!(control_plane = %self.control_plane, "subscribed");
+        tracing::info!(control_plane = %self.connection.url, "subscribed");
         let mut first = true;
         while let Some(response) = responses.message().await? {
             if std::mem::take(&mut first) {
                 backoff.reset();
             }
-            let Some(v1::subscribe_response::Kind::Snapshot(snapshot)) = response.kind else {
-                continue; // budget state: handled by the spend issue
+            let snapshot = match response.kind {
+                Some(v1::subscribe_response::Kind::Snapshot(snapshot)) => snapshot,
+                Some(v1::subscribe_response::Kind::BudgetState(state)) => {
+                    let (served, none) = (current.load(), Default::default());
+                    self.budgets.apply_state(&state, served.as_ref().map_or(&none, |s| &s.config.budgets));
+                    continue;
+                }
+                None => continue,
             };
             let answer = self.apply(current, snapshot, response.nonce).await;
             if let Some(answer) = answer

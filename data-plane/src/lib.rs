@@ -11,6 +11,7 @@
 //! - [`http`]: the HTTP surface (health, readiness, metrics, the proxy's routes).
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`metering`]: token usage from answers and streams, `include_usage` injection and stripping, exact cost.
+//! - [`spend`]: spend events, their loss-free reporting (batches, spool, flush) and budget enforcement.
 
 pub mod client;
 pub mod http;
@@ -20,15 +21,19 @@ pub mod persist;
 pub mod proxy;
 pub mod settings;
 pub mod snapshot;
+pub mod spend;
 pub mod state;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::ServeArgs;
+use crate::spend::budgets::BudgetLedger;
+use crate::spend::reporter::{Reporter, ReporterSettings};
 use crate::state::Current;
 
 /// Load a snapshot file and swap it in.
@@ -50,7 +55,8 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
     run(args, listener, Arc::new(Current::default()), shutdown).await
 }
 
-/// Serve on `listener` with `current` (shared so tests and benchmarks can watch swaps).
+/// Serve on `listener` with `current` (shared so tests and benchmarks can watch swaps). On `shutdown`, requests in
+/// flight finish, then spend not yet acknowledged is flushed (or left spooled) before this returns.
 pub async fn run(
     args: ServeArgs,
     listener: TcpListener,
@@ -61,8 +67,13 @@ pub async fn run(
     let _ = rustls::crypto::ring::default_provider().install_default();
     metrics::install();
     let local = listener.local_addr()?;
-    if let Some(path) = &args.snapshot {
+    let node_id = args.node_id.clone().unwrap_or_else(|| default_node_id(local.port()));
+    let budgets = Arc::new(BudgetLedger::default());
+    // Background tasks stop with the listener; the reporter's flush comes after the last request.
+    let background = CancellationToken::new();
+    let connection = if let Some(path) = &args.snapshot {
         load_file(path, &current)?;
+        None
     } else {
         let persisted = args.state_dir.join(persist::FILE_NAME);
         if persisted.exists()
@@ -77,27 +88,55 @@ pub async fn run(
             _ => anyhow::bail!("GATEWAY_NODE_CERT and GATEWAY_NODE_KEY go together"),
         };
         let ca = args.control_plane_ca.as_deref().map(read).transpose()?;
-        let subscription = client::Subscription {
-            control_plane: args.control_plane.clone(),
+        let connection = client::ControlPlaneConnection {
+            url: args.control_plane.clone(),
             tls: client::ClientTls { ca, identity },
             node_token: args.node_token.clone(),
-            node_id: args.node_id.clone().unwrap_or_else(|| default_node_id(local.port())),
-            state_dir: args.state_dir.clone(),
         };
-        tokio::spawn(subscription.run(current.clone(), shutdown.clone()));
-    }
+        let subscription = client::Subscription {
+            connection: connection.clone(),
+            node_id: node_id.clone(),
+            state_dir: args.state_dir.clone(),
+            budgets: budgets.clone(),
+        };
+        tokio::spawn(subscription.run(current.clone(), background.clone()));
+        Some(connection)
+    };
+    let spend = &args.spend;
+    let settings = ReporterSettings {
+        node_id,
+        interval: Duration::from_millis(spend.spend_report_interval_ms.max(1)),
+        max_batch_events: spend.spend_batch_max_events as usize,
+        flush_timeout: Duration::from_millis(spend.spend_flush_timeout_ms),
+        spool_dir: args.state_dir.join("spend-spool"),
+        spool_max_bytes: spend.spend_spool_max_bytes,
+    };
+    let loaded = current.load();
+    let known_budgets = loaded.as_ref().map(|s| s.config.budgets.clone()).unwrap_or_default();
+    let reporter = Reporter::open(settings, budgets.clone(), connection, &known_budgets);
+    let reporting = reporter.spawn(background.clone());
     let proxy = Arc::new(proxy::Proxy {
         current,
         upstreams: proxy::upstream::Upstreams::default(),
         max_body_bytes: args.max_body_bytes,
-        max_retry_after: std::time::Duration::from_millis(args.max_retry_after_ms),
+        max_retry_after: Duration::from_millis(args.max_retry_after_ms),
+        reporter: reporter.clone(),
+        budgets,
+        reserve_output_tokens: spend.budget_reserve_output_tokens,
     });
     tracing::info!(addr = %local, "data plane listening");
     // Small SSE chunks must leave at once, not wait for Nagle.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, http::app(proxy)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    let served = axum::serve(listener, http::app(proxy)).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    tracing::info!("no request in flight; flushing spend");
+    background.cancel();
+    for task in reporting {
+        let _ = task.await;
+    }
+    reporter.close().await;
+    served?;
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! Metering, pure: token usage from upstream answers and streams, the `stream_options.include_usage` injection and
-//! the stripping of the usage chunk the client did not ask for, and exact cost. Not wired into the request path yet.
+//! the stripping of the usage chunk the client did not ask for, and exact cost. The request path uses it through
+//! [`crate::spend`].
 //!
 //! - Non-streamed answers: [`usage_from_body`] reads OpenAI's `usage`; `None` when it is missing or malformed, so the
-//!   caller estimates instead of recording zero.
+//!   caller estimates instead of recording zero ([`completion_estimate`] counts what the answer generated).
 //! - Streams: [`StreamMeter`] cuts the SSE bytes into events (however the upstream chunks them), records the last
 //!   `usage` it sees, and accumulates the generated text (content, refusals, reasoning, tool-call names and
 //!   arguments, legacy completions' `text`) so that a stream without usage (interrupted, or an upstream that ignores
@@ -90,6 +91,34 @@ struct Answer {
 pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
     let answer: Answer = serde_json::from_slice(body).ok()?;
     RawUsage::from_object(answer.usage?)?.into_usage(endpoint)
+}
+
+/// Completion tokens of a non-streamed answer that carries no usage, counted with the tokenizer over what it
+/// generated: message content, refusals, reasoning, tool-call names and arguments, legacy completions' `text`.
+/// Embeddings generate nothing. A body that is not JSON counts as nothing generated (never panics).
+pub fn completion_estimate(endpoint: Endpoint, body: &[u8]) -> u64 {
+    if endpoint == Endpoint::Embeddings {
+        return 0;
+    }
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else { return 0 };
+    let mut total = 0;
+    let mut count = |value: Option<&Value>| {
+        if let Some(text) = value.and_then(Value::as_str) {
+            total += tokens::count(text);
+        }
+    };
+    for choice in answer.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        count(choice.get("text"));
+        let Some(message) = choice.get("message") else { continue };
+        for field in ["content", "refusal", "reasoning_content"] {
+            count(message.get(field));
+        }
+        for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            count(call.pointer("/function/name"));
+            count(call.pointer("/function/arguments"));
+        }
+    }
+    total
 }
 
 /// For a streamed request, ask the upstream for usage: set `stream_options.include_usage = true`, keeping any other
@@ -181,6 +210,7 @@ pub struct StreamMeter {
     /// Generated text not counted yet, and the tokens of the text already counted.
     text: String,
     counted: u64,
+    saw_done: bool,
 }
 
 /// The event's `data` (its `data:` lines joined by `\n`), borrowed when it has a single line.
@@ -205,7 +235,19 @@ impl StreamMeter {
     /// `strip_usage_chunk`: the gateway injected `include_usage` (see [`inject_include_usage`]), so the usage-only
     /// event is metered but not forwarded.
     pub fn new(strip_usage_chunk: bool) -> StreamMeter {
-        StreamMeter { strip_usage_chunk, pending: Vec::new(), usage: None, text: String::new(), counted: 0 }
+        StreamMeter {
+            strip_usage_chunk,
+            pending: Vec::new(),
+            usage: None,
+            text: String::new(),
+            counted: 0,
+            saw_done: false,
+        }
+    }
+
+    /// Whether the terminating `data: [DONE]` event went by.
+    pub fn saw_done(&self) -> bool {
+        self.saw_done
     }
 
     /// Feed upstream bytes; returns what to forward now. Without stripping that is `chunk` itself (no copy); with
@@ -249,6 +291,10 @@ impl StreamMeter {
     /// Meter one complete event; whether it is the usage-only event (`usage` with no choices).
     fn observe(&mut self, raw: &[u8]) -> bool {
         let Some(data) = event_data(raw) else { return false };
+        if data.trim_ascii() == b"[DONE]" {
+            self.saw_done = true;
+            return false;
+        }
         // Only JSON objects can carry text or usage (`[DONE]`, comments and keep-alives are skipped unparsed).
         if data.trim_ascii_start().first() != Some(&b'{') {
             return false;
@@ -292,23 +338,26 @@ impl StreamMeter {
         }
     }
 
+    /// The usage so far, as [`StreamMeter::finish`] would say without an unterminated last event.
+    /// `prompt_estimate` is asked only when the upstream sent no usage.
+    pub fn usage_so_far(&self, prompt_estimate: impl FnOnce() -> u64) -> Usage {
+        self.usage.unwrap_or_else(|| Usage {
+            prompt_tokens: prompt_estimate(),
+            completion_tokens: self.counted.saturating_add(tokens::count(&self.text)),
+            estimated: true,
+            ..Usage::default()
+        })
+    }
+
     /// The stream's usage: the upstream's if it sent one, else `prompt_estimate` and the tokens of the text
     /// received, marked estimated. An unterminated last event is metered too (the upstream produced it); when
     /// stripping it was never forwarded, as SSE clients discard such an event anyway.
-    pub fn finish(mut self, prompt_estimate: u64) -> Usage {
+    pub fn finish(mut self, prompt_estimate: impl FnOnce() -> u64) -> Usage {
         let tail = std::mem::take(&mut self.pending);
         if !tail.is_empty() {
             self.observe(&tail);
         }
-        if let Some(usage) = self.usage {
-            return usage;
-        }
-        Usage {
-            prompt_tokens: prompt_estimate,
-            completion_tokens: self.counted.saturating_add(tokens::count(&self.text)),
-            estimated: true,
-            ..Usage::default()
-        }
+        self.usage_so_far(prompt_estimate)
     }
 }
 
@@ -504,7 +553,7 @@ mod tests {
         for w in points.windows(2) {
             out.extend_from_slice(&meter.feed(Bytes::copy_from_slice(&input[w[0]..w[1]])));
         }
-        (out, meter.finish(prompt_estimate))
+        (out, meter.finish(|| prompt_estimate))
     }
 
     #[test]
@@ -570,7 +619,7 @@ mod tests {
             meter.feed(Bytes::from_static(word.as_bytes()));
         }
         assert!(meter.text.len() < TEXT_FLUSH_BYTES);
-        let usage = meter.finish(0);
+        let usage = meter.finish(|| 0);
         let exact = tokens::count(&"lorem ipsum ".repeat(20_000));
         assert!(usage.completion_tokens.abs_diff(exact) <= 5, "{} vs {exact}", usage.completion_tokens);
     }

@@ -60,7 +60,39 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,
 
-    /// Where the last good snapshot is persisted, so a restart serves even while the control plane is away.
+    /// Where the last good snapshot is persisted, so a restart serves even while the control plane is away; spend
+    /// batches not yet acknowledged are spooled in its `spend-spool/`.
     #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".local/data-plane")]
     pub state_dir: PathBuf,
+
+    #[command(flatten)]
+    pub spend: SpendArgs,
+}
+
+/// How spend is reported and budgets are enforced.
+#[derive(Debug, Clone, Args)]
+pub struct SpendArgs {
+    /// How often spend events are batched, spooled and sent to the control plane. Other data planes see this
+    /// one's spend after at most about this interval plus the control plane's budget-state interval.
+    #[arg(long, env = "GATEWAY_SPEND_REPORT_INTERVAL_MS", default_value_t = 200)]
+    pub spend_report_interval_ms: u64,
+
+    /// Most events per batch (a full batch is sent without waiting for the interval).
+    #[arg(long, env = "GATEWAY_SPEND_BATCH_MAX_EVENTS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub spend_batch_max_events: u64,
+
+    /// Largest spool of unacknowledged batches, in bytes; when full, new requests are refused (503) until the
+    /// control plane acknowledges spend again.
+    #[arg(long, env = "GATEWAY_SPEND_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spend_spool_max_bytes: u64,
+
+    /// On shutdown, how long to keep sending spooled spend before leaving it for the next start.
+    #[arg(long, env = "GATEWAY_SPEND_FLUSH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub spend_flush_timeout_ms: u64,
+
+    /// Output tokens reserved against budgets for a request without `max_tokens` (within the model's context
+    /// window); the actual cost replaces the reservation when the request ends.
+    #[arg(long, env = "GATEWAY_BUDGET_RESERVE_OUTPUT_TOKENS", default_value_t = 1_024)]
+    pub budget_reserve_output_tokens: u64,
 }

@@ -98,6 +98,12 @@ pub fn backend(spec: &mut BackendSpec, urls: &BaseUrlPolicy) -> Result<(), Vec<S
     errors.finish()
 }
 
+/// Most decimal places of a price (USD per million tokens).
+pub const MAX_PRICE_SCALE: u32 = 12;
+/// Highest price accepted (USD per million tokens): far above any real model, low enough that no request's cost
+/// can leave the ledger's range.
+pub const MAX_PRICE_USD: u32 = 1_000_000;
+
 pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
     let mut errors = Errors::default();
     errors.name("name", &spec.name);
@@ -109,8 +115,17 @@ pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
     for (field, price) in
         [("pricing.input", Some(p.input)), ("pricing.output", Some(p.output)), ("pricing.cached_input", p.cached_input)]
     {
-        if price.is_some_and(|price| price < Decimal::ZERO) {
+        let Some(price) = price else { continue };
+        if price < Decimal::ZERO {
             errors.push(field, "prices must not be negative");
+        }
+        // A cost is tokens x price / 1e6: prices of at most 12 places keep every cost exact within the ledger's 18.
+        if price.normalize().scale() > MAX_PRICE_SCALE {
+            errors
+                .push(field, format!("prices carry at most {MAX_PRICE_SCALE} decimal places (USD per million tokens)"));
+        }
+        if price > Decimal::from(MAX_PRICE_USD) {
+            errors.push(field, format!("prices above {MAX_PRICE_USD} USD per million tokens are not plausible"));
         }
     }
     let c = spec.capabilities;

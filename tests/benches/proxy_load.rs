@@ -15,7 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use data_plane::settings::ServeArgs;
+use clap::Parser;
+use data_plane::settings::{Cli, Command};
 use data_plane::state::Current;
 use gateway_proto::convert;
 use gateway_proto::v1;
@@ -50,19 +51,16 @@ fn main() {
     dp_listener.set_nonblocking(true).unwrap();
     let shutdown = CancellationToken::new();
     let dp_shutdown = shutdown.clone();
-    let args = ServeArgs {
-        listen_addr: dp_addr,
-        control_plane: "http://127.0.0.1:9".into(),
-        node_token: None,
-        control_plane_ca: None,
-        node_cert: None,
-        node_key: None,
-        node_id: None,
-        max_body_bytes: 1 << 20,
-        max_retry_after_ms: 0,
-        snapshot: Some(snapshot_file),
-        state_dir: snapshot_dir.clone(),
-    };
+    // Parsed like the command line, so every other setting keeps its default.
+    let Command::Serve(args) = Cli::parse_from([
+        "data-plane".to_owned(),
+        "serve".to_owned(),
+        format!("--listen-addr={dp_addr}"),
+        "--max-retry-after-ms=0".to_owned(),
+        format!("--snapshot={}", snapshot_file.display()),
+        format!("--state-dir={}", snapshot_dir.display()),
+    ])
+    .command;
     let dp_thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {

@@ -14,7 +14,7 @@ use control_plane::distribution::publisher;
 use control_plane::settings::{DatabaseArgs, ServeArgs};
 use control_plane::store::Store;
 use control_plane::store::resources::WriteContext;
-use data_plane::client::Subscription;
+use data_plane::client::{ControlPlaneConnection, Subscription};
 use data_plane::state::Current;
 use policy_engine::config::BackendSpec;
 use prost::Message;
@@ -191,7 +191,7 @@ impl Fixture {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", grpc.local_addr().unwrap());
         let args = ServeArgs {
-            database: DatabaseArgs { database_url: self.url.clone() },
+            database: DatabaseArgs { database_url: self.url.clone(), db_acquire_timeout_ms: 5_000 },
             admin_addr: admin.local_addr().unwrap(),
             grpc_addr: grpc.local_addr().unwrap(),
             node_token: Some(TOKEN.to_owned()),
@@ -253,11 +253,14 @@ async fn subscribe(cp: &ControlPlaneHandle, n: usize, prefix: &str) -> (Vec<Arc<
     for i in 0..n {
         let current = Arc::new(Current::default());
         let subscription = Subscription {
-            control_plane: cp.url.clone(),
-            tls: Default::default(),
-            node_token: Some(TOKEN.to_owned()),
+            connection: ControlPlaneConnection {
+                url: cp.url.clone(),
+                tls: Default::default(),
+                node_token: Some(TOKEN.to_owned()),
+            },
             node_id: format!("{prefix}-{i}"),
             state_dir: std::env::temp_dir().join(format!("gateway-bench-{prefix}-{i}-{}", std::process::id())),
+            budgets: Default::default(),
         };
         tokio::spawn(subscription.run(current.clone(), shutdown.clone()));
         currents.push(current);

@@ -68,8 +68,26 @@ fn log_path(test: &str, name: &str) -> PathBuf {
     dir.join(format!("{name}.log"))
 }
 
+/// A process's log: truncated at the first start of that name in this test process, appended to by restarts.
 fn log_file(path: &Path) -> std::fs::File {
-    std::fs::File::create(path).unwrap()
+    static OPENED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut opened = OPENED.lock().unwrap();
+    let first = !opened.iter().any(|p| p == path);
+    if first {
+        opened.push(path.to_owned());
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .truncate(false)
+        .open(path)
+        .and_then(|file| {
+            if first {
+                file.set_len(0)?;
+            }
+            Ok(file)
+        })
+        .unwrap()
 }
 
 /// The last lines of a process's log, for failure messages.
@@ -367,15 +385,25 @@ impl DataPlane {
         self.child.kill().await.unwrap();
     }
 
-    /// SIGTERM, then wait for the process to exit (a graceful shutdown); its exit status.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    /// Send SIGTERM (a graceful shutdown begins); see [`DataPlane::wait_exit`].
+    pub async fn sigterm(&self) {
         let pid = self.child.id().expect("the data plane is running");
         let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Wait for the process to exit; its exit status.
+    pub async fn wait_exit(mut self) -> std::process::ExitStatus {
         match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
             Ok(status) => status.unwrap(),
-            Err(_) => panic!("the data plane did not exit within 60s of SIGTERM\n{}", log_tail(&self.log)),
+            Err(_) => panic!("the data plane did not exit within 60s\n{}", log_tail(&self.log)),
         }
+    }
+
+    /// SIGTERM, then wait for the graceful shutdown to end; the exit status.
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.sigterm().await;
+        self.wait_exit().await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -450,6 +478,13 @@ impl MockUpstream {
         assert!(response.status().is_success(), "mock script refused: {}", response.text().await.unwrap_or_default());
     }
 
+    /// What every request gets when the script is empty.
+    pub async fn set_default(&self, behaviour: Value) {
+        let response =
+            self.http.post(format!("http://{}/__mock/default", self.addr)).json(&behaviour).send().await.unwrap();
+        assert!(response.status().is_success(), "mock default refused: {}", response.text().await.unwrap_or_default());
+    }
+
     pub async fn requests(&self) -> Vec<Value> {
         let reply = self.http.get(format!("http://{}/__mock/requests", self.addr)).send().await.unwrap();
         reply.json::<Value>().await.unwrap().as_array().cloned().unwrap_or_default()
@@ -457,5 +492,115 @@ impl MockUpstream {
 
     pub async fn stats(&self) -> Value {
         self.http.get(format!("http://{}/__mock/stats", self.addr)).send().await.unwrap().json().await.unwrap()
+    }
+}
+
+/// A Postgres server of the test's own, from the machine's PostgreSQL binaries, for tests that restart the
+/// database under the gateway. Stopped and deleted on drop. Without the binaries the test fails, saying so.
+pub struct PostgresCluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+    /// Postgres refuses to run as root: the cluster then belongs to this user.
+    owner: Option<String>,
+}
+
+/// The directory holding `initdb` and `pg_ctl`: on `PATH`, else the newest under `/usr/lib/postgresql/*/bin`.
+fn postgres_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists());
+    let mut installed: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| dirs.filter_map(|d| d.ok()).map(|d| d.path().join("bin")).collect())
+        .unwrap_or_default();
+    installed.retain(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists());
+    installed.sort_by_key(|dir| {
+        dir.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
+    });
+    on_path.or_else(|| installed.pop()).unwrap_or_else(|| {
+        panic!(
+            "this test restarts a Postgres server of its own and needs the PostgreSQL server binaries (initdb, \
+             pg_ctl) on PATH or under /usr/lib/postgresql/*/bin: apt-get install postgresql (or brew install \
+             postgresql@16)"
+        )
+    })
+}
+
+impl PostgresCluster {
+    pub fn start(test: &str) -> PostgresCluster {
+        let bin = postgres_bin();
+        let dir = std::env::temp_dir().join(format!("gateway-e2e-pg-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let is_root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let owner = is_root.then(|| "postgres".to_owned());
+        if let Some(owner) = &owner {
+            let chown = std::process::Command::new("chown").args(["-R", owner]).arg(&dir).status().unwrap();
+            assert!(chown.success(), "chown {} to {owner} (the cluster cannot belong to root)", dir.display());
+        }
+        let cluster = PostgresCluster { dir, bin, port: free_port(), owner };
+        let data = cluster.dir.join("data");
+        cluster.run(
+            "initdb",
+            &["-D", &data.display().to_string(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+        );
+        cluster.start_server();
+        cluster
+    }
+
+    /// `tool` of the Postgres binaries, run as the cluster's owner.
+    fn command(&self, tool: &str) -> std::process::Command {
+        let tool = self.bin.join(tool);
+        match &self.owner {
+            Some(owner) => {
+                let mut command = std::process::Command::new("runuser");
+                command.args(["-u", owner, "--"]).arg(&tool);
+                command
+            }
+            None => std::process::Command::new(&tool),
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self.command(tool).args(args).output().unwrap_or_else(|e| panic!("running {tool}: {e}"));
+        assert!(
+            output.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Start the server (again) on its port, and wait until it accepts connections.
+    pub fn start_server(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.display()
+        );
+        let data = self.dir.join("data").display().to_string();
+        let log = self.dir.join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &options, "start"]);
+    }
+
+    /// Stop the server (fast shutdown: connections are cut, as in a real restart).
+    pub fn stop_server(&self) {
+        let data = self.dir.join("data").display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+    }
+
+    /// The URL of database `name` on this server (the database is created by whoever connects first).
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let _ = self.command("pg_ctl").args(["-D", &data, "-m", "immediate", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

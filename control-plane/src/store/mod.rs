@@ -67,13 +67,15 @@ impl Store {
         Store { pool, cache: Arc::default() }
     }
 
-    /// Connect, creating the database if it does not exist yet (local defaults just work).
-    pub async fn connect(database_url: &str) -> Result<Store, sqlx::Error> {
+    /// Connect, creating the database if it does not exist yet (local defaults just work). A query waits at most
+    /// `acquire_timeout` for a connection, so an unreachable database fails requests fast instead of hanging them.
+    pub async fn connect(database_url: &str, acquire_timeout: std::time::Duration) -> Result<Store, sqlx::Error> {
         use sqlx::migrate::MigrateDatabase;
         if !Postgres::database_exists(database_url).await? {
             Postgres::create_database(database_url).await?;
         }
-        let pool = PgPoolOptions::new().max_connections(16).connect(database_url).await?;
+        let pool =
+            PgPoolOptions::new().max_connections(16).acquire_timeout(acquire_timeout).connect(database_url).await?;
         Ok(Store::new(pool))
     }
 

@@ -34,7 +34,7 @@ async fn start(app: &TestApp) -> Running {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", grpc.local_addr().unwrap());
     let args = ServeArgs {
-        database: DatabaseArgs { database_url: String::new() },
+        database: DatabaseArgs { database_url: String::new(), db_acquire_timeout_ms: 5_000 },
         admin_addr: admin.local_addr().unwrap(),
         grpc_addr: grpc.local_addr().unwrap(),
         node_token: Some(NODE_TOKEN.to_owned()),

@@ -3,7 +3,10 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use policy_engine::config::BudgetPeriod;
 use serde_json::json;
+
+use crate::spend::budgets::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -39,6 +42,39 @@ pub enum GatewayError {
     ToolNotAllowed { policy: String, tools: Vec<String> },
     #[error("{}", invalid_tool_call_message(violations))]
     InvalidToolCall { violations: Vec<ToolViolation> },
+    #[error("{}", budget_exceeded_message(.0))]
+    BudgetExceeded(Refusal),
+    #[error(
+        "the gateway cannot record spend right now (its spend spool is full: the control plane has not acknowledged \
+         spend for a while); try again later"
+    )]
+    SpendSpoolFull,
+}
+
+impl From<Refusal> for GatewayError {
+    fn from(refusal: Refusal) -> GatewayError {
+        GatewayError::BudgetExceeded(refusal)
+    }
+}
+
+fn budget_exceeded_message(refusal: &Refusal) -> String {
+    let period = match refusal.period {
+        BudgetPeriod::Day => "day",
+        BudgetPeriod::Week => "week",
+        BudgetPeriod::Month => "month",
+        BudgetPeriod::Total => "in total",
+    };
+    let per = if refusal.period == BudgetPeriod::Total { period.to_owned() } else { format!("per {period}") };
+    let resets = match refusal.resets_at {
+        Some(at) => format!("; it resets at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        None => String::new(),
+    };
+    format!(
+        "budget '{}' ({} USD {per}) does not allow this request: {} USD spent or reserved{resets}",
+        refusal.budget,
+        refusal.limit.normalize(),
+        refusal.spent.normalize()
+    )
 }
 
 /// One violation in an `invalid_tool_call` error: which call, which tool, where in its arguments, what.
@@ -79,8 +115,10 @@ impl GatewayError {
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::NoEligibleCandidate(_) => StatusCode::FORBIDDEN,
             GatewayError::ModelNotFound { .. } | GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            GatewayError::NotReady | GatewayError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::NotReady | GatewayError::UpstreamUnavailable(_) | GatewayError::SpendSpoolFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::UpstreamRateLimited { .. } | GatewayError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -105,6 +143,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
             GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
+            GatewayError::BudgetExceeded(_) => "budget_exceeded",
+            GatewayError::SpendSpoolFull => "spend_spool_full",
         }
     }
 
@@ -136,8 +176,10 @@ impl GatewayError {
 
     fn body(&self) -> serde_json::Value {
         let mut body = json!({"error": {"message": self.to_string(), "type": self.error_type(), "param": self.param(), "code": self.code()}});
-        if let GatewayError::InvalidToolCall { violations } = self {
-            body["error"]["violations"] = json!(violations);
+        match self {
+            GatewayError::InvalidToolCall { violations } => body["error"]["violations"] = json!(violations),
+            GatewayError::BudgetExceeded(refusal) => body["error"]["budget"] = json!(refusal.budget),
+            _ => {}
         }
         body
     }
@@ -150,10 +192,22 @@ impl IntoResponse for GatewayError {
             tracing::warn!(code = self.code(), "{self}");
         }
         let mut response = (status, Json(self.body())).into_response();
-        if let GatewayError::UpstreamRateLimited { retry_after: Some(seconds), .. } = &self
+        let retry_after = match &self {
+            GatewayError::UpstreamRateLimited { retry_after, .. } => *retry_after,
+            // Retrying before the period resets cannot succeed.
+            GatewayError::BudgetExceeded(refusal) => {
+                refusal.resets_at.map(|at| (at - chrono::Utc::now()).num_seconds().max(1) as u64)
+            }
+            _ => None,
+        };
+        if let Some(seconds) = retry_after
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
         {
             response.headers_mut().insert("retry-after", value);
+        }
+        // The OpenAI SDKs honour this: retrying an exhausted budget within seconds is pointless.
+        if matches!(self, GatewayError::BudgetExceeded(_)) {
+            response.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response
     }

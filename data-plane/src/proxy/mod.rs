@@ -7,10 +7,15 @@
 //! 4. the key's allowed aliases, then routing (policies, constraints, alias resolution, strategy order);
 //! 5. tool governance, only when the request declares tools: the tool policy (after routing, so a route policy's
 //!    deny wins), registered schemas put in place of the caller's;
-//! 6. the attempts, in order, failing over on connection errors, timeouts, 5xx and 429; never after the first byte
-//!    of a response reached the client;
-//! 7. tool calls in the answer validated (non-streamed: whole; streamed: per call), retried while the policy allows
-//!    and nothing reached the client.
+//! 6. spend admission: a full spend spool refuses (503), then budgets (429, naming the budget), with the request's
+//!    estimated cost reserved; after routing because model budgets drop candidates and prices come from them;
+//! 7. the spend event is opened (every request that reaches an upstream leaves exactly one), and streams ask the
+//!    upstream for usage (`stream_options.include_usage`, stripped again unless the client asked for it);
+//! 8. the attempts, in order, failing over on connection errors, timeouts, 5xx and 429; never after the first byte
+//!    of a response reached the client; every answer is metered as it is read or streamed;
+//! 9. tool calls in the answer validated (non-streamed: whole; streamed: per call), retried while the policy allows
+//!    and nothing reached the client;
+//! 10. the cost header (non-streamed) and budget warnings on the response.
 
 pub mod auth;
 pub mod error;
@@ -21,7 +26,7 @@ pub mod tools;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -33,12 +38,18 @@ use policy_engine::config::Strategy;
 use policy_engine::routing::{Decision, KeyFacts, PlannedCandidate, weighted_order};
 use policy_engine::tool_policy::InvalidCallAction;
 use rand::RngExt;
+use rust_decimal::Decimal;
 use serde_json::json;
 
 use self::error::GatewayError;
 use self::request::{Endpoint, ParsedRequest};
 use self::upstream::{AttemptError, Upstreams};
+use crate::metering::{self, StreamMeter, Usage};
 use crate::snapshot::CompiledSnapshot;
+use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope};
+use crate::spend::record::{RequestSpend, SpendContext, SpendHandle};
+use crate::spend::reporter::Reporter;
+use crate::spend::stream::MeteredStream;
 use crate::state::Current;
 
 /// What the proxy shares across requests.
@@ -48,6 +59,12 @@ pub struct Proxy {
     pub max_body_bytes: usize,
     /// The longest `Retry-After` the gateway waits out before retrying the same candidate; longer ones fail over.
     pub max_retry_after: Duration,
+    /// Where every request's spend event goes.
+    pub reporter: Arc<Reporter>,
+    /// Budget state and reservations.
+    pub budgets: Arc<BudgetLedger>,
+    /// Output tokens reserved against budgets for a request that sets no `max_tokens`.
+    pub reserve_output_tokens: u64,
 }
 
 pub fn routes(proxy: Arc<Proxy>) -> Router {
@@ -103,9 +120,11 @@ async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response 
 }
 
 async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -> Result<Response, GatewayError> {
+    let arrived = Instant::now();
+    let occurred_at = chrono::Utc::now();
     let snapshot = snapshot(proxy)?;
     let (parts, body) = request.into_parts();
-    let key = auth::authenticate(&parts.headers, &snapshot, now_unix())?;
+    let key = auth::authenticate(&parts.headers, &snapshot, occurred_at.timestamp())?;
     let bytes = axum::body::to_bytes(body, proxy.max_body_bytes).await.map_err(|error| {
         let too_large = std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
         if too_large {
@@ -125,7 +144,7 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
         team: (!key.team.is_empty()).then(|| key.team.clone()),
         tags: key.tags.clone(),
     };
-    let decision = snapshot.router.route(&facts, &key_facts, chrono::Utc::now(), None);
+    let decision = snapshot.router.route(&facts, &key_facts, occurred_at, None);
     let (policy, mut candidates, strategy) = match decision {
         Decision::Route { policy, candidates, strategy, .. } => (policy, candidates, strategy),
         Decision::Deny { policy, message } => return Err(GatewayError::PolicyDenied { policy, message }),
@@ -142,41 +161,143 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
     if strategy == Strategy::Weighted {
         weighted_order(&mut candidates, rand::rng().random::<f64>());
     }
-    let Some(governance) = governance else {
-        return forward(proxy, &snapshot, &parsed, &candidates, 0, policy.as_deref(), id, None).await.map(|served| {
-            match served {
-                Served::Response(response) => response,
-                Served::InvalidToolCalls => GatewayError::InvalidToolCall { violations: Vec::new() }.into_response(),
-            }
-        });
+    // Spend must be recordable, and within every budget, before anything is sent upstream.
+    if proxy.reporter.is_full() {
+        return Err(GatewayError::SpendSpoolFull);
+    }
+    let (admission, prompt_estimate) = admit(proxy, &snapshot, &parsed, key, &mut candidates, occurred_at)?;
+    let strip_usage =
+        parsed.stream && parsed.endpoint != Endpoint::Embeddings && metering::inject_include_usage(&mut parsed.body);
+    let parsed = Arc::new(parsed);
+    let context = SpendContext {
+        key,
+        policy: policy.as_deref(),
+        request_id: id,
+        metadata: &facts.metadata,
+        snapshot: snapshot.clone(),
+        request: parsed.clone(),
+        reservation: admission.reservation,
+        prompt_estimate,
+        arrived,
+        occurred_at,
     };
-    // Invalid answers are re-asked: first of the candidate that produced them, then of the following ones.
-    let mut report = tools::ToolReport::new(id, &governance);
-    let mut retries_left =
-        if governance.decision.action == InvalidCallAction::Retry { governance.decision.max_retries } else { 0 };
-    let mut start = 0;
-    let mut retried = 0;
-    loop {
-        let check = ToolCheck { governance: &governance, can_retry: retries_left > 0, report: &mut report };
-        let served = forward(proxy, &snapshot, &parsed, &candidates, start, policy.as_deref(), id, Some(check)).await;
-        match served {
-            Ok(Served::Response(response)) => return Ok(response),
-            Ok(Served::InvalidToolCalls) => {
-                retries_left -= 1;
-                retried += 1;
-                let last = report.last_candidate.unwrap_or(start);
-                start = if retried == 1 { last } else { (last + 1) % candidates.len().max(1) };
-                tracing::info!(request_id = id, retry = retried, "invalid tool calls: asking again");
-            }
-            Err(error) => {
-                if matches!(error, GatewayError::InvalidToolCall { .. }) {
-                    report.delivered = false;
-                }
-                tools::finish(report);
-                return Err(error);
-            }
+    let spend = RequestSpend::start(context, proxy.reporter.clone());
+    let pass = Pass {
+        proxy,
+        snapshot: &snapshot,
+        parsed: &parsed,
+        candidates: &candidates,
+        policy: policy.as_deref(),
+        id,
+        spend: &spend,
+        strip_usage,
+    };
+    let served = match governance {
+        None => pass.forward(0, None).await.map(|served| match served {
+            Served::Response(response) => response,
+            Served::InvalidToolCalls => GatewayError::InvalidToolCall { violations: Vec::new() }.into_response(),
+        }),
+        Some(governance) => pass.governed(&governance).await,
+    };
+    let mut response = match served {
+        Ok(response) => response,
+        Err(error) => {
+            let outcome =
+                if matches!(error, GatewayError::InvalidToolCall { .. }) { "rejected" } else { "upstream_error" };
+            spend.finish(error.status().as_u16(), outcome);
+            return Err(error);
+        }
+    };
+    let headers = response.headers_mut();
+    if !spend.is_streaming()
+        && let Some((cost, estimated)) = spend.cost()
+        && let Ok(value) = HeaderValue::from_str(&cost.to_string())
+    {
+        headers.insert(COST_HEADER, value);
+        if estimated {
+            headers.insert(USAGE_ESTIMATED_HEADER, HeaderValue::from_static("true"));
         }
     }
+    if !admission.warnings.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&admission.warnings.join("; "))
+    {
+        headers.insert(BUDGET_WARNING_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The response header with a non-streamed request's cost in USD (streams carry it in a closing SSE comment).
+pub const COST_HEADER: &str = "x-gateway-cost-usd";
+/// Set (to `true`) when the cost comes from the gateway's tokenizer because the upstream reported no usage.
+pub const USAGE_ESTIMATED_HEADER: &str = "x-gateway-usage-estimated";
+/// Alert budgets over their limit and budgets past their soft threshold, `name: reason; ...`.
+pub const BUDGET_WARNING_HEADER: &str = "x-gateway-budget-warning";
+
+/// Admit the request under its budgets (reserving its estimated cost) and drop candidates whose model budget is
+/// exhausted; with the prompt estimate, when budgets needed it. Requests with no budget in force skip this.
+fn admit(
+    proxy: &Proxy,
+    snapshot: &CompiledSnapshot,
+    parsed: &ParsedRequest,
+    key: &gateway_proto::v1::ApiKey,
+    candidates: &mut Vec<PlannedCandidate>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Admission, Option<u64>), GatewayError> {
+    let budgets = &snapshot.config.budgets;
+    if budgets.is_empty() {
+        return Ok((Admission::unlimited(), None));
+    }
+    let prompt = parsed.prompt_tokens();
+    let estimate = reservation_estimate(snapshot, parsed, candidates, prompt, proxy.reserve_output_tokens);
+    let admission = {
+        let models: Vec<&str> = candidates.iter().map(|c| c.model.as_str()).collect();
+        let scope = Scope { key_name: &key.name, team: &key.team, alias: &parsed.model, model: "" };
+        let request = AdmissionRequest { scope, candidate_models: &models, estimate, now };
+        proxy.budgets.admit(budgets, &request).map_err(GatewayError::from)?
+    };
+    for &position in admission.excluded.iter().rev() {
+        candidates.remove(position);
+    }
+    Ok((admission, Some(prompt)))
+}
+
+/// The most the request may cost as far as the gateway can tell before it runs: the estimated prompt and the most
+/// output it may generate (`max_tokens`, else `default_output`, within the context window) at the highest prices
+/// among its candidates.
+fn reservation_estimate(
+    snapshot: &CompiledSnapshot,
+    parsed: &ParsedRequest,
+    candidates: &[PlannedCandidate],
+    prompt: u64,
+    default_output: u64,
+) -> Decimal {
+    let output = match parsed.endpoint {
+        Endpoint::Embeddings => 0,
+        Endpoint::ChatCompletions | Endpoint::Completions => parsed.max_output_tokens().unwrap_or(default_output),
+    };
+    let priced = candidates.iter().filter_map(|c| snapshot.config.models.get(&c.model)).filter_map(|model| {
+        let window = model.capabilities.context_window.map_or(u64::MAX, u64::from);
+        let usage = Usage {
+            prompt_tokens: prompt,
+            completion_tokens: output.min(window.saturating_sub(prompt)),
+            ..Usage::default()
+        };
+        metering::cost(&usage, &model.pricing).ok()
+    });
+    priced.max().unwrap_or_default()
+}
+
+/// One request's forwarding, shared by its attempts (and by the retries of invalid tool calls).
+struct Pass<'a> {
+    proxy: &'a Proxy,
+    snapshot: &'a CompiledSnapshot,
+    parsed: &'a ParsedRequest,
+    candidates: &'a [PlannedCandidate],
+    policy: Option<&'a str>,
+    id: &'a str,
+    spend: &'a SpendHandle,
+    /// The gateway injected `stream_options.include_usage`: the usage chunk is metered, not forwarded.
+    strip_usage: bool,
 }
 
 /// Tool validation for one forwarding pass.
@@ -193,74 +314,238 @@ enum Served {
     InvalidToolCalls,
 }
 
-/// Try the candidates in order from `start` (wrapping around); answer with the first usable response.
-#[expect(clippy::too_many_arguments, reason = "the request's parts, each borrowed; a struct would only rename them")]
-async fn forward(
-    proxy: &Proxy,
-    snapshot: &CompiledSnapshot,
-    parsed: &ParsedRequest,
-    candidates: &[PlannedCandidate],
-    start: usize,
-    policy: Option<&str>,
-    id: &str,
-    mut tools: Option<ToolCheck<'_>>,
-) -> Result<Served, GatewayError> {
-    let mut failures: Vec<(String, AttemptError)> = Vec::new();
-    let order = (0..candidates.len()).map(|i| (start + i) % candidates.len());
-    for (position, candidate) in order.map(|i| (i, &candidates[i])) {
-        let Some(backend) = snapshot.config.backends.get(&candidate.backend) else { continue };
-        let mut attempt =
-            proxy.upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, id).await;
-        // A short Retry-After is waited out once on the same candidate; a long one moves on.
-        if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
-            && *wait <= proxy.max_retry_after
-        {
-            tokio::time::sleep(*wait).await;
-            attempt = proxy.upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, id).await;
-        }
-        match attempt {
-            Ok(response) => {
-                let total = Duration::from_millis(backend.timeouts.total_ms);
-                if let Some(tools) = tools.as_mut() {
-                    tools.report.last_candidate = Some(position);
+impl Pass<'_> {
+    /// A request that declares tools: invalid answers are re-asked while the policy allows, first of the candidate
+    /// that produced them, then of the following ones.
+    async fn governed(&self, governance: &tools::ToolGovernance) -> Result<Response, GatewayError> {
+        let mut report = tools::ToolReport::new(self.id, governance);
+        let mut retries_left =
+            if governance.decision.action == InvalidCallAction::Retry { governance.decision.max_retries } else { 0 };
+        let mut start = 0;
+        let mut retried = 0;
+        loop {
+            let check = ToolCheck { governance, can_retry: retries_left > 0, report: &mut report };
+            match self.forward(start, Some(check)).await {
+                Ok(Served::Response(response)) => return Ok(response),
+                Ok(Served::InvalidToolCalls) => {
+                    retries_left -= 1;
+                    retried += 1;
+                    let last = report.last_candidate.unwrap_or(start);
+                    start = if retried == 1 { last } else { (last + 1) % self.candidates.len().max(1) };
+                    tracing::info!(request_id = self.id, retry = retried, "invalid tool calls: asking again");
                 }
-                let mut reply = match respond(response, parsed.stream, total, tools, candidate).await? {
-                    Served::Response(reply) => reply,
-                    Served::InvalidToolCalls => return Ok(Served::InvalidToolCalls),
-                };
-                let headers = reply.headers_mut();
-                for (name, value) in [
-                    ("x-gateway-backend", candidate.backend.as_str()),
-                    ("x-gateway-model", candidate.model.as_str()),
-                    ("x-gateway-policy", policy.unwrap_or("-")),
-                    ("x-gateway-snapshot-version", &snapshot.version.to_string()),
-                ] {
-                    if let Ok(value) = HeaderValue::from_str(value) {
-                        headers.insert(name, value);
+                Err(error) => {
+                    if matches!(error, GatewayError::InvalidToolCall { .. }) {
+                        report.delivered = false;
                     }
+                    tools::finish(report);
+                    return Err(error);
                 }
-                if !failures.is_empty() {
-                    tracing::info!(served_by = %candidate.model, failed = failures.len(), "served after failover");
-                }
-                return Ok(Served::Response(reply));
-            }
-            // The caller's own mistake: the next candidate would refuse it too.
-            Err(AttemptError::Status { status, body, .. }) if (400..500).contains(&status) && status != 429 => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-                let mut reply = (status, body).into_response();
-                reply.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-                if let Some(tools) = tools {
-                    tools::finish(tools.report.clone());
-                }
-                return Ok(Served::Response(reply));
-            }
-            Err(error) => {
-                tracing::warn!(model = %candidate.model, backend = %candidate.backend, error = %error.describe(), "candidate failed");
-                failures.push((candidate.model.clone(), error));
             }
         }
     }
-    Err(all_failed(&failures))
+
+    /// Try the candidates in order from `start` (wrapping around); answer with the first usable response.
+    async fn forward(&self, start: usize, mut tools: Option<ToolCheck<'_>>) -> Result<Served, GatewayError> {
+        let (proxy, parsed, candidates) = (self.proxy, self.parsed, self.candidates);
+        let mut failures: Vec<(String, AttemptError)> = Vec::new();
+        let order = (0..candidates.len()).map(|i| (start + i) % candidates.len());
+        for (position, candidate) in order.map(|i| (i, &candidates[i])) {
+            let Some(backend) = self.snapshot.config.backends.get(&candidate.backend) else { continue };
+            self.spend.attempt(candidate);
+            let mut attempt =
+                proxy.upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, self.id).await;
+            // A short Retry-After is waited out once on the same candidate; a long one moves on.
+            if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
+                && *wait <= proxy.max_retry_after
+            {
+                tokio::time::sleep(*wait).await;
+                self.spend.attempt(candidate);
+                attempt = proxy
+                    .upstreams
+                    .send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, self.id)
+                    .await;
+            }
+            match attempt {
+                Ok(response) => {
+                    let total = Duration::from_millis(backend.timeouts.total_ms);
+                    if let Some(tools) = tools.as_mut() {
+                        tools.report.last_candidate = Some(position);
+                    }
+                    let mut reply = match self.respond(response, total, tools, candidate).await? {
+                        Served::Response(reply) => reply,
+                        Served::InvalidToolCalls => return Ok(Served::InvalidToolCalls),
+                    };
+                    let headers = reply.headers_mut();
+                    for (name, value) in [
+                        ("x-gateway-backend", candidate.backend.as_str()),
+                        ("x-gateway-model", candidate.model.as_str()),
+                        ("x-gateway-policy", self.policy.unwrap_or("-")),
+                        ("x-gateway-snapshot-version", &self.snapshot.version.to_string()),
+                    ] {
+                        if let Ok(value) = HeaderValue::from_str(value) {
+                            headers.insert(name, value);
+                        }
+                    }
+                    if !failures.is_empty() {
+                        tracing::info!(served_by = %candidate.model, failed = failures.len(), "served after failover");
+                    }
+                    return Ok(Served::Response(reply));
+                }
+                // The caller's own mistake: the next candidate would refuse it too.
+                Err(AttemptError::Status { status, body, .. }) if (400..500).contains(&status) && status != 429 => {
+                    self.spend.finish(status, "upstream_error");
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                    let mut reply = (status, body).into_response();
+                    reply.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+                    if let Some(tools) = tools {
+                        tools::finish(tools.report.clone());
+                    }
+                    return Ok(Served::Response(reply));
+                }
+                Err(error) => {
+                    tracing::warn!(model = %candidate.model, backend = %candidate.backend, error = %error.describe(), "candidate failed");
+                    failures.push((candidate.model.clone(), error));
+                }
+            }
+        }
+        Err(all_failed(&failures))
+    }
+
+    /// Turn a successful upstream response into ours: streamed through as it comes (metered on the way), or read
+    /// whole and metered. With `tools`, tool calls are validated: a non-streamed answer whole, a streamed one per
+    /// call (see [`tool_stream`]).
+    async fn respond(
+        &self,
+        upstream: reqwest::Response,
+        total: Duration,
+        tools: Option<ToolCheck<'_>>,
+        candidate: &PlannedCandidate,
+    ) -> Result<Served, GatewayError> {
+        let stream = self.parsed.stream;
+        let deadline = tokio::time::Instant::now() + total;
+        let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
+        let content_type = upstream.headers().get("content-type").cloned();
+        let is_sse =
+            content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut validation = None;
+        let body = if stream && is_sse {
+            let meter = StreamMeter::new(self.strip_usage);
+            let metered =
+                MeteredStream::new(upstream.bytes_stream(), meter, self.spend.clone(), candidate.model.clone());
+            match tools {
+                None => {
+                    self.spend.streaming();
+                    Body::from_stream(sse::passthrough(metered, total, Some(self.spend.clone())))
+                }
+                Some(tools) => match self.governed_stream(metered, deadline, total, tools, candidate).await? {
+                    Some(body) => {
+                        self.spend.streaming();
+                        body
+                    }
+                    None => return Ok(Served::InvalidToolCalls),
+                },
+            }
+        } else {
+            let bytes = tokio::time::timeout(total, upstream.bytes())
+                .await
+                .map_err(|_| {
+                    GatewayError::UpstreamTimeout(format!(
+                        "the response exceeded the total timeout of {} ms",
+                        total.as_millis()
+                    ))
+                })?
+                .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
+            // Metered before the tool check: an answer that is rejected or retried was still billed.
+            self.spend.add_answer(&candidate.model, &bytes);
+            if let Some(tools) = tools {
+                let declared = &tools.governance.declared;
+                let calls = tools::check_completion(&bytes, declared);
+                tools::record(&calls, declared, &candidate.model, &candidate.backend);
+                self.spend.tool_outcomes(&calls);
+                let invalid = calls.iter().any(|c| !c.is_valid());
+                if !calls.is_empty() {
+                    validation = Some(if invalid { "invalid" } else { "valid" });
+                }
+                let violations = tools::violations(&calls);
+                tools.report.attempts.push(tools::AttemptOutcomes {
+                    model: candidate.model.clone(),
+                    backend: candidate.backend.clone(),
+                    calls,
+                });
+                if invalid && tools.governance.decision.action.blocks() {
+                    if tools.can_retry {
+                        return Ok(Served::InvalidToolCalls);
+                    }
+                    return Err(GatewayError::InvalidToolCall { violations });
+                }
+                tools::finish(tools.report.clone());
+            }
+            self.spend.finish(status.as_u16(), "ok");
+            Body::from(bytes)
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        if let Some(content_type) = content_type {
+            response.headers_mut().insert("content-type", content_type);
+        }
+        if stream && is_sse {
+            response.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
+        }
+        if let Some(validation) = validation {
+            response.headers_mut().insert(tools::VALIDATION_HEADER, HeaderValue::from_static(validation));
+        }
+        Ok(Served::Response(response))
+    }
+
+    /// A streamed answer to a request that declared tools. When an invalid answer may be retried, the stream is
+    /// read ahead (nothing sent) until text or a validated call is ready to go out; an invalid call before that
+    /// point returns `None` so the caller asks again (the abandoned stream is metered for what it produced). Once
+    /// the client has received something, an invalid call ends the stream with an error event instead.
+    async fn governed_stream(
+        &self,
+        upstream: MeteredStream<
+            impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + Send + 'static,
+        >,
+        deadline: tokio::time::Instant,
+        total: Duration,
+        tools: ToolCheck<'_>,
+        candidate: &PlannedCandidate,
+    ) -> Result<Option<Body>, GatewayError> {
+        use futures_util::StreamExt;
+        let declared = tools.governance.declared.clone();
+        let mut stage = tool_stream::ToolStream::new(declared.clone(), tools.governance.decision.action.blocks());
+        let mut upstream = upstream.fuse();
+        let mut initial = Vec::new();
+        if tools.can_retry {
+            while !stage.committed() && !stage.saw_done() {
+                match tokio::time::timeout_at(deadline, upstream.next()).await {
+                    Ok(Some(Ok(chunk))) => stage.push(&chunk, &mut initial),
+                    // Ended, failed or timed out: the stream wrapper reports it to the client.
+                    _ => break,
+                }
+                if stage.rejected() {
+                    let calls = stage.take_outcomes();
+                    tools::record(&calls, &declared, &candidate.model, &candidate.backend);
+                    self.spend.tool_outcomes(&calls);
+                    tools.report.attempts.push(tools::AttemptOutcomes {
+                        model: candidate.model.clone(),
+                        backend: candidate.backend.clone(),
+                        calls,
+                    });
+                    return Ok(None);
+                }
+            }
+        }
+        let report = sse::StreamReport {
+            report: tools.report.clone(),
+            declared,
+            model: candidate.model.clone(),
+            backend: candidate.backend.clone(),
+            spend: Some(self.spend.clone()),
+        };
+        Ok(Some(Body::from_stream(sse::governed(upstream, stage, initial, deadline, total, report))))
+    }
 }
 
 /// The error for a request no candidate could serve, naming what each answered.
@@ -284,120 +569,6 @@ fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
     } else {
         GatewayError::UpstreamFailed(message)
     }
-}
-
-/// Turn a successful upstream response into ours: streamed through as it comes, or read whole. With `tools`, tool
-/// calls are validated: a non-streamed answer whole, a streamed one per call (see [`tool_stream`]).
-async fn respond(
-    upstream: reqwest::Response,
-    stream: bool,
-    total: Duration,
-    tools: Option<ToolCheck<'_>>,
-    candidate: &PlannedCandidate,
-) -> Result<Served, GatewayError> {
-    let deadline = tokio::time::Instant::now() + total;
-    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
-    let content_type = upstream.headers().get("content-type").cloned();
-    let is_sse =
-        content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut validation = None;
-    let body = match tools {
-        None if stream && is_sse => Body::from_stream(sse::passthrough(upstream.bytes_stream(), total)),
-        Some(tools) if stream && is_sse => match governed_stream(upstream, deadline, total, tools, candidate).await? {
-            Some(body) => body,
-            None => return Ok(Served::InvalidToolCalls),
-        },
-        tools => {
-            let bytes = tokio::time::timeout(total, upstream.bytes())
-                .await
-                .map_err(|_| {
-                    GatewayError::UpstreamTimeout(format!(
-                        "the response exceeded the total timeout of {} ms",
-                        total.as_millis()
-                    ))
-                })?
-                .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
-            if let Some(tools) = tools {
-                let declared = &tools.governance.declared;
-                let calls = tools::check_completion(&bytes, declared);
-                tools::record(&calls, declared, &candidate.model, &candidate.backend);
-                let invalid = calls.iter().any(|c| !c.is_valid());
-                if !calls.is_empty() {
-                    validation = Some(if invalid { "invalid" } else { "valid" });
-                }
-                let violations = tools::violations(&calls);
-                tools.report.attempts.push(tools::AttemptOutcomes {
-                    model: candidate.model.clone(),
-                    backend: candidate.backend.clone(),
-                    calls,
-                });
-                if invalid && tools.governance.decision.action.blocks() {
-                    if tools.can_retry {
-                        return Ok(Served::InvalidToolCalls);
-                    }
-                    return Err(GatewayError::InvalidToolCall { violations });
-                }
-                tools::finish(tools.report.clone());
-            }
-            Body::from(bytes)
-        }
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    if let Some(content_type) = content_type {
-        response.headers_mut().insert("content-type", content_type);
-    }
-    if stream && is_sse {
-        response.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
-    }
-    if let Some(validation) = validation {
-        response.headers_mut().insert(tools::VALIDATION_HEADER, HeaderValue::from_static(validation));
-    }
-    Ok(Served::Response(response))
-}
-
-/// A streamed answer to a request that declared tools. When an invalid answer may be retried, the stream is read
-/// ahead (nothing sent) until text or a validated call is ready to go out; an invalid call before that point
-/// returns `None` so the caller asks again. Once the client has received something, an invalid call ends the
-/// stream with an error event instead.
-async fn governed_stream(
-    upstream: reqwest::Response,
-    deadline: tokio::time::Instant,
-    total: Duration,
-    tools: ToolCheck<'_>,
-    candidate: &PlannedCandidate,
-) -> Result<Option<Body>, GatewayError> {
-    use futures_util::StreamExt;
-    let declared = tools.governance.declared.clone();
-    let mut stage = tool_stream::ToolStream::new(declared.clone(), tools.governance.decision.action.blocks());
-    let mut upstream = upstream.bytes_stream().fuse();
-    let mut initial = Vec::new();
-    if tools.can_retry {
-        while !stage.committed() && !stage.saw_done() {
-            match tokio::time::timeout_at(deadline, upstream.next()).await {
-                Ok(Some(Ok(chunk))) => stage.push(&chunk, &mut initial),
-                // Ended, failed or timed out: the stream wrapper reports it to the client.
-                _ => break,
-            }
-            if stage.rejected() {
-                let calls = stage.take_outcomes();
-                tools::record(&calls, &declared, &candidate.model, &candidate.backend);
-                tools.report.attempts.push(tools::AttemptOutcomes {
-                    model: candidate.model.clone(),
-                    backend: candidate.backend.clone(),
-                    calls,
-                });
-                return Ok(None);
-            }
-        }
-    }
-    let report = sse::StreamReport {
-        report: tools.report.clone(),
-        declared,
-        model: candidate.model.clone(),
-        backend: candidate.backend.clone(),
-    };
-    Ok(Some(Body::from_stream(sse::governed(upstream, stage, initial, deadline, total, report))))
 }
 
 /// The aliases (and models) a key may use.

@@ -159,7 +159,7 @@ impl ParsedRequest {
                     .collect()
             })
             .unwrap_or_default();
-        let max_tokens = ["max_completion_tokens", "max_tokens"].iter().find_map(|f| self.body.get(*f)?.as_u64());
+        let max_tokens = self.max_output_tokens();
         RequestFacts {
             model: self.model.clone(),
             endpoint: self.endpoint.cel_name().to_owned(),
@@ -170,6 +170,11 @@ impl ParsedRequest {
             metadata,
             headers: header_map,
         }
+    }
+
+    /// The most output tokens the caller allows (`max_completion_tokens`, else `max_tokens`).
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens"].iter().find_map(|f| self.body.get(*f)?.as_u64())
     }
 
     /// Estimated prompt tokens, with the real tokenizer, over every text the request carries.

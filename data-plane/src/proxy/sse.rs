@@ -15,6 +15,7 @@ use policy_engine::tool_policy::DeclaredTools;
 use super::error::GatewayError;
 use super::tool_stream::ToolStream;
 use super::tools::{self, AttemptOutcomes, ToolReport};
+use crate::spend::record::{SpendHandle, StreamEnd};
 
 const DONE: &[u8] = b"data: [DONE]";
 
@@ -26,6 +27,14 @@ struct State<S> {
     tail: Vec<u8>,
     saw_done: bool,
     finished: bool,
+    spend: Option<SpendHandle>,
+}
+
+/// What the stages tell a request's spend (nothing without one, as in tests and benchmarks).
+fn tell(spend: &Option<SpendHandle>, f: impl FnOnce(&SpendHandle)) {
+    if let Some(spend) = spend {
+        f(spend);
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -45,8 +54,13 @@ fn timed_out(total_ms: u64) -> GatewayError {
     GatewayError::UpstreamTimeout(format!("the stream exceeded the backend's total timeout of {total_ms} ms"))
 }
 
-/// Forward `upstream` until it ends, fails or passes `total` since the request started.
-pub fn passthrough<S>(upstream: S, total: Duration) -> impl Stream<Item = Result<Bytes, Infallible>>
+/// Forward `upstream` until it ends, fails or passes `total` since the request started; `spend` learns when the
+/// first bytes went out and whether the stream timed out.
+pub fn passthrough<S>(
+    upstream: S,
+    total: Duration,
+    spend: Option<SpendHandle>,
+) -> impl Stream<Item = Result<Bytes, Infallible>>
 where
     S: Stream<Item = reqwest::Result<Bytes>> + Unpin + Send + 'static,
 {
@@ -57,6 +71,7 @@ where
         tail: Vec::new(),
         saw_done: false,
         finished: false,
+        spend,
     };
     futures_util::stream::unfold(state, |mut state| async move {
         if state.finished {
@@ -65,6 +80,7 @@ where
         let next = tokio::time::timeout_at(state.deadline, state.upstream.next()).await;
         let failure = match next {
             Ok(Some(Ok(chunk))) => {
+                tell(&state.spend, |s| s.first_byte());
                 let mut window = std::mem::take(&mut state.tail);
                 window.extend_from_slice(&chunk);
                 state.saw_done |= contains(&window, DONE);
@@ -75,7 +91,10 @@ where
             Ok(None) if state.saw_done => return None,
             Ok(None) => ended_before_done(),
             Ok(Some(Err(error))) => broke(&error),
-            Err(_) => timed_out(state.total_ms),
+            Err(_) => {
+                tell(&state.spend, |s| s.stream_ended(StreamEnd::TimedOut));
+                timed_out(state.total_ms)
+            }
         };
         tracing::warn!(code = failure.code(), "{failure}");
         state.finished = true;
@@ -89,6 +108,7 @@ pub struct StreamReport {
     pub declared: Arc<DeclaredTools>,
     pub model: String,
     pub backend: String,
+    pub spend: Option<SpendHandle>,
 }
 
 struct Governed<S> {
@@ -107,6 +127,7 @@ impl<S> Drop for Governed<S> {
         if let Some(mut end) = self.report.take() {
             let calls = self.stage.take_outcomes();
             tools::record(&calls, &end.declared, &end.model, &end.backend);
+            tell(&end.spend, |s| s.tool_outcomes(&calls));
             end.report.delivered = !self.stage.rejected();
             end.report.attempts.push(AttemptOutcomes { model: end.model, backend: end.backend, calls });
             tools::finish(end.report);
@@ -136,7 +157,9 @@ where
         report: Some(report),
     };
     futures_util::stream::unfold(state, |mut state| async move {
+        let spend = state.report.as_ref().and_then(|r| r.spend.clone());
         if let Some(initial) = state.initial.take() {
+            tell(&spend, |s| s.first_byte());
             return Some((Ok(initial), state));
         }
         loop {
@@ -147,13 +170,20 @@ where
             let failure = match tokio::time::timeout_at(state.deadline, state.upstream.next()).await {
                 Ok(Some(Ok(chunk))) => {
                     state.stage.push(&chunk, &mut out);
+                    if state.stage.rejected() {
+                        tell(&spend, |s| s.stream_ended(StreamEnd::Rejected));
+                    }
                     if out.is_empty() {
                         continue;
                     }
+                    tell(&spend, |s| s.first_byte());
                     return Some((Ok(Bytes::from(out)), state));
                 }
                 Ok(None) => {
                     state.stage.end(&mut out);
+                    if state.stage.rejected() {
+                        tell(&spend, |s| s.stream_ended(StreamEnd::Rejected));
+                    }
                     if state.stage.saw_done() || state.stage.rejected() {
                         state.finished = true;
                         return (!out.is_empty()).then(|| (Ok(Bytes::from(out)), state));
@@ -161,7 +191,10 @@ where
                     ended_before_done()
                 }
                 Ok(Some(Err(error))) => broke(&error),
-                Err(_) => timed_out(state.total_ms),
+                Err(_) => {
+                    tell(&spend, |s| s.stream_ended(StreamEnd::TimedOut));
+                    timed_out(state.total_ms)
+                }
             };
             tracing::warn!(code = failure.code(), "{failure}");
             state.finished = true;
@@ -190,7 +223,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async {
             let out: Vec<Result<Bytes, Infallible>> =
-                passthrough(stream::iter(chunks), Duration::from_secs(60)).collect().await;
+                passthrough(stream::iter(chunks), Duration::from_secs(60), None).collect().await;
             out.into_iter().flat_map(|chunk| chunk.unwrap().to_vec()).collect()
         })
     }

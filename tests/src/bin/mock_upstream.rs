@@ -1,9 +1,10 @@
 //! A programmable OpenAI-compatible upstream for end-to-end tests and load benchmarks.
 //!
 //! `mock-upstream --addr 127.0.0.1:PORT --name NAME`. Each request takes the next behaviour from a queue
-//! (`POST /__mock/script` with a JSON array) or, when the queue is empty, the default: a 200 answer. A behaviour:
+//! (`POST /__mock/script` with a JSON array) or, when the queue is empty, the default (a 200 answer, or what
+//! `POST /__mock/default` set). A behaviour:
 //! `{"status": 500, "body": {...}, "delay_ms": 0, "retry_after": "1", "chunks": 3, "chunk_delay_ms": 0,
-//!   "cut_after": 2, "omit_usage": true, "tool_arguments": "{bad json", "dimensions": 8,
+//!   "cut_after": 2, "omit_usage": true, "usage": {"prompt_tokens": 9, ...}, "tool_arguments": "{bad json", "dimensions": 8,
 //!   "tool_calls": [{"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}], "text": "Let me check."}`.
 //! `tool_calls` answers with exactly those calls (parallel, in order, whatever the request declared); streamed, each
 //! call's arguments are split into three deltas. `text` is sent as content before them.
@@ -43,6 +44,7 @@ struct Behaviour {
     dimensions: Option<usize>,
     tool_calls: Option<Vec<ScriptedCall>>,
     text: Option<String>,
+    usage: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +75,8 @@ fn split3(arguments: &str) -> Vec<String> {
 struct Mock {
     name: String,
     script: Mutex<VecDeque<Behaviour>>,
+    /// What a request gets when the script is empty.
+    default: Mutex<Behaviour>,
     requests: Mutex<Vec<Value>>,
     streams_finished: AtomicU64,
     streams_cancelled: AtomicU64,
@@ -92,6 +96,7 @@ async fn main() {
     let mock = Arc::new(Mock { name, ..Mock::default() });
     let app = Router::new()
         .route("/__mock/script", post(script))
+        .route("/__mock/default", post(set_default))
         .route("/__mock/reset", post(reset))
         .route("/__mock/requests", get(requests))
         .route("/__mock/stats", get(stats))
@@ -108,6 +113,11 @@ async fn main() {
 
 async fn script(State(mock): State<Arc<Mock>>, Json(list): Json<Vec<Behaviour>>) -> StatusCode {
     mock.script.lock().await.extend(list);
+    StatusCode::NO_CONTENT
+}
+
+async fn set_default(State(mock): State<Arc<Mock>>, Json(behaviour): Json<Behaviour>) -> StatusCode {
+    *mock.default.lock().await = behaviour;
     StatusCode::NO_CONTENT
 }
 
@@ -143,7 +153,11 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
         "request_id": header("x-request-id"),
         "body": request,
     }));
-    let behaviour = mock.script.lock().await.pop_front().unwrap_or_default();
+    let scripted = mock.script.lock().await.pop_front();
+    let behaviour = match scripted {
+        Some(behaviour) => behaviour,
+        None => mock.default.lock().await.clone(),
+    };
     if let Some(delay) = behaviour.delay_ms {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -163,7 +177,7 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
     }
     let path = uri.path();
     if path.ends_with("/embeddings") {
-        return Json(embeddings(&request, behaviour.dimensions.unwrap_or(8))).into_response();
+        return Json(embeddings(&request, &behaviour)).into_response();
     }
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
     if request["stream"].as_bool() == Some(true) {
@@ -188,8 +202,9 @@ fn wants_tool(request: &Value) -> Option<String> {
     tools.first()?.pointer("/function/name").and_then(Value::as_str).map(str::to_owned)
 }
 
-fn usage() -> Value {
-    json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17})
+/// The scripted usage, else a fixed one.
+fn usage(behaviour: &Behaviour) -> Value {
+    behaviour.usage.clone().unwrap_or_else(|| json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}))
 }
 
 fn chat(name: &str, request: &Value, model: &str, behaviour: &Behaviour, completion: bool) -> Value {
@@ -216,12 +231,13 @@ fn chat(name: &str, request: &Value, model: &str, behaviour: &Behaviour, complet
                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}]})
     };
     if behaviour.omit_usage != Some(true) {
-        body["usage"] = usage();
+        body["usage"] = usage(behaviour);
     }
     body
 }
 
-fn embeddings(request: &Value, dimensions: usize) -> Value {
+fn embeddings(request: &Value, behaviour: &Behaviour) -> Value {
+    let dimensions = behaviour.dimensions.unwrap_or(8);
     let inputs = match &request["input"] {
         Value::Array(items) => items.len(),
         _ => 1,
@@ -240,7 +256,12 @@ fn embeddings(request: &Value, dimensions: usize) -> Value {
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    json!({"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+    let usage = behaviour.usage.clone().unwrap_or_else(|| json!({"prompt_tokens": 4, "total_tokens": 4}));
+    let mut body = json!({"object": "list", "data": data, "model": request["model"]});
+    if behaviour.omit_usage != Some(true) {
+        body["usage"] = usage;
+    }
+    body
 }
 
 fn stream(mock: Arc<Mock>, request: Value, model: String, behaviour: Behaviour) -> Response {
@@ -284,7 +305,7 @@ fn stream(mock: Arc<Mock>, request: Value, model: String, behaviour: Behaviour) 
         let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
         if include_usage && behaviour.omit_usage != Some(true) {
             events.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
-                               "model": model, "choices": [], "usage": usage()}));
+                               "model": model, "choices": [], "usage": usage(&behaviour)}));
         }
         for (i, event) in events.iter().enumerate() {
             if behaviour.cut_after == Some(i) {

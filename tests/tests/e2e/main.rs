@@ -5,4 +5,5 @@
 
 mod proxy;
 mod snapshots;
+mod spend;
 mod tools;

@@ -1,0 +1,559 @@
+//! Budget enforcement: what this data plane knows of each budget's spend in its current period, and admission
+//! with reservations (semantics and the overspend bound in `docs/spend.md`, "Enforcement").
+//!
+//! A budget's spend, as seen here, is the sum of four parts, each kept per budget and period:
+//! - `confirmed`: the control plane's figure from the latest `BudgetState` (every data plane's ingested spend), for
+//!   the period it names; zero once that period has ended and before the state of the next one arrives;
+//! - `unacked`: this data plane's events the ledger has not acknowledged yet (buffered, spooled or being sent);
+//! - `acked`: acknowledged events the latest state may not include yet (`committed_unix_us >= ledger_as_of`);
+//! - `reserved`: the estimated cost of admitted requests still running.
+//!
+//! A request is admitted to a `block` budget only if that sum plus its own estimate stays within the limit, and the
+//! estimate is reserved under the same lock, so concurrent requests cannot all slip under the limit. `alert`
+//! budgets and soft thresholds never refuse: they raise a warning (header, log, metric) once per period.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use gateway_proto::v1;
+use policy_engine::budget_period::period_bounds;
+use policy_engine::config::{BudgetAction, BudgetPeriod, BudgetScope, BudgetSpec};
+use rust_decimal::Decimal;
+
+/// One budget in one period: `start` is the period's start in Unix seconds (0 for `total`), as the control plane's
+/// `BudgetSpend.period_start_unix` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeriodKey {
+    pub budget: String,
+    pub start: i64,
+}
+
+/// What one spend event adds to which budget period.
+pub type Contributions = Vec<(PeriodKey, Decimal)>;
+
+/// Who and what a request or an event is, as budget scopes see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub key_name: &'a str,
+    /// Empty: the key has no team.
+    pub team: &'a str,
+    /// The model name the caller requested.
+    pub alias: &'a str,
+    /// The gateway model that served (empty before serving).
+    pub model: &'a str,
+}
+
+/// `budget` counts what `scope` spends: a key by name, a team, a model by the alias requested or the model that
+/// served (as the control plane sums them), or everything.
+fn matches(budget: &BudgetSpec, scope: &Scope<'_>) -> bool {
+    match &budget.scope {
+        BudgetScope::Key { key } => key == scope.key_name,
+        BudgetScope::Team { team } => !scope.team.is_empty() && team == scope.team,
+        BudgetScope::Model { model } => model == scope.alias || (!scope.model.is_empty() && model == scope.model),
+        BudgetScope::Global => true,
+    }
+}
+
+/// The start of `budget`'s period containing `at`, in Unix seconds; 0 for `total`.
+pub fn period_start(period: BudgetPeriod, at: DateTime<Utc>) -> i64 {
+    match period {
+        BudgetPeriod::Total => 0,
+        _ => period_bounds(period, at).0.timestamp(),
+    }
+}
+
+fn period_key(budget: &BudgetSpec, at: DateTime<Utc>) -> PeriodKey {
+    PeriodKey { budget: budget.name.clone(), start: period_start(budget.period, at) }
+}
+
+/// Which budget periods an event of `scope` at `at` costing `cost` counts against.
+pub fn contributions(
+    budgets: &BTreeMap<String, BudgetSpec>,
+    scope: &Scope<'_>,
+    at: DateTime<Utc>,
+    cost: Decimal,
+) -> Contributions {
+    if cost.is_zero() {
+        return Vec::new();
+    }
+    budgets.values().filter(|b| matches(b, scope)).map(|b| (period_key(b, at), cost)).collect()
+}
+
+/// A `block` budget that would be crossed: the request is refused with 429 `budget_exceeded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub budget: String,
+    pub period: BudgetPeriod,
+    pub limit: Decimal,
+    /// Spend known here (confirmed, local and reserved), before this request.
+    pub spent: Decimal,
+    /// When the period resets (`None` for `total`).
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+/// A request's claim on its budgets: the estimate stays reserved until this is dropped (after the request's
+/// actual cost was recorded).
+pub struct Reservation {
+    ledger: Option<Arc<BudgetLedger>>,
+    held: Vec<PeriodKey>,
+    amount: Decimal,
+}
+
+impl Reservation {
+    /// A reservation of nothing (no budget applies).
+    pub fn none() -> Reservation {
+        Reservation { ledger: None, held: Vec::new(), amount: Decimal::ZERO }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.ledger.take() {
+            let mut inner = ledger.lock();
+            for key in &self.held {
+                subtract(&mut inner.reserved, key, self.amount);
+            }
+        }
+    }
+}
+
+/// An admitted request: its reservation, the candidates a model budget excludes, and warnings for the caller.
+pub struct Admission {
+    pub reservation: Reservation,
+    /// Positions (in the routing plan) of candidates whose model budget is exhausted.
+    pub excluded: Vec<usize>,
+    /// `name: reason` of alert budgets over their limit and budgets past their soft threshold.
+    pub warnings: Vec<String>,
+}
+
+impl Admission {
+    /// No budget applies.
+    pub fn unlimited() -> Admission {
+        Admission { reservation: Reservation::none(), excluded: Vec::new(), warnings: Vec::new() }
+    }
+}
+
+/// What admission needs to know of a request.
+pub struct AdmissionRequest<'a> {
+    pub scope: Scope<'a>,
+    /// The gateway model of each candidate, in routing order.
+    pub candidate_models: &'a [&'a str],
+    /// The request's estimated cost (reserved against every budget it may count against).
+    pub estimate: Decimal,
+    pub now: DateTime<Utc>,
+}
+
+struct Confirmed {
+    start: i64,
+    spent: Decimal,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The latest `BudgetState`, by budget name.
+    confirmed: HashMap<String, Confirmed>,
+    /// Whether any state arrived (until then, acknowledged spend keeps counting locally).
+    state_received: bool,
+    ledger_as_of_us: i64,
+    unacked: HashMap<PeriodKey, Decimal>,
+    /// Acknowledged spend not known to be in `confirmed`, per ack (its `committed_unix_us`), and its sum.
+    acked: VecDeque<(i64, Contributions)>,
+    acked_total: HashMap<PeriodKey, Decimal>,
+    reserved: HashMap<PeriodKey, Decimal>,
+    /// Warnings already logged and counted this period: (budget period, kind).
+    warned: HashSet<(PeriodKey, &'static str)>,
+}
+
+fn add(map: &mut HashMap<PeriodKey, Decimal>, key: &PeriodKey, amount: Decimal) {
+    *map.entry(key.clone()).or_default() += amount;
+}
+
+fn subtract(map: &mut HashMap<PeriodKey, Decimal>, key: &PeriodKey, amount: Decimal) {
+    if let Some(value) = map.get_mut(key) {
+        *value -= amount;
+        if *value <= Decimal::ZERO {
+            map.remove(key);
+        }
+    }
+}
+
+impl Inner {
+    fn used(&self, budget: &BudgetSpec, now: DateTime<Utc>) -> Decimal {
+        let key = period_key(budget, now);
+        let confirmed =
+            self.confirmed.get(&budget.name).filter(|c| c.start == key.start).map_or(Decimal::ZERO, |c| c.spent);
+        let local = |map: &HashMap<PeriodKey, Decimal>| map.get(&key).copied().unwrap_or_default();
+        confirmed + local(&self.unacked) + local(&self.acked_total) + local(&self.reserved)
+    }
+
+    /// Drop acknowledged spend that `ledger_as_of_us` says the confirmed figures include.
+    fn prune_acked(&mut self) {
+        let as_of = self.ledger_as_of_us;
+        while let Some((committed, _)) = self.acked.front() {
+            // 0: a control plane without the ledger clock; its acknowledged batches count as included.
+            if as_of != 0 && *committed >= as_of {
+                break;
+            }
+            if let Some((_, contributions)) = self.acked.pop_front() {
+                for (key, amount) in &contributions {
+                    subtract(&mut self.acked_total, key, *amount);
+                }
+            }
+        }
+    }
+
+    /// Log and count a warning once per budget period.
+    fn warn_once(&mut self, key: &PeriodKey, kind: &'static str, message: &str) {
+        if self.warned.insert((key.clone(), kind)) {
+            tracing::warn!(budget = %key.budget, kind, "{message}");
+            metrics::counter!("gateway_budget_warnings_total", "budget" => key.budget.clone(), "kind" => kind)
+                .increment(1);
+        }
+    }
+}
+
+/// This data plane's view of every budget (see the module documentation).
+#[derive(Default)]
+pub struct BudgetLedger {
+    inner: Mutex<Inner>,
+}
+
+impl BudgetLedger {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the sums half-updated in a way worse than losing them.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Admit a request under every budget it may count against, reserving its estimate; or refuse it.
+    pub fn admit(
+        self: &Arc<Self>,
+        budgets: &BTreeMap<String, BudgetSpec>,
+        request: &AdmissionRequest<'_>,
+    ) -> Result<Admission, Refusal> {
+        let mut inner = self.lock();
+        let now = request.now;
+        let mut warnings = Vec::new();
+        let mut check = |inner: &mut Inner, budget: &BudgetSpec| -> Result<(), Refusal> {
+            let used = inner.used(budget, now);
+            let key = period_key(budget, now);
+            tracing::trace!(budget = %budget.name, %used, estimate = %request.estimate, limit = %budget.limit_usd, "budget check");
+            let after = used + request.estimate;
+            let over = used >= budget.limit_usd || after > budget.limit_usd;
+            if over && budget.action == BudgetAction::Block {
+                metrics::counter!("gateway_budget_refusals_total", "budget" => budget.name.clone()).increment(1);
+                return Err(Refusal {
+                    budget: budget.name.clone(),
+                    period: budget.period,
+                    limit: budget.limit_usd,
+                    spent: used,
+                    resets_at: period_bounds(budget.period, now).1.filter(|_| budget.period != BudgetPeriod::Total),
+                });
+            }
+            if over {
+                warnings.push(format!("{}: over its limit of {} USD (alert)", budget.name, budget.limit_usd));
+                inner.warn_once(&key, "over_limit", "an alert budget is over its limit");
+            } else if let Some(threshold) = budget.soft_threshold
+                && after >= threshold * budget.limit_usd
+            {
+                warnings.push(format!(
+                    "{}: past its soft threshold ({threshold} of {} USD)",
+                    budget.name, budget.limit_usd
+                ));
+                inner.warn_once(&key, "soft_threshold", "a budget passed its soft threshold");
+            }
+            Ok(())
+        };
+        let scope = request.scope;
+        // Budgets the whole request counts against: its key, team, everything, and the model it asked for.
+        let mut held = Vec::new();
+        for budget in budgets.values() {
+            let whole_request = match &budget.scope {
+                BudgetScope::Model { model } => model == scope.alias,
+                _ => matches(budget, &Scope { model: "", ..scope }),
+            };
+            if whole_request {
+                check(&mut inner, budget)?;
+                held.push(period_key(budget, now));
+            }
+        }
+        // Budgets of the models that may serve it: an exhausted one removes that candidate only.
+        let mut excluded = Vec::new();
+        let mut first_refusal = None;
+        for (position, model) in request.candidate_models.iter().enumerate() {
+            let own = budgets
+                .values()
+                .filter(|b| matches!(&b.scope, BudgetScope::Model { model: m } if m == model && m != scope.alias));
+            for budget in own {
+                match check(&mut inner, budget) {
+                    Ok(()) => {
+                        let key = period_key(budget, now);
+                        if !held.contains(&key) {
+                            held.push(key);
+                        }
+                    }
+                    Err(refusal) => {
+                        excluded.push(position);
+                        first_refusal.get_or_insert(refusal);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(refusal) = first_refusal.filter(|_| excluded.len() == request.candidate_models.len()) {
+            return Err(refusal);
+        }
+        for key in &held {
+            add(&mut inner.reserved, key, request.estimate);
+        }
+        drop(inner);
+        let reservation = Reservation { ledger: Some(self.clone()), held, amount: request.estimate };
+        Ok(Admission { reservation, excluded, warnings })
+    }
+
+    /// This data plane spent `contributions` (an event not yet acknowledged).
+    pub fn record_local(&self, contributions: &Contributions) {
+        if contributions.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for (key, amount) in contributions {
+            add(&mut inner.unacked, key, *amount);
+        }
+    }
+
+    /// The ledger acknowledged a batch at `committed_unix_us`: each event's contributions, and whether it is stored
+    /// (accepted or a duplicate) or was rejected (quarantined, so it counts nowhere).
+    pub fn acknowledged<'a>(
+        &self,
+        committed_unix_us: i64,
+        events: impl IntoIterator<Item = (&'a Contributions, bool)>,
+    ) {
+        let mut inner = self.lock();
+        let mut stored = Vec::new();
+        for (contributions, is_stored) in events {
+            for (key, amount) in contributions {
+                subtract(&mut inner.unacked, key, *amount);
+                if is_stored {
+                    stored.push((key.clone(), *amount));
+                }
+            }
+        }
+        let included =
+            inner.state_received && (inner.ledger_as_of_us == 0 || committed_unix_us < inner.ledger_as_of_us);
+        if stored.is_empty() || included {
+            return;
+        }
+        for (key, amount) in &stored {
+            add(&mut inner.acked_total, key, *amount);
+        }
+        inner.acked.push_back((committed_unix_us, stored));
+    }
+
+    /// A `BudgetState` from the control plane replaces the confirmed figures; `budgets` (the snapshot's) are used
+    /// for the metrics.
+    pub fn apply_state(&self, state: &v1::BudgetState, budgets: &BTreeMap<String, BudgetSpec>) {
+        let mut inner = self.lock();
+        inner.confirmed.clear();
+        for spend in &state.budgets {
+            match spend.spent_usd.parse::<Decimal>() {
+                Ok(spent) => {
+                    inner.confirmed.insert(spend.budget.clone(), Confirmed { start: spend.period_start_unix, spent });
+                }
+                Err(error) => tracing::warn!(budget = %spend.budget, %error, "unreadable spend in the budget state"),
+            }
+        }
+        inner.state_received = true;
+        inner.ledger_as_of_us = state.ledger_as_of_unix_us;
+        tracing::trace!(budgets = state.budgets.len(), as_of = state.ledger_as_of_unix_us, "budget state");
+        inner.prune_acked();
+        let now = Utc::now();
+        // Warnings of past periods will not repeat.
+        inner
+            .warned
+            .retain(|(key, _)| budgets.get(&key.budget).is_some_and(|b| period_start(b.period, now) == key.start));
+        for budget in budgets.values() {
+            let used = inner.used(budget, now);
+            let as_f64 = |d: Decimal| d.try_into().unwrap_or(f64::NAN);
+            metrics::gauge!("gateway_budget_spend_usd", "budget" => budget.name.clone()).set(as_f64(used));
+            metrics::gauge!("gateway_budget_limit_usd", "budget" => budget.name.clone()).set(as_f64(budget.limit_usd));
+        }
+    }
+
+    /// Spend known here for `budget` in its period at `now` (confirmed + local + reserved).
+    pub fn used(&self, budget: &BudgetSpec, now: DateTime<Utc>) -> Decimal {
+        self.lock().used(budget, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    fn d(text: &str) -> Decimal {
+        text.parse().unwrap()
+    }
+
+    fn budget(name: &str, scope: BudgetScope, period: BudgetPeriod, limit: &str, action: BudgetAction) -> BudgetSpec {
+        BudgetSpec { name: name.to_owned(), scope, period, limit_usd: d(limit), action, soft_threshold: None }
+    }
+
+    fn budgets(list: Vec<BudgetSpec>) -> BTreeMap<String, BudgetSpec> {
+        list.into_iter().map(|b| (b.name.clone(), b)).collect()
+    }
+
+    fn team_day(limit: &str) -> BTreeMap<String, BudgetSpec> {
+        budgets(vec![budget(
+            "search-daily",
+            BudgetScope::Team { team: "search".into() },
+            BudgetPeriod::Day,
+            limit,
+            BudgetAction::Block,
+        )])
+    }
+
+    const SCOPE: Scope<'static> = Scope { key_name: "k1", team: "search", alias: "gpt", model: "" };
+    const NOW: &str = "2026-12-01T12:00:00Z";
+
+    fn request<'a>(estimate: &str, now: &str, models: &'a [&'a str]) -> AdmissionRequest<'a> {
+        AdmissionRequest { scope: SCOPE, candidate_models: models, estimate: d(estimate), now: at(now) }
+    }
+
+    fn state(budget: &str, start: &str, spent: &str, as_of: i64) -> v1::BudgetState {
+        v1::BudgetState {
+            as_of_unix_ms: 0,
+            budgets: vec![v1::BudgetSpend {
+                budget: budget.to_owned(),
+                period_start_unix: at(start).timestamp(),
+                spent_usd: spent.to_owned(),
+                ..v1::BudgetSpend::default()
+            }],
+            ledger_as_of_unix_us: as_of,
+            config_version: 1,
+        }
+    }
+
+    #[test]
+    fn reservations_stop_concurrent_requests_at_the_limit() {
+        let ledger = Arc::new(BudgetLedger::default());
+        let budgets = team_day("1.00");
+        let held: Vec<Admission> =
+            (0..4).map(|_| ledger.admit(&budgets, &request("0.25", NOW, &["m"])).unwrap()).collect();
+        let refusal = ledger.admit(&budgets, &request("0.25", NOW, &["m"])).err().unwrap();
+        assert_eq!(refusal.budget, "search-daily");
+        assert_eq!(refusal.spent, d("1.00"));
+        assert_eq!(refusal.resets_at, Some(at("2026-12-02T00:00:00Z")));
+        // A finished request records its actual cost, then releases its reservation.
+        drop(held);
+        assert_eq!(ledger.used(&budgets["search-daily"], at(NOW)), Decimal::ZERO);
+        ledger.admit(&budgets, &request("1.00", NOW, &["m"])).unwrap();
+    }
+
+    #[test]
+    fn spend_moves_from_local_to_confirmed_by_the_ledger_clock() {
+        let ledger = Arc::new(BudgetLedger::default());
+        let budgets = team_day("1.00");
+        let b = &budgets["search-daily"];
+        let scope = Scope { model: "m", ..SCOPE };
+        let event = contributions(&budgets, &scope, at(NOW), d("0.4"));
+        assert_eq!(
+            event,
+            vec![(
+                PeriodKey { budget: "search-daily".into(), start: at("2026-12-01T00:00:00Z").timestamp() },
+                d("0.4")
+            )]
+        );
+        ledger.record_local(&event);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.4"));
+        // Acknowledged before any state: still counted here.
+        ledger.acknowledged(1_000, [(&event, true)]);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.4"));
+        // A state read before the commit does not include it: both count.
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.1", 1_000), &budgets);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.5"));
+        // One read after the commit does: only the confirmed figure counts.
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.5", 1_001), &budgets);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.5"));
+        // An ack arriving after a state that already includes the batch is not counted twice.
+        let second = contributions(&budgets, &scope, at(NOW), d("0.2"));
+        ledger.record_local(&second);
+        ledger.acknowledged(900, [(&second, true)]);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.5"));
+        // Rejected (quarantined) events count nowhere.
+        ledger.record_local(&second);
+        ledger.acknowledged(2_000, [(&second, false)]);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.5"));
+    }
+
+    #[test]
+    fn periods_roll_over_exactly_at_the_boundary() {
+        let ledger = Arc::new(BudgetLedger::default());
+        let budgets = team_day("1.00");
+        let b = &budgets["search-daily"];
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "1.00", 10), &budgets);
+        let late = contributions(&budgets, &Scope { model: "m", ..SCOPE }, at("2026-12-01T23:59:59Z"), d("0.3"));
+        ledger.record_local(&late);
+        assert!(ledger.admit(&budgets, &request("0.01", "2026-12-01T23:59:59Z", &["m"])).is_err());
+        // At midnight the old period's figures stop counting, before the control plane's next state arrives.
+        assert_eq!(ledger.used(b, at("2026-12-02T00:00:00Z")), Decimal::ZERO);
+        ledger.admit(&budgets, &request("0.99", "2026-12-02T00:00:00Z", &["m"])).unwrap();
+    }
+
+    #[test]
+    fn alert_budgets_and_soft_thresholds_warn_without_refusing() {
+        let ledger = Arc::new(BudgetLedger::default());
+        let mut soft = budget("global-month", BudgetScope::Global, BudgetPeriod::Month, "10", BudgetAction::Block);
+        soft.soft_threshold = Some(d("0.8"));
+        let budgets = budgets(vec![
+            budget("key-alert", BudgetScope::Key { key: "k1".into() }, BudgetPeriod::Total, "1", BudgetAction::Alert),
+            soft,
+        ]);
+        let admission = ledger.admit(&budgets, &request("8.5", NOW, &["m"])).unwrap();
+        assert_eq!(admission.warnings.len(), 2, "{:?}", admission.warnings);
+        assert!(admission.warnings[0].starts_with("global-month: past its soft threshold"), "{:?}", admission.warnings);
+        assert!(admission.warnings[1].starts_with("key-alert: over its limit"), "{:?}", admission.warnings);
+        // The block budget still refuses past its limit; the alert one never does.
+        assert_eq!(ledger.admit(&budgets, &request("2", NOW, &["m"])).err().unwrap().budget, "global-month");
+    }
+
+    #[test]
+    fn an_exhausted_model_budget_removes_its_candidate_only() {
+        let ledger = Arc::new(BudgetLedger::default());
+        let budgets = budgets(vec![budget(
+            "expensive",
+            BudgetScope::Model { model: "m-expensive".into() },
+            BudgetPeriod::Week,
+            "1",
+            BudgetAction::Block,
+        )]);
+        let admission = ledger.admit(&budgets, &request("2", NOW, &["m-expensive", "m-cheap"])).unwrap();
+        assert_eq!(admission.excluded, vec![0]);
+        let refusal = ledger.admit(&budgets, &request("2", NOW, &["m-expensive"])).err().unwrap();
+        assert_eq!(refusal.budget, "expensive");
+        assert_eq!(refusal.resets_at, Some(at("2026-12-07T00:00:00Z")), "ISO weeks start on Monday");
+    }
+
+    #[test]
+    fn scopes_match_as_the_ledger_sums() {
+        let all = budgets(vec![
+            budget("k", BudgetScope::Key { key: "k1".into() }, BudgetPeriod::Total, "1", BudgetAction::Block),
+            budget("t", BudgetScope::Team { team: "search".into() }, BudgetPeriod::Total, "1", BudgetAction::Block),
+            budget("alias", BudgetScope::Model { model: "gpt".into() }, BudgetPeriod::Total, "1", BudgetAction::Block),
+            budget("served", BudgetScope::Model { model: "m".into() }, BudgetPeriod::Total, "1", BudgetAction::Block),
+            budget("other", BudgetScope::Key { key: "k2".into() }, BudgetPeriod::Total, "1", BudgetAction::Block),
+            budget("g", BudgetScope::Global, BudgetPeriod::Total, "1", BudgetAction::Block),
+        ]);
+        let names = |scope: Scope<'_>| -> Vec<String> {
+            contributions(&all, &scope, at(NOW), d("1")).into_iter().map(|(k, _)| k.budget).collect()
+        };
+        assert_eq!(names(Scope { model: "m", ..SCOPE }), ["alias", "g", "k", "served", "t"]);
+        assert_eq!(names(Scope { team: "", model: "m", ..SCOPE }), ["alias", "g", "k", "served"]);
+        assert!(contributions(&all, &SCOPE, at(NOW), Decimal::ZERO).is_empty());
+    }
+}

@@ -1,0 +1,374 @@
+//! One request's spend event: built up while the request is served (attempts, usage of every answer, outcome) and
+//! handed to the reporter exactly once, when its last holder lets go: the request handler for answers read whole,
+//! the response stream for streamed ones. So a stream is metered however it ends (completed, cut, timed out, or
+//! abandoned by the client), and a request whose client went away mid-flight still leaves its event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use gateway_proto::v1;
+use policy_engine::routing::PlannedCandidate;
+use policy_engine::tool_policy::ToolCallOutcome;
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+
+use super::budgets::{Reservation, Scope, contributions};
+use super::reporter::Reporter;
+use crate::metering::{self, CostOverflow, Usage};
+use crate::proxy::request::ParsedRequest;
+use crate::snapshot::CompiledSnapshot;
+
+/// How a streamed answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// `data: [DONE]` and the end of the upstream stream.
+    Done,
+    /// The upstream closed without `[DONE]`.
+    EndedEarly,
+    /// The upstream connection failed mid-stream.
+    Broke,
+    /// The backend's total timeout passed.
+    TimedOut,
+    /// An invalid tool call ended the stream (tool policy `reject`).
+    Rejected,
+}
+
+/// The metadata tags an event may carry (the ledger refuses more, or longer, ones; see `control-plane/src/spend.rs`).
+const MAX_TAGS: usize = 64;
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 1024;
+
+/// The caller's metadata as event tags: strings as they are, other JSON values as JSON text; keys past the ledger's
+/// limits are left out and values cut at a character boundary, so a tag can never get the event quarantined.
+pub fn metadata_tags(metadata: &Map<String, Value>) -> HashMap<String, String> {
+    let mut tags = HashMap::new();
+    for (key, value) in metadata {
+        if tags.len() == MAX_TAGS {
+            break;
+        }
+        if key.is_empty() || key.len() > MAX_TAG_KEY || key.contains('\0') {
+            continue;
+        }
+        let mut text = match value {
+            Value::String(text) => text.replace('\0', ""),
+            other => other.to_string().replace('\0', ""),
+        };
+        if text.len() > MAX_TAG_VALUE {
+            let mut cut = MAX_TAG_VALUE;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        tags.insert(key.clone(), text);
+    }
+    tags
+}
+
+/// What the request is, fixed before the first attempt.
+pub struct SpendContext<'a> {
+    pub key: &'a v1::ApiKey,
+    pub policy: Option<&'a str>,
+    pub request_id: &'a str,
+    pub metadata: &'a Map<String, Value>,
+    pub snapshot: Arc<CompiledSnapshot>,
+    pub request: Arc<ParsedRequest>,
+    pub reservation: Reservation,
+    /// Already counted for budget admission, if it was.
+    pub prompt_estimate: Option<u64>,
+    pub arrived: Instant,
+    pub occurred_at: DateTime<Utc>,
+}
+
+struct SpendState {
+    attempts: u32,
+    /// The candidate last attempted: the one that served, or the last that failed.
+    candidate: Option<PlannedCandidate>,
+    usage: Usage,
+    /// Summed per answer at its own model's prices.
+    cost: Result<Decimal, CostOverflow>,
+    status: u16,
+    outcome: Option<&'static str>,
+    streaming: bool,
+    stream_end: Option<StreamEnd>,
+    first_byte: Option<Duration>,
+    tool_calls: Vec<v1::ToolCallOutcome>,
+}
+
+/// A request's spend, shared by whoever serves it (see the module documentation).
+pub struct RequestSpend {
+    /// The fixed fields, filled in at the start.
+    template: v1::SpendEvent,
+    arrived: Instant,
+    occurred_at: DateTime<Utc>,
+    snapshot: Arc<CompiledSnapshot>,
+    request: Arc<ParsedRequest>,
+    prompt_estimate: OnceLock<u64>,
+    reporter: Arc<Reporter>,
+    state: Mutex<SpendState>,
+    /// Released after the event is recorded (fields drop after `Drop::drop`), so the budget never sees neither.
+    _reservation: Reservation,
+}
+
+pub type SpendHandle = Arc<RequestSpend>;
+
+impl RequestSpend {
+    pub fn start(context: SpendContext<'_>, reporter: Arc<Reporter>) -> SpendHandle {
+        let key = context.key;
+        let template = v1::SpendEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            occurred_at_unix_ms: context.occurred_at.timestamp_millis(),
+            key_id: key.id.clone(),
+            key_name: key.name.clone(),
+            team: key.team.clone(),
+            alias: context.request.model.clone(),
+            policy: context.policy.unwrap_or_default().to_owned(),
+            snapshot_version: context.snapshot.version,
+            endpoint: context.request.endpoint.cel_name().to_owned(),
+            streamed: context.request.stream,
+            request_id: context.request_id.to_owned(),
+            metadata: metadata_tags(context.metadata),
+            ..v1::SpendEvent::default()
+        };
+        let prompt_estimate = OnceLock::new();
+        if let Some(estimate) = context.prompt_estimate {
+            let _ = prompt_estimate.set(estimate);
+        }
+        Arc::new(RequestSpend {
+            template,
+            arrived: context.arrived,
+            occurred_at: context.occurred_at,
+            snapshot: context.snapshot,
+            request: context.request,
+            prompt_estimate,
+            reporter,
+            state: Mutex::new(SpendState {
+                attempts: 0,
+                candidate: None,
+                usage: Usage::default(),
+                cost: Ok(Decimal::ZERO),
+                status: 0,
+                outcome: None,
+                streaming: false,
+                stream_end: None,
+                first_byte: None,
+                tool_calls: Vec::new(),
+            }),
+            _reservation: context.reservation,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SpendState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The estimated prompt tokens (the real tokenizer over the request's text), counted once and only if needed.
+    pub fn prompt_estimate(&self) -> u64 {
+        *self.prompt_estimate.get_or_init(|| self.request.prompt_tokens())
+    }
+
+    /// An upstream attempt to `candidate` begins.
+    pub fn attempt(&self, candidate: &PlannedCandidate) {
+        let mut state = self.lock();
+        state.attempts += 1;
+        state.candidate = Some(candidate.clone());
+    }
+
+    fn priced(&self, model: &str, usage: &Usage) -> Result<Decimal, CostOverflow> {
+        match self.snapshot.config.models.get(model) {
+            Some(spec) => metering::cost(usage, &spec.pricing),
+            // Candidates come from the same snapshot, so this cannot happen; never price it as free.
+            None => Err(CostOverflow),
+        }
+    }
+
+    /// One answer of `model` used `usage` (every answer is billed: retried ones and rejected ones too).
+    pub fn add_usage(&self, model: &str, usage: Usage) {
+        let cost = self.priced(model, &usage);
+        let mut state = self.lock();
+        let total = &mut state.usage;
+        total.prompt_tokens = total.prompt_tokens.saturating_add(usage.prompt_tokens);
+        total.cached_prompt_tokens = total.cached_prompt_tokens.saturating_add(usage.cached_prompt_tokens);
+        total.completion_tokens = total.completion_tokens.saturating_add(usage.completion_tokens);
+        total.cache_creation_tokens = total.cache_creation_tokens.saturating_add(usage.cache_creation_tokens);
+        total.estimated |= usage.estimated;
+        state.cost = match (state.cost, cost) {
+            (Ok(sum), Ok(cost)) => sum.checked_add(cost).ok_or(CostOverflow),
+            _ => Err(CostOverflow),
+        };
+    }
+
+    /// The usage of a non-streamed `body` from `model`: the upstream's, else estimated with the tokenizer.
+    pub fn add_answer(&self, model: &str, body: &[u8]) {
+        let endpoint = self.request.endpoint;
+        let usage = metering::usage_from_body(endpoint, body).unwrap_or_else(|| Usage {
+            prompt_tokens: self.prompt_estimate(),
+            completion_tokens: metering::completion_estimate(endpoint, body),
+            estimated: true,
+            ..Usage::default()
+        });
+        self.add_usage(model, usage);
+    }
+
+    /// The request is answered with `status`; `outcome` as the ledger records it (`ok`, `upstream_error`, ...).
+    pub fn finish(&self, status: u16, outcome: &'static str) {
+        let mut state = self.lock();
+        state.status = status;
+        state.outcome = Some(outcome);
+    }
+
+    /// The answer streams to the client; how the stream ends decides the outcome.
+    pub fn streaming(&self) {
+        let mut state = self.lock();
+        state.status = 200;
+        state.streaming = true;
+    }
+
+    /// Whether the answer streams (its cost then travels in the stream, not in a header).
+    pub fn is_streaming(&self) -> bool {
+        self.lock().streaming
+    }
+
+    pub fn stream_ended(&self, end: StreamEnd) {
+        let mut state = self.lock();
+        // A timeout or a rejection decided by the stage wins over what the upstream did afterwards.
+        if !matches!(state.stream_end, Some(StreamEnd::TimedOut | StreamEnd::Rejected)) {
+            state.stream_end = Some(end);
+        }
+    }
+
+    /// The first bytes reached the client (time to first byte).
+    pub fn first_byte(&self) {
+        let mut state = self.lock();
+        if state.first_byte.is_none() {
+            state.first_byte = Some(self.arrived.elapsed());
+        }
+    }
+
+    /// Validation outcomes of the tool calls of one answer.
+    pub fn tool_outcomes(&self, outcomes: &[ToolCallOutcome]) {
+        let mut state = self.lock();
+        state.tool_calls.extend(outcomes.iter().map(|o| v1::ToolCallOutcome {
+            tool: o.tool.chars().take(256).collect(),
+            outcome: o.outcome.as_str().to_owned(),
+            violations: o.violations.len() as u32,
+        }));
+    }
+
+    /// The cost so far, plus `extra` of `model` (a stream's usage before it is final); `None` on overflow.
+    pub fn cost_with(&self, model: &str, extra: &Usage) -> Option<(Decimal, bool)> {
+        let extra_cost = self.priced(model, extra).ok()?;
+        let state = self.lock();
+        let total = state.cost.ok()?.checked_add(extra_cost)?;
+        Some((total.normalize(), state.usage.estimated || extra.estimated))
+    }
+
+    /// The cost of what was recorded so far; `None` on overflow.
+    pub fn cost(&self) -> Option<(Decimal, bool)> {
+        let state = self.lock();
+        Some((state.cost.ok()?.normalize(), state.usage.estimated))
+    }
+
+    fn event(&self) -> v1::SpendEvent {
+        let mut state = self.lock();
+        let (outcome, interrupted) = match state.outcome {
+            Some(outcome) => (outcome, false),
+            // The handler was dropped before it answered: the client went away.
+            None if !state.streaming => ("client_closed", true),
+            None => match state.stream_end {
+                Some(StreamEnd::Done) => ("ok", false),
+                Some(StreamEnd::EndedEarly | StreamEnd::Broke) => ("interrupted", true),
+                Some(StreamEnd::TimedOut) => ("timeout", true),
+                Some(StreamEnd::Rejected) => ("rejected", false),
+                None => ("client_closed", true),
+            },
+        };
+        // A client that left while an answer was being generated: the upstream still read the prompt.
+        if outcome == "client_closed"
+            && !state.streaming
+            && state.usage == Usage::default()
+            && let Some(candidate) = state.candidate.clone()
+        {
+            drop(state);
+            let usage = Usage { prompt_tokens: self.prompt_estimate(), estimated: true, ..Usage::default() };
+            self.add_usage(&candidate.model, usage);
+            state = self.lock();
+        }
+        let candidate = state.candidate.clone().unwrap_or_else(|| PlannedCandidate {
+            model: String::new(),
+            backend: String::new(),
+            upstream_model: String::new(),
+            weight: 0,
+        });
+        let region = self.snapshot.config.backends.get(&candidate.backend).and_then(|b| b.region.clone());
+        let usage = state.usage;
+        let cost_usd = match state.cost {
+            Ok(cost) => cost.normalize().to_string(),
+            Err(CostOverflow) => {
+                // The ledger quarantines an event without a cost: visible to operators, never recorded as free.
+                tracing::error!(request_id = %self.template.request_id, "the request's cost could not be computed");
+                String::new()
+            }
+        };
+        v1::SpendEvent {
+            backend: candidate.backend,
+            backend_region: region.unwrap_or_default(),
+            model: candidate.model,
+            upstream_model: candidate.upstream_model,
+            status: u32::from(state.status),
+            outcome: outcome.to_owned(),
+            interrupted,
+            prompt_tokens: usage.prompt_tokens,
+            cached_prompt_tokens: usage.cached_prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cache_creation_tokens: usage.cache_creation_tokens,
+            usage_estimated: usage.estimated,
+            cost_usd,
+            latency_ms: self.arrived.elapsed().as_millis() as u64,
+            ttft_ms: state.first_byte.map(|d| d.as_millis() as u64),
+            tool_calls: std::mem::take(&mut state.tool_calls),
+            attempts: state.attempts,
+            ..self.template.clone()
+        }
+    }
+}
+
+impl Drop for RequestSpend {
+    fn drop(&mut self) {
+        let event = self.event();
+        let cost = event.cost_usd.parse::<Decimal>().unwrap_or_default();
+        let scope = Scope { key_name: &event.key_name, team: &event.team, alias: &event.alias, model: &event.model };
+        let contributions = contributions(&self.snapshot.config.budgets, &scope, self.occurred_at, cost);
+        metrics::counter!("gateway_spend_events_total", "outcome" => event.outcome.clone()).increment(1);
+        self.reporter.record(event, contributions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn metadata_becomes_tags_within_the_ledger_limits() {
+        let mut metadata = Map::new();
+        metadata.insert("task".into(), json!("code_generation"));
+        metadata.insert("priority".into(), json!(3));
+        metadata.insert("nested".into(), json!({"a": [1, "b"]}));
+        metadata.insert("k".repeat(129), json!("too long a key"));
+        metadata.insert("long".into(), json!("é".repeat(600)));
+        metadata.insert("nul".into(), json!("a\0b"));
+        let tags = metadata_tags(&metadata);
+        assert_eq!(tags["task"], "code_generation");
+        assert_eq!(tags["priority"], "3");
+        assert_eq!(tags["nested"], r#"{"a":[1,"b"]}"#);
+        assert_eq!(tags["nul"], "ab");
+        assert_eq!(tags["long"].len(), 1024, "cut at a character boundary");
+        assert!(!tags.keys().any(|k| k.len() > 128));
+        let many: Map<String, Value> = (0..100).map(|i| (format!("t{i:03}"), json!(i))).collect();
+        assert_eq!(metadata_tags(&many).len(), 64);
+    }
+}

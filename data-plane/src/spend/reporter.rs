@@ -1,0 +1,351 @@
+//! The spend reporter: collects this data plane's spend events, cuts them into batches every
+//! `GATEWAY_SPEND_REPORT_INTERVAL_MS` (sooner when a batch is full), writes each batch to the [`Spool`] and sends the
+//! spooled batches, oldest first, with `ReportSpend`, retrying with jittered backoff until the ledger acknowledges
+//! them. An acknowledgement moves the batch's spend from "unacknowledged" to "acknowledged" in the
+//! [`BudgetLedger`] and deletes the batch's file.
+//!
+//! On shutdown (SIGTERM), [`Reporter::close`] cuts what is left and keeps sending until the spool is empty or
+//! `GATEWAY_SPEND_FLUSH_TIMEOUT_MS` passes; what is left stays spooled and is sent by the next start. A SIGKILL
+//! loses at most the events of the batch being collected (one report interval) and of requests in flight.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use gateway_proto::v1;
+use policy_engine::config::BudgetSpec;
+use prost::Message;
+use rust_decimal::Decimal;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::budgets::{BudgetLedger, Contributions, Scope, contributions};
+use super::spool::{Spool, SpoolFile};
+use crate::client::{Backoff, ControlPlaneConnection, DiscoveryClient};
+
+/// How spend is reported; from the serve flags.
+#[derive(Debug, Clone)]
+pub struct ReporterSettings {
+    pub node_id: String,
+    pub interval: Duration,
+    pub max_batch_events: usize,
+    pub flush_timeout: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+}
+
+/// How long one `ReportSpend` call may take before it counts as failed (and is sent again).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Queued {
+    batch: v1::SpendBatch,
+    /// Each event's budget contributions, by position in `batch.events`.
+    contributions: Vec<Contributions>,
+    /// `None` when the spool could not be written: the batch lives in memory only.
+    file: Option<SpoolFile>,
+    bytes: u64,
+}
+
+pub struct Reporter {
+    settings: ReporterSettings,
+    ledger: Arc<BudgetLedger>,
+    /// Where batches go; `None` without a control plane (`GATEWAY_SNAPSHOT`): spend counts against budgets locally
+    /// and is not reported.
+    connection: Option<ControlPlaneConnection>,
+    client: OnceLock<DiscoveryClient>,
+    spool: Option<Arc<Spool>>,
+    buffer: Mutex<Vec<(v1::SpendEvent, Contributions)>>,
+    buffer_full: Notify,
+    queue: Mutex<VecDeque<Queued>>,
+    queued: Notify,
+    queued_bytes: AtomicU64,
+}
+
+/// An event's budget contributions, recomputed from the event itself (for batches found in the spool at start).
+pub fn event_contributions(budgets: &BTreeMap<String, BudgetSpec>, event: &v1::SpendEvent) -> Contributions {
+    let Some(at) = Utc.timestamp_millis_opt(event.occurred_at_unix_ms).single() else { return Vec::new() };
+    let cost = event.cost_usd.parse::<Decimal>().unwrap_or_default();
+    let scope = Scope { key_name: &event.key_name, team: &event.team, alias: &event.alias, model: &event.model };
+    contributions(budgets, &scope, at, cost)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Reporter {
+    /// Open the spool and queue the batches an earlier run left in it (their spend counts against `budgets` until
+    /// acknowledged). A spool that cannot be opened is logged and the reporter keeps batches in memory.
+    pub fn open(
+        settings: ReporterSettings,
+        ledger: Arc<BudgetLedger>,
+        connection: Option<ControlPlaneConnection>,
+        budgets: &BTreeMap<String, BudgetSpec>,
+    ) -> Arc<Reporter> {
+        let mut queue = VecDeque::new();
+        let mut queued_bytes = 0;
+        let spool = match connection.as_ref().map(|_| Spool::open(&settings.spool_dir, settings.spool_max_bytes)) {
+            None => None,
+            Some(Ok((spool, stored))) => {
+                let events: usize = stored.iter().map(|s| s.batch.events.len()).sum();
+                if !stored.is_empty() {
+                    tracing::info!(batches = stored.len(), events, "sending spend batches left in the spool");
+                }
+                for stored in stored {
+                    let contributions: Vec<Contributions> =
+                        stored.batch.events.iter().map(|e| event_contributions(budgets, e)).collect();
+                    contributions.iter().for_each(|c| ledger.record_local(c));
+                    queued_bytes += stored.file.bytes;
+                    queue.push_back(Queued {
+                        batch: stored.batch,
+                        contributions,
+                        bytes: stored.file.bytes,
+                        file: Some(stored.file),
+                    });
+                }
+                Some(Arc::new(spool))
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, "the spend spool cannot be used; batches are kept in memory until acknowledged");
+                None
+            }
+        };
+        if connection.is_none() {
+            tracing::warn!("no control plane: spend counts against budgets here but is not reported to a ledger");
+        }
+        Arc::new(Reporter {
+            settings,
+            ledger,
+            connection,
+            client: OnceLock::new(),
+            spool,
+            buffer: Mutex::new(Vec::new()),
+            buffer_full: Notify::new(),
+            queue: Mutex::new(queue),
+            queued: Notify::new(),
+            queued_bytes: AtomicU64::new(queued_bytes),
+        })
+    }
+
+    /// Take one request's event (its spend counts against budgets at once).
+    pub fn record(&self, event: v1::SpendEvent, contributions: Contributions) {
+        self.ledger.record_local(&contributions);
+        if self.connection.is_none() {
+            return;
+        }
+        let mut buffer = lock(&self.buffer);
+        buffer.push((event, contributions));
+        if buffer.len() >= self.settings.max_batch_events {
+            self.buffer_full.notify_one();
+        }
+    }
+
+    /// The spool is full: the data plane refuses requests it could not account for.
+    pub fn is_full(&self) -> bool {
+        self.queued_bytes.load(Ordering::Relaxed) >= self.settings.spool_max_bytes
+    }
+
+    /// Batches waiting for an acknowledgement, and events not batched yet.
+    pub fn pending(&self) -> (usize, usize) {
+        (lock(&self.queue).len(), lock(&self.buffer).len())
+    }
+
+    /// Cut batches every interval and send them until `shutdown`; then [`Reporter::close`] takes over.
+    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(connection) = &self.connection else { return Vec::new() };
+        match connection.endpoint().and_then(|endpoint| connection.client(endpoint.connect_lazy())) {
+            Ok(client) => {
+                let _ = self.client.set(client);
+            }
+            Err(error) => tracing::error!(%error, "spend cannot be reported; batches stay spooled"),
+        }
+        let batcher = {
+            let reporter = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(reporter.settings.interval) => {}
+                        () = reporter.buffer_full.notified() => {}
+                    }
+                    reporter.cut().await;
+                }
+            })
+        };
+        let sender = {
+            let reporter = self.clone();
+            tokio::spawn(async move { reporter.send_until(shutdown).await })
+        };
+        vec![batcher, sender]
+    }
+
+    /// Flush on shutdown: batch what is left and send until the spool is empty or the flush timeout passes.
+    pub async fn close(&self) {
+        if self.connection.is_none() {
+            return;
+        }
+        self.cut().await;
+        let deadline = tokio::time::Instant::now() + self.settings.flush_timeout;
+        while !lock(&self.queue).is_empty() {
+            let sent = tokio::time::timeout_at(deadline, self.send_front()).await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            if !matches!(sent, Ok(Ok(()))) {
+                tokio::time::sleep(Duration::from_millis(100).min(deadline - tokio::time::Instant::now())).await;
+            }
+        }
+        let (batches, _) = self.pending();
+        if batches == 0 {
+            tracing::info!("spend flushed: every batch acknowledged");
+        } else if self.spool.is_some() {
+            tracing::warn!(batches, "spend not acknowledged before shutdown stays spooled for the next start");
+        } else {
+            tracing::error!(batches, "spend not acknowledged before shutdown is lost: the spool was unusable");
+        }
+    }
+
+    /// Move the buffered events into batches, spool them and queue them for sending.
+    async fn cut(&self) {
+        let buffered = std::mem::take(&mut *lock(&self.buffer));
+        if buffered.is_empty() {
+            return;
+        }
+        let mut rest = buffered.into_iter().peekable();
+        while rest.peek().is_some() {
+            let (events, contributions): (Vec<_>, Vec<_>) = rest.by_ref().take(self.settings.max_batch_events).unzip();
+            let batch = v1::SpendBatch {
+                node_id: self.settings.node_id.clone(),
+                events,
+                batch_id: uuid::Uuid::now_v7().to_string(),
+            };
+            let bytes = batch.encoded_len() as u64;
+            let (batch, file) = match &self.spool {
+                Some(spool) => {
+                    let spool = spool.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        let file = spool.write(&batch);
+                        (batch, file)
+                    })
+                    .await;
+                    match written {
+                        Ok((batch, Ok(file))) => (batch, Some(file)),
+                        Ok((batch, Err(error))) => {
+                            tracing::error!(%error, "could not spool a spend batch; keeping it in memory");
+                            (batch, None)
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "spooling a spend batch failed; its events are lost");
+                            continue;
+                        }
+                    }
+                }
+                None => (batch, None),
+            };
+            self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            lock(&self.queue).push_back(Queued { batch, contributions, file, bytes });
+        }
+        metrics::gauge!("gateway_spend_queued_batches").set(lock(&self.queue).len() as f64);
+        self.queued.notify_one();
+    }
+
+    async fn send_until(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new();
+        loop {
+            if lock(&self.queue).is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.queued.notified() => continue,
+                }
+            }
+            let sent = tokio::select! {
+                () = shutdown.cancelled() => return,
+                sent = self.send_front() => sent,
+            };
+            match sent {
+                Ok(()) => backoff.reset(),
+                Err(()) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send the oldest queued batch; on an acknowledgement, account for it and drop it from the queue and spool.
+    async fn send_front(&self) -> Result<(), ()> {
+        let Some(client) = self.client.get() else { return Err(()) };
+        let Some((batch, events)) = lock(&self.queue).front().map(|q| (q.batch.clone(), q.batch.events.len())) else {
+            return Ok(());
+        };
+        let batch_id = batch.batch_id.clone();
+        let mut request = tonic::Request::new(batch);
+        request.set_timeout(CALL_TIMEOUT);
+        match client.clone().report_spend(request).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                self.acknowledged(&batch_id, events, &ack);
+                Ok(())
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                // The batch as a whole is refused (a node id the ledger does not take): sending it again cannot help.
+                tracing::error!(batch = %batch_id, %status, "the ledger refused a spend batch; it is set aside");
+                metrics::counter!("gateway_spend_batches_total", "result" => "refused").increment(1);
+                if let Some(queued) = self.pop_front(&batch_id) {
+                    self.ledger.acknowledged(0, queued.contributions.iter().map(|c| (c, false)));
+                    if let Some(file) = &queued.file {
+                        let _ = std::fs::rename(&file.path, file.path.with_extension("pb.refused"));
+                        if let Some(spool) = &self.spool {
+                            spool.forget(file);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(status) => {
+                tracing::warn!(batch = %batch_id, code = ?status.code(), message = status.message(),
+                    "reporting spend failed; the batch stays spooled and is sent again");
+                metrics::counter!("gateway_spend_batches_total", "result" => "failed").increment(1);
+                Err(())
+            }
+        }
+    }
+
+    fn pop_front(&self, batch_id: &str) -> Option<Queued> {
+        let mut queue = lock(&self.queue);
+        if queue.front().is_none_or(|q| q.batch.batch_id != batch_id) {
+            return None;
+        }
+        let queued = queue.pop_front()?;
+        self.queued_bytes.fetch_sub(queued.bytes.min(self.queued_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        metrics::gauge!("gateway_spend_queued_batches").set(queue.len() as f64);
+        Some(queued)
+    }
+
+    fn acknowledged(&self, batch_id: &str, events: usize, ack: &v1::SpendAck) {
+        let rejected: HashSet<u32> = ack.rejected.iter().map(|r| r.index).collect();
+        for r in &ack.rejected {
+            tracing::error!(batch = %batch_id, index = r.index, id = %r.id, field = %r.field, reason = %r.reason,
+                "the ledger rejected a spend event (quarantined there)");
+        }
+        let counted = ack.accepted + ack.duplicates + ack.rejected.len() as u64;
+        if counted != events as u64 {
+            tracing::warn!(batch = %batch_id, events, counted, "the acknowledgement does not account for every event");
+        }
+        metrics::counter!("gateway_spend_batches_total", "result" => "acked").increment(1);
+        metrics::counter!("gateway_spend_events_rejected_total").increment(ack.rejected.len() as u64);
+        let Some(queued) = self.pop_front(batch_id) else { return };
+        let events = queued.contributions.iter().enumerate().map(|(i, c)| (c, !rejected.contains(&(i as u32))));
+        self.ledger.acknowledged(ack.committed_unix_us, events);
+        if let (Some(spool), Some(file)) = (&self.spool, &queued.file) {
+            spool.remove(file);
+        }
+        tracing::debug!(batch = %batch_id, accepted = ack.accepted, duplicates = ack.duplicates, "spend batch acknowledged");
+    }
+}

@@ -2,7 +2,8 @@
 
 Run by the Rust end-to-end test `proxy::the_official_python_sdk_works_unchanged`, which starts the control plane,
 the data plane and three mock upstreams and passes their addresses in the environment:
-GATEWAY_BASE_URL, GATEWAY_KEY, GATEWAY_LIMITED_KEY, GATEWAY_REVOKED_KEY, MOCK_URLS (comma-separated).
+GATEWAY_BASE_URL, GATEWAY_KEY, GATEWAY_LIMITED_KEY, GATEWAY_REVOKED_KEY, GATEWAY_BROKE_KEY (a key whose budget no
+request fits in), MOCK_URLS (comma-separated).
 """
 
 import json
@@ -46,6 +47,33 @@ def test_chat_with_raw_response_headers(client):
     assert raw.headers["x-gateway-backend"] == "up0"
     assert raw.headers["x-request-id"]
     assert raw.parse().choices[0].message.content == "Hello from m0"
+
+
+def test_the_cost_of_a_request_is_in_a_header(client):
+    raw = client.chat.completions.with_raw_response.create(model="chain", messages=MESSAGES)
+    # The mock reports 12 prompt and 5 completion tokens; model0 costs 1 and 2 USD per million.
+    assert raw.headers["x-gateway-cost-usd"] == "0.000022"
+    assert "x-gateway-usage-estimated" not in raw.headers
+
+
+def test_streams_carry_no_usage_chunk_unless_asked(client):
+    # The gateway asks the upstream for usage to meter the stream, and strips that chunk again.
+    chunks = list(client.chat.completions.create(model="chain", messages=MESSAGES, stream=True))
+    assert chunks and all(chunk.choices for chunk in chunks)
+    assert all(chunk.usage is None for chunk in chunks)
+
+
+def test_an_exhausted_budget_is_a_rate_limit_error_the_sdk_does_not_retry():
+    broke = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["GATEWAY_BROKE_KEY"], max_retries=2)
+    with pytest.raises(openai.RateLimitError) as raised:
+        broke.chat.completions.create(model="chain", messages=MESSAGES)
+    error = raised.value
+    assert error.code == "budget_exceeded"
+    assert "broke-total" in error.message
+    assert error.response.headers["x-should-retry"] == "false"
+    # Asked once, despite max_retries=2: the data plane refused exactly one request.
+    metrics = urllib.request.urlopen(BASE_URL.removesuffix("/v1") + "/metrics").read().decode()
+    assert 'gateway_budget_refusals_total{budget="broke-total"} 1' in metrics, metrics
 
 
 def test_streaming(client):

@@ -286,6 +286,39 @@ impl ControlPlane {
     pub async fn fleet(&self) -> Value {
         self.call("GET", "/fleet", None).await.1
     }
+
+    /// Every spend event in the ledger, through the auditor API's pages.
+    pub async fn spend_events(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(cursor) => format!("/spend/events?limit=1000&cursor={cursor}"),
+                None => "/spend/events?limit=1000".to_owned(),
+            };
+            let (status, page) = self.call("GET", &path, None).await;
+            assert_eq!(status, 200, "{page}");
+            events.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return events,
+            }
+        }
+    }
+
+    /// Wait until the ledger holds at least `n` events; then give stragglers a moment and return them all.
+    pub async fn wait_for_spend_events(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = self.spend_events().await;
+            if events.len() >= n {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return self.spend_events().await;
+            }
+            assert!(Instant::now() < deadline, "the ledger holds {} events, expected {n}", events.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 pub struct DataPlane {

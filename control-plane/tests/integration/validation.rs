@@ -204,6 +204,32 @@ async fn resource_rules_are_enforced(pool: PgPool) {
         "model \"neg\" is invalid: pricing.input: prices must not be negative",
     )
     .await;
+    let mut precise = model("precise", "b1");
+    precise["pricing"]["output"] = json!("0.0000000000001");
+    check(
+        &app,
+        "models",
+        precise,
+        bad,
+        "invalid_spec",
+        "model \"precise\" is invalid: pricing.output: prices carry at most 12 decimal places (USD per million tokens)",
+    )
+    .await;
+    let mut trailing_zeros = model("trailing", "b1");
+    trailing_zeros["pricing"]["output"] = json!("2.500000000000000000");
+    let reply = app.call("POST", "/admin/v1/models", Some(trailing_zeros)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "only significant places count: {}", reply.body);
+    let mut absurd = model("absurd", "b1");
+    absurd["pricing"]["input"] = json!("1000001");
+    check(
+        &app,
+        "models",
+        absurd,
+        bad,
+        "invalid_spec",
+        "model \"absurd\" is invalid: pricing.input: prices above 1000000 USD per million tokens are not plausible",
+    )
+    .await;
     let mut unpriced = model("free", "b1");
     unpriced.as_object_mut().unwrap().remove("pricing");
     check(&app, "models", unpriced, bad, "invalid_body", "missing field `pricing`").await;

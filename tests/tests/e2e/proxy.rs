@@ -16,6 +16,7 @@ struct Gateway {
     key: String,
     limited_key: String,
     revoked_key: String,
+    broke_key: String,
 }
 
 fn db_url(pool: &PgPool) -> String {
@@ -102,6 +103,15 @@ impl Gateway {
         let limited_key = created["secret"].as_str().unwrap().to_owned();
         let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "gone"}))).await;
         let revoked_key = created["secret"].as_str().unwrap().to_owned();
+        // A key whose budget no request fits in (the SDK suite's budget test).
+        let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "broke", "team": "interns"}))).await;
+        let broke_key = created["secret"].as_str().unwrap().to_owned();
+        cp.create(
+            "budgets",
+            json!({"name": "broke-total", "scope": {"type": "key", "key": "broke"}, "period": "total",
+                   "limit_usd": "0.000001"}),
+        )
+        .await;
         let (status, _) = cp.call("POST", "/keys/gone/revoke", None).await;
         assert_eq!(status, 200);
         let version = cp.fleet().await["config_version"].as_u64().unwrap();
@@ -110,7 +120,7 @@ impl Gateway {
         config.env = env;
         let dp = DataPlane::start(&config);
         dp.wait_for_version(version).await;
-        Gateway { _cp: cp, mocks, dp, key, limited_key, revoked_key }
+        Gateway { _cp: cp, mocks, dp, key, limited_key, revoked_key, broke_key }
     }
 
     async fn chat(&self, model: &str, extra: Value) -> reqwest::Response {
@@ -445,12 +455,13 @@ async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
         .env("GATEWAY_KEY", &gw.key)
         .env("GATEWAY_LIMITED_KEY", &gw.limited_key)
         .env("GATEWAY_REVOKED_KEY", &gw.revoked_key)
+        .env("GATEWAY_BROKE_KEY", &gw.broke_key)
         .env("MOCK_URLS", mocks.join(","))
         .output()
         .await
         .unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suite failed:\n{report}");
-    assert!(report.contains("19 passed"), "every SDK test ran:\n{report}");
+    assert!(report.contains("22 passed"), "every SDK test ran:\n{report}");
     assert!(!report.contains("skipped"), "no SDK test may be skipped:\n{report}");
 }

@@ -73,39 +73,6 @@ async fn config_version(cp: &ControlPlane) -> u64 {
     cp.fleet().await["config_version"].as_u64().unwrap()
 }
 
-/// Every event in the ledger, through the auditor API's pages.
-async fn ledger(cp: &ControlPlane) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/spend/events?limit=1000&cursor={cursor}"),
-            None => "/spend/events?limit=1000".to_owned(),
-        };
-        let (status, page) = cp.call("GET", &path, None).await;
-        assert_eq!(status, 200, "{page}");
-        events.extend(page["items"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return events,
-        }
-    }
-}
-
-/// Wait until the ledger holds at least `n` events; then give stragglers a moment and return them all.
-async fn ledger_with(cp: &ControlPlane, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let events = ledger(cp).await;
-        if events.len() >= n {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return ledger(cp).await;
-        }
-        assert!(Instant::now() < deadline, "the ledger holds {} events, expected {n}", events.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn by_request_id(events: &[Value]) -> BTreeMap<String, Value> {
     events.iter().map(|e| (e["request_id"].as_str().unwrap().to_owned(), e.clone())).collect()
 }
@@ -208,7 +175,7 @@ async fn every_endpoint_and_kind_is_metered_exactly(pool: PgPool) {
     let asked_upstream = &m0.requests().await[2]["body"];
     assert_eq!(asked_upstream["stream_options"], json!({"include_usage": true}), "the gateway asks for usage");
 
-    let events = by_request_id(&ledger_with(&cp, sent.len()).await);
+    let events = by_request_id(&cp.wait_for_spend_events(sent.len()).await);
     assert_eq!(events.len(), sent.len(), "one event per request that reached an upstream: {events:?}");
     let prompt_estimate = tokens::chat_prompt(["what does it cost?"]);
     let generated = tokens::count("Hello from m0");
@@ -317,7 +284,7 @@ async fn traffic(dp: &DataPlane, key: &str, prefix: &str, count: usize, concurre
 
 /// The served ids are exactly the ledger's, once each.
 async fn assert_ledger_matches(cp: &ControlPlane, served: &[String]) {
-    let events = ledger_with(cp, served.len()).await;
+    let events = cp.wait_for_spend_events(served.len()).await;
     let ids: Vec<&str> = events.iter().map(|e| e["request_id"].as_str().unwrap()).collect();
     let unique: HashSet<&str> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "an event counted twice");
@@ -573,7 +540,7 @@ async fn a_budget_stops_two_data_planes_under_load_within_the_documented_bound(p
     let missed = served.iter().map(|times| most_within(times, window)).max().unwrap() + CONCURRENCY;
     let bound = d("1.00") + request_cost * Decimal::from(missed);
     let total_served = served[0].len() + served[1].len();
-    let events = ledger_with(&cp, total_served).await;
+    let events = cp.wait_for_spend_events(total_served).await;
     assert_eq!(events.len(), total_served, "every served request is in the ledger");
     let spent: Decimal = events.iter().map(|e| d(e["cost_usd"].as_str().unwrap())).sum();
     assert_eq!(spent, request_cost * Decimal::from(total_served));

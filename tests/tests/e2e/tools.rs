@@ -13,7 +13,7 @@ fn weather_schema() -> Value {
 }
 
 struct Gateway {
-    _cp: ControlPlane,
+    cp: ControlPlane,
     mocks: Vec<MockUpstream>,
     dp: DataPlane,
     key: String,
@@ -55,7 +55,7 @@ impl Gateway {
         let version = cp.fleet().await["config_version"].as_u64().unwrap();
         let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
         dp.wait_for_version(version).await;
-        Gateway { _cp: cp, mocks, dp, key }
+        Gateway { cp: cp, mocks, dp, key }
     }
 
     /// A chat request declaring `get_weather` (with a looser schema than the registered one) and `get_time`
@@ -274,4 +274,60 @@ async fn policies_govern_declared_tools_and_registered_schemas_replace_declared_
     let tools = &seen["body"]["tools"];
     assert_eq!(tools[0]["function"]["parameters"], weather_schema(), "registered schema replaces the declared one");
     assert_eq!(tools[1]["function"]["parameters"]["required"], json!(["tz"]), "unregistered tools pass unchanged");
+}
+
+#[sqlx::test(migrations = false)]
+async fn validation_outcomes_and_every_billed_answer_reach_the_spend_ledger(pool: PgPool) {
+    let gw = Gateway::start(&pool, "tools_spend").await;
+    let bad = calls(&[("get_weather", r#"{"city":7}"#)]);
+    let good = calls(&[PARIS]);
+    let ask = |id: &'static str, action: &'static str, stream: bool| {
+        let body = json!({"model": "chain", "stream": stream, "metadata": {"action": action},
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+        gw.dp
+            .client()
+            .post(gw.dp.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .header("x-request-id", id)
+            .json(&body)
+    };
+    gw.mocks[0]
+        .script(json!([{"tool_calls": bad}, {"tool_calls": good}, {"tool_calls": bad}, {"tool_calls": bad}]))
+        .await;
+    assert_eq!(ask("retried", "retry", false).send().await.unwrap().status(), 200);
+    assert_eq!(ask("rejected", "reject", false).send().await.unwrap().status(), 422);
+    let streamed = ask("rejected-stream", "reject", true).send().await.unwrap().text().await.unwrap();
+    assert!(streamed.contains("invalid_tool_call"), "{streamed}");
+
+    let events = gw.cp.wait_for_spend_events(3).await;
+    let event = |id: &str| events.iter().find(|e| e["request_id"] == json!(id)).cloned().unwrap();
+    let outcomes = |e: &Value| -> Vec<(String, String, u64)> {
+        e["tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["tool"].as_str().unwrap().to_owned(),
+                    c["outcome"].as_str().unwrap().to_owned(),
+                    c["violations"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let tool = |outcome: &str, violations: u64| ("get_weather".to_owned(), outcome.to_owned(), violations);
+    // The invalid answer was billed too: two answers of 12 + 5 tokens at 1 and 2 USD per million.
+    let retried = event("retried");
+    assert_eq!(outcomes(&retried), [tool("schema_violation", 1), tool("valid", 0)]);
+    assert_eq!((retried["attempts"].clone(), retried["outcome"].clone()), (json!(2), json!("ok")));
+    assert_eq!(retried["cost_usd"], json!("0.000044"));
+    let rejected = event("rejected");
+    assert_eq!(outcomes(&rejected), [tool("schema_violation", 1)]);
+    assert_eq!((rejected["status"].clone(), rejected["outcome"].clone()), (json!(422), json!("rejected")));
+    assert_eq!(rejected["cost_usd"], json!("0.000022"));
+    let rejected_stream = event("rejected-stream");
+    assert_eq!(outcomes(&rejected_stream), [tool("schema_violation", 1)]);
+    assert_eq!(rejected_stream["outcome"], json!("rejected"));
+    assert_eq!(rejected_stream["streamed"], json!(true));
 }

@@ -55,7 +55,7 @@ impl Gateway {
         let version = cp.fleet().await["config_version"].as_u64().unwrap();
         let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
         dp.wait_for_version(version).await;
-        Gateway { cp: cp, mocks, dp, key }
+        Gateway { cp, mocks, dp, key }
     }
 
     /// A chat request declaring `get_weather` (with a looser schema than the registered one) and `get_time`

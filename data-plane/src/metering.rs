@@ -46,6 +46,10 @@ struct RawUsage {
     completion_tokens: Option<u64>,
     #[serde(default)]
     prompt_tokens_details: Option<RawDetails>,
+    /// Anthropic's cache writes, a part of `prompt_tokens` (kept by the anthropic translation, and by OpenAI-shaped
+    /// proxies in front of Anthropic).
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -69,13 +73,15 @@ impl RawUsage {
             Endpoint::ChatCompletions | Endpoint::Completions => self.completion_tokens?,
         };
         let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        // Parts larger than the whole are an upstream bug; clamped so the event stays valid (the control plane
+        // quarantines cached + created > prompt).
+        let cached = cached.min(self.prompt_tokens);
+        let created = self.cache_creation_input_tokens.unwrap_or(0).min(self.prompt_tokens - cached);
         Some(Usage {
             prompt_tokens: self.prompt_tokens,
-            // A cached part larger than the whole is an upstream bug; clamped so the event stays valid
-            // (the control plane quarantines cached > prompt).
-            cached_prompt_tokens: cached.min(self.prompt_tokens),
+            cached_prompt_tokens: cached,
             completion_tokens,
-            cache_creation_tokens: 0,
+            cache_creation_tokens: created,
             estimated: false,
         })
     }
@@ -367,16 +373,16 @@ impl StreamMeter {
 #[error("the cost overflows the decimal range")]
 pub struct CostOverflow;
 
-/// Exact USD cost of `usage` at `pricing` (USD per million tokens). Cached tokens are priced at `cached_input`
-/// (`input` when the model has none); cache-creation tokens at `input` (prices carry no cache-write rate). Parts
-/// larger than `prompt_tokens` leave no uncached remainder rather than a negative one. Normalised (no trailing zeros).
+/// Exact USD cost of `usage` at `pricing` (USD per million tokens). Cached tokens are priced at `cached_input`,
+/// cache-creation tokens at `cache_write` (each `input` when the model has none). Parts larger than
+/// `prompt_tokens` leave no uncached remainder rather than a negative one. Normalised (no trailing zeros).
 pub fn cost(usage: &Usage, pricing: &Pricing) -> Result<Decimal, CostOverflow> {
     let uncached =
         usage.prompt_tokens.saturating_sub(usage.cached_prompt_tokens).saturating_sub(usage.cache_creation_tokens);
     let parts = [
         (uncached, pricing.input),
         (usage.cached_prompt_tokens, pricing.cached_input.unwrap_or(pricing.input)),
-        (usage.cache_creation_tokens, pricing.input),
+        (usage.cache_creation_tokens, pricing.cache_write.unwrap_or(pricing.input)),
         (usage.completion_tokens, pricing.output),
     ];
     let mut total = Decimal::ZERO;
@@ -432,6 +438,19 @@ mod tests {
             Some(usage(8, 0, 0)),
         );
         // Missing or malformed: the caller estimates.
+        // The anthropic translation's usage: every input token in prompt_tokens, reads and writes as parts.
+        check(
+            ChatCompletions,
+            r#"{"usage":{"prompt_tokens":1150,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":1000},
+                "cache_read_input_tokens":1000,"cache_creation_input_tokens":50}}"#,
+            Some(Usage { cache_creation_tokens: 50, ..usage(1150, 1000, 20) }),
+        );
+        check(
+            ChatCompletions,
+            r#"{"usage":{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":8},
+                "cache_creation_input_tokens":50}}"#,
+            Some(Usage { cache_creation_tokens: 2, ..usage(10, 8, 1) }),
+        );
         check(ChatCompletions, r#"{"usage":{"prompt_tokens":8,"total_tokens":8}}"#, None);
         check(ChatCompletions, r#"{"choices":[]}"#, None);
         check(ChatCompletions, r#"{"usage":null}"#, None);
@@ -482,6 +501,7 @@ mod tests {
                 input: pricing.0.parse().unwrap(),
                 cached_input: pricing.1.map(|p| p.parse().unwrap()),
                 output: pricing.2.parse().unwrap(),
+                cache_write: None,
             };
             let cost = cost(&usage, &pricing).unwrap();
             assert_eq!(cost.to_string(), expected);
@@ -497,6 +517,15 @@ mod tests {
         // Cache creation at the input price: 500 uncached + 300 cached at 0.30 + 200 created, all else 3.00.
         let created = Usage { cache_creation_tokens: 200, ..usage(1000, 300, 10) };
         check(created, ("3.00", Some("0.30"), "15.00"), "0.00234");
+        // Anthropic: 100 uncached at 3.00, 1000 cache reads at 0.30, 50 cache writes at 3.75, 20 out at 15.00.
+        let anthropic = Usage { cache_creation_tokens: 50, ..usage(1150, 1000, 20) };
+        let priced = Pricing {
+            input: "3".parse().unwrap(),
+            cached_input: Some("0.30".parse().unwrap()),
+            output: "15".parse().unwrap(),
+            cache_write: Some("3.75".parse().unwrap()),
+        };
+        assert_eq!(cost(&anthropic, &priced).unwrap().to_string(), "0.0010875");
         // Inconsistent parts: no negative remainder.
         let odd = Usage { cache_creation_tokens: 10, ..usage(5, 5, 0) };
         check(odd, ("1", Some("0.5"), "1"), "0.0000125");
@@ -508,7 +537,7 @@ mod tests {
 
     #[test]
     fn absurd_costs_are_errors() {
-        let pricing = Pricing { input: Decimal::MAX, cached_input: None, output: Decimal::MAX };
+        let pricing = Pricing { input: Decimal::MAX, cached_input: None, output: Decimal::MAX, cache_write: None };
         assert_eq!(cost(&usage(u64::MAX, 0, u64::MAX), &pricing), Err(CostOverflow));
         assert_eq!(cost(&usage(2, 0, 0), &pricing), Err(CostOverflow));
     }
@@ -659,7 +688,7 @@ mod tests {
         #[test]
         fn costs_never_panic(prompt: u64, cached: u64, completion: u64, created: u64, input: i64, output: i64, scale in 0u32..=28) {
             let usage = Usage { prompt_tokens: prompt, cached_prompt_tokens: cached, completion_tokens: completion, cache_creation_tokens: created, estimated: false };
-            let pricing = Pricing { input: Decimal::new(input, scale), cached_input: Some(Decimal::new(output, 0)), output: Decimal::new(output, scale) };
+            let pricing = Pricing { input: Decimal::new(input, scale), cached_input: Some(Decimal::new(output, 0)), output: Decimal::new(output, scale), cache_write: Some(Decimal::new(input, 0)) };
             let _ = cost(&usage, &pricing);
         }
     }

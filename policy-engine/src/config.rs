@@ -163,6 +163,10 @@ pub struct Pricing {
     pub cached_input: Option<Decimal>,
     #[schema(value_type = String, example = "10.00")]
     pub output: Decimal,
+    /// Input tokens written to a provider cache (Anthropic prices them above `input`); `input` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "3.125")]
+    pub cache_write: Option<Decimal>,
 }
 
 /// A deployable model on a backend. `pricing` is required: a model without a price is a configuration

@@ -98,8 +98,8 @@ pub fn backend(spec: &mut BackendSpec, urls: &BaseUrlPolicy) -> Result<(), Vec<S
     errors.finish()
 }
 
-/// Most decimal places of a price (USD per million tokens).
-pub const MAX_PRICE_SCALE: u32 = 12;
+/// Most decimal places of a price (USD per million tokens), as the store's price columns keep them.
+pub const MAX_PRICE_SCALE: u32 = 10;
 /// Highest price accepted (USD per million tokens): far above any real model, low enough that no request's cost
 /// can leave the ledger's range.
 pub const MAX_PRICE_USD: u32 = 1_000_000;
@@ -112,14 +112,17 @@ pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
         errors.push("upstream_model", "must not be empty");
     }
     let p = spec.pricing;
-    for (field, price) in
-        [("pricing.input", Some(p.input)), ("pricing.output", Some(p.output)), ("pricing.cached_input", p.cached_input)]
-    {
+    for (field, price) in [
+        ("pricing.input", Some(p.input)),
+        ("pricing.output", Some(p.output)),
+        ("pricing.cached_input", p.cached_input),
+        ("pricing.cache_write", p.cache_write),
+    ] {
         let Some(price) = price else { continue };
         if price < Decimal::ZERO {
             errors.push(field, "prices must not be negative");
         }
-        // A cost is tokens x price / 1e6: prices of at most 12 places keep every cost exact within the ledger's 18.
+        // A cost is tokens x price / 1e6: prices of at most 10 places keep every cost exact within the ledger's 18.
         if price.normalize().scale() > MAX_PRICE_SCALE {
             errors
                 .push(field, format!("prices carry at most {MAX_PRICE_SCALE} decimal places (USD per million tokens)"));

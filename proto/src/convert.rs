@@ -131,6 +131,7 @@ pub fn encode(
             price_input: m.pricing.input.to_string(),
             price_cached_input: m.pricing.cached_input.map(|d| d.to_string()).unwrap_or_default(),
             price_output: m.pricing.output.to_string(),
+            price_cache_write: m.pricing.cache_write.map(|d| d.to_string()).unwrap_or_default(),
         })
         .collect();
     let aliases = config
@@ -271,6 +272,7 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
             input: d.decimal("price_input", &m.price_input),
             cached_input: d.optional_decimal("price_cached_input", &m.price_cached_input),
             output: d.decimal("price_output", &m.price_output),
+            cache_write: d.optional_decimal("price_cache_write", &m.price_cache_write),
         };
         let spec = ModelSpec {
             name: m.name.clone(),

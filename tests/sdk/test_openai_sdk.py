@@ -121,6 +121,35 @@ def test_tools_and_tool_choice(client):
     assert none.choices[0].message.tool_calls is None
 
 
+def test_an_anthropic_backend_answers_in_the_openai_shape(client):
+    completion = client.chat.completions.create(
+        model="claude", messages=[{"role": "system", "content": "Be brief."}] + MESSAGES
+    )
+    assert completion.choices[0].message.content == "Hello from m2"
+    assert completion.model == "claude-x"
+    assert completion.usage.prompt_tokens == 12 and completion.usage.completion_tokens == 5
+    stream = client.chat.completions.create(model="claude", messages=MESSAGES, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "Hello from m2"
+
+
+def test_an_anthropic_backends_streamed_tool_calls_assemble_in_the_sdk(client):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    stream = client.chat.completions.create(model="claude", messages=MESSAGES, tools=tools, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        for delta in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            call = calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
+            call["id"] = delta.id or call["id"]
+            call["name"] = (delta.function.name if delta.function else None) or call["name"]
+            call["arguments"] += (delta.function.arguments if delta.function else None) or ""
+        finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+    assert finish == "tool_calls"
+    assert list(calls) == [0]
+    assert calls[0]["id"].startswith("toolu_") and calls[0]["name"] == "get_weather"
+    assert json.loads(calls[0]["arguments"]) == {"city": "Paris"}
+
+
 TWO_TOOLS = [
     {
         "type": "function",
@@ -218,7 +247,7 @@ def test_embeddings_float_and_base64(client):
 
 def test_models(client):
     ids = [model.id for model in client.models.list()]
-    assert ids == ["chain", "embeddings", "refused-first", "split"]
+    assert ids == ["chain", "claude", "embeddings", "refused-first", "split"]
     assert client.models.retrieve("split").id == "split"
     limited = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["GATEWAY_LIMITED_KEY"], max_retries=0)
     assert [model.id for model in limited.models.list()] == ["split"]

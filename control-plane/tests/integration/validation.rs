@@ -205,14 +205,14 @@ async fn resource_rules_are_enforced(pool: PgPool) {
     )
     .await;
     let mut precise = model("precise", "b1");
-    precise["pricing"]["output"] = json!("0.0000000000001");
+    precise["pricing"]["output"] = json!("0.00000000001");
     check(
         &app,
         "models",
         precise,
         bad,
         "invalid_spec",
-        "model \"precise\" is invalid: pricing.output: prices carry at most 12 decimal places (USD per million tokens)",
+        "model \"precise\" is invalid: pricing.output: prices carry at most 10 decimal places (USD per million tokens)",
     )
     .await;
     let mut trailing_zeros = model("trailing", "b1");

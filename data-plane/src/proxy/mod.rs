@@ -17,6 +17,7 @@
 //!    and nothing reached the client;
 //! 10. the cost header (non-streamed) and budget warnings on the response.
 
+pub mod anthropic;
 pub mod auth;
 pub mod error;
 pub mod request;
@@ -34,7 +35,9 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use policy_engine::config::Strategy;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use policy_engine::config::{BackendKind, BackendSpec, Strategy};
 use policy_engine::routing::{Decision, KeyFacts, PlannedCandidate, weighted_order};
 use policy_engine::tool_policy::InvalidCallAction;
 use rand::RngExt;
@@ -368,11 +371,10 @@ impl Pass<'_> {
             }
             match attempt {
                 Ok(response) => {
-                    let total = Duration::from_millis(backend.timeouts.total_ms);
                     if let Some(tools) = tools.as_mut() {
                         tools.report.last_candidate = Some(position);
                     }
-                    let mut reply = match self.respond(response, total, tools, candidate).await? {
+                    let mut reply = match self.respond(response, backend, tools, candidate).await? {
                         Served::Response(reply) => reply,
                         Served::InvalidToolCalls => return Ok(Served::InvalidToolCalls),
                     };
@@ -395,6 +397,10 @@ impl Pass<'_> {
                 // The caller's own mistake: the next candidate would refuse it too.
                 Err(AttemptError::Status { status, body, .. }) if (400..500).contains(&status) && status != 429 => {
                     self.spend.finish(status, "upstream_error");
+                    let body = match backend.kind {
+                        BackendKind::Anthropic => anthropic::openai_error(&body),
+                        BackendKind::Openai | BackendKind::AzureOpenai => body,
+                    };
                     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                     let mut reply = (status, body).into_response();
                     reply.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
@@ -418,10 +424,12 @@ impl Pass<'_> {
     async fn respond(
         &self,
         upstream: reqwest::Response,
-        total: Duration,
+        backend: &BackendSpec,
         tools: Option<ToolCheck<'_>>,
         candidate: &PlannedCandidate,
     ) -> Result<Served, GatewayError> {
+        let total = Duration::from_millis(backend.timeouts.total_ms);
+        let translate = backend.kind == BackendKind::Anthropic;
         let stream = self.parsed.stream;
         let deadline = tokio::time::Instant::now() + total;
         let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
@@ -431,8 +439,12 @@ impl Pass<'_> {
         let mut validation = None;
         let body = if stream && is_sse {
             let meter = StreamMeter::new(self.strip_usage);
-            let metered =
-                MeteredStream::new(upstream.bytes_stream(), meter, self.spend.clone(), candidate.model.clone());
+            let bytes: BoxStream<'static, reqwest::Result<bytes::Bytes>> = if translate {
+                anthropic::translate_stream(upstream.bytes_stream()).boxed()
+            } else {
+                upstream.bytes_stream().boxed()
+            };
+            let metered = MeteredStream::new(bytes, meter, self.spend.clone(), candidate.model.clone());
             match tools {
                 None => {
                     self.spend.streaming();
@@ -456,6 +468,15 @@ impl Pass<'_> {
                     ))
                 })?
                 .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
+            let bytes = match translate.then(|| anthropic::answer(&bytes)) {
+                None => bytes,
+                Some(Ok(translated)) => bytes::Bytes::from(translated),
+                Some(Err(error)) => {
+                    // The upstream read the prompt whatever came back: metered as estimated.
+                    self.spend.add_answer(&candidate.model, &bytes);
+                    return Err(GatewayError::UpstreamFailed(error));
+                }
+            };
             // Metered before the tool check: an answer that is rejected or retried was still billed.
             self.spend.add_answer(&candidate.model, &bytes);
             if let Some(tools) = tools {
@@ -486,7 +507,9 @@ impl Pass<'_> {
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
-        if let Some(content_type) = content_type {
+        if translate && !is_sse {
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        } else if let Some(content_type) = content_type {
             response.headers_mut().insert("content-type", content_type);
         }
         if stream && is_sse {
@@ -504,15 +527,12 @@ impl Pass<'_> {
     /// the client has received something, an invalid call ends the stream with an error event instead.
     async fn governed_stream(
         &self,
-        upstream: MeteredStream<
-            impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + Send + 'static,
-        >,
+        upstream: MeteredStream<BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
         deadline: tokio::time::Instant,
         total: Duration,
         tools: ToolCheck<'_>,
         candidate: &PlannedCandidate,
     ) -> Result<Option<Body>, GatewayError> {
-        use futures_util::StreamExt;
         let declared = tools.governance.declared.clone();
         let mut stage = tool_stream::ToolStream::new(declared.clone(), tools.governance.decision.action.blocks());
         let mut upstream = upstream.fuse();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use policy_engine::config::{BackendAuth, BackendKind, BackendSpec, SecretSpec};
 use serde_json::{Map, Value};
 
+use super::anthropic;
 use super::request::Endpoint;
 
 /// Why an attempt did not produce a usable response.
@@ -67,35 +68,49 @@ impl Upstreams {
         body: &Map<String, Value>,
         request_id: &str,
     ) -> Result<reqwest::Response, AttemptError> {
-        let url = match backend.kind {
-            BackendKind::Openai => format!("{}{}", backend.base_url, endpoint.path()),
+        let with_model = || {
+            serde_json::to_vec(&WithModel { body, model: upstream_model })
+                .map_err(|e| AttemptError::Connect(e.to_string()))
+        };
+        // The URL, the body, and the header a `bearer` secret goes in (None: `Authorization: Bearer`).
+        let (url, payload, native_key_header) = match backend.kind {
+            BackendKind::Openai => (format!("{}{}", backend.base_url, endpoint.path()), with_model()?, None),
             BackendKind::AzureOpenai => {
                 let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();
-                format!(
+                let url = format!(
                     "{}/openai/deployments/{upstream_model}{}?api-version={version}",
                     backend.base_url,
                     endpoint.path()
-                )
+                );
+                (url, with_model()?, None)
             }
             BackendKind::Anthropic => {
-                return Err(AttemptError::Unsupported(
-                    "anthropic backends are not served by this data plane version".to_owned(),
-                ));
+                if endpoint != Endpoint::ChatCompletions {
+                    return Err(AttemptError::Unsupported(format!(
+                        "anthropic backends serve chat completions only, not {}",
+                        endpoint.cel_name()
+                    )));
+                }
+                let translated = anthropic::request(body, upstream_model).map_err(AttemptError::Unsupported)?;
+                let payload = serde_json::to_vec(&translated).map_err(|e| AttemptError::Connect(e.to_string()))?;
+                (format!("{}/messages", backend.base_url), payload, Some("x-api-key"))
             }
         };
-        let payload = serde_json::to_vec(&WithModel { body, model: upstream_model })
-            .map_err(|e| AttemptError::Connect(e.to_string()))?;
         let client = self.client(backend.timeouts.connect_ms)?;
         let mut request = client
             .post(url)
             .header("content-type", "application/json")
             .header("x-request-id", request_id)
             .body(payload);
+        if backend.kind == BackendKind::Anthropic {
+            request = request.header("anthropic-version", anthropic::API_VERSION);
+        }
         if let Some(secret) = resolve_secret(backend.secret.as_ref()) {
-            request = match &backend.auth {
-                BackendAuth::Bearer => request.bearer_auth(secret),
-                BackendAuth::Header { header } => request.header(header.as_str(), secret),
-                BackendAuth::None => request,
+            request = match (&backend.auth, native_key_header) {
+                (BackendAuth::Bearer, None) => request.bearer_auth(secret),
+                (BackendAuth::Bearer, Some(header)) => request.header(header, secret),
+                (BackendAuth::Header { header }, _) => request.header(header.as_str(), secret),
+                (BackendAuth::None, _) => request,
             };
         }
         let first_byte = backend.timeouts.first_byte_ms;

@@ -9,6 +9,8 @@
 //! `tool_calls` answers with exactly those calls (parallel, in order, whatever the request declared); streamed, each
 //! call's arguments are split into three deltas. `text` is sent as content before them.
 //! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled.
+//! `POST .../messages` answers as Anthropic's Messages API does (errors, answers and event streams, tool calls as
+//! `tool_use` blocks; `usage` then is Anthropic's usage object), for the `anthropic` backend kind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -150,6 +152,8 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
         "query": uri.query(),
         "authorization": header("authorization"),
         "api_key": header("api-key"),
+        "x_api_key": header("x-api-key"),
+        "anthropic_version": header("anthropic-version"),
         "request_id": header("x-request-id"),
         "body": request,
     }));
@@ -162,6 +166,9 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap();
+    if uri.path().ends_with("/messages") {
+        return anthropic(mock, request, behaviour, status);
+    }
     if !status.is_success() {
         let body = behaviour.body.clone().unwrap_or_else(|| {
             json!({"error": {"message": format!("{} says {}", mock.name, status), "type": "server_error", "param": null, "code": null}})
@@ -322,6 +329,96 @@ fn stream(mock: Arc<Mock>, request: Value, model: String, behaviour: Behaviour) 
         if tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await.is_err() {
             mock.streams_cancelled.fetch_add(1, Ordering::SeqCst);
             return;
+        }
+        mock.streams_finished.fetch_add(1, Ordering::SeqCst);
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
+/// Anthropic's Messages API: the same behaviours, in its shapes.
+fn anthropic(mock: Arc<Mock>, request: Value, behaviour: Behaviour, status: StatusCode) -> Response {
+    if !status.is_success() {
+        let body = behaviour.body.clone().unwrap_or_else(|| {
+            json!({"type": "error", "error": {"type": "api_error", "message": format!("{} says {}", mock.name, status)}})
+        });
+        return (status, Json(body)).into_response();
+    }
+    let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    let wanted = request["tools"].as_array().and_then(|t| t.first()).and_then(|t| t["name"].as_str());
+    let calls = match (&behaviour.tool_calls, wanted) {
+        (Some(calls), _) => calls.clone(),
+        (None, Some(name)) if request.pointer("/tool_choice/type").and_then(Value::as_str) != Some("none") => {
+            vec![ScriptedCall { name: name.to_owned(), arguments: r#"{"city":"Paris"}"#.to_owned() }]
+        }
+        _ => Vec::new(),
+    };
+    let usage = behaviour.usage.clone().unwrap_or_else(|| json!({"input_tokens": 12, "output_tokens": 5}));
+    let text = behaviour
+        .text
+        .clone()
+        .unwrap_or_else(|| if calls.is_empty() { format!("Hello from {}", mock.name) } else { String::new() });
+    let stop = if calls.is_empty() { "end_turn" } else { "tool_use" };
+    if request["stream"].as_bool() != Some(true) {
+        let mut content = Vec::new();
+        if !text.is_empty() {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        for (i, call) in calls.iter().enumerate() {
+            let input: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+            content.push(
+                json!({"type": "tool_use", "id": format!("toolu_mock_{}", i + 1), "name": call.name, "input": input}),
+            );
+        }
+        return Json(json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                           "content": content, "stop_reason": stop, "stop_sequence": null, "usage": usage}))
+        .into_response();
+    }
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
+    let mut events = vec![json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+        "role": "assistant", "model": model, "content": [], "usage": start_usage}})];
+    let mut index = 0;
+    if !text.is_empty() {
+        events.push(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
+        events.push(json!({"type": "ping"}));
+        for (i, word) in text.split(' ').enumerate() {
+            let piece = if i == 0 { word.to_owned() } else { format!(" {word}") };
+            events.push(
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            );
+        }
+        events.push(json!({"type": "content_block_stop", "index": 0}));
+        index = 1;
+    }
+    for (i, call) in calls.iter().enumerate() {
+        let block = index + i;
+        events.push(json!({"type": "content_block_start", "index": block, "content_block": {"type": "tool_use",
+            "id": format!("toolu_mock_{}", i + 1), "name": call.name, "input": {}}}));
+        for piece in split3(&call.arguments) {
+            events.push(json!({"type": "content_block_delta", "index": block,
+                               "delta": {"type": "input_json_delta", "partial_json": piece}}));
+        }
+        events.push(json!({"type": "content_block_stop", "index": block}));
+    }
+    let output = usage.get("output_tokens").cloned().unwrap_or(json!(5));
+    events.push(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+                       "usage": {"output_tokens": output}}));
+    events.push(json!({"type": "message_stop"}));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+    tokio::spawn(async move {
+        for (i, event) in events.iter().enumerate() {
+            if behaviour.cut_after == Some(i) {
+                return;
+            }
+            let kind = event["type"].as_str().unwrap_or_default();
+            if tx.send(Ok(Bytes::from(format!("event: {kind}\ndata: {event}\n\n")))).await.is_err() {
+                mock.streams_cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if let Some(delay) = behaviour.chunk_delay_ms {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
         }
         mock.streams_finished.fetch_add(1, Ordering::SeqCst);
     });

@@ -59,6 +59,19 @@ impl Gateway {
             )
             .await;
         }
+        // An Anthropic backend (the mock answers `/messages` as the Messages API), for the SDK suite.
+        cp.create(
+            "backends",
+            json!({"name": "anth", "kind": "anthropic", "base_url": mocks[2].base_url(), "secret": {"value": "sk-ant"}}),
+        )
+        .await;
+        cp.create(
+            "models",
+            json!({"name": "claude-model", "backend": "anth", "upstream_model": "claude-x",
+            "capabilities": {"chat": true, "tools": true}, "pricing": {"input": "3", "output": "15"}}),
+        )
+        .await;
+        cp.create("aliases", json!({"name": "claude", "candidates": [{"model": "claude-model"}]})).await;
         // A backend nobody listens on, for refused connections.
         cp.create(
             "backends",
@@ -425,7 +438,7 @@ async fn models_lists_what_the_key_may_use(pool: PgPool) {
     };
     let all = list(gw.key.clone()).await;
     let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["chain", "embeddings", "refused-first", "split"]);
+    assert_eq!(ids, ["chain", "claude", "embeddings", "refused-first", "split"]);
     assert_eq!(all["object"], json!("list"));
     let limited = list(gw.limited_key.clone()).await;
     assert_eq!(limited["data"], json!([{"id": "split", "object": "model", "created": 0, "owned_by": "gateway"}]));
@@ -462,6 +475,6 @@ async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
         .unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suite failed:\n{report}");
-    assert!(report.contains("22 passed"), "every SDK test ran:\n{report}");
+    assert!(report.contains("24 passed"), "every SDK test ran:\n{report}");
     assert!(!report.contains("skipped"), "no SDK test may be skipped:\n{report}");
 }

@@ -1,0 +1,636 @@
+//! The `anthropic` backend kind: an OpenAI chat completion request translated into Anthropic's Messages API
+//! (`POST {base_url}/messages`), and the answer translated back, streamed or not, tool calls included. Everything
+//! after translation (metering, tool validation, the SSE stages) sees OpenAI-shaped answers.
+//!
+//! - Requests ([`request`]): `system`/`developer` messages become `system`; `tool` messages become `tool_result`
+//!   blocks of a user turn; assistant `tool_calls` become `tool_use` blocks; consecutive turns of one role are merged
+//!   (the Messages API wants them alternating); image parts become image blocks; `tools`, `tool_choice` (with
+//!   `parallel_tool_calls: false`), `stop`, `temperature`, `top_p`, `user` and `max_tokens` map to their
+//!   equivalents (`max_tokens` is required there: 4096 when the caller sets none). What has no equivalent
+//!   (`n > 1`, audio or file parts) makes this candidate unable to serve the request, so another one can.
+//! - Answers ([`answer`], [`StreamTranslator`]): text and `tool_use` blocks become `content` and `tool_calls`;
+//!   `thinking` becomes `reasoning_content`; stop reasons become finish reasons; usage becomes OpenAI usage with
+//!   every input token in `prompt_tokens` (`input_tokens + cache_read_input_tokens + cache_creation_input_tokens`),
+//!   the cache reads in `prompt_tokens_details.cached_tokens`, and Anthropic's two cache fields kept as they are,
+//!   so metering prices cache reads and writes exactly. Streams always end with a usage chunk (Anthropic always
+//!   reports usage); the metering stage strips it unless the client asked for it.
+//! - Errors: Anthropic's error body becomes the OpenAI error shape ([`openai_error`]); an `error` event mid-stream
+//!   becomes an OpenAI error event and ends the stream.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Map, Value, json};
+
+use crate::proxy::tool_stream::event_end;
+
+/// The Messages API version the translation speaks.
+pub const API_VERSION: &str = "2023-06-01";
+/// `max_tokens` when the caller sets none (the Messages API requires one).
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// Longest event held while waiting for its end.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+fn text_of(content: Option<&Value>) -> Result<String, String> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => texts.push(part.get("text").and_then(Value::as_str).unwrap_or_default()),
+                    other => return Err(format!("a {} part has no text for this turn", other.unwrap_or("typeless"))),
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(_) => Err("message content must be a string or an array of parts".to_owned()),
+    }
+}
+
+/// An OpenAI image part's URL as an image block source: data URLs inline, others by URL.
+fn image_source(url: &str) -> Value {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((media_type, data)) = rest.split_once(";base64,")
+    {
+        return json!({"type": "base64", "media_type": media_type, "data": data});
+    }
+    json!({"type": "url", "url": url})
+}
+
+fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>, String> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(vec![json!({"type": "text", "text": text})]),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()})),
+                Some("image_url") => {
+                    let url = part.pointer("/image_url/url").and_then(Value::as_str).unwrap_or_default();
+                    Ok(json!({"type": "image", "source": image_source(url)}))
+                }
+                other => Err(format!("anthropic backends take no {} content parts", other.unwrap_or("typeless"))),
+            })
+            .collect(),
+        Some(_) => Err("message content must be a string or an array of parts".to_owned()),
+    }
+}
+
+/// Append a turn, merging it into the previous one of the same role.
+fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut()
+        && last["role"] == role
+        && let Some(content) = last["content"].as_array_mut()
+    {
+        content.extend(blocks);
+        return;
+    }
+    messages.push(json!({"role": role, "content": blocks}));
+}
+
+fn tool_choice(choice: &Value, parallel: Option<bool>) -> Result<Option<Value>, String> {
+    let mut translated = match choice {
+        Value::Null => json!({"type": "auto"}),
+        Value::String(mode) => match mode.as_str() {
+            "auto" => json!({"type": "auto"}),
+            "none" => json!({"type": "none"}),
+            "required" => json!({"type": "any"}),
+            other => return Err(format!("tool_choice {other:?} has no anthropic equivalent")),
+        },
+        Value::Object(_) => match choice.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => json!({"type": "tool", "name": name}),
+            None => return Err("tool_choice must name a function".to_owned()),
+        },
+        _ => return Err("tool_choice must be a string or an object".to_owned()),
+    };
+    if parallel == Some(false) && translated["type"] != "none" {
+        translated["disable_parallel_tool_use"] = Value::Bool(true);
+    }
+    Ok(Some(translated))
+}
+
+/// The Messages API request for the OpenAI chat request `body`, to `model`; `Err` says why this backend cannot
+/// serve it.
+pub fn request(body: &Map<String, Value>, model: &str) -> Result<Value, String> {
+    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err("anthropic backends produce one choice: n must be 1".to_owned());
+    }
+    let mut system = Vec::new();
+    let mut messages = Vec::new();
+    for message in body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+        let content = message.get("content");
+        match message.get("role").and_then(Value::as_str).unwrap_or_default() {
+            "system" | "developer" => {
+                let text = text_of(content)?;
+                if !text.is_empty() {
+                    system.push(text);
+                }
+            }
+            "user" => push_turn(&mut messages, "user", content_blocks(content)?),
+            "assistant" => {
+                let mut blocks = content_blocks(content)?;
+                for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                    let arguments = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
+                    let input: Value =
+                        match serde_json::from_str(if arguments.trim().is_empty() { "{}" } else { arguments }) {
+                            Ok(input @ Value::Object(_)) => input,
+                            _ => return Err("an assistant tool call's arguments must be a JSON object".to_owned()),
+                        };
+                    blocks.push(json!({"type": "tool_use", "id": call.get("id").cloned().unwrap_or_default(),
+                        "name": call.pointer("/function/name").cloned().unwrap_or_default(), "input": input}));
+                }
+                push_turn(&mut messages, "assistant", blocks);
+            }
+            "tool" => {
+                let result = json!({"type": "tool_result",
+                    "tool_use_id": message.get("tool_call_id").cloned().unwrap_or_default(),
+                    "content": text_of(content)?});
+                push_turn(&mut messages, "user", vec![result]);
+            }
+            other => return Err(format!("anthropic backends take no {other:?} messages")),
+        }
+    }
+    let max_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|f| body.get(*f)?.as_u64())
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    let mut translated = json!({"model": model, "max_tokens": max_tokens, "messages": messages});
+    let out = translated.as_object_mut().ok_or("unreachable")?;
+    if !system.is_empty() {
+        out.insert("system".to_owned(), Value::String(system.join("\n\n")));
+    }
+    for field in ["temperature", "top_p", "stream"] {
+        if let Some(value) = body.get(field).filter(|v| !v.is_null()) {
+            out.insert(field.to_owned(), value.clone());
+        }
+    }
+    match body.get("stop") {
+        Some(Value::String(stop)) => {
+            out.insert("stop_sequences".to_owned(), json!([stop]));
+        }
+        Some(Value::Array(stops)) => {
+            out.insert("stop_sequences".to_owned(), Value::Array(stops.clone()));
+        }
+        _ => {}
+    }
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        out.insert("metadata".to_owned(), json!({"user_id": user}));
+    }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty()) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .filter_map(|tool| tool.get("function"))
+            .map(|function| {
+                let mut tool = json!({"name": function.get("name").cloned().unwrap_or_default(),
+                    "input_schema": function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))});
+                if let Some(description) = function.get("description").filter(|d| d.is_string()) {
+                    tool["description"] = description.clone();
+                }
+                tool
+            })
+            .collect();
+        out.insert("tools".to_owned(), Value::Array(tools));
+        let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
+        if let Some(choice) = tool_choice(body.get("tool_choice").unwrap_or(&Value::Null), parallel)? {
+            out.insert("tool_choice".to_owned(), choice);
+        }
+    }
+    Ok(translated)
+}
+
+fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Anthropic's usage, as it accumulates over a stream.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_creation: u64,
+}
+
+impl Usage {
+    fn read(&mut self, usage: &Value) {
+        let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+        if let Some(input) = field("input_tokens") {
+            self.input = input;
+        }
+        if let Some(output) = field("output_tokens") {
+            self.output = output;
+        }
+        if let Some(read) = field("cache_read_input_tokens") {
+            self.cache_read = read;
+        }
+        if let Some(created) = field("cache_creation_input_tokens") {
+            self.cache_creation = created;
+        }
+    }
+
+    fn openai(&self) -> Value {
+        let prompt = self.input.saturating_add(self.cache_read).saturating_add(self.cache_creation);
+        json!({"prompt_tokens": prompt, "completion_tokens": self.output,
+               "total_tokens": prompt.saturating_add(self.output),
+               "prompt_tokens_details": {"cached_tokens": self.cache_read},
+               "cache_read_input_tokens": self.cache_read, "cache_creation_input_tokens": self.cache_creation})
+    }
+}
+
+fn created() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A non-streamed Messages answer as an OpenAI chat completion; `Err` for a body that is not one.
+pub fn answer(body: &[u8]) -> Result<Vec<u8>, String> {
+    let message: Value = serde_json::from_slice(body).map_err(|e| format!("the anthropic answer is not JSON: {e}"))?;
+    if message.get("type").and_then(Value::as_str) != Some("message") {
+        return Err("the anthropic answer is not a message".to_owned());
+    }
+    let (mut text, mut reasoning, mut calls) = (String::new(), String::new(), Vec::new());
+    for block in message.get("content").and_then(Value::as_array).into_iter().flatten() {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("thinking") => reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default()),
+            Some("tool_use") => {
+                calls.push(json!({"id": block.get("id").cloned().unwrap_or_default(), "type": "function",
+                "function": {"name": block.get("name").cloned().unwrap_or_default(),
+                             "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string)}}))
+            }
+            _ => {}
+        }
+    }
+    let mut reply = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
+    if !calls.is_empty() {
+        reply["tool_calls"] = Value::Array(calls);
+    }
+    if !reasoning.is_empty() {
+        reply["reasoning_content"] = Value::String(reasoning);
+    }
+    let mut usage = Usage::default();
+    if let Some(reported) = message.get("usage") {
+        usage.read(reported);
+    }
+    let completion = json!({
+        "id": message.get("id").cloned().unwrap_or_default(),
+        "object": "chat.completion",
+        "created": created(),
+        "model": message.get("model").cloned().unwrap_or_default(),
+        "choices": [{"index": 0, "message": reply,
+                     "finish_reason": finish_reason(message.get("stop_reason").and_then(Value::as_str)),
+                     "logprobs": null}],
+        "usage": usage.openai(),
+    });
+    serde_json::to_vec(&completion).map_err(|e| e.to_string())
+}
+
+/// Anthropic's error body (`{"type":"error","error":{"type","message"}}`) in the OpenAI error shape; other bodies are
+/// wrapped as they are.
+pub fn openai_error(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let kind = error.and_then(|e| e.get("type")).and_then(Value::as_str).unwrap_or("api_error");
+    let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or(body);
+    json!({"error": {"message": message, "type": kind, "param": null, "code": kind}}).to_string()
+}
+
+/// Translates Anthropic's stream events into OpenAI chat completion chunks (see the module documentation).
+#[derive(Default)]
+pub struct StreamTranslator {
+    pending: Vec<u8>,
+    id: String,
+    model: String,
+    created: i64,
+    /// Tool calls by content-block index, numbered in order of appearance as OpenAI does.
+    tools: HashMap<u64, u64>,
+    usage: Usage,
+    finish: Option<&'static str>,
+    ended: bool,
+}
+
+/// The `data` of one SSE event (joined lines).
+fn event_data(raw: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|value| value.strip_prefix(' ').unwrap_or(value))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+impl StreamTranslator {
+    pub fn new() -> StreamTranslator {
+        StreamTranslator { created: created(), ..StreamTranslator::default() }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
+        let chunk = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {chunk}\n\n")
+    }
+
+    /// Feed upstream bytes; the OpenAI SSE bytes to send on. Events split across chunks wait for their end.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = String::new();
+        let mut start = 0;
+        while let Some(len) = event_end(&self.pending[start..]) {
+            let raw = self.pending[start..start + len].to_vec();
+            start += len;
+            if !self.ended
+                && let Some(data) = event_data(&raw)
+                && let Ok(event) = serde_json::from_str::<Value>(&data)
+            {
+                self.event(&event, &mut out);
+            }
+        }
+        self.pending.drain(..start);
+        // An event that never ends is not buffered without bound.
+        if self.pending.len() > MAX_EVENT_BYTES {
+            self.pending.clear();
+        }
+        out.into_bytes()
+    }
+
+    fn event(&mut self, event: &Value, out: &mut String) {
+        match event.get("type").and_then(Value::as_str).unwrap_or_default() {
+            "message_start" => {
+                let message = &event["message"];
+                self.id = message.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                self.model = message.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+                if let Some(usage) = message.get("usage") {
+                    self.usage.read(usage);
+                }
+                out.push_str(&self.chunk(json!({"role": "assistant", "content": ""}), None));
+            }
+            "content_block_start" => {
+                let block = &event["content_block"];
+                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    let index = event.get("index").and_then(Value::as_u64).unwrap_or_default();
+                    let call = self.tools.len() as u64;
+                    self.tools.insert(index, call);
+                    let delta = json!({"tool_calls": [{"index": call, "id": block.get("id").cloned().unwrap_or_default(),
+                        "type": "function", "function": {"name": block.get("name").cloned().unwrap_or_default(), "arguments": ""}}]});
+                    out.push_str(&self.chunk(delta, None));
+                }
+            }
+            "content_block_delta" => {
+                let delta = &event["delta"];
+                let piece = |field: &str| delta.get(field).and_then(Value::as_str).unwrap_or_default().to_owned();
+                match delta.get("type").and_then(Value::as_str).unwrap_or_default() {
+                    "text_delta" => out.push_str(&self.chunk(json!({"content": piece("text")}), None)),
+                    "thinking_delta" => {
+                        out.push_str(&self.chunk(json!({"reasoning_content": piece("thinking")}), None))
+                    }
+                    "input_json_delta" => {
+                        let index = event.get("index").and_then(Value::as_u64).unwrap_or_default();
+                        if let Some(call) = self.tools.get(&index) {
+                            let delta = json!({"tool_calls": [{"index": call, "function": {"arguments": piece("partial_json")}}]});
+                            out.push_str(&self.chunk(delta, None));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(usage) = event.get("usage") {
+                    self.usage.read(usage);
+                }
+                let stop = event.pointer("/delta/stop_reason").and_then(Value::as_str);
+                self.finish = Some(finish_reason(stop));
+            }
+            "message_stop" => {
+                out.push_str(&self.chunk(json!({}), Some(self.finish.unwrap_or("stop"))));
+                let usage = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                   "model": self.model, "choices": [], "usage": self.usage.openai()});
+                out.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+                self.ended = true;
+            }
+            "error" => {
+                let body = json!({"error": event.get("error").cloned().unwrap_or_default()}).to_string();
+                out.push_str(&format!("data: {}\n\n", openai_error(&body)));
+                self.ended = true;
+            }
+            // ping, content_block_stop and event kinds added later carry nothing for the client.
+            _ => {}
+        }
+    }
+}
+
+/// `upstream` (an Anthropic event stream) as OpenAI SSE bytes.
+pub fn translate_stream<S>(upstream: S) -> impl Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+{
+    let mut translator = StreamTranslator::new();
+    upstream
+        .map(move |chunk| chunk.map(|bytes| Bytes::from(translator.push(&bytes))))
+        .filter(|chunk| std::future::ready(chunk.as_ref().map_or(true, |bytes| !bytes.is_empty())))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn body(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn requests_are_translated() {
+        let openai = body(json!({
+            "model": "claude", "max_tokens": 300, "temperature": 0.2, "stop": "END", "user": "u-1", "stream": true,
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+                {"role": "user", "content": "And tomorrow?"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": "required", "parallel_tool_calls": false, "frequency_penalty": 1
+        }));
+        let translated = request(&openai, "claude-sonnet-4").unwrap();
+        assert_eq!(
+            translated,
+            json!({
+                "model": "claude-sonnet-4", "max_tokens": 300, "system": "Be brief.\n\nUse tools.",
+                "temperature": 0.2, "stream": true, "stop_sequences": ["END"], "metadata": {"user_id": "u-1"},
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]},
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "get_weather",
+                        "input": {"city": "Paris"}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+                        {"type": "text", "text": "And tomorrow?"}]}
+                ],
+                "tools": [{"name": "get_weather", "description": "Weather",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+                "tool_choice": {"type": "any", "disable_parallel_tool_use": true}
+            })
+        );
+        let minimal = request(&body(json!({"messages": [{"role": "user", "content": "hi"}]})), "m").unwrap();
+        assert_eq!(minimal["max_tokens"], json!(4096), "required by the Messages API");
+        assert!(minimal.get("system").is_none() && minimal.get("tools").is_none());
+        // What has no equivalent lets another candidate serve.
+        assert!(request(&body(json!({"n": 2, "messages": []})), "m").is_err());
+        let audio = json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]});
+        assert!(request(&body(audio), "m").unwrap_err().contains("input_audio"));
+    }
+
+    #[test]
+    fn answers_are_translated_with_every_kind_of_input_token() {
+        let anthropic = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4",
+            "content": [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "Checking."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": 1000,
+                      "cache_creation_input_tokens": 50}});
+        let translated: Value = serde_json::from_slice(&answer(anthropic.to_string().as_bytes()).unwrap()).unwrap();
+        assert_eq!(translated["object"], json!("chat.completion"));
+        assert_eq!(translated["model"], json!("claude-sonnet-4"));
+        let choice = &translated["choices"][0];
+        assert_eq!(choice["finish_reason"], json!("tool_calls"));
+        assert_eq!(choice["message"]["content"], json!("Checking."));
+        assert_eq!(choice["message"]["reasoning_content"], json!("hmm"));
+        assert_eq!(
+            choice["message"]["tool_calls"][0]["function"],
+            json!({"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"})
+        );
+        assert_eq!(
+            translated["usage"],
+            json!({"prompt_tokens": 1150, "completion_tokens": 20, "total_tokens": 1170,
+            "prompt_tokens_details": {"cached_tokens": 1000}, "cache_read_input_tokens": 1000,
+            "cache_creation_input_tokens": 50})
+        );
+        assert!(answer(b"{\"type\":\"error\"}").is_err());
+        assert!(answer(b"not json").is_err());
+        assert_eq!(
+            serde_json::from_str::<Value>(&openai_error(
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#
+            ))
+            .unwrap(),
+            json!({"error": {"message": "busy", "type": "overloaded_error", "param": null, "code": "overloaded_error"}})
+        );
+    }
+
+    /// A recorded Messages stream: text, then a tool call in two argument deltas, with cache usage.
+    const RECORDED: &str = "event: message_start\n\
+        data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4\",\"usage\":{\"input_tokens\":100,\"output_tokens\":1,\"cache_read_input_tokens\":1000,\"cache_creation_input_tokens\":50}}}\n\n\
+        event: content_block_start\n\
+        data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+        event: ping\n\
+        data: {\"type\":\"ping\"}\n\n\
+        event: content_block_delta\n\
+        data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Checking.\"}}\n\n\
+        event: content_block_stop\n\
+        data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+        event: content_block_start\n\
+        data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{}}}\n\n\
+        event: content_block_delta\n\
+        data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}\n\n\
+        event: content_block_delta\n\
+        data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n\
+        event: content_block_stop\n\
+        data: {\"type\":\"content_block_stop\",\"index\":1}\n\n\
+        event: message_delta\n\
+        data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":20}}\n\n\
+        event: message_stop\n\
+        data: {\"type\":\"message_stop\"}\n\n";
+
+    fn translate(input: &[u8], cuts: &[usize]) -> String {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.extend([0, input.len()]);
+        points.sort_unstable();
+        points.dedup();
+        let mut translator = StreamTranslator::new();
+        let mut out = Vec::new();
+        for w in points.windows(2) {
+            out.extend(translator.push(&input[w[0]..w[1]]));
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn chunks(out: &str) -> Vec<Value> {
+        out.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn streams_are_translated() {
+        let out = translate(RECORDED.as_bytes(), &[]);
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+        let chunks = chunks(&out);
+        let deltas: Vec<&Value> = chunks.iter().filter_map(|c| c.pointer("/choices/0/delta")).collect();
+        assert_eq!(deltas[0], &json!({"role": "assistant", "content": ""}));
+        assert_eq!(deltas[1], &json!({"content": "Checking."}));
+        assert_eq!(
+            deltas[2],
+            &json!({"tool_calls": [{"index": 0, "id": "toolu_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": ""}}]})
+        );
+        assert_eq!(deltas[3], &json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}));
+        assert_eq!(deltas[4], &json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}));
+        assert_eq!(chunks[5]["choices"][0]["finish_reason"], json!("tool_calls"));
+        assert_eq!(chunks[6]["choices"], json!([]));
+        assert_eq!(chunks[6]["usage"]["prompt_tokens"], json!(1150));
+        assert_eq!(chunks[6]["usage"]["completion_tokens"], json!(20));
+        assert!(chunks.iter().all(|c| c["model"] == json!("claude-sonnet-4") && c["id"] == json!("msg_1")));
+        // An error event becomes an OpenAI error event and ends the translation.
+        let failing = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n\
+            event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let out = translate(failing.as_bytes(), &[]);
+        assert!(out.contains("data: {\"error\":{\"code\":\"overloaded_error\"") && !out.contains("[DONE]"), "{out}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// However the upstream chunks its stream, the translation is the same.
+        #[test]
+        fn chunking_does_not_matter(cuts in prop::collection::vec(any::<usize>(), 0..40)) {
+            prop_assert_eq!(translate(RECORDED.as_bytes(), &cuts), translate(RECORDED.as_bytes(), &[]));
+        }
+
+        /// Nothing from the network panics the translation.
+        #[test]
+        fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..512), cuts in prop::collection::vec(any::<usize>(), 0..10)) {
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.extend([0, input.len()]);
+            points.sort_unstable();
+            points.dedup();
+            let mut translator = StreamTranslator::new();
+            for w in points.windows(2) {
+                let _ = translator.push(&input[w[0]..w[1]]);
+            }
+            let _ = answer(&input);
+            let _ = openai_error(&String::from_utf8_lossy(&input));
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //! A second baseline, the bare relay, is the extra hop alone: an axum server on its own 1-thread runtime that
 //! sends each body to the mock with a pooled reqwest client and returns the answer, with no gateway logic. The
 //! gateway minus the relay is what the gateway's own work costs; the relay minus direct is the price of any
-//! HTTP proxy built on the same stack on this machine.
+//! HTTP proxy built on the same stack on this machine. Every gateway request is metered (usage read, cost computed,
+//! a spend event built); a third gateway phase uses a key under a budget, which adds admission.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -30,6 +31,9 @@ const CONCURRENCIES: [usize; 2] = [1, 8];
 const REQUESTS: usize = 4000;
 const WARMUP: usize = 400;
 const KEY: &str = "gwk_bench_key";
+/// A key of a team with a daily budget: its requests also pay for admission (prompt tokens counted, cost
+/// reserved and released) on top of the metering every request pays.
+const BUDGETED_KEY: &str = "gwk_bench_budgeted";
 
 fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -93,10 +97,12 @@ fn main() {
             let base = run(&client, &direct, None, &body, concurrency).await;
             let bare = run(&client, &relayed, None, &body, concurrency).await;
             let gateway = run(&client, &proxied, Some(KEY), &body, concurrency).await;
+            let budgeted = run(&client, &proxied, Some(BUDGETED_KEY), &body, concurrency).await;
             let label = format!("c={concurrency} {}", if stream { "streaming" } else { "non-streaming" });
             base.print(&format!("{label:>19} direct "));
             bare.print(&format!("{label:>19} relay  "));
             gateway.print(&format!("{label:>19} gateway"));
+            budgeted.print(&format!("{label:>19} gateway with a budget"));
             println!(
                 "{label:>19} added latency: p50 {:+.3} ms, p99 {:+.3} ms; throughput ratio {:.2}",
                 ms(gateway.p50) - ms(base.p50),
@@ -109,6 +115,11 @@ fn main() {
                 ms(bare.p99) - ms(base.p99),
                 ms(gateway.p50) - ms(bare.p50),
                 ms(gateway.p99) - ms(bare.p99),
+            );
+            println!(
+                "{label:>19} a budget adds: p50 {:+.3} ms, p99 {:+.3} ms",
+                ms(budgeted.p50) - ms(gateway.p50),
+                ms(budgeted.p99) - ms(gateway.p99),
             );
         }
     });
@@ -170,15 +181,24 @@ fn snapshot(mock_port: u16) -> v1::Snapshot {
             serde_json::from_value(json!({"name": "gpt", "candidates": [{"model": "m"}]})).unwrap(),
         )]
         .into(),
+        budgets: [(
+            "team-daily".to_owned(),
+            serde_json::from_value(json!({"name": "team-daily", "scope": {"type": "team", "team": "t"},
+            "period": "day", "limit_usd": "1000000000"}))
+            .unwrap(),
+        )]
+        .into(),
         ..ConfigSet::default()
     };
-    let key = v1::ApiKey {
-        id: "k".into(),
-        name: "bench".into(),
-        secret_sha256: hex::encode(Sha256::digest(KEY.as_bytes())),
+    let key = |id: &str, secret: &str, team: &str| v1::ApiKey {
+        id: id.into(),
+        name: id.into(),
+        team: team.into(),
+        secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
         ..v1::ApiKey::default()
     };
-    let content = convert::encode(&config, vec![key], |_| None);
+    let keys = vec![key("bench", KEY, ""), key("budgeted", BUDGETED_KEY, "t")];
+    let content = convert::encode(&config, keys, |_| None);
     v1::Snapshot { version: 1, content_hash: convert::content_hash(&content), content: Some(content) }
 }
 

@@ -49,7 +49,10 @@ fn recorded_anthropic_stream() -> Vec<Bytes> {
         "message_start",
         json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude", "usage": {"input_tokens": 120, "output_tokens": 1}}}),
     )];
-    chunks.push(event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+    chunks.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
     for i in 0..20 {
         chunks.push(event(
             "content_block_delta",

@@ -146,8 +146,8 @@ impl ToolReport {
     }
 }
 
-/// The end of a request that declared tools: where its validation outcomes leave the request path. Spend events
-/// (the spend issue) attach `report` here; today it is logged.
+/// The end of a request that declared tools: its validation outcomes are logged when a call was invalid. (The
+/// request's spend event gets each answer's outcomes as they are validated: `RequestSpend::tool_outcomes`.)
 pub fn finish(report: ToolReport) {
     if report.any_invalid() {
         let summary: Vec<String> = report

@@ -131,7 +131,14 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<String, Invalid>
     Ok(value.to_owned())
 }
 
+/// Most tokens of one kind one event may count: far above any context window, low enough that the roll-ups'
+/// BIGINT sums cannot overflow.
+pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+
 fn count(field: &'static str, value: u64) -> Result<i64, Invalid> {
+    if value > MAX_TOKENS {
+        return Err((field, format!("{value} is above {MAX_TOKENS} tokens")));
+    }
     i64::try_from(value).map_err(|_| (field, format!("{value} is out of range")))
 }
 
@@ -284,6 +291,8 @@ mod tests {
         check(|e| e.cost_usd = "000000000000999999999.5".into(), None);
         check(|e| e.cost_usd = "0".into(), None);
         check(|e| e.prompt_tokens = u64::MAX, Some("prompt_tokens"));
+        check(|e| e.completion_tokens = MAX_TOKENS + 1, Some("completion_tokens"));
+        check(|e| e.completion_tokens = MAX_TOKENS, None);
         check(|e| e.cached_prompt_tokens = 11, Some("cached_prompt_tokens"));
         check(|e| (e.cached_prompt_tokens, e.cache_creation_tokens) = (5, 5), None);
         check(|e| (e.cached_prompt_tokens, e.cache_creation_tokens) = (6, 5), Some("cached_prompt_tokens"));

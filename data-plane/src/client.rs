@@ -174,7 +174,8 @@ impl Subscription {
                 Some(v1::subscribe_response::Kind::Snapshot(snapshot)) => snapshot,
                 Some(v1::subscribe_response::Kind::BudgetState(state)) => {
                     let (served, none) = (current.load(), Default::default());
-                    self.budgets.apply_state(&state, served.as_ref().map_or(&none, |s| &s.config.budgets));
+                    let budgets = served.as_ref().map_or(&none, |s| &s.config.budgets);
+                    self.budgets.apply_state(&state, budgets, chrono::Utc::now());
                     continue;
                 }
                 None => continue,

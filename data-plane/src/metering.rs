@@ -67,7 +67,14 @@ impl RawUsage {
     }
 
     /// Embeddings report only prompt (and total) tokens; the generating endpoints must report completion tokens.
+    /// Counts beyond any context window are not usage but an upstream bug: estimated instead (the ledger refuses
+    /// them).
     fn into_usage(self, endpoint: Endpoint) -> Option<Usage> {
+        const PLAUSIBLE: u64 = 1_000_000_000_000;
+        let counts = [Some(self.prompt_tokens), self.completion_tokens, self.cache_creation_input_tokens];
+        if counts.into_iter().flatten().any(|count| count > PLAUSIBLE) {
+            return None;
+        }
         let completion_tokens = match endpoint {
             Endpoint::Embeddings => 0,
             Endpoint::ChatCompletions | Endpoint::Completions => self.completion_tokens?,
@@ -463,6 +470,7 @@ mod tests {
             None,
         );
         check(ChatCompletions, r#"{"usage":[1,2]}"#, None);
+        check(ChatCompletions, r#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#, None);
         check(ChatCompletions, "[]", None);
         check(ChatCompletions, "", None);
         check(ChatCompletions, "not json", None);

@@ -84,7 +84,8 @@ pub struct SpendArgs {
 
     /// Largest spool of unacknowledged batches, in bytes; when full, new requests are refused (503) until the
     /// control plane acknowledges spend again.
-    #[arg(long, env = "GATEWAY_SPEND_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "GATEWAY_SPEND_SPOOL_MAX_BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(u64).range(1 << 20..))]
     pub spend_spool_max_bytes: u64,
 
     /// On shutdown, how long to keep sending spooled spend before leaving it for the next start.

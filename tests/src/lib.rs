@@ -308,16 +308,12 @@ impl ControlPlane {
 
     /// Wait until the ledger holds at least `n` events; then give stragglers a moment and return them all.
     pub async fn wait_for_spend_events(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let events = self.spend_events().await;
-            if events.len() >= n {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return self.spend_events().await;
-            }
-            assert!(Instant::now() < deadline, "the ledger holds {} events, expected {n}", events.len());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(Duration::from_secs(60), &format!("{n} events in the ledger"), || async {
+            (self.spend_events().await.len() >= n).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.spend_events().await
     }
 }
 
@@ -562,7 +558,7 @@ fn postgres_bin() -> PathBuf {
 }
 
 impl PostgresCluster {
-    pub fn start(test: &str) -> PostgresCluster {
+    pub async fn start(test: &str) -> PostgresCluster {
         let bin = postgres_bin();
         let dir = std::env::temp_dir().join(format!("gateway-e2e-pg-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -575,11 +571,13 @@ impl PostgresCluster {
         }
         let cluster = PostgresCluster { dir, bin, port: free_port(), owner };
         let data = cluster.dir.join("data");
-        cluster.run(
-            "initdb",
-            &["-D", &data.display().to_string(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
-        );
-        cluster.start_server();
+        cluster
+            .run(
+                "initdb",
+                &["-D", &data.display().to_string(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+            )
+            .await;
+        cluster.start_server().await;
         cluster
     }
 
@@ -596,8 +594,12 @@ impl PostgresCluster {
         }
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
-        let output = self.command(tool).args(args).output().unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    async fn run(&self, tool: &str, args: &[&str]) {
+        let output = Command::from(self.command(tool))
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
         assert!(
             output.status.success(),
             "{tool} {args:?} failed: {}{}",
@@ -607,7 +609,7 @@ impl PostgresCluster {
     }
 
     /// Start the server (again) on its port, and wait until it accepts connections.
-    pub fn start_server(&self) {
+    pub async fn start_server(&self) {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=100",
             self.port,
@@ -615,13 +617,13 @@ impl PostgresCluster {
         );
         let data = self.dir.join("data").display().to_string();
         let log = self.dir.join("server.log").display().to_string();
-        self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &options, "start"]);
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &options, "start"]).await;
     }
 
     /// Stop the server (fast shutdown: connections are cut, as in a real restart).
-    pub fn stop_server(&self) {
+    pub async fn stop_server(&self) {
         let data = self.dir.join("data").display().to_string();
-        self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+        self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]).await;
     }
 
     /// The URL of database `name` on this server (the database is created by whoever connects first).

@@ -151,11 +151,12 @@ impl ConfigDiscovery for Discovery {
             .ingest_spend(&batch.node_id, &batch.batch_id, &validated.records, &validated.rejected)
             .await
             .map_err(|error| {
-                // Nothing is known to be stored: the data plane keeps the batch and retries.
+                // Nothing is stored: the data plane keeps the batch. UNAVAILABLE (the database is out of reach): send it
+                // again later. INTERNAL (the database refused this batch): the data plane splits it to isolate the event.
                 tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, %error, "spend ingestion failed");
                 match error {
                     ApiError::Unavailable(message) => Status::unavailable(message),
-                    other => Status::unavailable(format!("the spend ledger could not commit: {other}")),
+                    other => Status::internal(format!("the spend ledger could not store this batch: {other}")),
                 }
             })?;
         if outcome.accepted > 0 {

@@ -28,7 +28,7 @@ use crate::proxy::tool_stream::event_end;
 /// The Messages API version the translation speaks.
 pub const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` when the caller sets none (the Messages API requires one).
-const DEFAULT_MAX_TOKENS: u64 = 4096;
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// Longest event held while waiting for its end.
 const MAX_EVENT_BYTES: usize = 1 << 20;
 
@@ -166,10 +166,14 @@ pub fn request(body: &Map<String, Value>, model: &str) -> Result<Value, String> 
     if !system.is_empty() {
         out.insert("system".to_owned(), Value::String(system.join("\n\n")));
     }
-    for field in ["temperature", "top_p", "stream"] {
+    for field in ["top_p", "stream"] {
         if let Some(value) = body.get(field).filter(|v| !v.is_null()) {
             out.insert(field.to_owned(), value.clone());
         }
+    }
+    // OpenAI's range is 0 to 2, Anthropic's 0 to 1.
+    if let Some(temperature) = body.get("temperature").and_then(Value::as_f64) {
+        out.insert("temperature".to_owned(), json!(temperature.clamp(0.0, 1.0)));
     }
     match body.get("stop") {
         Some(Value::String(stop)) => {
@@ -221,10 +225,13 @@ struct Usage {
     output: u64,
     cache_read: u64,
     cache_creation: u64,
+    /// The upstream reported usage at all (otherwise none is passed on, so metering estimates).
+    seen: bool,
 }
 
 impl Usage {
     fn read(&mut self, usage: &Value) {
+        self.seen |= usage.is_object();
         let field = |name: &str| usage.get(name).and_then(Value::as_u64);
         if let Some(input) = field("input_tokens") {
             self.input = input;
@@ -283,7 +290,7 @@ pub fn answer(body: &[u8]) -> Result<Vec<u8>, String> {
     if let Some(reported) = message.get("usage") {
         usage.read(reported);
     }
-    let completion = json!({
+    let mut completion = json!({
         "id": message.get("id").cloned().unwrap_or_default(),
         "object": "chat.completion",
         "created": created(),
@@ -291,8 +298,10 @@ pub fn answer(body: &[u8]) -> Result<Vec<u8>, String> {
         "choices": [{"index": 0, "message": reply,
                      "finish_reason": finish_reason(message.get("stop_reason").and_then(Value::as_str)),
                      "logprobs": null}],
-        "usage": usage.openai(),
     });
+    if usage.seen {
+        completion["usage"] = usage.openai();
+    }
     serde_json::to_vec(&completion).map_err(|e| e.to_string())
 }
 
@@ -414,9 +423,12 @@ impl StreamTranslator {
             }
             "message_stop" => {
                 out.push_str(&self.chunk(json!({}), Some(self.finish.unwrap_or("stop"))));
-                let usage = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                   "model": self.model, "choices": [], "usage": self.usage.openai()});
-                out.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+                if self.usage.seen {
+                    let usage = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                       "model": self.model, "choices": [], "usage": self.usage.openai()});
+                    out.push_str(&format!("data: {usage}\n\n"));
+                }
+                out.push_str("data: [DONE]\n\n");
                 self.ended = true;
             }
             "error" => {
@@ -457,7 +469,7 @@ mod tests {
     #[test]
     fn requests_are_translated() {
         let openai = body(json!({
-            "model": "claude", "max_tokens": 300, "temperature": 0.2, "stop": "END", "user": "u-1", "stream": true,
+            "model": "claude", "max_tokens": 300, "temperature": 1.4, "stop": "END", "user": "u-1", "stream": true,
             "messages": [
                 {"role": "system", "content": "Be brief."},
                 {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
@@ -477,7 +489,7 @@ mod tests {
             translated,
             json!({
                 "model": "claude-sonnet-4", "max_tokens": 300, "system": "Be brief.\n\nUse tools.",
-                "temperature": 0.2, "stream": true, "stop_sequences": ["END"], "metadata": {"user_id": "u-1"},
+                "temperature": 1.0, "stream": true, "stop_sequences": ["END"], "metadata": {"user_id": "u-1"},
                 "messages": [
                     {"role": "user", "content": [{"type": "text", "text": "Weather?"},
                         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]},
@@ -525,6 +537,10 @@ mod tests {
             "prompt_tokens_details": {"cached_tokens": 1000}, "cache_read_input_tokens": 1000,
             "cache_creation_input_tokens": 50})
         );
+        let no_usage =
+            json!({"type": "message", "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"});
+        let translated: Value = serde_json::from_slice(&answer(no_usage.to_string().as_bytes()).unwrap()).unwrap();
+        assert!(translated.get("usage").is_none(), "none reported, none invented: metering estimates");
         assert!(answer(b"{\"type\":\"error\"}").is_err());
         assert!(answer(b"not json").is_err());
         assert_eq!(

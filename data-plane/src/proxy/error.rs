@@ -38,6 +38,8 @@ pub enum GatewayError {
     UpstreamUnavailable(String),
     #[error("{0}")]
     UpstreamTimeout(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{}", tool_not_allowed_message(policy, tools))]
     ToolNotAllowed { policy: String, tools: Vec<String> },
     #[error("{}", invalid_tool_call_message(violations))]
@@ -106,7 +108,9 @@ fn invalid_tool_call_message(violations: &[ToolViolation]) -> String {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::InvalidRequest(_) | GatewayError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::InvalidRequest(_) | GatewayError::InvalidField { .. } | GatewayError::Unsupported(_) => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidToolCall { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -141,6 +145,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Unsupported(_) => "unsupported_request",
             GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
             GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
             GatewayError::BudgetExceeded(_) => "budget_exceeded",

@@ -46,7 +46,7 @@ use serde_json::json;
 
 use self::error::GatewayError;
 use self::request::{Endpoint, ParsedRequest};
-use self::upstream::{AttemptError, Upstreams};
+use self::upstream::{AttemptError, SendOptions, Upstreams};
 use crate::metering::{self, StreamMeter, Usage};
 use crate::snapshot::CompiledSnapshot;
 use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope};
@@ -168,7 +168,12 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
     if proxy.reporter.is_full() {
         return Err(GatewayError::SpendSpoolFull);
     }
-    let (admission, prompt_estimate) = admit(proxy, &snapshot, &parsed, key, &mut candidates, occurred_at)?;
+    // Each answer a tool policy may re-ask for is billed: reserve for all of them.
+    let answers = governance.as_ref().map_or(1, |g| match g.decision.action {
+        InvalidCallAction::Retry => 1 + u64::from(g.decision.max_retries),
+        _ => 1,
+    });
+    let (admission, prompt_estimate) = admit(proxy, &snapshot, &parsed, key, &mut candidates, answers, occurred_at)?;
     let strip_usage =
         parsed.stream && parsed.endpoint != Endpoint::Embeddings && metering::inject_include_usage(&mut parsed.body);
     let parsed = Arc::new(parsed);
@@ -244,6 +249,7 @@ fn admit(
     parsed: &ParsedRequest,
     key: &gateway_proto::v1::ApiKey,
     candidates: &mut Vec<PlannedCandidate>,
+    answers: u64,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Admission, Option<u64>), GatewayError> {
     let budgets = &snapshot.config.budgets;
@@ -251,7 +257,8 @@ fn admit(
         return Ok((Admission::unlimited(), None));
     }
     let prompt = parsed.prompt_tokens();
-    let estimate = reservation_estimate(snapshot, parsed, candidates, prompt, proxy.reserve_output_tokens);
+    let estimate = reservation_estimate(snapshot, parsed, candidates, prompt, proxy.reserve_output_tokens)
+        .saturating_mul(Decimal::from(answers));
     let admission = {
         let models: Vec<&str> = candidates.iter().map(|c| c.model.as_str()).collect();
         let scope = Scope { key_name: &key.name, team: &key.team, alias: &parsed.model, model: "" };
@@ -264,9 +271,10 @@ fn admit(
     Ok((admission, Some(prompt)))
 }
 
-/// The most the request may cost as far as the gateway can tell before it runs: the estimated prompt and the most
-/// output it may generate (`max_tokens`, else `default_output`, within the context window) at the highest prices
-/// among its candidates.
+/// The most one answer may cost as far as the gateway can tell before it runs, at the highest figure among its
+/// candidates: the estimated prompt (at the dearer of the input and cache-write prices) and the most output it may
+/// generate: `n` choices of `max_completion_tokens`/`max_tokens`, else of what the backend is sent by default
+/// (`default_output`, or the anthropic translation's `max_tokens`), within the context window.
 fn reservation_estimate(
     snapshot: &CompiledSnapshot,
     parsed: &ParsedRequest,
@@ -274,18 +282,25 @@ fn reservation_estimate(
     prompt: u64,
     default_output: u64,
 ) -> Decimal {
-    let output = match parsed.endpoint {
-        Endpoint::Embeddings => 0,
-        Endpoint::ChatCompletions | Endpoint::Completions => parsed.max_output_tokens().unwrap_or(default_output),
-    };
-    let priced = candidates.iter().filter_map(|c| snapshot.config.models.get(&c.model)).filter_map(|model| {
+    let choices = parsed.body.get("n").and_then(serde_json::Value::as_u64).unwrap_or(1).clamp(1, 128);
+    let priced = candidates.iter().filter_map(|candidate| {
+        let model = snapshot.config.models.get(&candidate.model)?;
+        let anthropic =
+            snapshot.config.backends.get(&candidate.backend).is_some_and(|b| b.kind == BackendKind::Anthropic);
+        let per_choice =
+            match parsed.endpoint {
+                Endpoint::Embeddings => 0,
+                Endpoint::ChatCompletions | Endpoint::Completions => parsed
+                    .max_output_tokens()
+                    .unwrap_or(if anthropic { anthropic::DEFAULT_MAX_TOKENS } else { default_output }),
+            };
         let window = model.capabilities.context_window.map_or(u64::MAX, u64::from);
-        let usage = Usage {
-            prompt_tokens: prompt,
-            completion_tokens: output.min(window.saturating_sub(prompt)),
-            ..Usage::default()
-        };
-        metering::cost(&usage, &model.pricing).ok()
+        let output = per_choice.min(window.saturating_sub(prompt)).saturating_mul(choices);
+        let pricing = &model.pricing;
+        let dearest_input = pricing.cache_write.map_or(pricing.input, |write| write.max(pricing.input));
+        let worst = policy_engine::config::Pricing { input: dearest_input, ..*pricing };
+        let usage = Usage { prompt_tokens: prompt, completion_tokens: output, ..Usage::default() };
+        metering::cost(&usage, &worst).ok()
     });
     priced.max().unwrap_or_default()
 }
@@ -348,26 +363,52 @@ impl Pass<'_> {
         }
     }
 
+    /// One attempt to `candidate`. A backend that refuses the `stream_options` the gateway added (older Azure API
+    /// versions, strict servers) is asked again without them at once, and from then on never sent them: its streams
+    /// are metered with the tokenizer instead.
+    async fn send(
+        &self,
+        backend: &BackendSpec,
+        candidate: &PlannedCandidate,
+    ) -> Result<reqwest::Response, AttemptError> {
+        let (upstreams, parsed) = (&self.proxy.upstreams, self.parsed);
+        let send = |omit_usage_option: bool| {
+            let options = SendOptions { request_id: self.id, omit_usage_option };
+            upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, options)
+        };
+        let omitted = self.strip_usage && upstreams.refuses_usage_option(&backend.name);
+        let attempt = send(omitted).await;
+        if let Err(AttemptError::Unsupported(_)) = &attempt {
+            return attempt; // nothing was sent
+        }
+        self.spend.attempt(candidate);
+        match &attempt {
+            Err(AttemptError::Status { status: 400, body, .. })
+                if self.strip_usage && !omitted && body.contains("stream_options") =>
+            {
+                tracing::info!(backend = %backend.name, "the backend refuses stream_options; its streams are metered by the tokenizer");
+                upstreams.remember_usage_option_refused(&backend.name);
+                self.spend.attempt(candidate);
+                send(true).await
+            }
+            _ => attempt,
+        }
+    }
+
     /// Try the candidates in order from `start` (wrapping around); answer with the first usable response.
     async fn forward(&self, start: usize, mut tools: Option<ToolCheck<'_>>) -> Result<Served, GatewayError> {
-        let (proxy, parsed, candidates) = (self.proxy, self.parsed, self.candidates);
+        let (proxy, candidates) = (self.proxy, self.candidates);
         let mut failures: Vec<(String, AttemptError)> = Vec::new();
         let order = (0..candidates.len()).map(|i| (start + i) % candidates.len());
         for (position, candidate) in order.map(|i| (i, &candidates[i])) {
             let Some(backend) = self.snapshot.config.backends.get(&candidate.backend) else { continue };
-            self.spend.attempt(candidate);
-            let mut attempt =
-                proxy.upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, self.id).await;
+            let mut attempt = self.send(backend, candidate).await;
             // A short Retry-After is waited out once on the same candidate; a long one moves on.
             if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
                 && *wait <= proxy.max_retry_after
             {
                 tokio::time::sleep(*wait).await;
-                self.spend.attempt(candidate);
-                attempt = proxy
-                    .upstreams
-                    .send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, self.id)
-                    .await;
+                attempt = self.send(backend, candidate).await;
             }
             match attempt {
                 Ok(response) => {
@@ -584,6 +625,9 @@ fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
         GatewayError::UpstreamRateLimited { message, retry_after }
     } else if all(|e| matches!(e, AttemptError::Timeout(_))) {
         GatewayError::UpstreamTimeout(message)
+    } else if all(|e| matches!(e, AttemptError::Unsupported(_))) {
+        // No candidate can take this request at all: the caller's to change, not an outage.
+        GatewayError::Unsupported(message)
     } else if all(|e| matches!(e, AttemptError::Connect(_) | AttemptError::Unsupported(_))) {
         GatewayError::UpstreamUnavailable(message)
     } else {

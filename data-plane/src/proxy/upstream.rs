@@ -41,6 +41,16 @@ impl AttemptError {
 #[derive(Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<u64, reqwest::Client>>,
+    /// Backends that answered 400 to the `stream_options` the gateway adds for metering.
+    usage_option_refused: Mutex<std::collections::HashSet<String>>,
+}
+
+/// How one attempt is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions<'a> {
+    pub request_id: &'a str,
+    /// Leave out the `stream_options.include_usage` the gateway added (the backend refuses it).
+    pub omit_usage_option: bool,
 }
 
 impl Upstreams {
@@ -60,17 +70,28 @@ impl Upstreams {
     }
 
     /// Send `body` (with `model` set to the upstream name) to `backend`; the response once its headers arrived.
+    pub fn refuses_usage_option(&self, backend: &str) -> bool {
+        self.usage_option_refused.lock().is_ok_and(|refused| refused.contains(backend))
+    }
+
+    pub fn remember_usage_option_refused(&self, backend: &str) {
+        if let Ok(mut refused) = self.usage_option_refused.lock() {
+            refused.insert(backend.to_owned());
+        }
+    }
+
     pub async fn send(
         &self,
         backend: &BackendSpec,
         upstream_model: &str,
         endpoint: Endpoint,
         body: &Map<String, Value>,
-        request_id: &str,
+        options: SendOptions<'_>,
     ) -> Result<reqwest::Response, AttemptError> {
+        let request_id = options.request_id;
         let with_model = || {
-            serde_json::to_vec(&WithModel { body, model: upstream_model })
-                .map_err(|e| AttemptError::Connect(e.to_string()))
+            let body = WithModel { body, model: upstream_model, omit_usage_option: options.omit_usage_option };
+            serde_json::to_vec(&body).map_err(|e| AttemptError::Connect(e.to_string()))
         };
         // The URL, the body, and the header a `bearer` secret goes in (None: `Authorization: Bearer`).
         let (url, payload, native_key_header) = match backend.kind {
@@ -129,8 +150,8 @@ impl Upstreams {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
+            // Absurd values would overflow a Duration; a day is as good as forever here (it fails over).
+            .and_then(|s| Duration::try_from_secs_f64(s.min(86_400.0)).ok());
         let body = match tokio::time::timeout(Duration::from_millis(first_byte), response.text()).await {
             Ok(Ok(text)) => text,
             _ => String::new(),
@@ -143,17 +164,30 @@ impl Upstreams {
 struct WithModel<'a> {
     body: &'a Map<String, Value>,
     model: &'a str,
+    /// Serialise `stream_options` without `include_usage` (and not at all when nothing else is left).
+    omit_usage_option: bool,
 }
 
 impl serde::Serialize for WithModel<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map =
-            serializer.serialize_map(Some(self.body.len() + usize::from(!self.body.contains_key("model"))))?;
+        let len = (!self.omit_usage_option).then(|| self.body.len() + usize::from(!self.body.contains_key("model")));
+        let mut map = serializer.serialize_map(len)?;
         map.serialize_entry("model", self.model)?;
         for (name, value) in self.body {
-            if name != "model" {
-                map.serialize_entry(name, value)?;
+            match (name.as_str(), value) {
+                ("model", _) => {}
+                ("stream_options", Value::Object(options)) if self.omit_usage_option => {
+                    let rest: Map<String, Value> = options
+                        .iter()
+                        .filter(|(k, _)| *k != "include_usage")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if !rest.is_empty() {
+                        map.serialize_entry(name, &rest)?;
+                    }
+                }
+                _ => map.serialize_entry(name, value)?,
             }
         }
         map.end()

@@ -158,20 +158,24 @@ struct Inner {
     ledger_as_of_us: i64,
     unacked: HashMap<PeriodKey, Decimal>,
     /// Acknowledged spend not known to be in `confirmed`, per ack (its `committed_unix_us`), and its sum.
-    acked: VecDeque<(i64, Contributions)>,
+    acked: VecDeque<(i64, HashMap<PeriodKey, Decimal>)>,
     acked_total: HashMap<PeriodKey, Decimal>,
     reserved: HashMap<PeriodKey, Decimal>,
     /// Warnings already logged and counted this period: (budget period, kind).
     warned: HashSet<(PeriodKey, &'static str)>,
 }
 
+/// Most acknowledgements kept apart while waiting for a budget state (older ones merge).
+const MAX_ACKED: usize = 1024;
+
 fn add(map: &mut HashMap<PeriodKey, Decimal>, key: &PeriodKey, amount: Decimal) {
-    *map.entry(key.clone()).or_default() += amount;
+    let value = map.entry(key.clone()).or_default();
+    *value = value.saturating_add(amount);
 }
 
 fn subtract(map: &mut HashMap<PeriodKey, Decimal>, key: &PeriodKey, amount: Decimal) {
     if let Some(value) = map.get_mut(key) {
-        *value -= amount;
+        *value = value.saturating_sub(amount);
         if *value <= Decimal::ZERO {
             map.remove(key);
         }
@@ -184,23 +188,40 @@ impl Inner {
         let confirmed =
             self.confirmed.get(&budget.name).filter(|c| c.start == key.start).map_or(Decimal::ZERO, |c| c.spent);
         let local = |map: &HashMap<PeriodKey, Decimal>| map.get(&key).copied().unwrap_or_default();
-        confirmed + local(&self.unacked) + local(&self.acked_total) + local(&self.reserved)
+        // Saturating: absurd reservations (a caller's max_tokens) must not overflow, only refuse.
+        confirmed
+            .saturating_add(local(&self.unacked))
+            .saturating_add(local(&self.acked_total))
+            .saturating_add(local(&self.reserved))
     }
 
-    /// Drop acknowledged spend that `ledger_as_of_us` says the confirmed figures include.
-    fn prune_acked(&mut self) {
+    /// Whether the latest state includes spend of `key` acknowledged at `committed`: read after the commit, and
+    /// naming that budget's figure for that very period (a state of the previous period, computed just before a
+    /// boundary, does not include spend of the new one).
+    fn includes(&self, committed: i64, key: &PeriodKey) -> bool {
         let as_of = self.ledger_as_of_us;
-        while let Some((committed, _)) = self.acked.front() {
-            // 0: a control plane without the ledger clock; its acknowledged batches count as included.
-            if as_of != 0 && *committed >= as_of {
-                break;
-            }
-            if let Some((_, contributions)) = self.acked.pop_front() {
-                for (key, amount) in &contributions {
+        // 0: a control plane without the ledger clock; its acknowledged batches count as included.
+        self.state_received
+            && (as_of == 0 || committed < as_of)
+            && self.confirmed.get(&key.budget).is_some_and(|c| c.start == key.start)
+    }
+
+    /// Drop acknowledged spend the confirmed figures include, and spend of periods that are over (`current` says a
+    /// budget's current period start).
+    fn prune_acked(&mut self, current: impl Fn(&PeriodKey) -> Option<i64>) {
+        let mut acked = std::mem::take(&mut self.acked);
+        for (committed, contributions) in &mut acked {
+            contributions.retain(|key, amount| {
+                let over = current(key).is_none_or(|start| start != key.start);
+                let keep = !over && !self.includes(*committed, key);
+                if !keep {
                     subtract(&mut self.acked_total, key, *amount);
                 }
-            }
+                keep
+            });
         }
+        acked.retain(|(_, contributions)| !contributions.is_empty());
+        self.acked = acked;
     }
 
     /// Log and count a warning once per budget period.
@@ -238,7 +259,7 @@ impl BudgetLedger {
             let used = inner.used(budget, now);
             let key = period_key(budget, now);
             tracing::trace!(budget = %budget.name, %used, estimate = %request.estimate, limit = %budget.limit_usd, "budget check");
-            let after = used + request.estimate;
+            let after = used.saturating_add(request.estimate);
             let over = used >= budget.limit_usd || after > budget.limit_usd;
             if over && budget.action == BudgetAction::Block {
                 metrics::counter!("gateway_budget_refusals_total", "budget" => budget.name.clone()).increment(1);
@@ -254,7 +275,7 @@ impl BudgetLedger {
                 warnings.push(format!("{}: over its limit of {} USD (alert)", budget.name, budget.limit_usd));
                 inner.warn_once(&key, "over_limit", "an alert budget is over its limit");
             } else if let Some(threshold) = budget.soft_threshold
-                && after >= threshold * budget.limit_usd
+                && threshold.checked_mul(budget.limit_usd).is_some_and(|soft| after >= soft)
             {
                 warnings.push(format!(
                     "{}: past its soft threshold ({threshold} of {} USD)",
@@ -330,30 +351,46 @@ impl BudgetLedger {
         events: impl IntoIterator<Item = (&'a Contributions, bool)>,
     ) {
         let mut inner = self.lock();
-        let mut stored = Vec::new();
+        let mut stored: HashMap<PeriodKey, Decimal> = HashMap::new();
         for (contributions, is_stored) in events {
             for (key, amount) in contributions {
                 subtract(&mut inner.unacked, key, *amount);
-                if is_stored {
-                    stored.push((key.clone(), *amount));
+                if is_stored && !inner.includes(committed_unix_us, key) {
+                    let sum = stored.entry(key.clone()).or_default();
+                    *sum = sum.saturating_add(*amount);
                 }
             }
         }
-        let included =
-            inner.state_received && (inner.ledger_as_of_us == 0 || committed_unix_us < inner.ledger_as_of_us);
-        if stored.is_empty() || included {
+        if stored.is_empty() {
             return;
         }
         for (key, amount) in &stored {
             add(&mut inner.acked_total, key, *amount);
         }
         inner.acked.push_back((committed_unix_us, stored));
+        // Bounded even when budget states stop arriving: the two oldest acks merge, kept until a state includes both.
+        while inner.acked.len() > MAX_ACKED {
+            let (Some((first, mut merged)), Some((second, later))) = (inner.acked.pop_front(), inner.acked.pop_front())
+            else {
+                break;
+            };
+            for (key, amount) in later {
+                let sum = merged.entry(key).or_default();
+                *sum = sum.saturating_add(amount);
+            }
+            inner.acked.push_front((first.max(second), merged));
+        }
     }
 
-    /// A `BudgetState` from the control plane replaces the confirmed figures; `budgets` (the snapshot's) are used
-    /// for the metrics.
-    pub fn apply_state(&self, state: &v1::BudgetState, budgets: &BTreeMap<String, BudgetSpec>) {
+    /// A `BudgetState` from the control plane replaces the confirmed figures, at `now`; `budgets` (the snapshot's)
+    /// say which periods are current, and are used for the metrics.
+    pub fn apply_state(&self, state: &v1::BudgetState, budgets: &BTreeMap<String, BudgetSpec>, now: DateTime<Utc>) {
         let mut inner = self.lock();
+        // A replica that read the ledger earlier than the state already applied (after a reconnect) is behind.
+        if state.ledger_as_of_unix_us != 0 && state.ledger_as_of_unix_us < inner.ledger_as_of_us {
+            tracing::debug!(as_of = state.ledger_as_of_unix_us, "ignoring a budget state older than the one applied");
+            return;
+        }
         inner.confirmed.clear();
         for spend in &state.budgets {
             match spend.spent_usd.parse::<Decimal>() {
@@ -366,8 +403,7 @@ impl BudgetLedger {
         inner.state_received = true;
         inner.ledger_as_of_us = state.ledger_as_of_unix_us;
         tracing::trace!(budgets = state.budgets.len(), as_of = state.ledger_as_of_unix_us, "budget state");
-        inner.prune_acked();
-        let now = Utc::now();
+        inner.prune_acked(|key| budgets.get(&key.budget).map(|b| period_start(b.period, now)));
         // Warnings of past periods will not repeat.
         inner
             .warned
@@ -475,10 +511,10 @@ mod tests {
         ledger.acknowledged(1_000, [(&event, true)]);
         assert_eq!(ledger.used(b, at(NOW)), d("0.4"));
         // A state read before the commit does not include it: both count.
-        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.1", 1_000), &budgets);
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.1", 1_000), &budgets, at(NOW));
         assert_eq!(ledger.used(b, at(NOW)), d("0.5"));
         // One read after the commit does: only the confirmed figure counts.
-        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.5", 1_001), &budgets);
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.5", 1_001), &budgets, at(NOW));
         assert_eq!(ledger.used(b, at(NOW)), d("0.5"));
         // An ack arriving after a state that already includes the batch is not counted twice.
         let second = contributions(&budgets, &scope, at(NOW), d("0.2"));
@@ -492,11 +528,47 @@ mod tests {
     }
 
     #[test]
+    fn states_only_include_what_they_name_and_stale_ones_are_ignored() {
+        let ledger = Arc::new(BudgetLedger::default());
+        let budgets = team_day("1.00");
+        let b = &budgets["search-daily"];
+        let scope = Scope { model: "m", ..SCOPE };
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.1", 1_000), &budgets, at(NOW));
+        // Acknowledged after a state that names another period of the budget (computed before a boundary): kept.
+        ledger.apply_state(&state("search-daily", "2026-11-30T00:00:00Z", "5", 2_000), &budgets, at(NOW));
+        let event = contributions(&budgets, &scope, at(NOW), d("0.3"));
+        ledger.record_local(&event);
+        ledger.acknowledged(1_500, [(&event, true)]);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.3"), "the state names yesterday: today's spend stays local");
+        // A replica that read the ledger earlier is behind: ignored.
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0", 1_900), &budgets, at(NOW));
+        assert_eq!(ledger.used(b, at(NOW)), d("0.3"));
+    }
+
+    #[test]
+    fn acknowledged_spend_stays_bounded_without_states() {
+        let ledger = Arc::new(BudgetLedger::default());
+        let budgets = team_day("1000000");
+        let b = &budgets["search-daily"];
+        let event = contributions(&budgets, &Scope { model: "m", ..SCOPE }, at(NOW), d("0.001"));
+        for committed in 0..(MAX_ACKED as i64 * 3) {
+            ledger.record_local(&event);
+            ledger.acknowledged(committed, [(&event, true)]);
+        }
+        assert!(ledger.lock().acked.len() <= MAX_ACKED);
+        assert_eq!(ledger.used(b, at(NOW)), d("0.001") * Decimal::from(MAX_ACKED as i64 * 3), "merged, never lost");
+        // A state read after every commit includes them all.
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "3.072", i64::MAX), &budgets, at(NOW));
+        assert_eq!(ledger.used(b, at(NOW)), d("3.072"));
+        assert!(ledger.lock().acked.is_empty());
+    }
+
+    #[test]
     fn periods_roll_over_exactly_at_the_boundary() {
         let ledger = Arc::new(BudgetLedger::default());
         let budgets = team_day("1.00");
         let b = &budgets["search-daily"];
-        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "1.00", 10), &budgets);
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "1.00", 10), &budgets, at(NOW));
         let late = contributions(&budgets, &Scope { model: "m", ..SCOPE }, at("2026-12-01T23:59:59Z"), d("0.3"));
         ledger.record_local(&late);
         assert!(ledger.admit(&budgets, &request("0.01", "2026-12-01T23:59:59Z", &["m"])).is_err());

@@ -39,6 +39,22 @@ pub enum StreamEnd {
 const MAX_TAGS: usize = 64;
 const MAX_TAG_KEY: usize = 128;
 const MAX_TAG_VALUE: usize = 1024;
+/// Tool-call outcomes an event may carry, and the longest tool name the ledger takes (bytes).
+const MAX_TOOL_CALLS: usize = 128;
+const MAX_TOOL_NAME: usize = 256;
+
+/// `text` without NUL characters and cut to at most `max` bytes at a character boundary: what the ledger takes.
+fn bounded(text: &str, max: usize) -> String {
+    let mut text = text.replace('\0', "");
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
 
 /// The caller's metadata as event tags: strings as they are, other JSON values as JSON text; keys past the ledger's
 /// limits are left out and values cut at a character boundary, so a tag can never get the event quarantined.
@@ -51,17 +67,10 @@ pub fn metadata_tags(metadata: &Map<String, Value>) -> HashMap<String, String> {
         if key.is_empty() || key.len() > MAX_TAG_KEY || key.contains('\0') {
             continue;
         }
-        let mut text = match value {
-            Value::String(text) => text.replace('\0', ""),
-            other => other.to_string().replace('\0', ""),
+        let text = match value {
+            Value::String(text) => bounded(text, MAX_TAG_VALUE),
+            other => bounded(&other.to_string(), MAX_TAG_VALUE),
         };
-        if text.len() > MAX_TAG_VALUE {
-            let mut cut = MAX_TAG_VALUE;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
         tags.insert(key.clone(), text);
     }
     tags
@@ -247,14 +256,32 @@ impl RequestSpend {
         }
     }
 
-    /// Validation outcomes of the tool calls of one answer.
+    /// Validation outcomes of the tool calls of one answer. Names come from the model, so they are cut to what the
+    /// ledger takes, and past its 128 entries the rest is summed up in one `_more` entry: a diagnostic field must
+    /// never get a billing record quarantined.
     pub fn tool_outcomes(&self, outcomes: &[ToolCallOutcome]) {
         let mut state = self.lock();
-        state.tool_calls.extend(outcomes.iter().map(|o| v1::ToolCallOutcome {
-            tool: o.tool.chars().take(256).collect(),
-            outcome: o.outcome.as_str().to_owned(),
-            violations: o.violations.len() as u32,
-        }));
+        for outcome in outcomes {
+            let violations = u32::try_from(outcome.violations.len()).unwrap_or(u32::MAX);
+            if state.tool_calls.len() < MAX_TOOL_CALLS - 1 {
+                state.tool_calls.push(v1::ToolCallOutcome {
+                    tool: bounded(&outcome.tool, MAX_TOOL_NAME),
+                    outcome: outcome.outcome.as_str().to_owned(),
+                    violations,
+                });
+                continue;
+            }
+            if state.tool_calls.len() == MAX_TOOL_CALLS - 1 {
+                state.tool_calls.push(v1::ToolCallOutcome {
+                    tool: "_more".to_owned(),
+                    outcome: "summed".to_owned(),
+                    violations: 0,
+                });
+            }
+            if let Some(more) = state.tool_calls.last_mut() {
+                more.violations = more.violations.saturating_add(violations);
+            }
+        }
     }
 
     /// The cost so far, plus `extra` of `model` (a stream's usage before it is final); `None` on overflow.
@@ -337,6 +364,10 @@ impl RequestSpend {
 
 impl Drop for RequestSpend {
     fn drop(&mut self) {
+        // No upstream was asked (every candidate was unable to take the request): nothing was spent.
+        if self.lock().attempts == 0 {
+            return;
+        }
         let event = self.event();
         let cost = event.cost_usd.parse::<Decimal>().unwrap_or_default();
         let scope = Scope { key_name: &event.key_name, team: &event.team, alias: &event.alias, model: &event.model };
@@ -368,6 +399,7 @@ mod tests {
         assert_eq!(tags["nul"], "ab");
         assert_eq!(tags["long"].len(), 1024, "cut at a character boundary");
         assert!(!tags.keys().any(|k| k.len() > 128));
+        assert_eq!(bounded("日本語", 7), "日本", "never half a character");
         let many: Map<String, Value> = (0..100).map(|i| (format!("t{i:03}"), json!(i))).collect();
         assert_eq!(metadata_tags(&many).len(), 64);
     }

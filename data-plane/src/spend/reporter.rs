@@ -39,6 +39,8 @@ pub struct ReporterSettings {
 
 /// How long one `ReportSpend` call may take before it counts as failed (and is sent again).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest batch, encoded: far below what the control plane decodes (64 MiB), however large events are.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 struct Queued {
     batch: v1::SpendBatch,
@@ -145,7 +147,8 @@ impl Reporter {
 
     /// The spool is full: the data plane refuses requests it could not account for.
     pub fn is_full(&self) -> bool {
-        self.queued_bytes.load(Ordering::Relaxed) >= self.settings.spool_max_bytes
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        queued > 0 && queued >= self.settings.spool_max_bytes
     }
 
     /// Batches waiting for an acknowledgement, and events not batched yet.
@@ -209,48 +212,69 @@ impl Reporter {
         }
     }
 
-    /// Move the buffered events into batches, spool them and queue them for sending.
+    /// Move the buffered events into batches (at most `max_batch_events` and [`MAX_BATCH_BYTES`] each), spool them
+    /// and queue them for sending.
     async fn cut(&self) {
         let buffered = std::mem::take(&mut *lock(&self.buffer));
         if buffered.is_empty() {
             return;
         }
-        let mut rest = buffered.into_iter().peekable();
-        while rest.peek().is_some() {
-            let (events, contributions): (Vec<_>, Vec<_>) = rest.by_ref().take(self.settings.max_batch_events).unzip();
-            let batch = v1::SpendBatch {
-                node_id: self.settings.node_id.clone(),
-                events,
-                batch_id: uuid::Uuid::now_v7().to_string(),
-            };
-            let bytes = batch.encoded_len() as u64;
-            let (batch, file) = match &self.spool {
-                Some(spool) => {
-                    let spool = spool.clone();
-                    let written = tokio::task::spawn_blocking(move || {
-                        let file = spool.write(&batch);
-                        (batch, file)
-                    })
-                    .await;
-                    match written {
-                        Ok((batch, Ok(file))) => (batch, Some(file)),
-                        Ok((batch, Err(error))) => {
-                            tracing::error!(%error, "could not spool a spend batch; keeping it in memory");
-                            (batch, None)
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "spooling a spend batch failed; its events are lost");
-                            continue;
-                        }
-                    }
-                }
-                None => (batch, None),
-            };
-            self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-            lock(&self.queue).push_back(Queued { batch, contributions, file, bytes });
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for (event, contributions) in buffered {
+            let size = event.encoded_len();
+            if !batch.is_empty() && (batch.len() == self.settings.max_batch_events || bytes + size > MAX_BATCH_BYTES) {
+                let full = std::mem::take(&mut batch);
+                let queued = self.spooled(full.into_iter().unzip()).await;
+                lock(&self.queue).extend(queued);
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push((event, contributions));
         }
+        let queued = self.spooled(batch.into_iter().unzip()).await;
+        lock(&self.queue).extend(queued);
         metrics::gauge!("gateway_spend_queued_batches").set(lock(&self.queue).len() as f64);
         self.queued.notify_one();
+    }
+
+    /// A new batch of `events`, written to the spool (kept in memory when the spool cannot take it).
+    async fn spooled(&self, (events, contributions): (Vec<v1::SpendEvent>, Vec<Contributions>)) -> Option<Queued> {
+        if events.is_empty() {
+            return None;
+        }
+        let batch = v1::SpendBatch {
+            node_id: self.settings.node_id.clone(),
+            events,
+            batch_id: uuid::Uuid::now_v7().to_string(),
+        };
+        let bytes = batch.encoded_len() as u64;
+        let (batch, file) = match &self.spool {
+            Some(spool) => {
+                let spool = spool.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    let file = spool.write(&batch);
+                    (batch, file)
+                })
+                .await;
+                match written {
+                    Ok((batch, Ok(file))) => (batch, Some(file)),
+                    Ok((batch, Err(error))) => {
+                        tracing::error!(%error, "could not spool a spend batch; keeping it in memory");
+                        (batch, None)
+                    }
+                    Err(error) => {
+                        // The batch went with the failed task: its spend must stop counting here too.
+                        tracing::error!(%error, events = contributions.len(), "spooling a spend batch failed; its events are lost");
+                        self.ledger.acknowledged(0, contributions.iter().map(|c| (c, false)));
+                        return None;
+                    }
+                }
+            }
+            None => (batch, None),
+        };
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Some(Queued { batch, contributions, file, bytes })
     }
 
     async fn send_until(&self, shutdown: CancellationToken) {
@@ -297,15 +321,18 @@ impl Reporter {
                 // The batch as a whole is refused (a node id the ledger does not take): sending it again cannot help.
                 tracing::error!(batch = %batch_id, %status, "the ledger refused a spend batch; it is set aside");
                 metrics::counter!("gateway_spend_batches_total", "result" => "refused").increment(1);
-                if let Some(queued) = self.pop_front(&batch_id) {
-                    self.ledger.acknowledged(0, queued.contributions.iter().map(|c| (c, false)));
-                    if let Some(file) = &queued.file {
-                        let _ = std::fs::rename(&file.path, file.path.with_extension("pb.refused"));
-                        if let Some(spool) = &self.spool {
-                            spool.forget(file);
-                        }
-                    }
-                }
+                self.set_aside(&batch_id, "refused");
+                Ok(())
+            }
+            // The ledger failed on this batch itself (not on being unreachable): halve it until the event that fails
+            // is alone, so one poison event never blocks the queue.
+            Err(status)
+                if matches!(status.code(), tonic::Code::Internal | tonic::Code::OutOfRange | tonic::Code::DataLoss) =>
+            {
+                tracing::error!(batch = %batch_id, events, code = ?status.code(), message = status.message(),
+                    "the ledger could not store a spend batch; splitting it");
+                metrics::counter!("gateway_spend_batches_total", "result" => "split").increment(1);
+                self.split_front(&batch_id).await;
                 Ok(())
             }
             Err(status) => {
@@ -314,6 +341,45 @@ impl Reporter {
                 metrics::counter!("gateway_spend_batches_total", "result" => "failed").increment(1);
                 Err(())
             }
+        }
+    }
+
+    /// Take the front batch out of the queue and keep its file as `*.pb.<why>` for an operator; its spend stops
+    /// counting against budgets (the ledger does not have it).
+    fn set_aside(&self, batch_id: &str, why: &str) {
+        let Some(queued) = self.pop_front(batch_id) else { return };
+        self.ledger.acknowledged(0, queued.contributions.iter().map(|c| (c, false)));
+        if let Some(file) = &queued.file {
+            let _ = std::fs::rename(&file.path, file.path.with_extension(format!("pb.{why}")));
+            if let Some(spool) = &self.spool {
+                spool.forget(file);
+            }
+        }
+    }
+
+    /// Replace the front batch by its two halves, each spooled anew, in order; a single event is set aside.
+    async fn split_front(&self, batch_id: &str) {
+        let single =
+            lock(&self.queue).front().is_some_and(|q| q.batch.batch_id == batch_id && q.batch.events.len() <= 1);
+        if single {
+            tracing::error!(batch = %batch_id, "a spend event the ledger cannot store is set aside (*.pb.failed)");
+            self.set_aside(batch_id, "failed");
+            return;
+        }
+        let Some(queued) = self.pop_front(batch_id) else { return };
+        let mut events = queued.batch.events;
+        let mut contributions = queued.contributions;
+        let half = events.len() / 2;
+        let second = (events.split_off(half), contributions.split_off(half));
+        let halves = [self.spooled((events, contributions)).await, self.spooled(second).await];
+        {
+            let mut queue = lock(&self.queue);
+            for half in halves.into_iter().rev().flatten() {
+                queue.push_front(half);
+            }
+        }
+        if let (Some(spool), Some(file)) = (&self.spool, &queued.file) {
+            spool.remove(file);
         }
     }
 
@@ -347,5 +413,103 @@ impl Reporter {
             spool.remove(file);
         }
         tracing::debug!(batch = %batch_id, accepted = ack.accepted, duplicates = ack.duplicates, "spend batch acknowledged");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex as StdMutex;
+
+    use gateway_proto::v1::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+    use crate::client::ClientTls;
+
+    /// A ledger that cannot store any batch holding the event `poison` (as a database refusing one row would).
+    #[derive(Default, Clone)]
+    struct Ledger {
+        stored: Arc<StdMutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl ConfigDiscovery for Ledger {
+        type SubscribeStream = tokio_stream::Empty<Result<v1::SubscribeResponse, tonic::Status>>;
+
+        async fn subscribe(
+            &self,
+            _: tonic::Request<tonic::Streaming<v1::SubscribeRequest>>,
+        ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+
+        async fn report_spend(
+            &self,
+            request: tonic::Request<v1::SpendBatch>,
+        ) -> Result<tonic::Response<v1::SpendAck>, tonic::Status> {
+            let batch = request.into_inner();
+            if batch.events.iter().any(|e| e.id == "poison") {
+                return Err(tonic::Status::internal("numeric field overflow"));
+            }
+            let mut stored = self.stored.lock().unwrap();
+            stored.extend(batch.events.iter().map(|e| e.id.clone()));
+            Ok(tonic::Response::new(v1::SpendAck {
+                accepted: batch.events.len() as u64,
+                committed_unix_us: 1,
+                ..v1::SpendAck::default()
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_ledger_cannot_store_is_split_down_to_the_event_at_fault() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let ledger = Ledger::default();
+        let server = tonic::transport::Server::builder()
+            .add_service(ConfigDiscoveryServer::new(ledger.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener));
+        tokio::spawn(server);
+
+        let spool_dir = std::env::temp_dir().join(format!("reporter-split-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&spool_dir);
+        let settings = ReporterSettings {
+            node_id: "n".into(),
+            interval: Duration::from_millis(10),
+            max_batch_events: 100,
+            flush_timeout: Duration::from_secs(5),
+            spool_dir: spool_dir.clone(),
+            spool_max_bytes: 1 << 30,
+        };
+        let connection = ControlPlaneConnection { url, tls: ClientTls::default(), node_token: None };
+        let reporter = Reporter::open(settings, Arc::new(BudgetLedger::default()), Some(connection), &BTreeMap::new());
+        let shutdown = CancellationToken::new();
+        let tasks = reporter.spawn(shutdown.clone());
+        for i in 0..10 {
+            let id = if i == 4 { "poison".to_owned() } else { format!("e{i}") };
+            reporter.record(v1::SpendEvent { id, ..v1::SpendEvent::default() }, Vec::new());
+        }
+        for _ in 0..500 {
+            if ledger.stored.lock().unwrap().len() == 9 && reporter.pending() == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut stored = ledger.stored.lock().unwrap().clone();
+        stored.sort();
+        assert_eq!(stored, ["e0", "e1", "e2", "e3", "e5", "e6", "e7", "e8", "e9"], "everything but the event at fault");
+        let names: Vec<String> = std::fs::read_dir(&spool_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with(".pb.failed"), "kept for an operator: {names:?}");
+        std::fs::remove_dir_all(&spool_dir).unwrap();
     }
 }

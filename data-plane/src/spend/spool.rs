@@ -61,7 +61,14 @@ impl Spool {
         let mut stored = Vec::new();
         let mut total = 0;
         for path in names {
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // One unreadable file must not make the whole spool unusable: it stays for an operator.
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "an unreadable spend batch is left in the spool");
+                    continue;
+                }
+            };
             match v1::SpendBatch::decode(bytes.as_slice()) {
                 Ok(batch) => {
                     total += bytes.len() as u64;
@@ -88,6 +95,10 @@ impl Spool {
         file.write_all(&encoded).map_err(io(&temporary))?;
         file.sync_data().map_err(io(&temporary))?;
         std::fs::rename(&temporary, &path).map_err(io(&path))?;
+        // The rename itself must survive a power loss, or the next start would find only a temporary file.
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
         self.bytes.fetch_add(encoded.len() as u64, Ordering::Relaxed);
         self.publish();
         Ok(SpoolFile { path, bytes: encoded.len() as u64 })

@@ -23,13 +23,15 @@ pub struct MeteredStream<S> {
     model: String,
     /// The last byte forwarded (a line break there means a chunk may start with a new line).
     last_byte: Option<u8>,
+    /// `data: [DONE]` went out whole: the stream is over for the client, whenever the upstream closes.
+    done: bool,
 }
 
 const DONE_LINE: &[u8] = b"data: [DONE]";
 
 impl<S> MeteredStream<S> {
     pub fn new(upstream: S, meter: StreamMeter, spend: SpendHandle, model: String) -> MeteredStream<S> {
-        MeteredStream { upstream, meter: Some(meter), spend, model, last_byte: None }
+        MeteredStream { upstream, meter: Some(meter), spend, model, last_byte: None, done: false }
     }
 
     /// `out` with the cost comment before its `data: [DONE]` line (after `out` when that line began earlier).
@@ -64,7 +66,7 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.meter.is_none() {
+            if this.meter.is_none() || this.done {
                 return Poll::Ready(None);
             }
             let next = ready!(this.upstream.poll_next_unpin(cx));
@@ -74,6 +76,9 @@ where
                     let was_done = meter.saw_done();
                     let mut out = meter.feed(chunk);
                     if !was_done && meter.saw_done() {
+                        // Complete: an upstream that keeps the connection open after [DONE] holds nobody up.
+                        this.done = true;
+                        this.spend.stream_ended(StreamEnd::Done);
                         let meter = this.meter.take();
                         if let Some(meter) = &meter {
                             out = this.with_cost_comment(out, meter);

@@ -210,10 +210,15 @@ async fn errors_take_the_openai_shape_and_failover_leaves_anthropic(pool: PgPool
     assert_eq!(response.headers()["x-gateway-backend"], "openai");
     assert_eq!(gw.openai.requests().await.len(), 2);
     let response = gw.post("embed-only-claude", "/v1/embeddings", json!({"model": "claude", "input": "x"})).await;
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.status(), 400, "no candidate can take it: the caller's to change");
     let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], json!("unsupported_request"));
     assert!(
         body["error"]["message"].as_str().unwrap().contains("anthropic backends serve chat completions only"),
         "{body}"
     );
+    // Nothing reached an upstream for it, so the ledger has no event of it.
+    let events = gw.cp.wait_for_spend_events(3).await;
+    let ids: Vec<&str> = events.iter().map(|e| e["request_id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&"embed-only-claude"), "{ids:?}");
 }

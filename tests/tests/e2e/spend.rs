@@ -297,19 +297,33 @@ async fn assert_ledger_matches(cp: &ControlPlane, served: &[String]) {
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_control_plane_restart_during_traffic_loses_no_event(pool: PgPool) {
-    let test = "spend_cp_restart";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
-    let cp_config = cp.config();
+/// A control plane from `cp_config`, one mock answering with `mock` by default, the configuration, and a data plane
+/// (`dp_env` on top of fast reporting): what the loss tests send traffic through. Returns its config and key too.
+async fn under_load(
+    test: &str,
+    cp_config: ControlPlaneConfig,
+    mock: Value,
+    dp_env: &[(&str, &str)],
+) -> (ControlPlane, MockUpstream, DataPlane, DataPlaneConfig, String) {
+    let cp = ControlPlane::start(cp_config).await;
     let mocks = vec![MockUpstream::start(test, "m0").await];
-    mocks[0].set_default(json!({"delay_ms": 5, "chunk_delay_ms": 2})).await;
+    mocks[0].set_default(mock).await;
     let key = configure(&cp, &mocks).await;
     let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
     config.env = fast_spend();
+    config.env.extend(dp_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let dp = DataPlane::start(&config);
     dp.wait_for_version(config_version(&cp).await).await;
+    let mock = mocks.into_iter().next().unwrap();
+    (cp, mock, dp, config, key)
+}
 
+#[sqlx::test(migrations = false)]
+async fn a_control_plane_restart_during_traffic_loses_no_event(pool: PgPool) {
+    let test = "spend_cp_restart";
+    let cp_config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
+    let (cp, _mock, dp, _, key) = under_load(test, cp_config, json!({"delay_ms": 5, "chunk_delay_ms": 2}), &[]).await;
+    let cp_config = cp.config();
     let load = traffic(&dp, &key, "cp-restart", 400, 4);
     let outage = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -326,25 +340,17 @@ async fn a_control_plane_restart_during_traffic_loses_no_event(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_postgres_restart_during_traffic_loses_no_event(_pool: PgPool) {
     let test = "spend_pg_restart";
-    let postgres = PostgresCluster::start(test);
+    let postgres = PostgresCluster::start(test).await;
     let mut cp_config = ControlPlaneConfig::new(test, "cp", &postgres.url("gateway"));
     // Give up quickly on a dead connection, so the outage is short for everyone.
     cp_config.env.push(("GATEWAY_DB_ACQUIRE_TIMEOUT_MS".into(), "1000".into()));
-    let cp = ControlPlane::start(cp_config).await;
-    let mocks = vec![MockUpstream::start(test, "m0").await];
-    mocks[0].set_default(json!({"delay_ms": 5, "chunk_delay_ms": 2})).await;
-    let key = configure(&cp, &mocks).await;
-    let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
-    config.env = fast_spend();
-    let dp = DataPlane::start(&config);
-    dp.wait_for_version(config_version(&cp).await).await;
-
+    let (cp, _mock, dp, _, key) = under_load(test, cp_config, json!({"delay_ms": 5, "chunk_delay_ms": 2}), &[]).await;
     let load = traffic(&dp, &key, "pg-restart", 400, 4);
     let outage = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        postgres.stop_server();
+        postgres.stop_server().await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        postgres.start_server();
+        postgres.start_server().await;
     };
     let (served, ()) = tokio::join!(load, outage);
     assert_eq!(served.len(), 400, "the data plane serves throughout");
@@ -362,17 +368,12 @@ fn spool_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[sqlx::test(migrations = false)]
 async fn a_data_plane_sigterm_flushes_and_its_spool_survives_restarts_counted_once(pool: PgPool) {
     let test = "spend_sigterm";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
-    let cp_config = cp.config();
-    let mocks = vec![MockUpstream::start(test, "m0").await];
-    mocks[0].set_default(json!({"delay_ms": 20, "chunk_delay_ms": 10})).await;
-    let key = configure(&cp, &mocks).await;
-    let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
-    config.env = fast_spend();
+    let cp_config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
     // A long interval: what SIGTERM finds unreported must be flushed by the shutdown itself.
-    config.env.push(("GATEWAY_SPEND_REPORT_INTERVAL_MS".into(), "60000".into()));
-    let dp = DataPlane::start(&config);
-    dp.wait_for_version(config_version(&cp).await).await;
+    let long_interval = [("GATEWAY_SPEND_REPORT_INTERVAL_MS", "60000")];
+    let mock = json!({"delay_ms": 20, "chunk_delay_ms": 10});
+    let (cp, _mock, dp, config, key) = under_load(test, cp_config, mock, &long_interval).await;
+    let cp_config = cp.config();
 
     // SIGTERM in the middle of traffic: requests in flight finish and are metered; the rest is refused.
     let load = traffic(&dp, &key, "sigterm", 300, 6);
@@ -633,4 +634,34 @@ async fn spend_of_the_previous_period_does_not_count_in_the_current_one(pool: Pg
     let resets = chrono::DateTime::from_timestamp(midnight + 86_400, 0).unwrap();
     let resets = resets.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     assert!(error["error"]["message"].as_str().unwrap().ends_with(&format!("it resets at {resets}")), "{error}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_backend_that_refuses_stream_options_is_asked_without_them_and_metered_by_the_tokenizer(pool: PgPool) {
+    let test = "spend_no_stream_options";
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let mocks = vec![MockUpstream::start(test, "m0").await];
+    let key = configure(&cp, &mocks).await;
+    let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
+    config.env = fast_spend();
+    let dp = DataPlane::start(&config);
+    dp.wait_for_version(config_version(&cp).await).await;
+    let refusal = json!({"error": {"message": "Unrecognized request argument supplied: stream_options",
+                                   "type": "invalid_request_error", "param": null, "code": null}});
+    mocks[0].script(json!([{"status": 400, "body": refusal}])).await;
+    let first = send(&dp, &key, "first", "/v1/chat/completions", chat(true, json!({}))).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(first.text.trim_end().ends_with("data: [DONE]"), "{}", first.text);
+    let second = send(&dp, &key, "second", "/v1/chat/completions", chat(true, json!({}))).await;
+    assert_eq!(second.status, 200);
+    let seen: Vec<Value> = mocks[0].requests().await.into_iter().map(|r| r["body"]["stream_options"].clone()).collect();
+    assert_eq!(seen, [json!({"include_usage": true}), Value::Null, Value::Null], "asked again without, then never");
+
+    let events = by_request_id(&cp.wait_for_spend_events(2).await);
+    assert_eq!(events["first"]["attempts"], json!(2));
+    assert_eq!(events["second"]["attempts"], json!(1));
+    for event in events.values() {
+        assert_eq!(event["usage_estimated"], json!(true), "{event}");
+        assert_eq!(event["completion_tokens"], json!(tokens::count("Hello from m0")), "{event}");
+    }
 }

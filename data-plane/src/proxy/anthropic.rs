@@ -581,7 +581,8 @@ mod tests {
         points.extend([0, input.len()]);
         points.sort_unstable();
         points.dedup();
-        let mut translator = StreamTranslator::new();
+        // A fixed `created`: two translations a second apart would differ in it alone.
+        let mut translator = StreamTranslator { created: 1_700_000_000, ..StreamTranslator::new() };
         let mut out = Vec::new();
         for w in points.windows(2) {
             out.extend(translator.push(&input[w[0]..w[1]]));

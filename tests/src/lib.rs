@@ -104,15 +104,11 @@ enum NotReady {
     TimedOut,
 }
 
-/// Poll `check` until it succeeds, the child exits, or `timeout` passes.
-async fn wait_ready<F, Fut>(child: &mut Child, timeout: Duration, mut check: F) -> Result<(), NotReady>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+/// Poll `url` until it answers with a success, the child exits, or `timeout` passes.
+async fn wait_ready(child: &mut Child, timeout: Duration, http: &reqwest::Client, url: &str) -> Result<(), NotReady> {
     let deadline = Instant::now() + timeout;
     loop {
-        if check().await {
+        if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -144,6 +140,11 @@ where
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The URL of the database `#[sqlx::test]` made for this test.
+pub fn test_database_url(pool: &sqlx::PgPool) -> String {
+    database_url(pool.connect_options().get_database().expect("test database name"))
 }
 
 /// The database URL for database `name` on the server of `DATABASE_URL`.
@@ -212,11 +213,7 @@ impl ControlPlane {
                 .spawn()
                 .expect("spawn control-plane");
             let url = format!("http://127.0.0.1:{}/readyz", config.admin_port);
-            let ready = wait_ready(&mut child, Duration::from_secs(60), || {
-                let (http, url) = (http.clone(), url.clone());
-                async move { http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
-            })
-            .await;
+            let ready = wait_ready(&mut child, Duration::from_secs(60), &http, &url).await;
             match ready {
                 Ok(()) => {
                     config.keep_ports = true;
@@ -475,11 +472,7 @@ impl MockUpstream {
                 .spawn()
                 .expect("spawn mock-upstream");
             let url = format!("http://127.0.0.1:{port}/__mock/stats");
-            let ready = wait_ready(&mut child, Duration::from_secs(20), || {
-                let (http, url) = (http.clone(), url.clone());
-                async move { http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
-            })
-            .await;
+            let ready = wait_ready(&mut child, Duration::from_secs(20), &http, &url).await;
             match ready {
                 Ok(()) => {
                     let addr = SocketAddr::from(([127, 0, 0, 1], port));

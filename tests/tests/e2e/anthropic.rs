@@ -17,7 +17,7 @@ struct Gateway {
 
 impl Gateway {
     async fn start(pool: &PgPool, test: &str) -> Gateway {
-        let db = database_url(pool.connect_options().get_database().expect("test database name"));
+        let db = test_database_url(pool);
         let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db)).await;
         let anthropic = MockUpstream::start(test, "claude").await;
         let openai = MockUpstream::start(test, "gpt").await;

@@ -19,17 +19,13 @@ struct Gateway {
     broke_key: String,
 }
 
-fn db_url(pool: &PgPool) -> String {
-    database_url(pool.connect_options().get_database().expect("test database name"))
-}
-
 impl Gateway {
     async fn start(pool: &PgPool, test: &str) -> Gateway {
         Gateway::start_with(pool, test, Vec::new()).await
     }
 
     async fn start_with(pool: &PgPool, test: &str, env: Vec<(String, String)>) -> Gateway {
-        let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(pool))).await;
+        let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(pool))).await;
         let mut mocks = Vec::new();
         for i in 0..3 {
             mocks.push(MockUpstream::start(test, &format!("m{i}")).await);

@@ -9,10 +9,6 @@ use gateway_proto::v1::config_discovery_client::ConfigDiscoveryClient;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-fn db_url(pool: &PgPool) -> String {
-    database_url(pool.connect_options().get_database().expect("test database name"))
-}
-
 fn backend(name: &str) -> Value {
     json!({"name": name, "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "secret": {"value": "sk-e2e"}})
 }
@@ -24,7 +20,7 @@ fn node<'a>(fleet: &'a Value, id: &str) -> Option<&'a Value> {
 #[sqlx::test(migrations = false)]
 async fn a_change_reaches_a_subscribed_data_plane(pool: PgPool) {
     let test = "change_reaches";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
     let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
     let (status, body) = eventually(Duration::from_secs(20), "the data plane to answer", || dp.readyz()).await;
     assert!(status == 200 || status == 503, "{status} {body}");
@@ -44,7 +40,7 @@ async fn a_change_reaches_a_subscribed_data_plane(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn two_data_planes_and_two_replicas_converge(pool: PgPool) {
     let test = "converge";
-    let url = db_url(&pool);
+    let url = test_database_url(&pool);
     let cp_a = ControlPlane::start(ControlPlaneConfig::new(test, "cp-a", &url)).await;
     let cp_b = ControlPlane::start(ControlPlaneConfig::new(test, "cp-b", &url)).await;
     let dp1 = DataPlane::start(&DataPlaneConfig::new(test, "dp1", &cp_a.grpc_url()));
@@ -78,7 +74,7 @@ async fn two_data_planes_and_two_replicas_converge(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_killed_control_plane_loses_nothing_and_data_planes_catch_up(pool: PgPool) {
     let test = "cp_restart";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
     let config = cp.config();
     let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
     let before = cp.create("backends", backend("before-kill")).await;
@@ -99,7 +95,7 @@ async fn a_killed_control_plane_loses_nothing_and_data_planes_catch_up(pool: PgP
 #[sqlx::test(migrations = false)]
 async fn a_data_plane_restarted_without_a_control_plane_serves_its_persisted_snapshot(pool: PgPool) {
     let test = "static_stability";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
     let config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
     let dp = DataPlane::start(&config);
     let version = cp.create("backends", backend("b1")).await;
@@ -129,7 +125,7 @@ async fn a_data_plane_restarted_without_a_control_plane_serves_its_persisted_sna
 #[sqlx::test(migrations = false)]
 async fn a_snapshot_that_fails_to_compile_is_nacked_and_the_old_one_keeps_serving(pool: PgPool) {
     let test = "nack";
-    let url = db_url(&pool);
+    let url = test_database_url(&pool);
     let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &url)).await;
     let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
     cp.create("backends", backend("b1")).await;
@@ -178,7 +174,7 @@ async fn a_snapshot_that_fails_to_compile_is_nacked_and_the_old_one_keeps_servin
 #[sqlx::test(migrations = false)]
 async fn a_bad_node_token_is_refused(pool: PgPool) {
     let test = "bad_token";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
     cp.create("backends", backend("b1")).await;
 
     let mut client = ConfigDiscoveryClient::connect(cp.grpc_url()).await.unwrap();
@@ -243,7 +239,7 @@ async fn data_planes_can_be_required_to_present_a_client_certificate(pool: PgPoo
     let dir = std::env::temp_dir().join(format!("gateway-e2e-mtls-{}", std::process::id()));
     let [ca, server_cert, server_key, client_cert, client_key] = certificates(&dir);
     let path = |p: &std::path::PathBuf| p.display().to_string();
-    let mut config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
+    let mut config = ControlPlaneConfig::new(test, "cp", &test_database_url(&pool));
     config.env = vec![
         ("GATEWAY_GRPC_TLS_CERT".into(), path(&server_cert)),
         ("GATEWAY_GRPC_TLS_KEY".into(), path(&server_key)),

@@ -16,10 +16,6 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-fn db_url(pool: &PgPool) -> String {
-    database_url(pool.connect_options().get_database().expect("test database name"))
-}
-
 fn d(text: &str) -> Decimal {
     text.parse().unwrap()
 }
@@ -122,7 +118,7 @@ fn chat(stream: bool, extra: Value) -> Value {
 #[sqlx::test(migrations = false)]
 async fn every_endpoint_and_kind_is_metered_exactly(pool: PgPool) {
     let test = "spend_exact";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
     let mocks = vec![MockUpstream::start(test, "m0").await, MockUpstream::start(test, "m1").await];
     let key = configure(&cp, &mocks).await;
     let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
@@ -321,7 +317,7 @@ async fn under_load(
 #[sqlx::test(migrations = false)]
 async fn a_control_plane_restart_during_traffic_loses_no_event(pool: PgPool) {
     let test = "spend_cp_restart";
-    let cp_config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
+    let cp_config = ControlPlaneConfig::new(test, "cp", &test_database_url(&pool));
     let (cp, _mock, dp, _, key) = under_load(test, cp_config, json!({"delay_ms": 5, "chunk_delay_ms": 2}), &[]).await;
     let cp_config = cp.config();
     let load = traffic(&dp, &key, "cp-restart", 400, 4);
@@ -368,7 +364,7 @@ fn spool_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[sqlx::test(migrations = false)]
 async fn a_data_plane_sigterm_flushes_and_its_spool_survives_restarts_counted_once(pool: PgPool) {
     let test = "spend_sigterm";
-    let cp_config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
+    let cp_config = ControlPlaneConfig::new(test, "cp", &test_database_url(&pool));
     // A long interval: what SIGTERM finds unreported must be flushed by the shutdown itself.
     let long_interval = [("GATEWAY_SPEND_REPORT_INTERVAL_MS", "60000")];
     let mock = json!({"delay_ms": 20, "chunk_delay_ms": 10});
@@ -452,7 +448,7 @@ async fn a_budget_stops_two_data_planes_under_load_within_the_documented_bound(p
     let test = "spend_budget";
     const REPORT_MS: u64 = 100;
     const STATE_MS: u64 = 100;
-    let mut cp_config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
+    let mut cp_config = ControlPlaneConfig::new(test, "cp", &test_database_url(&pool));
     cp_config.env.push(("GATEWAY_BUDGET_STATE_INTERVAL_MS".into(), STATE_MS.to_string()));
     let cp = ControlPlane::start(cp_config).await;
     let mock = MockUpstream::start(test, "m0").await;
@@ -582,7 +578,7 @@ async fn spend_client(cp: &ControlPlane) -> Client {
 #[sqlx::test(migrations = false)]
 async fn spend_of_the_previous_period_does_not_count_in_the_current_one(pool: PgPool) {
     let test = "spend_periods";
-    let mut cp_config = ControlPlaneConfig::new(test, "cp", &db_url(&pool));
+    let mut cp_config = ControlPlaneConfig::new(test, "cp", &test_database_url(&pool));
     cp_config.env.push(("GATEWAY_BUDGET_STATE_INTERVAL_MS".into(), "100".into()));
     let cp = ControlPlane::start(cp_config).await;
     let mocks = vec![MockUpstream::start(test, "m0").await, MockUpstream::start(test, "m1").await];
@@ -639,7 +635,7 @@ async fn spend_of_the_previous_period_does_not_count_in_the_current_one(pool: Pg
 #[sqlx::test(migrations = false)]
 async fn a_backend_that_refuses_stream_options_is_asked_without_them_and_metered_by_the_tokenizer(pool: PgPool) {
     let test = "spend_no_stream_options";
-    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db_url(&pool))).await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
     let mocks = vec![MockUpstream::start(test, "m0").await];
     let key = configure(&cp, &mocks).await;
     let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());

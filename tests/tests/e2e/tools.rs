@@ -21,7 +21,7 @@ struct Gateway {
 
 impl Gateway {
     async fn start(pool: &PgPool, test: &str) -> Gateway {
-        let db = database_url(pool.connect_options().get_database().expect("test database name"));
+        let db = test_database_url(pool);
         let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &db)).await;
         let mut mocks = Vec::new();
         for i in 0..2 {

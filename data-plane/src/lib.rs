@@ -111,9 +111,9 @@ pub async fn run(
         spool_dir: args.state_dir.join("spend-spool"),
         spool_max_bytes: spend.spend_spool_max_bytes,
     };
-    let loaded = current.load();
-    let known_budgets = loaded.as_ref().map(|s| s.config.budgets.clone()).unwrap_or_default();
-    let reporter = Reporter::open(settings, budgets.clone(), connection, &known_budgets);
+    let (loaded, none) = (current.load(), Default::default());
+    let known_budgets = loaded.as_ref().map_or(&none, |s| &s.config.budgets);
+    let reporter = Reporter::open(settings, budgets.clone(), connection, known_budgets);
     let reporting = reporter.spawn(background.clone());
     let proxy = Arc::new(proxy::Proxy {
         current,

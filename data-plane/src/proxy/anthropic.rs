@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
 
-use crate::proxy::tool_stream::event_end;
+use crate::proxy::tool_stream::{event_data, event_end};
 
 /// The Messages API version the translation speaks.
 pub const API_VERSION: &str = "2023-06-01";
@@ -327,17 +327,6 @@ pub struct StreamTranslator {
     usage: Usage,
     finish: Option<&'static str>,
     ended: bool,
-}
-
-/// The `data` of one SSE event (joined lines).
-fn event_data(raw: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let lines: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|value| value.strip_prefix(' ').unwrap_or(value))
-        .collect();
-    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 impl StreamTranslator {

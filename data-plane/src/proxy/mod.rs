@@ -523,8 +523,7 @@ impl Pass<'_> {
             if let Some(tools) = tools {
                 let declared = &tools.governance.declared;
                 let calls = tools::check_completion(&bytes, declared);
-                tools::record(&calls, declared, &candidate.model, &candidate.backend);
-                self.spend.tool_outcomes(&calls);
+                tools::record(&calls, declared, &candidate.model, &candidate.backend, Some(self.spend));
                 let invalid = calls.iter().any(|c| !c.is_valid());
                 if !calls.is_empty() {
                     validation = Some(if invalid { "invalid" } else { "valid" });
@@ -587,8 +586,7 @@ impl Pass<'_> {
                 }
                 if stage.rejected() {
                     let calls = stage.take_outcomes();
-                    tools::record(&calls, &declared, &candidate.model, &candidate.backend);
-                    self.spend.tool_outcomes(&calls);
+                    tools::record(&calls, &declared, &candidate.model, &candidate.backend, Some(self.spend));
                     tools.report.attempts.push(tools::AttemptOutcomes {
                         model: candidate.model.clone(),
                         backend: candidate.backend.clone(),

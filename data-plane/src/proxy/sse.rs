@@ -126,8 +126,7 @@ impl<S> Drop for Governed<S> {
     fn drop(&mut self) {
         if let Some(mut end) = self.report.take() {
             let calls = self.stage.take_outcomes();
-            tools::record(&calls, &end.declared, &end.model, &end.backend);
-            tell(&end.spend, |s| s.tool_outcomes(&calls));
+            tools::record(&calls, &end.declared, &end.model, &end.backend, end.spend.as_deref());
             end.report.delivered = !self.stage.rejected();
             end.report.attempts.push(AttemptOutcomes { model: end.model, backend: end.backend, calls });
             tools::finish(end.report);

@@ -73,7 +73,7 @@ pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// The event's `data` (its `data:` lines joined by `\n`), if it has any.
-fn event_data(raw: &[u8]) -> Option<String> {
+pub(crate) fn event_data(raw: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(raw);
     let mut data: Option<String> = None;
     for line in text.split(['\n', '\r']) {

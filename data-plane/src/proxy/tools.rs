@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::error::{GatewayError, ToolViolation};
 use super::request::ParsedRequest;
 use crate::snapshot::CompiledSnapshot;
+use crate::spend::record::RequestSpend;
 
 /// The header that marks an answer whose tool calls were checked: `valid` or `invalid`.
 pub const VALIDATION_HEADER: &str = "x-gateway-tool-validation";
@@ -95,7 +96,17 @@ pub fn violations(outcomes: &[ToolCallOutcome]) -> Vec<ToolViolation> {
 
 /// Count each call in `gateway_tool_calls_total{tool,model,backend,outcome}`. A name the request did not declare is
 /// counted as `tool="_undeclared"`: hallucinated names are unbounded, label values must not be.
-pub fn record(outcomes: &[ToolCallOutcome], declared: &DeclaredTools, model: &str, backend: &str) {
+/// The request's spend event (when there is one) gets the outcomes too.
+pub fn record(
+    outcomes: &[ToolCallOutcome],
+    declared: &DeclaredTools,
+    model: &str,
+    backend: &str,
+    spend: Option<&RequestSpend>,
+) {
+    if let Some(spend) = spend {
+        spend.tool_outcomes(outcomes);
+    }
     for outcome in outcomes {
         let tool = if declared.contains(&outcome.tool) { outcome.tool.clone() } else { "_undeclared".to_owned() };
         metrics::counter!("gateway_tool_calls_total",

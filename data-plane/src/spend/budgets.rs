@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use gateway_proto::v1;
 use policy_engine::budget_period::period_bounds;
 use policy_engine::config::{BudgetAction, BudgetPeriod, BudgetScope, BudgetSpec};
@@ -78,6 +78,15 @@ pub fn contributions(
         return Vec::new();
     }
     budgets.values().filter(|b| matches(b, scope)).map(|b| (period_key(b, at), cost)).collect()
+}
+
+/// A spend event's contributions, from the event itself: what it is, when it happened, what it cost (an event
+/// without a cost counts nowhere; the ledger quarantines it).
+pub fn event_contributions(budgets: &BTreeMap<String, BudgetSpec>, event: &v1::SpendEvent) -> Contributions {
+    let Some(at) = Utc.timestamp_millis_opt(event.occurred_at_unix_ms).single() else { return Vec::new() };
+    let cost = event.cost_usd.parse::<Decimal>().unwrap_or_default();
+    let scope = Scope { key_name: &event.key_name, team: &event.team, alias: &event.alias, model: &event.model };
+    contributions(budgets, &scope, at, cost)
 }
 
 /// A `block` budget that would be crossed: the request is refused with 429 `budget_exceeded`.
@@ -289,11 +298,8 @@ impl BudgetLedger {
         // Budgets the whole request counts against: its key, team, everything, and the model it asked for.
         let mut held = Vec::new();
         for budget in budgets.values() {
-            let whole_request = match &budget.scope {
-                BudgetScope::Model { model } => model == scope.alias,
-                _ => matches(budget, &Scope { model: "", ..scope }),
-            };
-            if whole_request {
+            // Not yet served: a model budget applies to the whole request only when it names the alias asked for.
+            if matches(budget, &Scope { model: "", ..scope }) {
                 check(&mut inner, budget)?;
                 held.push(period_key(budget, now));
             }

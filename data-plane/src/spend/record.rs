@@ -14,7 +14,7 @@ use policy_engine::tool_policy::ToolCallOutcome;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
-use super::budgets::{Reservation, Scope, contributions};
+use super::budgets::{Reservation, event_contributions};
 use super::reporter::Reporter;
 use crate::metering::{self, CostOverflow, Usage};
 use crate::proxy::request::ParsedRequest;
@@ -111,7 +111,6 @@ pub struct RequestSpend {
     /// The fixed fields, filled in at the start.
     template: v1::SpendEvent,
     arrived: Instant,
-    occurred_at: DateTime<Utc>,
     snapshot: Arc<CompiledSnapshot>,
     request: Arc<ParsedRequest>,
     prompt_estimate: OnceLock<u64>,
@@ -148,7 +147,6 @@ impl RequestSpend {
         Arc::new(RequestSpend {
             template,
             arrived: context.arrived,
-            occurred_at: context.occurred_at,
             snapshot: context.snapshot,
             request: context.request,
             prompt_estimate,
@@ -369,9 +367,7 @@ impl Drop for RequestSpend {
             return;
         }
         let event = self.event();
-        let cost = event.cost_usd.parse::<Decimal>().unwrap_or_default();
-        let scope = Scope { key_name: &event.key_name, team: &event.team, alias: &event.alias, model: &event.model };
-        let contributions = contributions(&self.snapshot.config.budgets, &scope, self.occurred_at, cost);
+        let contributions = event_contributions(&self.snapshot.config.budgets, &event);
         metrics::counter!("gateway_spend_events_total", "outcome" => event.outcome.clone()).increment(1);
         self.reporter.record(event, contributions);
     }

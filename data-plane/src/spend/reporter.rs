@@ -14,15 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use gateway_proto::v1;
 use policy_engine::config::BudgetSpec;
 use prost::Message;
-use rust_decimal::Decimal;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::budgets::{BudgetLedger, Contributions, Scope, contributions};
+use super::budgets::{BudgetLedger, Contributions, event_contributions};
 use super::spool::{Spool, SpoolFile};
 use crate::client::{Backoff, ControlPlaneConnection, DiscoveryClient};
 
@@ -64,14 +62,6 @@ pub struct Reporter {
     queue: Mutex<VecDeque<Queued>>,
     queued: Notify,
     queued_bytes: AtomicU64,
-}
-
-/// An event's budget contributions, recomputed from the event itself (for batches found in the spool at start).
-pub fn event_contributions(budgets: &BTreeMap<String, BudgetSpec>, event: &v1::SpendEvent) -> Contributions {
-    let Some(at) = Utc.timestamp_millis_opt(event.occurred_at_unix_ms).single() else { return Vec::new() };
-    let cost = event.cost_usd.parse::<Decimal>().unwrap_or_default();
-    let scope = Scope { key_name: &event.key_name, team: &event.team, alias: &event.alias, model: &event.model };
-    contributions(budgets, &scope, at, cost)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

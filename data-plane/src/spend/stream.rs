@@ -33,28 +33,35 @@ impl<S> MeteredStream<S> {
     pub fn new(upstream: S, meter: StreamMeter, spend: SpendHandle, model: String) -> MeteredStream<S> {
         MeteredStream { upstream, meter: Some(meter), spend, model, last_byte: None, done: false }
     }
+}
 
-    /// `out` with the cost comment before its `data: [DONE]` line (after `out` when that line began earlier).
-    fn with_cost_comment(&self, out: Bytes, meter: &StreamMeter) -> Bytes {
-        let usage = meter.usage_so_far(|| self.spend.prompt_estimate());
-        let Some((cost, estimated)) = self.spend.cost_with(&self.model, &usage) else { return out };
-        let kind = if estimated { "estimated" } else { "reported" };
-        let comment = format!(": gateway-cost-usd={cost} usage={kind}\n\n");
-        // The real [DONE] is the last event and starts a line; JSON text cannot hold a raw line break.
-        let at_line_start = |i: usize| match i {
-            0 => self.last_byte.is_none_or(|b| b == b'\n' || b == b'\r'),
-            i => matches!(out[i - 1], b'\n' | b'\r'),
-        };
-        let position = (0..=out.len().saturating_sub(DONE_LINE.len()))
-            .rev()
-            .find(|&i| out[i..].starts_with(DONE_LINE) && at_line_start(i))
-            .unwrap_or(out.len());
-        let mut joined = BytesMut::with_capacity(out.len() + comment.len());
-        joined.extend_from_slice(&out[..position]);
-        joined.extend_from_slice(comment.as_bytes());
-        joined.extend_from_slice(&out[position..]);
-        joined.freeze()
-    }
+/// `out` with the request's cost comment before its `data: [DONE]` line (after `out` when that line began in an
+/// earlier chunk, whose last byte was `last_byte`).
+fn with_cost_comment(
+    out: Bytes,
+    meter: &StreamMeter,
+    spend: &SpendHandle,
+    model: &str,
+    last_byte: Option<u8>,
+) -> Bytes {
+    let usage = meter.usage_so_far(|| spend.prompt_estimate());
+    let Some((cost, estimated)) = spend.cost_with(model, &usage) else { return out };
+    let kind = if estimated { "estimated" } else { "reported" };
+    let comment = format!(": gateway-cost-usd={cost} usage={kind}\n\n");
+    // The real [DONE] is the last event and starts a line; JSON text cannot hold a raw line break.
+    let at_line_start = |i: usize| match i {
+        0 => last_byte.is_none_or(|b| b == b'\n' || b == b'\r'),
+        i => matches!(out[i - 1], b'\n' | b'\r'),
+    };
+    let position = (0..=out.len().saturating_sub(DONE_LINE.len()))
+        .rev()
+        .find(|&i| out[i..].starts_with(DONE_LINE) && at_line_start(i))
+        .unwrap_or(out.len());
+    let mut joined = BytesMut::with_capacity(out.len() + comment.len());
+    joined.extend_from_slice(&out[..position]);
+    joined.extend_from_slice(comment.as_bytes());
+    joined.extend_from_slice(&out[position..]);
+    joined.freeze()
 }
 
 impl<S> Stream for MeteredStream<S>
@@ -66,7 +73,7 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.meter.is_none() || this.done {
+            if this.done {
                 return Poll::Ready(None);
             }
             let next = ready!(this.upstream.poll_next_unpin(cx));
@@ -79,11 +86,7 @@ where
                         // Complete: an upstream that keeps the connection open after [DONE] holds nobody up.
                         this.done = true;
                         this.spend.stream_ended(StreamEnd::Done);
-                        let meter = this.meter.take();
-                        if let Some(meter) = &meter {
-                            out = this.with_cost_comment(out, meter);
-                        }
-                        this.meter = meter;
+                        out = with_cost_comment(out, meter, &this.spend, &this.model, this.last_byte);
                     }
                     // The stripped usage chunk, or half an event held back: nothing to send yet.
                     if out.is_empty() {

@@ -1,14 +1,17 @@
 //! The one CEL environment both planes compile policies against (documented in `docs/cel.md`).
 //!
-//! `cel` resolves variables only when a program runs, so a typo such as `request.modle` would only
-//! surface as a runtime "no such key" on some request. We walk the parsed AST at compile time instead and
-//! refuse any identifier or field the environment does not declare, with its line and column.
+//! `cel` resolves variables, overloads and types only when a program runs, so a typo such as `request.modle`
+//! or `request.prompt_tokens > '0'` would only surface as a runtime error on some request. Compiling an
+//! expression here bounds it (`cel_limits`), then type-checks it against the declarations below
+//! (`cel_check`), refusing undeclared names, unknown functions and ill-typed calls with their line and column.
 
 use std::fmt;
 
 use cel::Program;
 use cel::common::ast::{Expr, IdedExpr};
 
+use crate::cel_check::{self, Type};
+use crate::cel_limits;
 use crate::cel_native::{self, Native};
 
 /// Where an expression is used, which decides the variables it may read.
@@ -20,65 +23,93 @@ pub enum ExpressionScope {
     Candidate,
 }
 
-/// A declared top-level variable and the fields it has. `None` fields means a map of arbitrary keys.
-struct Variable {
-    name: &'static str,
-    fields: Option<&'static [Field]>,
-    candidate_only: bool,
+/// The type of a declared variable or field (`docs/cel.md` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeclaredType {
+    Bool,
+    Int,
+    Double,
+    String,
+    Timestamp,
+    /// An int, or null when absent (`request.max_tokens`).
+    NullableInt,
+    /// A string, or null when absent (`key.team`).
+    NullableString,
+    StringList,
+    /// Lower-case header names to values.
+    StringMap,
+    /// Keys the author chooses to values of any JSON type (`request.metadata.task`).
+    DynMap,
 }
 
-struct Field {
-    name: &'static str,
-    /// Whether the field is a map whose keys the author chooses (`request.metadata.task`).
-    open_map: bool,
+/// A declared top-level variable: an object with fields, or (`fields: None`) a value of type `ty`.
+pub(crate) struct Variable {
+    pub name: &'static str,
+    pub fields: Option<&'static [Field]>,
+    pub ty: DeclaredType,
+    pub candidate_only: bool,
 }
 
-const fn field(name: &'static str) -> Field {
-    Field { name, open_map: false }
+impl Variable {
+    pub fn field_count(&self) -> usize {
+        self.fields.map_or(0, <[Field]>::len)
+    }
 }
 
-const fn map_field(name: &'static str) -> Field {
-    Field { name, open_map: true }
+pub(crate) struct Field {
+    pub name: &'static str,
+    pub ty: DeclaredType,
 }
 
-const VARIABLES: &[Variable] = &[
-    Variable {
-        name: "request",
-        fields: Some(&[
-            field("model"),
-            field("endpoint"),
-            field("stream"),
-            field("prompt_tokens"),
-            field("max_tokens"),
-            field("tools"),
-            map_field("metadata"),
-            map_field("headers"),
-        ]),
-        candidate_only: false,
-    },
-    Variable {
-        name: "key",
-        fields: Some(&[field("id"), field("name"), field("team"), field("tags")]),
-        candidate_only: false,
-    },
-    Variable { name: "now", fields: None, candidate_only: false },
-    Variable {
-        name: "backend",
-        fields: Some(&[field("name"), field("kind"), field("region"), field("tags")]),
-        candidate_only: true,
-    },
-    Variable {
-        name: "model",
-        fields: Some(&[
-            field("name"),
-            field("upstream_model"),
-            field("price_input"),
-            field("price_output"),
-            field("context_window"),
-        ]),
-        candidate_only: true,
-    },
-];
+const fn field(name: &'static str, ty: DeclaredType) -> Field {
+    Field { name, ty }
+}
+
+const fn object(name: &'static str, fields: &'static [Field], candidate_only: bool) -> Variable {
+    Variable { name, fields: Some(fields), ty: DeclaredType::DynMap, candidate_only }
+}
+
+pub(crate) const VARIABLES: &[Variable] = {
+    use DeclaredType::*;
+    &[
+        object(
+            "request",
+            &[
+                field("model", String),
+                field("endpoint", String),
+                field("stream", Bool),
+                field("prompt_tokens", Int),
+                field("max_tokens", NullableInt),
+                field("tools", StringList),
+                field("metadata", DynMap),
+                field("headers", StringMap),
+            ],
+            false,
+        ),
+        object(
+            "key",
+            &[field("id", String), field("name", String), field("team", NullableString), field("tags", StringList)],
+            false,
+        ),
+        Variable { name: "now", fields: None, ty: Timestamp, candidate_only: false },
+        object(
+            "backend",
+            &[field("name", String), field("kind", String), field("region", NullableString), field("tags", StringList)],
+            true,
+        ),
+        object(
+            "model",
+            &[
+                field("name", String),
+                field("upstream_model", String),
+                field("price_input", Double),
+                field("price_output", Double),
+                field("context_window", NullableInt),
+            ],
+            true,
+        ),
+    ]
+};
 
 /// A CEL expression that failed to compile or reads something the environment does not declare.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,25 +144,26 @@ impl Reads {
     }
 }
 
-/// Facts about the request without which an expression cannot be true, found in its top-level `&&` chain.
-/// They let routing skip evaluating a policy that cannot match, without changing any result.
+/// Facts about the request that make an expression false whatever else it reads, found in its top-level `&&`
+/// chain. They let routing skip evaluating a policy that cannot match, without changing any result: in CEL
+/// `false && error` is false, so a conjunct known false decides the chain even where another one would fail.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Guards {
-    /// `has(request.metadata.K)`: K must be present.
+    /// `has(request.metadata.K)`: false when K is absent.
     pub metadata_present: Vec<String>,
-    /// `request.metadata.K == "v"` (either side): K must be the string v. Any other value is false or an error,
-    /// and an error does not match either.
+    /// `request.metadata.K == "v"` (either side): false when K holds anything but the string v (equality never
+    /// fails between types). An absent K makes it an error, not false, so absence decides nothing.
     pub metadata_equals: Vec<(String, String)>,
 }
 
 impl Guards {
-    /// Whether `metadata` can satisfy every guard.
+    /// Whether the expression can be anything but false for `metadata` (and so must be evaluated).
     pub fn admit(&self, metadata: &serde_json::Map<String, serde_json::Value>) -> bool {
         self.metadata_present.iter().all(|k| metadata.contains_key(k))
-            && self
-                .metadata_equals
-                .iter()
-                .all(|(k, v)| metadata.get(k).and_then(serde_json::Value::as_str) == Some(v.as_str()))
+            && self.metadata_equals.iter().all(|(k, v)| match metadata.get(k) {
+                None => true,
+                Some(value) => value.as_str() == Some(v.as_str()),
+            })
     }
 }
 
@@ -143,6 +175,8 @@ pub struct CompiledExpression {
     guards: Guards,
     /// The same expression in the natively evaluated subset, when all of it is in that subset.
     native: Option<Native>,
+    /// The estimated evaluation cost (`cel_limits::MAX_COST` at most).
+    cost: u64,
 }
 
 impl fmt::Debug for CompiledExpression {
@@ -162,6 +196,10 @@ impl CompiledExpression {
 
     pub fn program(&self) -> &Program {
         &self.program
+    }
+
+    pub fn cost(&self) -> u64 {
+        self.cost
     }
 
     pub fn guards(&self) -> &Guards {
@@ -220,11 +258,13 @@ fn collect_guards(node: &IdedExpr, guards: &mut Guards) {
     }
 }
 
-/// Compile `source` for `scope`, refusing syntax errors and undeclared variables or fields.
+/// Compile `source` for `scope`: bounded, parsed, name- and type-checked, costed.
 pub fn compile(source: &str, scope: ExpressionScope) -> Result<CompiledExpression, CelError> {
     if source.trim().is_empty() {
         return Err(CelError { message: "expression is empty".to_owned(), line: 1, column: 1 });
     }
+    let at_start = |error: cel_limits::LimitError| CelError { message: error.to_string(), line: 1, column: 1 };
+    cel_limits::check_source(source).map_err(at_start)?;
     let program = Program::compile(source).map_err(|errors| {
         let first = errors.errors.first();
         CelError {
@@ -233,150 +273,26 @@ pub fn compile(source: &str, scope: ExpressionScope) -> Result<CompiledExpressio
             column: first.map_or(1, |e| usize::try_from(e.pos.1).unwrap_or(1).max(1)),
         }
     })?;
-    let mut checker = Checker { scope, source, program: &program, bound: Vec::new(), reads: Reads::default() };
-    checker.check(program.expression())?;
-    let reads = checker.reads;
+    cel_limits::check_depth(program.expression()).map_err(at_start)?;
+    let checked = cel_check::check(&program, source, scope)?;
+    if !matches!(checked.ty, Type::Bool | Type::Dyn) {
+        return Err(CelError {
+            message: format!("the expression must be a boolean, but it is a {}", checked.ty),
+            line: 1,
+            column: 1,
+        });
+    }
     let mut guards = Guards::default();
     collect_guards(program.expression(), &mut guards);
     let native = cel_native::translate(program.expression());
-    Ok(CompiledExpression { source: source.to_owned(), program, reads, guards, native })
-}
-
-struct Checker<'a> {
-    scope: ExpressionScope,
-    source: &'a str,
-    program: &'a Program,
-    /// Comprehension variables in scope (`x` in `request.tools.exists(x, x == "search")`).
-    bound: Vec<String>,
-    reads: Reads,
-}
-
-impl Checker<'_> {
-    /// An error at node `id`, moved `shift` characters right (a field's name starts one after its dot).
-    fn error_at(&self, id: u64, shift: usize, message: String) -> CelError {
-        let offset = self.program.source_info().offset_for(id).map_or(0, |(start, _)| start as usize + shift);
-        let (line, column) = line_and_column(self.source, offset);
-        CelError { message, line, column }
-    }
-
-    fn check(&mut self, node: &IdedExpr) -> Result<(), CelError> {
-        match &node.expr {
-            Expr::Ident(name) => self.check_path(node.id, node.id, &[name.as_str()]),
-            Expr::Select(select) => {
-                // A chain of field selections rooted at an identifier is a variable path; check it whole.
-                if let Some((path, root_id, first_field_id)) = select_path(node) {
-                    return self.check_path(root_id, first_field_id, &path);
-                }
-                self.check(&select.operand)
-            }
-            Expr::Call(call) => {
-                if let Some(target) = &call.target {
-                    self.check(target)?;
-                }
-                call.args.iter().try_for_each(|arg| self.check(arg))
-            }
-            Expr::Comprehension(comprehension) => {
-                self.check(&comprehension.iter_range)?;
-                self.check(&comprehension.accu_init)?;
-                let mut added = vec![comprehension.iter_var.clone(), comprehension.accu_var.clone()];
-                added.extend(comprehension.iter_var2.clone());
-                let depth = self.bound.len();
-                self.bound.extend(added);
-                let result = self
-                    .check(&comprehension.loop_cond)
-                    .and_then(|()| self.check(&comprehension.loop_step))
-                    .and_then(|()| self.check(&comprehension.result));
-                self.bound.truncate(depth);
-                result
-            }
-            Expr::List(list) => list.elements.iter().try_for_each(|e| self.check(e)),
-            Expr::Map(map) => map.entries.iter().try_for_each(|entry| match &entry.expr {
-                cel::common::ast::EntryExpr::MapEntry(e) => self.check(&e.key).and_then(|()| self.check(&e.value)),
-                cel::common::ast::EntryExpr::StructField(f) => self.check(&f.value),
-            }),
-            Expr::Struct(s) => s.entries.iter().try_for_each(|entry| match &entry.expr {
-                cel::common::ast::EntryExpr::MapEntry(e) => self.check(&e.key).and_then(|()| self.check(&e.value)),
-                cel::common::ast::EntryExpr::StructField(f) => self.check(&f.value),
-            }),
-            Expr::Literal(_) | Expr::Unspecified => Ok(()),
-        }
-    }
-
-    /// Check `root.field...`; `root_id` and `field_id` locate the root identifier and the first selection.
-    fn check_path(&mut self, root_id: u64, field_id: u64, path: &[&str]) -> Result<(), CelError> {
-        let Some((root, rest)) = path.split_first() else { return Ok(()) };
-        if self.bound.iter().any(|b| b == root) {
-            return Ok(());
-        }
-        let Some(variable) = VARIABLES.iter().find(|v| v.name == *root) else {
-            return Err(self.error_at(root_id, 0, format!("undeclared variable '{root}'; {}", self.declared())));
-        };
-        if variable.candidate_only && self.scope == ExpressionScope::Request {
-            return Err(self.error_at(
-                root_id,
-                0,
-                format!("'{root}' is only available in a constraint's `require`, not in `when`"),
-            ));
-        }
-        let (Some(fields), Some(first)) = (variable.fields, rest.first()) else { return Ok(()) };
-        let Some(field) = fields.iter().find(|f| f.name == *first) else {
-            let known: Vec<_> = fields.iter().map(|f| f.name).collect();
-            return Err(self.error_at(
-                field_id,
-                1,
-                format!("'{root}' has no field '{first}'; its fields are {}", known.join(", ")),
-            ));
-        };
-        if !field.open_map && rest.len() > 1 {
-            return Err(self.error_at(field_id, 1, format!("'{root}.{first}' has no fields")));
-        }
-        match (variable.name, field.name) {
-            ("request", "prompt_tokens") => self.reads.prompt_tokens = true,
-            ("request", "headers") => self.reads.headers = true,
-            ("request", "metadata") => self.reads.metadata = true,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn declared(&self) -> String {
-        let names: Vec<_> = VARIABLES
-            .iter()
-            .filter(|v| self.scope == ExpressionScope::Candidate || !v.candidate_only)
-            .map(|v| v.name)
-            .collect();
-        format!("declared variables are {}", names.join(", "))
-    }
-}
-
-/// `a.b.c` as `["a", "b", "c"]` with the ids of `a` and of the `.b` selection, or `None` when the chain is
-/// not rooted at an identifier.
-fn select_path(node: &IdedExpr) -> Option<(Vec<&str>, u64, u64)> {
-    let mut segments = Vec::new();
-    let mut current = node;
-    let mut first_field_id = node.id;
-    loop {
-        match &current.expr {
-            Expr::Ident(name) => {
-                segments.push(name.as_str());
-                segments.reverse();
-                return Some((segments, current.id, first_field_id));
-            }
-            Expr::Select(select) => {
-                segments.push(select.field.as_str());
-                first_field_id = current.id;
-                current = &select.operand;
-            }
-            _ => return None,
-        }
-    }
-}
-
-fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
-    let before = source.get(..offset.min(source.len())).unwrap_or(source);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
+    Ok(CompiledExpression {
+        source: source.to_owned(),
+        program,
+        reads: checked.reads,
+        guards,
+        native,
+        cost: checked.cost,
+    })
 }
 
 #[cfg(test)]
@@ -446,6 +362,9 @@ mod tests {
         assert!(!g.admit(&metadata(serde_json::json!({"t": "b"}))));
         assert!(!g.admit(&metadata(serde_json::json!({"t": 1}))));
         assert!(!g.admit(&metadata(serde_json::json!({}))));
+        // Absent, an equality is an error (which fails closed), not false: it must be evaluated.
+        let g = guards("request.metadata.t == 'a'");
+        assert!(g.admit(&metadata(serde_json::json!({}))));
     }
 
     #[test]

@@ -17,7 +17,9 @@
 
 pub mod base_url;
 pub mod budget_period;
+mod cel_check;
 pub mod cel_env;
+pub mod cel_limits;
 mod cel_native;
 pub mod config;
 pub mod routing;

@@ -77,11 +77,8 @@ pub struct PlannedCandidate {
 pub struct RejectedCandidate {
     pub model: String,
     pub backend: String,
-    /// The policy whose `require` was not true.
+    /// The policy whose `require` was false.
     pub policy: String,
-    /// Present when the constraint failed to evaluate (which rejects the candidate: constraints fail closed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -107,6 +104,15 @@ pub enum Decision {
     UnknownModel {
         model: String,
     },
+    /// A policy's `when` or `require` failed to evaluate for this request (a missing metadata key, a null, a
+    /// value of the wrong type): the request is refused. Policies fail closed: routing on as if the policy did
+    /// not exist could skip a residency rule or a deny.
+    PolicyError {
+        policy: String,
+        /// Which expression failed: `when` or `require`.
+        field: String,
+        error: String,
+    },
     /// Every candidate was filtered out by constraints.
     NoEligibleCandidate {
         policy: Option<String>,
@@ -122,7 +128,7 @@ pub struct PolicyTrace {
     pub policy: String,
     pub priority: i32,
     pub matched: bool,
-    /// An evaluation error: the policy is then treated as not matching.
+    /// An evaluation error, which refuses the request (`Decision::PolicyError`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -249,6 +255,11 @@ impl Router {
         };
 
         let admitted = |e: &CompiledExpression| tracing || e.guards().admit(&request.metadata);
+        let failed = |policy: &CompiledPolicy, field: &str, error: String| Decision::PolicyError {
+            policy: policy.spec.name.clone(),
+            field: field.to_owned(),
+            error,
+        };
         let mut matched = None;
         for policy in &self.policies {
             if !admitted(&policy.when) {
@@ -256,23 +267,28 @@ impl Router {
             }
             let result = evaluate_bool(&policy.when, &facts, context);
             record(policy, &result);
-            if result == Ok(true) {
-                matched = Some(policy);
-                break;
+            match result {
+                Ok(true) => {
+                    matched = Some(policy);
+                    break;
+                }
+                Ok(false) => {}
+                Err(error) => return failed(policy, "when", error),
             }
         }
-        let active_constraints: Vec<&CompiledPolicy> = self
-            .constraints
-            .iter()
-            .filter(|c| {
-                if !admitted(&c.when) {
-                    return false;
-                }
-                let result = evaluate_bool(&c.when, &facts, context);
-                record(c, &result);
-                result == Ok(true)
-            })
-            .collect();
+        let mut active_constraints: Vec<&CompiledPolicy> = Vec::new();
+        for constraint in &self.constraints {
+            if !admitted(&constraint.when) {
+                continue;
+            }
+            let result = evaluate_bool(&constraint.when, &facts, context);
+            record(constraint, &result);
+            match result {
+                Ok(true) => active_constraints.push(constraint),
+                Ok(false) => {}
+                Err(error) => return failed(constraint, "when", error),
+            }
+        }
 
         let (policy_name, alias, strategy, retries, timeout_ms, listed, own_require) =
             match matched.map(|p| (p, &p.spec.action)) {
@@ -295,7 +311,7 @@ impl Router {
                         *retries,
                         *timeout_ms,
                         listed,
-                        policy.require.as_ref().map(|r| (policy.spec.name.as_str(), r)),
+                        policy.require.as_ref().map(|r| (policy, r)),
                     )
                 }
                 Some((_, PolicyAction::Constrain { .. })) | None => match self.resolve_public_name(&request.model) {
@@ -304,16 +320,16 @@ impl Router {
                 },
             };
 
-        let requirements: Vec<(&str, &CompiledExpression)> = own_require
+        let requirements: Vec<(&CompiledPolicy, &CompiledExpression)> = own_require
             .into_iter()
-            .chain(active_constraints.iter().filter_map(|c| c.require.as_ref().map(|r| (c.spec.name.as_str(), r))))
+            .chain(active_constraints.iter().filter_map(|c| c.require.as_ref().map(|r| (*c, r))))
             .collect();
         let mut candidates = Vec::new();
         let mut rejected = Vec::new();
         for candidate in &listed {
             let Some((model, backend)) = self.model_and_backend(&candidate.model) else { continue };
             // Most requests have no constraint: build the candidate's CEL scope only when one must be evaluated.
-            let failed = if requirements.is_empty() {
+            let refused_by = if requirements.is_empty() {
                 None
             } else {
                 let built;
@@ -327,18 +343,24 @@ impl Router {
                 let facts = Facts { candidate: Some(&values.facts), ..facts };
                 let scope = OnceCell::new();
                 let scope = || scope.get_or_init(|| candidate_context(context(), values));
-                requirements.iter().find_map(|(policy, require)| match evaluate_bool(require, &facts, scope) {
-                    Ok(true) => None,
-                    Ok(false) => Some((policy, None)),
-                    Err(error) => Some((policy, Some(error))),
-                })
+                let mut failed_by = None;
+                for (policy, require) in &requirements {
+                    match evaluate_bool(require, &facts, scope) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            failed_by = Some(*policy);
+                            break;
+                        }
+                        Err(error) => return failed(policy, "action.require", error),
+                    }
+                }
+                failed_by
             };
-            match failed {
-                Some((policy, error)) => rejected.push(RejectedCandidate {
+            match refused_by {
+                Some(policy) => rejected.push(RejectedCandidate {
                     model: model.name.clone(),
                     backend: backend.name.clone(),
-                    policy: (*policy).to_owned(),
-                    error,
+                    policy: policy.spec.name.clone(),
                 }),
                 None => candidates.push(PlannedCandidate {
                     model: model.name.clone(),
@@ -487,14 +509,14 @@ fn price(value: Decimal) -> Value {
 }
 
 /// The CEL values of one candidate (`backend` and `model`), built once per snapshot instead of per request.
-struct CandidateValues {
+pub(crate) struct CandidateValues {
     backend: Value,
     model: Value,
     facts: CandidateFacts,
 }
 
 impl CandidateValues {
-    fn new(model: &ModelSpec, backend: &BackendSpec) -> CandidateValues {
+    pub(crate) fn new(model: &ModelSpec, backend: &BackendSpec) -> CandidateValues {
         let kind =
             serde_json::to_value(backend.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         CandidateValues {
@@ -516,7 +538,7 @@ impl CandidateValues {
     }
 }
 
-fn candidate_context<'a, 'v>(parent: &'a Context<'a, 'v>, values: &CandidateValues) -> Context<'a, 'v> {
+pub(crate) fn candidate_context<'a, 'v>(parent: &'a Context<'a, 'v>, values: &CandidateValues) -> Context<'a, 'v> {
     let mut scope = parent.new_inner_scope();
     scope.add_variable_from_value("backend", values.backend.clone());
     scope.add_variable_from_value("model", values.model.clone());

@@ -55,6 +55,14 @@ impl InvalidCallAction {
     }
 }
 
+/// A tool policy whose `when` failed to evaluate for a request: the request is refused (policies fail closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tool policy '{policy}' could not be evaluated for this request: {error}")]
+pub struct ToolPolicyError {
+    pub policy: String,
+    pub error: String,
+}
+
 /// The tool policy's verdict on one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ToolDecision {
@@ -96,8 +104,14 @@ impl ToolPolicies {
         if errors.is_empty() { Ok(ToolPolicies { policies }) } else { Err(errors) }
     }
 
-    /// Decide for a request declaring `request.tools`. A `when` that fails to evaluate does not match.
-    pub fn evaluate(&self, request: &RequestFacts, key: &KeyFacts, now: DateTime<Utc>) -> ToolDecision {
+    /// Decide for a request declaring `request.tools`. A `when` that fails to evaluate before a match refuses
+    /// the request.
+    pub fn evaluate(
+        &self,
+        request: &RequestFacts,
+        key: &KeyFacts,
+        now: DateTime<Utc>,
+    ) -> Result<ToolDecision, ToolPolicyError> {
         let matched = if self.policies.is_empty() {
             None
         } else {
@@ -113,10 +127,26 @@ impl ToolPolicies {
                     context
                 })
             };
-            self.policies.iter().find(|p| routing::evaluate_bool(&p.when, &facts, context) == Ok(true))
+            let mut matched = None;
+            for policy in &self.policies {
+                match routing::evaluate_bool(&policy.when, &facts, context) {
+                    Ok(true) => {
+                        matched = Some(policy);
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(error) => return Err(ToolPolicyError { policy: policy.spec.name.clone(), error }),
+                }
+            }
+            matched
         };
         let Some(policy) = matched else {
-            return ToolDecision { policy: None, action: InvalidCallAction::Audit, max_retries: 0, denied: Vec::new() };
+            return Ok(ToolDecision {
+                policy: None,
+                action: InvalidCallAction::Audit,
+                max_retries: 0,
+                denied: Vec::new(),
+            });
         };
         let spec = &policy.spec;
         let listed = |list: &[String], tool: &str| list.iter().any(|t| t == "*" || t == tool);
@@ -132,7 +162,7 @@ impl ToolPolicies {
             (ToolPolicyMode::Enforce, OnInvalidToolCall::Retry) => InvalidCallAction::Retry,
             (ToolPolicyMode::Enforce, OnInvalidToolCall::Annotate) => InvalidCallAction::Annotate,
         };
-        ToolDecision { policy: Some(spec.name.clone()), action, max_retries: spec.max_retries, denied }
+        Ok(ToolDecision { policy: Some(spec.name.clone()), action, max_retries: spec.max_retries, denied })
     }
 }
 
@@ -289,7 +319,7 @@ mod tests {
         let request =
             RequestFacts { tools: tools.iter().map(|s| (*s).to_owned()).collect(), ..RequestFacts::default() };
         let key = KeyFacts { team: team.map(str::to_owned), ..KeyFacts::default() };
-        let decision = policies.evaluate(&request, &key, Utc::now());
+        let decision = policies.evaluate(&request, &key, Utc::now()).unwrap();
         (decision.policy, decision.denied)
     }
 
@@ -314,7 +344,7 @@ mod tests {
     fn no_match_means_audit_and_everything_allowed() {
         let set = policies(vec![policy("only-search", 0, "key.team == 'search'", &["search"], &["*"])]);
         let request = RequestFacts { tools: vec!["anything".into()], ..RequestFacts::default() };
-        let decision = set.evaluate(&request, &KeyFacts::default(), Utc::now());
+        let decision = set.evaluate(&request, &KeyFacts::default(), Utc::now()).unwrap();
         assert_eq!(
             decision,
             ToolDecision { policy: None, action: InvalidCallAction::Audit, max_retries: 0, denied: vec![] }

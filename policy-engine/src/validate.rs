@@ -87,6 +87,9 @@ pub fn backend(spec: &mut BackendSpec, urls: &BaseUrlPolicy) -> Result<(), Vec<S
     {
         errors.push("region", "must not be empty when given");
     }
+    if spec.tags.len() > crate::cel_limits::MAX_COLLECTION_ENTRIES {
+        errors.push("tags", format!("at most {} tags", crate::cel_limits::MAX_COLLECTION_ENTRIES));
+    }
     if spec.tags.iter().any(|t| t.trim().is_empty()) {
         errors.push("tags", "tags must not be empty strings");
     }

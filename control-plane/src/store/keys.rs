@@ -73,6 +73,10 @@ fn validate(spec: &KeySpec, known_alias: impl Fn(&str) -> bool) -> Result<(), Ap
     if spec.team.as_deref().is_some_and(|t| t.trim().is_empty()) {
         fail("team", "must not be empty when given".to_owned());
     }
+    // Policies iterate over a key's tags: their count bounds what that costs.
+    if spec.tags.len() > policy_engine::cel_limits::MAX_COLLECTION_ENTRIES {
+        fail("tags", format!("at most {} tags", policy_engine::cel_limits::MAX_COLLECTION_ENTRIES));
+    }
     if spec.tags.iter().any(|t| t.trim().is_empty()) {
         fail("tags", "tags must not be empty strings".to_owned());
     }

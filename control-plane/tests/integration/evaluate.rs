@@ -101,13 +101,29 @@ async fn code_generation_goes_to_the_code_model(pool: PgPool) {
     assert_eq!(result["decision"]["alias"], json!("code-model-fast"));
     assert_eq!(candidates(&result["decision"]), ["codestral-eu", "gpt-4o-openai"]);
 
-    // Without `task` the policy's `request.metadata.task` fails to evaluate: it does not match, and the trace says why.
+    // Without `task` the policy's `has()` guard is false: it does not match, and nothing failed.
     let other = evaluate(&app, json!({"request": {"model": "gpt-4o"}})).await;
     let trace = other["trace"].as_array().unwrap();
     let task = trace.iter().find(|t| t["policy"] == json!("task-code-generation")).unwrap();
     assert_eq!(task["matched"], json!(false));
-    assert_eq!(task["error"], json!("No such key: task"));
+    assert_eq!(task.get("error"), None);
     assert_eq!(other["decision"]["alias"], json!("gpt-4o"));
+
+    // A policy that reads a key the request lacks cannot decide: policies fail closed, so the request is refused,
+    // naming the policy, instead of being routed as if the policy did not exist.
+    app.create(
+        "route-policies",
+        json!({"name": "unguarded-tier", "priority": 60, "when": "request.metadata.tier == 'gold'",
+               "action": {"type": "route", "alias": "cheap"}}),
+    )
+    .await;
+    let refused = evaluate(&app, json!({"request": {"model": "gpt-4o"}})).await;
+    assert_eq!(
+        refused["decision"],
+        json!({"outcome": "policy_error", "policy": "unguarded-tier", "field": "when", "error": "No such key: tier"})
+    );
+    let gold = evaluate(&app, json!({"request": {"model": "gpt-4o", "metadata": {"tier": "gold"}}})).await;
+    assert_eq!(gold["decision"]["alias"], json!("cheap"));
 }
 
 #[sqlx::test(migrations = "../migrations")]

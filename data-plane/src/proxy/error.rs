@@ -20,6 +20,11 @@ pub enum GatewayError {
     InvalidApiKey(&'static str),
     #[error("request denied by policy '{policy}': {message}")]
     PolicyDenied { policy: String, message: String },
+    #[error(
+        "request refused: {kind} '{policy}' could not be evaluated for it ({field}: {error}); policies fail closed, \
+         so a request a policy cannot decide is not served"
+    )]
+    PolicyFailed { kind: &'static str, policy: String, field: String, error: String },
     #[error("this API key may not use model '{model}'")]
     ModelNotAllowed { model: String },
     #[error("{0}")]
@@ -115,6 +120,7 @@ impl GatewayError {
             GatewayError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidToolCall { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::PolicyDenied { .. }
+            | GatewayError::PolicyFailed { .. }
             | GatewayError::ToolNotAllowed { .. }
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::NoEligibleCandidate(_) => StatusCode::FORBIDDEN,
@@ -136,6 +142,7 @@ impl GatewayError {
             GatewayError::TooLarge { .. } => "request_too_large",
             GatewayError::InvalidApiKey(_) => "invalid_api_key",
             GatewayError::PolicyDenied { .. } => "policy_denied",
+            GatewayError::PolicyFailed { .. } => "policy_evaluation_failed",
             GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
             GatewayError::NoEligibleCandidate(_) => "no_eligible_backend",
             GatewayError::ModelNotFound { .. } => "model_not_found",
@@ -193,7 +200,11 @@ impl GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if let GatewayError::PolicyFailed { kind, policy, .. } = &self {
+            // A policy that cannot decide is a configuration problem the operator must see, not only the caller.
+            metrics::counter!("gateway_policy_errors_total", "kind" => *kind, "policy" => policy.clone()).increment(1);
+            tracing::warn!(code = self.code(), "{self}");
+        } else if status.is_server_error() {
             tracing::warn!(code = self.code(), "{self}");
         }
         let mut response = (status, Json(self.body())).into_response();

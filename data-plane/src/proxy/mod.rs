@@ -140,7 +140,7 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
     if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
         return Err(GatewayError::ModelNotAllowed { model: parsed.model });
     }
-    let facts = parsed.facts(&parts.headers, snapshot.router.reads());
+    let facts = parsed.facts(&parts.headers, snapshot.router.reads())?;
     let key_facts = KeyFacts {
         id: key.id.clone(),
         name: key.name.clone(),
@@ -152,6 +152,9 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
         Decision::Route { policy, candidates, strategy, .. } => (policy, candidates, strategy),
         Decision::Deny { policy, message } => return Err(GatewayError::PolicyDenied { policy, message }),
         Decision::UnknownModel { model } => return Err(GatewayError::ModelNotFound { model }),
+        Decision::PolicyError { policy, field, error } => {
+            return Err(GatewayError::PolicyFailed { kind: "route policy", policy, field, error });
+        }
         Decision::NoEligibleCandidate { rejected, .. } => {
             let by: Vec<String> = rejected.iter().map(|r| format!("{} (by '{}')", r.model, r.policy)).collect();
             return Err(GatewayError::NoEligibleCandidate(format!(

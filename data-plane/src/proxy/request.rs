@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::http::HeaderMap;
 use policy_engine::cel_env::Reads;
+use policy_engine::cel_limits::MAX_COLLECTION_ENTRIES;
 use policy_engine::routing::RequestFacts;
 use policy_engine::tokens;
 use serde_json::{Map, Value};
@@ -107,17 +108,51 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ParsedRequest, GatewayE
             return Err(GatewayError::InvalidRequest(format!("{field} must be a non-negative integer")));
         }
     }
-    if let Some(tools) = body.get("tools").filter(|v| !v.is_null())
-        && !tools.is_array()
-    {
-        return Err(invalid("tools", format!("tools must be an array, not {}", kind(tools))));
+    if let Some(tools) = body.get("tools").filter(|v| !v.is_null()) {
+        let Some(tools) = tools.as_array() else {
+            return Err(invalid("tools", format!("tools must be an array, not {}", kind(tools))));
+        };
+        // Policies iterate over the declared tools: their cost is bounded by this count (OpenAI's own limit).
+        if tools.len() > MAX_COLLECTION_ENTRIES {
+            return Err(invalid("tools", format!("at most {MAX_COLLECTION_ENTRIES} tools may be declared")));
+        }
     }
-    if let Some(metadata) = body.get("metadata").filter(|v| !v.is_null())
-        && !metadata.is_object()
-    {
-        return Err(invalid("metadata", format!("metadata must be an object, not {}", kind(metadata))));
+    if let Some(metadata) = body.get("metadata").filter(|v| !v.is_null()) {
+        if !metadata.is_object() {
+            return Err(invalid("metadata", format!("metadata must be an object, not {}", kind(metadata))));
+        }
+        check_metadata_sizes(metadata)?;
     }
     Ok(ParsedRequest { endpoint, body, model, stream })
+}
+
+/// The most entries of the body's metadata object and of every list or object inside it, and of the
+/// `x-gateway-meta-*` headers: together at most [`MAX_COLLECTION_ENTRIES`], which bounds what a policy iterating
+/// over them costs. OpenAI itself accepts 16 entries.
+pub const MAX_METADATA_ENTRIES: usize = MAX_COLLECTION_ENTRIES / 2;
+
+fn check_metadata_sizes(metadata: &Value) -> Result<(), GatewayError> {
+    let mut pending = vec![metadata];
+    while let Some(value) = pending.pop() {
+        let entries = match value {
+            Value::Object(fields) => {
+                pending.extend(fields.values());
+                fields.len()
+            }
+            Value::Array(items) => {
+                pending.extend(items);
+                items.len()
+            }
+            _ => continue,
+        };
+        if entries > MAX_METADATA_ENTRIES {
+            return Err(invalid(
+                "metadata",
+                format!("metadata and every list or object in it may have at most {MAX_METADATA_ENTRIES} entries"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -135,13 +170,20 @@ const META_HEADER_PREFIX: &str = "x-gateway-meta-";
 
 impl ParsedRequest {
     /// What routing sees. Tokens are counted, and headers copied, only when some policy reads them.
-    pub fn facts(&self, headers: &HeaderMap, reads: Reads) -> RequestFacts {
+    pub fn facts(&self, headers: &HeaderMap, reads: Reads) -> Result<RequestFacts, GatewayError> {
         let mut metadata = self.body.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut header_map = BTreeMap::new();
+        let mut meta_headers = 0;
         for (name, value) in headers {
             let Ok(value) = value.to_str() else { continue };
             let name = name.as_str();
             if let Some(key) = name.strip_prefix(META_HEADER_PREFIX) {
+                meta_headers += 1;
+                if meta_headers > MAX_METADATA_ENTRIES {
+                    return Err(GatewayError::InvalidRequest(format!(
+                        "at most {MAX_METADATA_ENTRIES} {META_HEADER_PREFIX}* headers are accepted"
+                    )));
+                }
                 metadata.insert(key.to_owned(), Value::String(value.to_owned()));
             }
             if reads.headers && name != "authorization" {
@@ -160,7 +202,7 @@ impl ParsedRequest {
             })
             .unwrap_or_default();
         let max_tokens = self.max_output_tokens();
-        RequestFacts {
+        Ok(RequestFacts {
             model: self.model.clone(),
             endpoint: self.endpoint.cel_name().to_owned(),
             stream: self.stream,
@@ -169,7 +211,7 @@ impl ParsedRequest {
             tools,
             metadata,
             headers: header_map,
-        }
+        })
     }
 
     /// The most output tokens the caller allows (`max_completion_tokens`, else `max_tokens`).
@@ -234,6 +276,41 @@ mod tests {
         })
     }
 
+    #[test]
+    fn collections_policies_iterate_over_are_bounded() {
+        let chat = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            parse(Endpoint::ChatCompletions, &serde_json::to_vec(&body).unwrap())
+        };
+        let tools = |n: usize| {
+            let tool = json!({"type": "function", "function": {"name": "f"}});
+            json!({"tools": vec![tool; n]})
+        };
+        assert!(chat(tools(MAX_COLLECTION_ENTRIES)).is_ok());
+        let error = chat(tools(MAX_COLLECTION_ENTRIES + 1)).err().unwrap();
+        assert_eq!(error.to_string(), "at most 128 tools may be declared");
+        let entries = |n: usize| Value::Object((0..n).map(|i| (format!("k{i}"), json!(i))).collect());
+        assert!(chat(json!({"metadata": entries(MAX_METADATA_ENTRIES)})).is_ok());
+        let nested = json!({"metadata": {"list": vec![1; MAX_METADATA_ENTRIES + 1]}});
+        let error = chat(nested).err().unwrap();
+        assert_eq!(error.to_string(), "metadata and every list or object in it may have at most 64 entries");
+        assert!(chat(json!({"metadata": entries(MAX_METADATA_ENTRIES + 1)})).is_err());
+
+        let parsed = chat(json!({"metadata": entries(1)})).unwrap();
+        let mut headers = HeaderMap::new();
+        for i in 0..=MAX_METADATA_ENTRIES {
+            headers.insert(
+                axum::http::HeaderName::try_from(format!("x-gateway-meta-h{i}")).unwrap(),
+                axum::http::HeaderValue::from_static("v"),
+            );
+        }
+        assert_eq!(
+            parsed.facts(&headers, ALL).err().unwrap().to_string(),
+            "at most 64 x-gateway-meta-* headers are accepted"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -257,7 +334,7 @@ mod tests {
             match parse(Endpoint::ChatCompletions, &bytes) {
                 Ok(parsed) => {
                     prop_assert_eq!(Value::Object(parsed.body.clone()), body);
-                    let facts = parsed.facts(&HeaderMap::new(), ALL);
+                    let facts = parsed.facts(&HeaderMap::new(), ALL).unwrap();
                     prop_assert_eq!(facts.model, parsed.model);
                 }
                 Err(error) => prop_assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST),
@@ -273,7 +350,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-gateway-meta-task", "code_generation".parse().unwrap());
         headers.insert("authorization", "Bearer secret".parse().unwrap());
-        let facts = parsed.facts(&headers, ALL);
+        let facts = parsed.facts(&headers, ALL).unwrap();
         assert_eq!(facts.metadata["team"], json!("a"));
         assert_eq!(facts.metadata["task"], json!("code_generation"));
         assert!(!facts.headers.contains_key("authorization"), "the caller's key never reaches policies");

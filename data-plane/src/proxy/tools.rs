@@ -42,7 +42,14 @@ pub fn prepare(
     if facts.tools.is_empty() {
         return Ok(None);
     }
-    let decision = snapshot.tool_policies.evaluate(facts, key, chrono::Utc::now());
+    let decision = snapshot.tool_policies.evaluate(facts, key, chrono::Utc::now()).map_err(|failed| {
+        GatewayError::PolicyFailed {
+            kind: "tool policy",
+            policy: failed.policy,
+            field: "when".to_owned(),
+            error: failed.error,
+        }
+    })?;
     if !decision.denied.is_empty() {
         return Err(GatewayError::ToolNotAllowed {
             policy: decision.policy.clone().unwrap_or_default(),

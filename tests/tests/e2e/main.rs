@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod anthropic;
+mod outbound;
 mod proxy;
 mod snapshots;
 mod spend;

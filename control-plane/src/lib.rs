@@ -23,6 +23,7 @@ use std::future::IntoFuture;
 
 use anyhow::Context;
 use policy_engine::base_url::BaseUrlPolicy;
+use policy_engine::secret_ref::SecretEnvPolicy;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +37,10 @@ use crate::store::resources::WriteContext;
 pub fn write_context(args: &ServeArgs) -> anyhow::Result<WriteContext> {
     let base_urls = BaseUrlPolicy::from_list(&args.backend_allowlist)
         .map_err(|e| anyhow::anyhow!("GATEWAY_BACKEND_ALLOWLIST: {e}"))?;
+    let secret_env = SecretEnvPolicy::from_list(&args.secret_env_prefix)
+        .map_err(|e| anyhow::anyhow!("GATEWAY_SECRET_ENV_PREFIX: {e}"))?;
     let sealer = args.secret_key.as_deref().map(Sealer::from_config).transpose().context("GATEWAY_SECRET_KEY")?;
-    Ok(WriteContext { base_urls, sealer })
+    Ok(WriteContext { base_urls, secret_env, sealer })
 }
 
 /// Connect, migrate, bootstrap the admin token, bind, and serve until `shutdown` is cancelled.

@@ -73,9 +73,15 @@ pub struct ServeArgs {
     pub secret_key: Option<String>,
 
     /// Comma-separated hosts backends may point at: `api.openai.com`, `*.openai.azure.com`, `10.0.0.0/8`.
-    /// Empty allows any host; link-local and cloud metadata addresses are always refused.
+    /// Empty allows any host; link-local and cloud metadata addresses are always refused. At write a host name
+    /// must match a name entry (data planes also check the addresses they connect to, with their own setting).
     #[arg(long, env = "GATEWAY_BACKEND_ALLOWLIST", default_value = "")]
     pub backend_allowlist: String,
+
+    /// Comma-separated prefixes a backend's `{"ref": "env:NAME"}` must start with; empty refuses every reference.
+    /// The gateway's own settings (`GATEWAY_*`, `DATABASE_URL`, `PG*`) can never be referenced.
+    #[arg(long, env = "GATEWAY_SECRET_ENV_PREFIX", default_value = policy_engine::secret_ref::DEFAULT_PREFIXES)]
+    pub secret_env_prefix: String,
 
     /// How often each data plane receives every budget's spend in its current period, in milliseconds (also soon
     /// after ingested spend changes it).

@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use policy_engine::base_url::BaseUrlPolicy;
+use policy_engine::secret_ref::SecretEnvPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +65,10 @@ pub async fn run(
     current: Arc<Current>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let hosts = BaseUrlPolicy::from_list(&args.backend_allowlist)
+        .map_err(|e| anyhow::anyhow!("GATEWAY_BACKEND_ALLOWLIST: {e}"))?;
+    let secret_env = SecretEnvPolicy::from_list(&args.secret_env_prefix)
+        .map_err(|e| anyhow::anyhow!("GATEWAY_SECRET_ENV_PREFIX: {e}"))?;
     // One TLS crypto provider for every upstream client (ring: no C toolchain beyond cc needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
     metrics::install();
@@ -117,7 +123,7 @@ pub async fn run(
     let reporting = reporter.spawn(background.clone());
     let proxy = Arc::new(proxy::Proxy {
         current,
-        upstreams: proxy::upstream::Upstreams::default(),
+        upstreams: proxy::upstream::Upstreams::new(proxy::egress::Egress::new(hosts, secret_env)),
         max_body_bytes: args.max_body_bytes,
         max_retry_after: Duration::from_millis(args.max_retry_after_ms),
         reporter: reporter.clone(),

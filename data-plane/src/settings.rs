@@ -56,6 +56,18 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_MAX_RETRY_AFTER_MS", default_value_t = 2_000)]
     pub max_retry_after_ms: u64,
 
+    /// Comma-separated hosts and networks upstream calls may reach, as the control plane's setting of the same name:
+    /// `api.openai.com`, `*.openai.azure.com`, `10.0.0.0/8`. Checked on every address connected to: a host the
+    /// list does not name may use only addresses inside its networks. Empty allows any address except link-local
+    /// and cloud metadata ones, which are always refused.
+    #[arg(long, env = "GATEWAY_BACKEND_ALLOWLIST", default_value = "")]
+    pub backend_allowlist: String,
+
+    /// Comma-separated prefixes a backend's `env:NAME` secret reference must start with to be read from this
+    /// process's environment; empty refuses every reference. `GATEWAY_*`, `DATABASE_URL` and `PG*` never are.
+    #[arg(long, env = "GATEWAY_SECRET_ENV_PREFIX", default_value = policy_engine::secret_ref::DEFAULT_PREFIXES)]
+    pub secret_env_prefix: String,
+
     /// Serve this snapshot file alone, without a control plane (local use).
     #[arg(long, env = "GATEWAY_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,

@@ -1,9 +1,24 @@
-//! Backend base URLs: normalisation and the allowlist that keeps the gateway from being turned into an SSRF tool.
+//! Where backends may point: base-URL normalisation, the operator's allowlist, and the addresses that are always
+//! refused, so that the gateway cannot be turned into an SSRF tool.
 //!
-//! Checks here are on the URL as written (no DNS resolution: this crate does no IO). Link-local ranges and the
-//! well-known cloud metadata endpoints are refused whatever the allowlist says.
+//! The rules are applied twice. At write (control plane) only the URL is known: [`BaseUrlPolicy::normalize`].
+//! At connection (data plane) the resolved addresses are known too: [`BaseUrlPolicy::check_host`] decides, from
+//! the host alone, which addresses a connection may use ([`AddressRule`]), and [`BaseUrlPolicy::check_address`]
+//! checks each one. This crate does no IO; the data plane's DNS resolver calls them.
+//!
+//! The exact rule for a host:
+//! 1. Hosts are compared canonically: lower case, one trailing dot dropped (`metadata.google.internal.` is
+//!    `metadata.google.internal`), empty labels refused; IPv4 in any form the URL parser accepts (decimal, octal,
+//!    hex, IPv4-mapped IPv6) is the IPv4 address.
+//! 2. Always refused, whatever the allowlist: the cloud metadata names, and the addresses in
+//!    [`is_always_refused`] (link-local, metadata, "this network"), in any IPv6 spelling of an IPv4 address.
+//! 3. An empty allowlist allows everything else (loopback and private networks included: local Ollama or vLLM).
+//! 4. Otherwise a host name matched by a name entry (`api.openai.com`, `*.openai.azure.com`) may use any address
+//!    not always refused. Any other host (an IP literal, or a name no name entry matches) may use only addresses
+//!    inside the allowlist's network entries (`10.0.0.0/8`, `127.0.0.1`); without network entries it is refused.
+//!    At write a name no name entry matches is refused, as its addresses cannot be known there.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -23,6 +38,26 @@ pub enum BaseUrlError {
     NotAllowed { url: String, host: String, allowlist: String },
 }
 
+/// Why a connection to a host or an address is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostRefusal {
+    #[error("{host} is a link-local or cloud metadata address, which is always refused")]
+    Forbidden { host: String },
+    #[error("{host} is not in the backend allowlist ({allowlist})")]
+    NotAllowed { host: String, allowlist: String },
+    #[error("{host:?} is not a valid host name: {reason}")]
+    Invalid { host: String, reason: &'static str },
+}
+
+/// Which resolved addresses a connection to an accepted host may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressRule {
+    /// Any address that is not always refused: the allowlist is empty or names the host.
+    NotRefused,
+    /// Only addresses inside the allowlist's network entries: the allowlist does not name the host.
+    InNetworks,
+}
+
 /// One allowlist entry: an exact host, a `*.suffix` wildcard, or an IP network in CIDR form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -36,6 +71,8 @@ impl FromStr for HostPattern {
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let entry = raw.trim().to_ascii_lowercase();
+        // Names are compared without their trailing dot (see `canonical_host`).
+        let entry = entry.strip_suffix('.').unwrap_or(&entry);
         if entry.is_empty() {
             return Err("empty allowlist entry".to_owned());
         }
@@ -46,25 +83,30 @@ impl FromStr for HostPattern {
             return entry.parse().map(HostPattern::Network).map_err(|e| format!("{raw:?}: {e}"));
         }
         if let Ok(ip) = entry.trim_matches(['[', ']']).parse::<IpAddr>() {
-            return Ok(HostPattern::Network(IpNet::from(ip)));
+            return Ok(HostPattern::Network(IpNet::from(ip.to_canonical())));
         }
-        Ok(HostPattern::Exact(entry))
+        Ok(HostPattern::Exact(entry.to_owned()))
     }
 }
 
 impl HostPattern {
-    fn matches(&self, host: &Host<&str>) -> bool {
-        match (self, host) {
-            (HostPattern::Exact(exact), Host::Domain(domain)) => exact == domain,
-            (HostPattern::Suffix(suffix), Host::Domain(domain)) => domain.ends_with(suffix.as_str()),
-            (HostPattern::Network(net), Host::Ipv4(ip)) => net.contains(&IpAddr::V4(*ip)),
-            (HostPattern::Network(net), Host::Ipv6(ip)) => net.contains(&IpAddr::V6(*ip)),
-            _ => false,
+    fn matches_name(&self, domain: &str) -> bool {
+        match self {
+            HostPattern::Exact(exact) => exact == domain,
+            HostPattern::Suffix(suffix) => domain.ends_with(suffix.as_str()),
+            HostPattern::Network(_) => false,
+        }
+    }
+
+    fn network(&self) -> Option<&IpNet> {
+        match self {
+            HostPattern::Network(net) => Some(net),
+            HostPattern::Exact(_) | HostPattern::Suffix(_) => None,
         }
     }
 }
 
-/// The hosts backends may point at. An empty allowlist allows any host that is not always-forbidden.
+/// The hosts backends may point at. An empty allowlist allows any host that is not always refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BaseUrlPolicy {
     allow: Vec<HostPattern>,
@@ -82,10 +124,16 @@ impl BaseUrlPolicy {
         Ok(policy)
     }
 
-    /// Check `raw` and return it normalised: lower-case scheme and host, no trailing slash.
+    /// The allowlist as configured, for messages.
+    pub fn describe(&self) -> String {
+        self.allow_raw.join(",")
+    }
+
+    /// Check `raw` and return it normalised: lower-case scheme and host, no trailing dot on the host, no trailing
+    /// slash.
     pub fn normalize(&self, raw: &str) -> Result<String, BaseUrlError> {
-        let url =
-            Url::parse(raw.trim()).map_err(|e| BaseUrlError::Invalid { url: raw.to_owned(), reason: e.to_string() })?;
+        let invalid = |reason: String| BaseUrlError::Invalid { url: raw.to_owned(), reason };
+        let mut url = Url::parse(raw.trim()).map_err(|e| invalid(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(BaseUrlError::Scheme { url: raw.to_owned(), scheme: url.scheme().to_owned() });
         }
@@ -93,17 +141,25 @@ impl BaseUrlPolicy {
             return Err(BaseUrlError::Extras { url: raw.to_owned() });
         }
         let Some(host) = url.host() else {
-            return Err(BaseUrlError::Invalid { url: raw.to_owned(), reason: "no host".to_owned() });
+            return Err(invalid("no host".to_owned()));
         };
-        if is_always_forbidden(&host) {
-            return Err(BaseUrlError::Forbidden { url: raw.to_owned(), host: host.to_string() });
-        }
-        if !self.allow.is_empty() && !self.allow.iter().any(|p| p.matches(&host)) {
-            return Err(BaseUrlError::NotAllowed {
-                url: raw.to_owned(),
-                host: host.to_string(),
-                allowlist: self.allow_raw.join(","),
-            });
+        let refused = |refusal: HostRefusal| match refusal {
+            HostRefusal::Forbidden { host } => BaseUrlError::Forbidden { url: raw.to_owned(), host },
+            HostRefusal::NotAllowed { host, allowlist } => {
+                BaseUrlError::NotAllowed { url: raw.to_owned(), host, allowlist }
+            }
+            HostRefusal::Invalid { host, reason } => invalid(format!("host {host:?}: {reason}")),
+        };
+        let rule = self.check_host(&host).map_err(refused)?;
+        let canonical = canonical_host(&host).map_err(refused)?;
+        if let Host::Domain(domain) = &canonical {
+            // A name is accepted at write only when a name entry allows it: its addresses are unknown here.
+            if rule == AddressRule::InNetworks {
+                return Err(refused(HostRefusal::NotAllowed { host: domain.clone(), allowlist: self.describe() }));
+            }
+            if host != Host::Domain(domain.as_str()) {
+                url.set_host(Some(domain)).map_err(|e| invalid(e.to_string()))?;
+            }
         }
         let mut normalized = url.to_string();
         while normalized.ends_with('/') {
@@ -111,24 +167,113 @@ impl BaseUrlPolicy {
         }
         Ok(normalized)
     }
-}
 
-const METADATA_HOSTS: &[&str] = &["metadata.google.internal", "metadata.goog", "metadata", "instance-data"];
-
-fn is_always_forbidden(host: &Host<&str>) -> bool {
-    match host {
-        Host::Domain(domain) => METADATA_HOSTS.contains(domain) || domain.ends_with(".metadata.google.internal"),
-        Host::Ipv4(ip) => {
-            // 169.254/16 link-local (AWS, GCP, Azure metadata), 100.100.100.200 (Alibaba metadata), 0.0.0.0.
-            ip.is_link_local() || ip.octets() == [100, 100, 100, 200] || ip.is_unspecified()
-        }
-        Host::Ipv6(ip) => {
-            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
-            let aws_metadata = ip.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254];
-            let mapped_forbidden = ip.to_ipv4_mapped().is_some_and(|v4| is_always_forbidden(&Host::Ipv4(v4)));
-            link_local || aws_metadata || mapped_forbidden || ip.is_unspecified()
+    /// Decide a connection to `host` before any address is known: refused, or which addresses it may use. An IP
+    /// literal is checked whole here (it is its own address).
+    pub fn check_host(&self, host: &Host<impl AsRef<str>>) -> Result<AddressRule, HostRefusal> {
+        match canonical_host(host)? {
+            Host::Domain(domain) => {
+                if is_metadata_name(&domain) {
+                    return Err(HostRefusal::Forbidden { host: domain });
+                }
+                if self.allow.is_empty() || self.allow.iter().any(|p| p.matches_name(&domain)) {
+                    Ok(AddressRule::NotRefused)
+                } else if self.allow.iter().any(|p| p.network().is_some()) {
+                    Ok(AddressRule::InNetworks)
+                } else {
+                    Err(HostRefusal::NotAllowed { host: domain, allowlist: self.describe() })
+                }
+            }
+            Host::Ipv4(ip) => self.check_literal(IpAddr::V4(ip)),
+            Host::Ipv6(ip) => self.check_literal(IpAddr::V6(ip)),
         }
     }
+
+    fn check_literal(&self, ip: IpAddr) -> Result<AddressRule, HostRefusal> {
+        let rule = if self.allow.is_empty() { AddressRule::NotRefused } else { AddressRule::InNetworks };
+        self.check_address(rule, ip)?;
+        Ok(rule)
+    }
+
+    /// Check one address a connection would use, under the `rule` [`BaseUrlPolicy::check_host`] gave its host.
+    pub fn check_address(&self, rule: AddressRule, ip: IpAddr) -> Result<(), HostRefusal> {
+        let ip = ip.to_canonical();
+        if is_always_refused(ip) {
+            return Err(HostRefusal::Forbidden { host: ip.to_string() });
+        }
+        let in_networks = || self.allow.iter().filter_map(HostPattern::network).any(|net| net.contains(&ip));
+        if rule == AddressRule::InNetworks && !in_networks() {
+            return Err(HostRefusal::NotAllowed { host: ip.to_string(), allowlist: self.describe() });
+        }
+        Ok(())
+    }
+}
+
+/// `host` as it is compared: a name in lower case without its one trailing dot (an absolute name is the same
+/// host), IPv4-mapped IPv6 as IPv4. Names with empty labels (`a..b`, `.a`, `a..`) are refused: no resolver
+/// treats them consistently.
+pub fn canonical_host(host: &Host<impl AsRef<str>>) -> Result<Host<String>, HostRefusal> {
+    match host {
+        Host::Domain(domain) => {
+            let domain = domain.as_ref();
+            let lower = domain.to_ascii_lowercase();
+            let name = lower.strip_suffix('.').unwrap_or(&lower);
+            if name.is_empty() || name.split('.').any(str::is_empty) {
+                return Err(HostRefusal::Invalid { host: domain.to_owned(), reason: "it has an empty label" });
+            }
+            // A name ending in a number is an IPv4 address to the URL parser (`169.254.169.254.`, `0xa9fea9fe`).
+            let numeric = name.rsplit('.').next().is_some_and(|label| label.starts_with(|c: char| c.is_ascii_digit()));
+            match numeric.then(|| Host::parse(name)) {
+                Some(Ok(Host::Ipv4(ip))) => Ok(Host::Ipv4(ip)),
+                _ => Ok(Host::Domain(name.to_owned())),
+            }
+        }
+        Host::Ipv4(ip) => Ok(Host::Ipv4(*ip)),
+        Host::Ipv6(ip) => Ok(match ip.to_ipv4_mapped() {
+            Some(v4) => Host::Ipv4(v4),
+            None => Host::Ipv6(*ip),
+        }),
+    }
+}
+
+/// Names of cloud metadata services (compared canonically; subdomains of `metadata.google.internal` too).
+const METADATA_NAMES: &[&str] =
+    &["metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"];
+
+fn is_metadata_name(domain: &str) -> bool {
+    METADATA_NAMES.contains(&domain) || domain.ends_with(".metadata.google.internal")
+}
+
+/// Addresses no backend may ever use: "this network" (`0.0.0.0/8`: `0.0.0.0` reaches the local host),
+/// link-local (`169.254.0.0/16`, `fe80::/10`: the AWS, GCP, Azure, OpenStack and DigitalOcean metadata services
+/// live at `169.254.169.254`), the other metadata addresses (Alibaba `100.100.100.200`, Oracle `192.0.0.192`, AWS
+/// `fd00:ec2::254`, GCP `fd20:ce::254`), the unspecified IPv6 address, and IPv4 ones written as IPv6
+/// (IPv4-mapped, IPv4-compatible, NAT64 `64:ff9b::/96`).
+pub fn is_always_refused(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_refused_v4(v4),
+        IpAddr::V6(v6) => is_refused_v6(v6),
+    }
+}
+
+fn is_refused_v4(ip: Ipv4Addr) -> bool {
+    let octets = ip.octets();
+    octets[0] == 0 || ip.is_link_local() || octets == [100, 100, 100, 200] || octets == [192, 0, 0, 192]
+}
+
+fn is_refused_v6(ip: Ipv6Addr) -> bool {
+    let segments = ip.segments();
+    let link_local = (segments[0] & 0xffc0) == 0xfe80;
+    let metadata =
+        segments == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254] || segments == [0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254];
+    let octets = ip.octets();
+    let embedded_v4 = Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
+    let mapped = ip.to_ipv4_mapped().is_some();
+    // `::a.b.c.d` (deprecated IPv4-compatible), except `::` and `::1` which are the IPv6 unspecified and loopback.
+    let compatible = segments[..6] == [0; 6] && u32::from(embedded_v4) > 1;
+    let nat64 = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    let refused_v4 = (mapped || compatible || nat64) && is_refused_v4(embedded_v4);
+    ip.is_unspecified() || link_local || metadata || refused_v4
 }
 
 #[cfg(test)]
@@ -146,6 +291,8 @@ mod tests {
         check("", "https://API.openai.com/v1/", Ok("https://api.openai.com/v1"));
         check("", "http://127.0.0.1:9000", Ok("http://127.0.0.1:9000"));
         check("", "https://x.example//", Ok("https://x.example"));
+        check("", "https://api.openai.com./v1", Ok("https://api.openai.com/v1"));
+        check("", "http://LOCALHOST.:11434/v1", Ok("http://localhost:11434/v1"));
     }
 
     #[test]
@@ -159,19 +306,55 @@ mod tests {
                 "base_url \"https://u:p@x.example\" must not carry credentials, a query or a fragment; put secrets in `secret`",
             ),
         );
+        check(
+            "",
+            "http://metadata../",
+            Err("base_url \"http://metadata../\" is not a valid URL: host \"metadata..\": it has an empty label"),
+        );
+        for url in ["http://a..b/", "http://.metadata/"] {
+            let error = BaseUrlPolicy::default().normalize(url).unwrap_err();
+            assert!(matches!(error, BaseUrlError::Invalid { .. }), "{url}: {error}");
+        }
     }
 
     #[test]
-    fn refuses_metadata_and_link_local_even_when_allowed() {
+    fn refuses_metadata_and_link_local_in_every_spelling_even_when_allowed() {
         for url in [
             "http://169.254.169.254/latest",
+            "http://169.254.169.254./latest",
+            "http://2852039166/",
+            "http://0xA9FEA9FE/",
+            "http://0xa9.0xfe.0xa9.0xfe/",
+            "http://0251.0376.0251.0376/",
+            "http://169.254.43518/",
             "http://metadata.google.internal",
+            "http://metadata.google.internal./",
+            "http://METADATA.Google.Internal/",
+            "http://metadata%2egoogle%2einternal/",
+            "http://ｍｅｔａｄａｔａ.google.internal/",
+            "http://computeMetadata.metadata.google.internal/",
+            "http://metadata.goog./",
+            "http://metadata./",
+            "http://metadata/",
+            "http://instance-data./",
+            "http://instance-data.ec2.internal/",
             "http://[fe80::1]",
             "http://[fd00:ec2::254]",
+            "http://[fd20:ce::254]",
             "http://[::ffff:169.254.169.254]",
+            "http://[::ffff:a9fe:a9fe]",
+            "http://[::169.254.169.254]",
+            "http://[64:ff9b::169.254.169.254]",
             "http://100.100.100.200",
+            "http://192.0.0.192",
+            "http://0/",
+            "http://0.0.0.0:8080/",
+            "http://[::]/",
         ] {
-            let error = BaseUrlPolicy::from_list("0.0.0.0/0,::/0,*.internal").unwrap().normalize(url).unwrap_err();
+            let error = BaseUrlPolicy::from_list("0.0.0.0/0,::/0,*.internal,*.goog,metadata,instance-data")
+                .unwrap()
+                .normalize(url)
+                .unwrap_err();
             assert!(matches!(error, BaseUrlError::Forbidden { .. }), "{url}: {error}");
         }
     }
@@ -180,8 +363,11 @@ mod tests {
     fn applies_the_allowlist() {
         let list = "api.openai.com,*.openai.azure.com,10.0.0.0/8";
         check(list, "https://api.openai.com/v1", Ok("https://api.openai.com/v1"));
+        check(list, "https://API.OPENAI.COM./v1", Ok("https://api.openai.com/v1"));
         check(list, "https://eu.openai.azure.com", Ok("https://eu.openai.azure.com"));
+        check(list, "https://eu.openai.azure.com.", Ok("https://eu.openai.azure.com"));
         check(list, "http://10.1.2.3:8000", Ok("http://10.1.2.3:8000"));
+        check(list, "http://[::ffff:10.1.2.3]:8000", Ok("http://[::ffff:a01:203]:8000"));
         check(
             list,
             "https://evil.example",
@@ -189,5 +375,105 @@ mod tests {
                 "base_url \"https://evil.example\": host evil.example is not in the backend allowlist (api.openai.com,*.openai.azure.com,10.0.0.0/8)",
             ),
         );
+        check(
+            list,
+            "http://11.0.0.1",
+            Err(
+                "base_url \"http://11.0.0.1\": host 11.0.0.1 is not in the backend allowlist (api.openai.com,*.openai.azure.com,10.0.0.0/8)",
+            ),
+        );
+    }
+
+    fn addresses(policy: &BaseUrlPolicy, host: &str, addresses: &[&str]) -> Vec<Result<(), HostRefusal>> {
+        let rule = policy.check_host(&Host::parse(host).unwrap()).unwrap();
+        addresses.iter().map(|a| policy.check_address(rule, a.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn an_empty_allowlist_allows_every_address_but_the_always_refused_ones() {
+        let policy = BaseUrlPolicy::default();
+        let checked = addresses(
+            &policy,
+            "upstream.example",
+            &["127.0.0.1", "::1", "10.1.2.3", "8.8.8.8", "169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254"],
+        );
+        let refused: Vec<bool> = checked.iter().map(Result::is_err).collect();
+        assert_eq!(refused, [false, false, false, false, true, true, true]);
+        assert_eq!(
+            checked[4].as_ref().unwrap_err().to_string(),
+            "169.254.169.254 is a link-local or cloud metadata address, which is always refused"
+        );
+    }
+
+    #[test]
+    fn names_the_allowlist_does_not_name_may_use_only_its_networks() {
+        let policy = BaseUrlPolicy::from_list("api.openai.com,10.0.0.0/8,fd12::/16").unwrap();
+        let by_name = addresses(&policy, "api.openai.com", &["104.18.6.192", "127.0.0.1", "169.254.169.254"]);
+        assert_eq!(by_name.iter().map(Result::is_err).collect::<Vec<_>>(), [false, false, true]);
+        let by_network = addresses(
+            &policy,
+            "vllm.corp.example",
+            &["10.9.8.7", "::ffff:10.9.8.7", "fd12::7", "127.0.0.1", "8.8.8.8"],
+        );
+        assert_eq!(by_network.iter().map(Result::is_err).collect::<Vec<_>>(), [false, false, false, true, true]);
+        assert_eq!(
+            by_network[3].as_ref().unwrap_err().to_string(),
+            "127.0.0.1 is not in the backend allowlist (api.openai.com,10.0.0.0/8,fd12::/16)"
+        );
+        // Without network entries such a name is refused before any lookup.
+        let names_only = BaseUrlPolicy::from_list("api.openai.com").unwrap();
+        let refusal = names_only.check_host(&Host::parse("vllm.corp.example").unwrap()).unwrap_err();
+        assert_eq!(refusal.to_string(), "vllm.corp.example is not in the backend allowlist (api.openai.com)");
+        // The metadata names are refused before any lookup, in any spelling.
+        for name in ["metadata.google.internal.", "METADATA.", "instance-data"] {
+            let refusal = policy.check_host(&Host::Domain(name)).unwrap_err();
+            assert!(matches!(refusal, HostRefusal::Forbidden { .. }), "{name}: {refusal}");
+        }
+    }
+
+    #[test]
+    fn canonical_hosts() {
+        let canonical = |host: Host<&str>| canonical_host(&host).map_err(|e| e.to_string());
+        assert_eq!(canonical(Host::Domain("Api.OpenAI.com.")), Ok(Host::Domain("api.openai.com".to_owned())));
+        assert_eq!(canonical(Host::Domain("169.254.169.254.")), Ok(Host::Ipv4(Ipv4Addr::new(169, 254, 169, 254))));
+        assert_eq!(canonical(Host::Domain("0xa9fea9fe")), Ok(Host::Ipv4(Ipv4Addr::new(169, 254, 169, 254))));
+        assert_eq!(canonical(Host::Domain("3com.example")), Ok(Host::Domain("3com.example".to_owned())));
+        assert_eq!(
+            canonical(Host::Ipv6("::ffff:10.0.0.1".parse().unwrap())),
+            Ok(Host::Ipv4(Ipv4Addr::new(10, 0, 0, 1)))
+        );
+        assert_eq!(
+            canonical(Host::Domain("a..")),
+            Err("\"a..\" is not a valid host name: it has an empty label".to_owned())
+        );
+    }
+
+    #[test]
+    fn always_refused_addresses() {
+        let refused = |ip: &str| is_always_refused(ip.parse().unwrap());
+        for ip in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "169.254.0.1",
+            "169.254.169.254",
+            "100.100.100.200",
+            "192.0.0.192",
+            "fe80::1",
+            "febf::1",
+            "fd00:ec2::254",
+            "fd20:ce::254",
+            "::",
+            "::ffff:169.254.169.254",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(refused(ip), "{ip} must be refused");
+        }
+        for ip in
+            ["127.0.0.1", "::1", "10.0.0.1", "192.168.1.1", "100.100.100.201", "fec0::1", "8.8.8.8", "2606:4700::1"]
+        {
+            assert!(!refused(ip), "{ip} must not be refused");
+        }
     }
 }

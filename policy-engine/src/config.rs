@@ -53,7 +53,8 @@ pub enum BackendAuth {
 pub enum SecretSpec {
     /// The secret itself; the control plane encrypts it before storing it.
     Value(String),
-    /// A reference such as `env:OPENAI_API_KEY`, resolved by the data plane from its environment.
+    /// A reference such as `env:PROVIDER_OPENAI_API_KEY`, resolved by each data plane from its environment; the
+    /// name must start with one of the operator's prefixes (`GATEWAY_SECRET_ENV_PREFIX`, default `PROVIDER_`).
     Ref(String),
     /// Base64 of nonce and AES-256-GCM ciphertext, as stored.
     Sealed(String),

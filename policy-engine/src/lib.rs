@@ -11,7 +11,8 @@
 //! - [`routing`]: policy matching, constraints, candidate ordering.
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
 //! - [`tool_policy`]: tool policies (who may declare which tools) and tool-call validation.
-//! - [`base_url`]: backend URL normalisation and the SSRF allowlist.
+//! - [`base_url`]: backend URL normalisation, the SSRF allowlist and the always-refused addresses.
+//! - [`secret_ref`]: which environment variables a backend's secret reference may name.
 //! - [`budget_period`]: UTC calendar budget periods.
 //! - [`tokens`]: prompt-token estimates with a real tokenizer.
 
@@ -23,6 +24,7 @@ pub mod cel_limits;
 mod cel_native;
 pub mod config;
 pub mod routing;
+pub mod secret_ref;
 pub mod tokens;
 pub mod tool_policy;
 pub mod tool_schema;

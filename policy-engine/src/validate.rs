@@ -7,6 +7,7 @@ use rust_decimal::Decimal;
 use crate::base_url::BaseUrlPolicy;
 use crate::cel_env::{self, ExpressionScope};
 use crate::config::*;
+use crate::secret_ref::SecretEnvPolicy;
 use crate::tool_schema;
 
 /// One thing wrong with a resource, located by its field path.
@@ -42,8 +43,13 @@ impl Errors {
     }
 }
 
-/// Checks a backend and normalises its base URL in place.
-pub fn backend(spec: &mut BackendSpec, urls: &BaseUrlPolicy) -> Result<(), Vec<SpecError>> {
+/// Checks a backend and normalises its base URL in place: the URL against `urls`, a secret reference against
+/// `secret_env`.
+pub fn backend(
+    spec: &mut BackendSpec,
+    urls: &BaseUrlPolicy,
+    secret_env: &SecretEnvPolicy,
+) -> Result<(), Vec<SpecError>> {
     let mut errors = Errors::default();
     errors.name("name", &spec.name);
     match urls.normalize(&spec.base_url) {
@@ -58,11 +64,8 @@ pub fn backend(spec: &mut BackendSpec, urls: &BaseUrlPolicy) -> Result<(), Vec<S
     }
     match &spec.secret {
         Some(SecretSpec::Ref(reference)) => {
-            let valid = reference
-                .strip_prefix("env:")
-                .is_some_and(|var| !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-            if !valid {
-                errors.push("secret.ref", format!("{reference:?} is not a reference of the form env:NAME"));
+            if let Err(error) = secret_env.variable(reference) {
+                errors.push("secret.ref", error.to_string());
             }
         }
         Some(SecretSpec::Value(value)) if value.is_empty() => errors.push("secret.value", "must not be empty"),

@@ -202,6 +202,7 @@ impl Fixture {
             admin_token: None,
             secret_key: None,
             backend_allowlist: String::new(),
+            secret_env_prefix: "PROVIDER_".to_owned(),
             max_body_bytes: 1 << 20,
             budget_state_interval_ms: 1000,
         };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use policy_engine::base_url::BaseUrlPolicy;
 use policy_engine::config::*;
+use policy_engine::secret_ref::SecretEnvPolicy;
 use policy_engine::validate::{self, SpecError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,6 +23,8 @@ use crate::secrets::Sealer;
 #[derive(Clone, Debug, Default)]
 pub struct WriteContext {
     pub base_urls: BaseUrlPolicy,
+    /// Which environment variables a backend's secret reference may name.
+    pub secret_env: SecretEnvPolicy,
     pub sealer: Option<Sealer>,
 }
 
@@ -71,7 +74,7 @@ impl Resource for BackendSpec {
     }
 
     fn validate(&mut self, ctx: &WriteContext) -> Result<(), Vec<SpecError>> {
-        validate::backend(self, &ctx.base_urls)
+        validate::backend(self, &ctx.base_urls, &ctx.secret_env)
     }
 
     fn prepare(&mut self, previous: Option<&Self>, ctx: &WriteContext) -> Result<(), ApiError> {

@@ -8,6 +8,7 @@ use control_plane::store::Store;
 use control_plane::store::resources::WriteContext;
 use http_body_util::BodyExt;
 use policy_engine::base_url::BaseUrlPolicy;
+use policy_engine::secret_ref::SecretEnvPolicy;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -44,6 +45,7 @@ impl TestApp {
     pub async fn new(pool: PgPool) -> TestApp {
         let context = WriteContext {
             base_urls: BaseUrlPolicy::from_list("").unwrap(),
+            secret_env: SecretEnvPolicy::default(),
             sealer: Some(Sealer::from_config(SECRET_KEY).unwrap()),
         };
         TestApp::with(pool, context, 64 * 1024).await

@@ -45,6 +45,7 @@ async fn start(app: &TestApp) -> Running {
         admin_token: None,
         secret_key: None,
         backend_allowlist: String::new(),
+        secret_env_prefix: "PROVIDER_".to_owned(),
         max_body_bytes: 1 << 20,
         budget_state_interval_ms: 50,
     };

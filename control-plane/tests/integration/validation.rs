@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use control_plane::store::resources::WriteContext;
 use policy_engine::base_url::BaseUrlPolicy;
+use policy_engine::secret_ref::SecretEnvPolicy;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -72,6 +73,7 @@ async fn json_schemas_must_pass_their_meta_schema(pool: PgPool) {
 async fn base_urls_must_be_http_and_allowed(pool: PgPool) {
     let context = WriteContext {
         base_urls: BaseUrlPolicy::from_list("api.openai.com,*.openai.azure.com,127.0.0.1").unwrap(),
+        secret_env: SecretEnvPolicy::default(),
         sealer: None,
     };
     let app = TestApp::with(pool, context, 64 * 1024).await;
@@ -90,6 +92,18 @@ async fn base_urls_must_be_http_and_allowed(pool: PgPool) {
         "backend \"b\" is invalid: base_url: base_url \"http://169.254.169.254/latest/meta-data\" points at 169.254.169.254, a link-local or cloud metadata address, which is always refused").await;
     check(&app, "backends", with_url("http://metadata.google.internal/"), bad, "invalid_spec",
         "backend \"b\" is invalid: base_url: base_url \"http://metadata.google.internal/\" points at metadata.google.internal, a link-local or cloud metadata address, which is always refused").await;
+    // Other spellings of the same hosts (finding 5): absolute names, numeric IPv4, IPv4-mapped IPv6.
+    for (url, host) in [
+        ("http://metadata.google.internal./", "metadata.google.internal"),
+        ("http://metadata.goog./", "metadata.goog"),
+        ("http://metadata./", "metadata"),
+        ("http://INSTANCE-DATA./", "instance-data"),
+        ("http://0xA9FEA9FE/", "169.254.169.254"),
+        ("http://[::ffff:169.254.169.254]/", "169.254.169.254"),
+    ] {
+        check(&app, "backends", with_url(url), bad, "invalid_spec", &format!(
+            "backend \"b\" is invalid: base_url: base_url \"{url}\" points at {host}, a link-local or cloud metadata address, which is always refused")).await;
+    }
     check(&app, "backends", with_url("https://evil.example/v1"), bad, "invalid_spec",
         "backend \"b\" is invalid: base_url: base_url \"https://evil.example/v1\": host evil.example is not in the backend allowlist (api.openai.com,*.openai.azure.com,127.0.0.1)").await;
     let ok = app.create("backends", with_url("https://west.openai.azure.com/")).await;

@@ -43,6 +43,9 @@ pub enum GatewayError {
     UpstreamUnavailable(String),
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// Every candidate was refused by this data plane's egress rules or lacks its secret here; nothing was sent.
+    #[error("{0}")]
+    BackendMisconfigured(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("{}", tool_not_allowed_message(policy, tools))]
@@ -129,7 +132,7 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::UpstreamRateLimited { .. } | GatewayError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamFailed(_) | GatewayError::BackendMisconfigured(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -152,6 +155,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::BackendMisconfigured(_) => "backend_misconfigured",
             GatewayError::Unsupported(_) => "unsupported_request",
             GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
             GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
@@ -221,8 +225,9 @@ impl IntoResponse for GatewayError {
         {
             response.headers_mut().insert("retry-after", value);
         }
-        // The OpenAI SDKs honour this: retrying an exhausted budget within seconds is pointless.
-        if matches!(self, GatewayError::BudgetExceeded(_)) {
+        // The OpenAI SDKs honour this: retrying an exhausted budget or a refused configuration within seconds is
+        // pointless.
+        if matches!(self, GatewayError::BudgetExceeded(_) | GatewayError::BackendMisconfigured(_)) {
             response.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response

@@ -19,6 +19,7 @@
 
 pub mod anthropic;
 pub mod auth;
+pub mod egress;
 pub mod error;
 pub mod request;
 pub mod sse;
@@ -381,7 +382,7 @@ impl Pass<'_> {
         };
         let omitted = self.strip_usage && upstreams.refuses_usage_option(&backend.name);
         let attempt = send(omitted).await;
-        if let Err(AttemptError::Unsupported(_)) = &attempt {
+        if let Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)) = &attempt {
             return attempt; // nothing was sent
         }
         self.spend.attempt(candidate);
@@ -624,6 +625,10 @@ fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
             })
             .min();
         GatewayError::UpstreamRateLimited { message, retry_after }
+    } else if all(|e| matches!(e, AttemptError::Refused(_))) {
+        // This data plane will not use any candidate as configured: retrying cannot help until the configuration
+        // (or this data plane's settings) change.
+        GatewayError::BackendMisconfigured(message)
     } else if all(|e| matches!(e, AttemptError::Timeout(_))) {
         GatewayError::UpstreamTimeout(message)
     } else if all(|e| matches!(e, AttemptError::Unsupported(_))) {

@@ -6,6 +6,7 @@
 //! `{"status": 500, "body": {...}, "delay_ms": 0, "retry_after": "1", "chunks": 3, "chunk_delay_ms": 0,
 //!   "cut_after": 2, "omit_usage": true, "usage": {"prompt_tokens": 9, ...}, "tool_arguments": "{bad json", "dimensions": 8,
 //!   "tool_calls": [{"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}], "text": "Let me check."}`.
+//! `{"status": 307, "location": "http://elsewhere/v1/chat/completions"}` answers with a redirect there.
 //! `tool_calls` answers with exactly those calls (parallel, in order, whatever the request declared); streamed, each
 //! call's arguments are split into three deltas. `text` is sent as content before them.
 //! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled.
@@ -47,6 +48,8 @@ struct Behaviour {
     tool_calls: Option<Vec<ScriptedCall>>,
     text: Option<String>,
     usage: Option<Value>,
+    /// A `Location` header on a non-2xx answer (a redirect with a 3xx status).
+    location: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +179,9 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
         let mut response = (status, Json(body)).into_response();
         if let Some(retry_after) = &behaviour.retry_after {
             response.headers_mut().insert("retry-after", retry_after.parse().unwrap());
+        }
+        if let Some(location) = &behaviour.location {
+            response.headers_mut().insert("location", location.parse().unwrap());
         }
         return response;
     }

@@ -5,6 +5,7 @@
 
 mod anthropic;
 mod hardening;
+mod outbound;
 mod proxy;
 mod snapshots;
 mod spend;

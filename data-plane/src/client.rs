@@ -297,27 +297,26 @@ mod tests {
     const A: &str = "0193a7a4-0000-7000-8000-00000000000a";
     const B: &str = "0193a7a4-0000-7000-8000-00000000000b";
 
+    fn check(served: Option<(&str, u64)>, offered: (&str, u64), expected: Decision) {
+        assert_eq!(decide(served, offered), expected, "serving {served:?}, offered {offered:?}");
+    }
+
     #[test]
     fn versions_compare_only_within_a_lineage() {
-        let cases: &[(Option<(&str, u64)>, (&str, u64), Decision)] = &[
-            (None, (A, 1), Decision::Take),
-            (None, ("", 1), Decision::Take),
-            (Some((A, 5)), (A, 6), Decision::Take),
-            (Some((A, 5)), (A, 5), Decision::Take),
-            (Some((A, 5)), (A, 4), Decision::Ignore),
-            // A fresh database: lower version, another lineage.
-            (Some((A, 12)), (B, 1), Decision::Adopt),
-            (Some((A, 1)), (B, 12), Decision::Adopt),
-            (Some((A, 5)), (B, 5), Decision::Adopt),
-            // A snapshot persisted before lineages existed gives way to any lineage.
-            (Some(("", 12)), (A, 1), Decision::Adopt),
-            // A control plane that predates lineages: versions compare as before.
-            (Some((A, 12)), ("", 1), Decision::Ignore),
-            (Some((A, 12)), ("", 13), Decision::Take),
-            (Some(("", 12)), ("", 11), Decision::Ignore),
-        ];
-        for &(served, offered, expected) in cases {
-            assert_eq!(decide(served, offered), expected, "serving {served:?}, offered {offered:?}");
-        }
+        check(None, (A, 1), Decision::Take);
+        check(None, ("", 1), Decision::Take);
+        check(Some((A, 5)), (A, 6), Decision::Take);
+        check(Some((A, 5)), (A, 5), Decision::Take);
+        check(Some((A, 5)), (A, 4), Decision::Ignore);
+        // A fresh database: lower version, another lineage.
+        check(Some((A, 12)), (B, 1), Decision::Adopt);
+        check(Some((A, 1)), (B, 12), Decision::Adopt);
+        check(Some((A, 5)), (B, 5), Decision::Adopt);
+        // A snapshot persisted before lineages existed gives way to any lineage.
+        check(Some(("", 12)), (A, 1), Decision::Adopt);
+        // A control plane that predates lineages: versions compare as before.
+        check(Some((A, 12)), ("", 1), Decision::Ignore);
+        check(Some((A, 12)), ("", 13), Decision::Take);
+        check(Some(("", 12)), ("", 11), Decision::Ignore);
     }
 }

@@ -116,3 +116,28 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
         _ => Err(rejections),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(lineage: &str) -> v1::Snapshot {
+        let content = convert::encode(&ConfigSet::default(), vec![], |_| None);
+        v1::Snapshot {
+            version: 3,
+            content_hash: convert::content_hash(&content),
+            content: Some(content),
+            lineage: lineage.into(),
+        }
+    }
+
+    #[test]
+    fn the_lineage_is_kept_and_must_be_a_uuid_or_empty() {
+        let lineage = "0193a7a4-0000-7000-8000-00000000000a";
+        let compiled = compile(&snapshot(lineage)).map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!((compiled.lineage.as_str(), compiled.version), (lineage, 3));
+        assert!(compile(&snapshot("")).is_ok(), "a control plane that predates lineages");
+        let errors = compile(&snapshot("not-a-uuid")).err().unwrap();
+        assert_eq!((errors[0].resource.as_str(), errors[0].field.as_str()), ("snapshot", "lineage"));
+    }
+}

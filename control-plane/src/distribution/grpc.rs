@@ -132,7 +132,7 @@ impl ConfigDiscovery for Discovery {
                     .map_err(|_| Status::invalid_argument("hello.held_lineage must be empty or a UUID"))?,
             ),
         };
-        let holding = (held_version > 0 || !hello.held_content_hash.is_empty()).then(|| Holding {
+        let holding = (held_version > 0 || !hello.held_content_hash.is_empty()).then_some(Holding {
             lineage: held_lineage,
             version: held_version,
             content_hash: hello.held_content_hash,

@@ -2,9 +2,9 @@
 //!
 //! A stream starts with the data plane's hello; the control plane then sends the latest snapshot (unless the node
 //! already holds exactly it) and every later one. A node that holds a version of this store's lineage beyond the
-//! store's counter makes the store move its counter past it ([`super::lineage`]). Each response carries a fresh nonce. A version counts as applied
-//! only when ACKed; a NACK is logged with its errors and recorded in the fleet view. Budget state
-//! ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed.
+//! store's counter makes the store move its counter past it ([`super::lineage`]). Each response carries a fresh
+//! nonce. A version counts as applied only when ACKed; a NACK is logged with its errors and recorded in the fleet
+//! view. Budget state ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed.
 //!
 //! `ReportSpend` ingests a batch of spend events (validated by [`crate::spend::validate`]) in one transaction and
 //! answers only after the commit.
@@ -146,7 +146,8 @@ impl ConfigDiscovery for Discovery {
             )
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        tracing::info!(node = %hello.node_id, held_version, held_lineage = %hello.held_lineage, "data plane subscribed");
+        tracing::info!(node = %hello.node_id, held_version, held_lineage = %hello.held_lineage,
+            "data plane subscribed");
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
             store: self.store.clone(),

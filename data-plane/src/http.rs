@@ -38,6 +38,7 @@ async fn readyz(State(current): State<Arc<Current>>) -> Response {
             "status": "ready",
             "snapshot_version": snapshot.version,
             "content_hash": snapshot.content_hash,
+            "lineage": snapshot.lineage,
         }))
         .into_response(),
         None => (

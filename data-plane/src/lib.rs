@@ -45,7 +45,8 @@ fn load_file(path: &std::path::Path, current: &Current) -> anyhow::Result<()> {
         let text: Vec<String> = errors.iter().map(|e| format!("{} {}: {}", e.resource, e.field, e.message)).collect();
         anyhow::anyhow!("{} does not compile: {}", path.display(), text.join("; "))
     })?;
-    tracing::info!(path = %path.display(), version = compiled.version, "serving a snapshot from disk");
+    tracing::info!(path = %path.display(), lineage = %compiled.lineage, version = compiled.version,
+        "serving a snapshot from disk");
     current.swap(compiled);
     Ok(())
 }

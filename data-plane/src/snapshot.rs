@@ -14,6 +14,9 @@ use policy_engine::{tool_schema, validate};
 
 /// A snapshot ready to serve. Swapped in whole; requests in flight finish on the one they started with.
 pub struct CompiledSnapshot {
+    /// The configuration lineage (the control plane's store) `version` counts in; empty for a snapshot from a
+    /// control plane that predates lineages.
+    pub lineage: String,
     pub version: u64,
     pub content_hash: String,
     pub config: ConfigSet,
@@ -34,6 +37,9 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
     let Some(content) = &snapshot.content else {
         return Err(vec![rejection("snapshot", "content", "missing")]);
     };
+    if !snapshot.lineage.is_empty() && uuid::Uuid::try_parse(&snapshot.lineage).is_err() {
+        return Err(vec![rejection("snapshot", "lineage", format!("{:?} is not a UUID", snapshot.lineage))]);
+    }
     let hash = convert::content_hash(content);
     if hash != snapshot.content_hash {
         return Err(vec![rejection(
@@ -98,6 +104,7 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
         content.api_keys.iter().map(|k| (k.secret_sha256.clone(), k.clone())).collect();
     match (router, tool_policies) {
         (Some(router), Some(tool_policies)) if rejections.is_empty() => Ok(CompiledSnapshot {
+            lineage: snapshot.lineage.clone(),
             version: snapshot.version,
             content_hash: snapshot.content_hash.clone(),
             config,
@@ -107,5 +114,30 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
             keys,
         }),
         _ => Err(rejections),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(lineage: &str) -> v1::Snapshot {
+        let content = convert::encode(&ConfigSet::default(), vec![], |_| None);
+        v1::Snapshot {
+            version: 3,
+            content_hash: convert::content_hash(&content),
+            content: Some(content),
+            lineage: lineage.into(),
+        }
+    }
+
+    #[test]
+    fn the_lineage_is_kept_and_must_be_a_uuid_or_empty() {
+        let lineage = "0193a7a4-0000-7000-8000-00000000000a";
+        let compiled = compile(&snapshot(lineage)).map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!((compiled.lineage.as_str(), compiled.version), (lineage, 3));
+        assert!(compile(&snapshot("")).is_ok(), "a control plane that predates lineages");
+        let errors = compile(&snapshot("not-a-uuid")).err().unwrap();
+        assert_eq!((errors[0].resource.as_str(), errors[0].field.as_str()), ("snapshot", "lineage"));
     }
 }

@@ -199,7 +199,12 @@ fn snapshot(mock_port: u16) -> v1::Snapshot {
     };
     let keys = vec![key("bench", KEY, ""), key("budgeted", BUDGETED_KEY, "t")];
     let content = convert::encode(&config, keys, |_| None);
-    v1::Snapshot { version: 1, content_hash: convert::content_hash(&content), content: Some(content) }
+    v1::Snapshot {
+        version: 1,
+        content_hash: convert::content_hash(&content),
+        content: Some(content),
+        lineage: String::new(),
+    }
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str) {

@@ -154,6 +154,84 @@ pub fn database_url(name: &str) -> String {
     format!("{prefix}/{name}")
 }
 
+/// A database of the test's own on the server of `DATABASE_URL`, besides the one `#[sqlx::test]` made: a fresh
+/// database, or a copy of another (a backup). Dropped, with its connections, when the handle drops.
+pub struct ExtraDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl ExtraDatabase {
+    /// A name for a database that does not exist yet: whoever connects first creates it (the control plane does).
+    pub async fn fresh(name: &str) -> ExtraDatabase {
+        // Postgres cuts longer names to 63 bytes, which could then name another database.
+        assert!(name.len() <= 63, "database name {name:?} is longer than Postgres keeps");
+        drop_database(name).await;
+        ExtraDatabase { name: name.to_owned(), url: database_url(name) }
+    }
+
+    /// A copy of database `source`, as a backup taken now would restore it. Postgres copies a database only while
+    /// nobody is connected to it: close every pool and stop every process using it first (this waits a while for
+    /// the connections of killed processes to go).
+    pub async fn copy_of(source: &str, name: &str) -> ExtraDatabase {
+        let database = ExtraDatabase::fresh(name).await;
+        let server = sqlx::PgPool::connect(&std::env::var("DATABASE_URL").expect("DATABASE_URL")).await.unwrap();
+        let statement = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{source}\"");
+        eventually(Duration::from_secs(20), &format!("no connection to {source} left, to copy it"), || async {
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&server).await {
+                Ok(_) => Some(()),
+                Err(error) if error.to_string().contains("is being accessed by other users") => None,
+                Err(error) => panic!("{statement}: {error}"),
+            }
+        })
+        .await;
+        server.close().await;
+        database
+    }
+
+    /// Restore this copy in place of database `target`, as a restore from a backup does: `target`'s connections are
+    /// cut, it is dropped and made again from this copy (its users reconnect to the restored database).
+    pub async fn restore_into(&self, target: &str) {
+        drop_database(target).await;
+        let server = sqlx::PgPool::connect(&std::env::var("DATABASE_URL").expect("DATABASE_URL")).await.unwrap();
+        let statement = format!("CREATE DATABASE \"{target}\" TEMPLATE \"{}\"", self.name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&server).await.unwrap();
+        server.close().await;
+    }
+}
+
+async fn drop_database(name: &str) {
+    let server = sqlx::PgPool::connect(&std::env::var("DATABASE_URL").expect("DATABASE_URL")).await.unwrap();
+    let statement = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&server).await.unwrap();
+    server.close().await;
+}
+
+impl Drop for ExtraDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime: drop the database from a thread with a runtime of its own.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(drop_database(&name));
+        })
+        .join();
+        if dropped.is_err() {
+            eprintln!("could not drop the test database {}; it is left behind", self.name);
+        }
+    }
+}
+
+/// A database name of this test process's own: `{label}_{pid}`.
+pub fn database_name(label: &str) -> String {
+    format!("e2e_{label}_{}", std::process::id())
+}
+
+/// The name of the database `#[sqlx::test]` made for this test.
+pub fn test_database_name(pool: &sqlx::PgPool) -> String {
+    pool.connect_options().get_database().expect("test database name").to_owned()
+}
+
 pub struct ControlPlane {
     child: Child,
     pub admin: SocketAddr,
@@ -284,6 +362,12 @@ impl ControlPlane {
         self.call("GET", "/fleet", None).await.1
     }
 
+    /// The store's configuration lineage and version, from the fleet view.
+    pub async fn head(&self) -> (String, u64) {
+        let fleet = self.fleet().await;
+        (fleet["lineage"].as_str().unwrap().to_owned(), fleet["config_version"].as_u64().unwrap())
+    }
+
     /// Every spend event in the ledger, through the auditor API's pages.
     pub async fn spend_events(&self) -> Vec<Value> {
         let mut events = Vec::new();
@@ -390,6 +474,33 @@ impl DataPlane {
     pub async fn version(&self) -> Option<u64> {
         let (status, body) = self.readyz().await?;
         (status == 200).then(|| body["snapshot_version"].as_u64()).flatten()
+    }
+
+    /// The configuration lineage of the snapshot served, once ready.
+    pub async fn lineage(&self) -> Option<String> {
+        let (status, body) = self.readyz().await?;
+        (status == 200).then(|| body["lineage"].as_str().map(str::to_owned)).flatten()
+    }
+
+    /// Wait until the data plane serves `version` (or newer) of `lineage`; fails with the end of its log.
+    pub async fn wait_for_snapshot(&self, lineage: &str, version: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let served = self.readyz().await.filter(|(status, _)| *status == 200).map(|(_, body)| body);
+            if served.as_ref().is_some_and(|body| {
+                body["lineage"] == lineage && body["snapshot_version"].as_u64().is_some_and(|v| v >= version)
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 30s waiting for data plane {} to serve version {version} of lineage {lineage}: it \
+                 serves {served:?}\n{}",
+                self.addr,
+                log_tail(&self.log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Wait until the data plane serves `version` (or newer); fails with the end of its log.

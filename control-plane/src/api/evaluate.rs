@@ -130,8 +130,9 @@ pub async fn evaluate(
 
 /// The compiled router of the latest version, compiled at most once per version.
 pub(super) async fn compiled_router(state: &AppState) -> Result<(i64, Arc<Router>), ApiError> {
-    let (version, config) = state.store.current_config().await?;
-    if let Some(router) = state.router_cache.get(version) {
+    let (head, config) = state.store.current_config().await?;
+    let version = head.version;
+    if let Some(router) = state.router_cache.get(head) {
         return Ok((version, router));
     }
     // CEL compilation is CPU-bound: keep it off the async workers.
@@ -143,6 +144,6 @@ pub(super) async fn compiled_router(state: &AppState) -> Result<(i64, Arc<Router
             ApiError::Internal(format!("stored policies do not compile: {}", text.join("; ")))
         })?;
     let router = Arc::new(router);
-    state.router_cache.put(version, router.clone());
+    state.router_cache.put(head, router.clone());
     Ok((version, router))
 }

@@ -1,4 +1,5 @@
-//! `GET /admin/v1/fleet`: which version each data plane runs, who is behind, who refused what.
+//! `GET /admin/v1/fleet`: which version each data plane runs, who is behind, who refused what, and who gave up a
+//! snapshot of another lineage (or one the store had not reached) for this store's configuration.
 
 use axum::Json;
 use axum::extract::State;
@@ -8,31 +9,39 @@ use utoipa::ToSchema;
 use super::AppState;
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
-use crate::store::fleet::NodeState;
+use crate::store::fleet::{AdoptedFrom, NodeState};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FleetNode {
     #[serde(flatten)]
     pub node: NodeState,
-    /// Connected and not yet running the current version.
+    /// Not running the store's current version: behind it, or holding another lineage.
     pub behind: bool,
+    /// The last time the node gave up what it held for this store's configuration (`null`: never).
+    pub adopted_from: Option<AdoptedFrom>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Fleet {
     pub config_version: i64,
+    /// The store's configuration lineage: `config_version` counts in it (docs/lineage.md).
+    pub lineage: uuid::Uuid,
     pub nodes: Vec<FleetNode>,
 }
 
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Fleet>, ApiError> {
     principal.require(Action::ReadConfig)?;
-    let config_version = state.store.config_version().await?;
+    let head = state.store.config_head().await?;
     let nodes = state
         .store
         .fleet()
         .await?
         .into_iter()
-        .map(|node| FleetNode { behind: node.acked_version.is_none_or(|v| v < config_version), node })
+        .map(|node| FleetNode {
+            behind: node.lineage != Some(head.lineage) || node.acked_version.is_none_or(|v| v < head.version),
+            adopted_from: node.adopted_from(),
+            node,
+        })
         .collect();
-    Ok(Json(Fleet { config_version, nodes }))
+    Ok(Json(Fleet { config_version: head.version, lineage: head.lineage, nodes }))
 }

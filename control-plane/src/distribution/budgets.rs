@@ -48,8 +48,8 @@ pub fn period_name(period: BudgetPeriod) -> &'static str {
 
 /// Every budget's spend in its current period, at `now`.
 pub async fn compute(store: &Store, now: DateTime<Utc>) -> Result<v1::BudgetState, ApiError> {
-    let (version, config) = store.current_config().await?;
-    state(store, &config, version, now).await
+    let (head, config) = store.current_config().await?;
+    state(store, &config, head.version, now).await
 }
 
 async fn state(

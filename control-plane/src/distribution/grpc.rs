@@ -1,13 +1,15 @@
 //! The `ConfigDiscovery` gRPC service: per-node subscription streams with ACK/NACK, in the manner of xDS.
 //!
 //! A stream starts with the data plane's hello; the control plane then sends the latest snapshot (unless the node
-//! already holds exactly it) and every later one. Each response carries a fresh nonce. A version counts as applied
-//! only when ACKed; a NACK is logged with its errors and recorded in the fleet view. Budget state
-//! ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed.
+//! already holds exactly it) and every later one. A node that holds a version of this store's lineage beyond the
+//! store's counter makes the store move its counter past it ([`super::lineage`]). Each response carries a fresh
+//! nonce. A version counts as applied only when ACKed; a NACK is logged with its errors and recorded in the fleet
+//! view. Budget state ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed.
 //!
 //! `ReportSpend` ingests a batch of spend events (validated by [`crate::spend::validate`]) in one transaction and
 //! answers only after the commit.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +22,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::budgets::BudgetStateRx;
+use super::lineage::{self, Holding, Standing};
 use super::publisher::{Published, PublishedRx};
 use crate::error::ApiError;
 use crate::spend::{self, BatchError};
-use crate::store::Store;
+use crate::store::fleet::Adoption;
+use crate::store::{ConfigHead, Store};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,12 +122,32 @@ impl ConfigDiscovery for Discovery {
         if hello.node_id.trim().is_empty() || hello.node_id.len() > 256 {
             return Err(Status::invalid_argument("hello.node_id must be 1 to 256 characters"));
         }
-        let held = (hello.held_version > 0).then(|| i64::try_from(hello.held_version).unwrap_or(i64::MAX));
+        let Ok(held_version) = i64::try_from(hello.held_version) else {
+            return Err(Status::invalid_argument("hello.held_version is out of range"));
+        };
+        let held_lineage = match hello.held_lineage.as_str() {
+            "" => None,
+            text => Some(
+                uuid::Uuid::try_parse(text)
+                    .map_err(|_| Status::invalid_argument("hello.held_lineage must be empty or a UUID"))?,
+            ),
+        };
+        let holding = (held_version > 0 || !hello.held_content_hash.is_empty()).then_some(Holding {
+            lineage: held_lineage,
+            version: held_version,
+            content_hash: hello.held_content_hash,
+        });
         self.store
-            .node_connected(&hello.node_id, &self.replica, &hello.software_version, held)
+            .node_connected(
+                &hello.node_id,
+                &self.replica,
+                &hello.software_version,
+                (held_version > 0).then_some((held_lineage, held_version)),
+            )
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        tracing::info!(node = %hello.node_id, held_version = hello.held_version, "data plane subscribed");
+        tracing::info!(node = %hello.node_id, held_version, held_lineage = %hello.held_lineage,
+            "data plane subscribed");
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
             store: self.store.clone(),
@@ -131,7 +155,10 @@ impl ConfigDiscovery for Discovery {
             budgets: self.budgets.clone(),
             replica: self.replica.clone(),
             node_id: hello.node_id,
-            held: hello.held_version.try_into().ok().zip(Some(hello.held_content_hash)),
+            holding,
+            adoption: None,
+            sent: VecDeque::new(),
+            compared: None,
         };
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -177,14 +204,32 @@ impl ConfigDiscovery for Discovery {
     }
 }
 
+/// A snapshot sent on a session.
+#[derive(Clone)]
+struct Sent {
+    lineage: uuid::Uuid,
+    version: i64,
+    content_hash: String,
+}
+
+/// How many sent snapshots a session remembers for the ACKs that trail them.
+const SENT_REMEMBERED: usize = 16;
+
 struct Session {
     store: Store,
     published: PublishedRx,
     budgets: BudgetStateRx,
     replica: String,
     node_id: String,
-    /// The version and hash the node said it holds.
-    held: Option<(i64, String)>,
+    /// What the node holds: said in its hello, then each snapshot it acknowledges.
+    holding: Option<Holding>,
+    /// What the node held before it started taking this store's configuration, recorded in the fleet view with the
+    /// ACK that completes it.
+    adoption: Option<Adoption>,
+    /// The snapshots last sent (the newest last), to know what an ACK acknowledges: ACKs may trail a burst.
+    sent: VecDeque<Sent>,
+    /// The published snapshot last compared with what the node holds, so that each is compared once.
+    compared: Option<ConfigHead>,
 }
 
 impl Session {
@@ -193,19 +238,34 @@ impl Session {
         mut inbound: Streaming<v1::SubscribeRequest>,
         tx: mpsc::Sender<Result<v1::SubscribeResponse, Status>>,
     ) {
-        let mut sent: Option<i64> = None;
         let mut budgets_open = true;
         loop {
-            // Send the latest snapshot if this node has not got it.
+            // Send the latest snapshot if this node has not got it. An older version of the node's own lineage is
+            // sent too (the node ignores it, saying so) while the store moves past the node's version.
             let latest: Option<Arc<Published>> = self.published.borrow_and_update().clone();
             if let Some(latest) = latest {
-                let already_held =
-                    self.held.as_ref().is_some_and(|(v, h)| *v == latest.version && *h == latest.content_hash);
-                if sent.is_none_or(|s| s < latest.version) && !already_held {
+                self.compare(&latest).await;
+                let already_held = self.holding.as_ref().is_some_and(|held| {
+                    held.lineage == Some(latest.lineage)
+                        && held.version == latest.version
+                        && held.content_hash == latest.content_hash
+                });
+                let already_sent = self
+                    .sent
+                    .back()
+                    .is_some_and(|sent| sent.lineage == latest.lineage && sent.version == latest.version);
+                if !already_held && !already_sent {
                     if tx.send(Ok(response(&latest))).await.is_err() {
                         break;
                     }
-                    sent = Some(latest.version);
+                    if self.sent.len() == SENT_REMEMBERED {
+                        self.sent.pop_front();
+                    }
+                    self.sent.push_back(Sent {
+                        lineage: latest.lineage,
+                        version: latest.version,
+                        content_hash: latest.content_hash.clone(),
+                    });
                 }
             }
             tokio::select! {
@@ -247,12 +307,83 @@ impl Session {
         tracing::info!(node = %self.node_id, "data plane disconnected");
     }
 
+    /// Compare what the node holds with the published snapshot (once per snapshot): a node holding a version of
+    /// this store's lineage that the store has not reached means the store went back (restored from a backup), and
+    /// the store moves its counter past it; a node holding another lineage will take this store's snapshot. Both
+    /// are remembered for the fleet view.
+    async fn compare(&mut self, latest: &Published) {
+        let head = ConfigHead { lineage: latest.lineage, version: latest.version };
+        if self.compared == Some(head) {
+            return;
+        }
+        let Some(held) = self.holding.clone() else {
+            self.compared = Some(head);
+            return;
+        };
+        let standing = lineage::standing(Some(&held), head);
+        if let Some(adoption) = lineage::adoption(&held, standing) {
+            self.adoption.get_or_insert(adoption);
+        }
+        match standing {
+            Standing::Nothing | Standing::InLineage => {}
+            Standing::OtherLineage => tracing::warn!(
+                node = %self.node_id,
+                held_lineage = %held.lineage.map(|l| l.to_string()).unwrap_or_default(),
+                held_version = held.version,
+                lineage = %latest.lineage,
+                version = latest.version,
+                "the data plane holds a snapshot of another configuration lineage (another database); it takes this \
+                 store's whatever the versions"
+            ),
+            Standing::StoreBehind => {
+                let actor = format!("data-plane:{}", self.node_id);
+                match self.store.advance_past(latest.lineage, held.version, &actor).await {
+                    Ok(Some(advanced)) => tracing::warn!(
+                        node = %self.node_id,
+                        lineage = %latest.lineage,
+                        held_version = held.version,
+                        from = advanced.from,
+                        to = advanced.to,
+                        "the store's config version is behind a version of its lineage that a data plane holds (a \
+                         database restored from a backup?): moved the counter past it, so the store's configuration \
+                         is published again at a version every data plane takes"
+                    ),
+                    // Already moved, by another session or replica: the snapshot past it is on its way.
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(node = %self.node_id, %error,
+                            "could not move the config version past the data plane's; retrying");
+                        return; // compared again on the next wake-up
+                    }
+                }
+            }
+        }
+        self.compared = Some(head);
+    }
+
     async fn handle(&mut self, request: v1::SubscribeRequest) {
         let result = match request.kind {
             Some(v1::subscribe_request::Kind::Ack(ack)) => {
                 let version = i64::try_from(ack.version).unwrap_or(i64::MAX);
                 tracing::debug!(node = %self.node_id, version, "ACK");
-                self.store.node_acked(&self.node_id, version).await
+                match self.sent.iter().rev().find(|sent| sent.version == version).cloned() {
+                    Some(sent) => {
+                        let adoption =
+                            self.adoption.take_if(|adoption| lineage::completes(adoption, sent.lineage, version));
+                        if let Some(adoption) = &adoption {
+                            tracing::warn!(node = %self.node_id, lineage = %sent.lineage, version,
+                                from_version = adoption.version, reason = adoption.reason.as_str(),
+                                "the data plane took this store's configuration in place of what it held");
+                        }
+                        self.holding =
+                            Some(Holding { lineage: Some(sent.lineage), version, content_hash: sent.content_hash });
+                        self.store.node_acked(&self.node_id, sent.lineage, version, adoption).await
+                    }
+                    None => {
+                        tracing::warn!(node = %self.node_id, version, "ACK of a version this session did not send");
+                        Ok(())
+                    }
+                }
             }
             Some(v1::subscribe_request::Kind::Nack(nack)) => {
                 let version = i64::try_from(nack.version).unwrap_or(i64::MAX);

@@ -1,6 +1,8 @@
 //! Snapshot distribution: building a snapshot whenever the config version changes ([`publisher`]) and streaming it
-//! to subscribed data planes over gRPC with ACK/NACK and per-node state ([`grpc`]).
+//! to subscribed data planes over gRPC with ACK/NACK and per-node state ([`grpc`]); how what a node holds stands
+//! against the store's configuration lineage ([`lineage`]).
 
 pub mod budgets;
 pub mod grpc;
+pub mod lineage;
 pub mod publisher;

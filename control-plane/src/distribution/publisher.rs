@@ -17,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 use crate::secrets::Sealer;
 use crate::store::fleet::KeyRecord;
-use crate::store::{CONFIG_CHANNEL, Store};
+use crate::store::{CONFIG_CHANNEL, ConfigHead, Store};
 
 /// A built snapshot, shared by every stream that sends it.
 #[derive(Debug)]
 pub struct Published {
+    /// The store's configuration lineage: `version` counts in it.
+    pub lineage: uuid::Uuid,
     pub version: i64,
     pub content_hash: String,
     pub snapshot: v1::Snapshot,
@@ -50,10 +52,11 @@ pub fn spawn(store: Store, sealer: Option<Sealer>, shutdown: CancellationToken) 
             }
         };
         loop {
-            let current = tx.borrow().as_ref().map(|p| p.version);
+            let current = tx.borrow().as_ref().map(|p| ConfigHead { lineage: p.lineage, version: p.version });
             match build_if_changed(&store, sealer.as_ref(), current).await {
                 Ok(Some(published)) => {
                     tracing::info!(
+                        lineage = %published.lineage,
                         version = published.version,
                         build_ms = published.build_time.as_millis() as u64,
                         "snapshot published"
@@ -89,18 +92,18 @@ async fn wait_for_change(listener: &mut Option<PgListener>) {
     }
 }
 
-/// Build the snapshot of the latest version unless `current` is already it.
+/// Build the snapshot of the latest version unless `current` is already it. A database replaced under a running
+/// replica (another lineage, or a restored backup at a lower version) is a change like any other.
 pub async fn build_if_changed(
     store: &Store,
     sealer: Option<&Sealer>,
-    current: Option<i64>,
+    current: Option<ConfigHead>,
 ) -> Result<Option<Published>, ApiError> {
     let started = Instant::now();
-    let version = store.config_version().await?;
-    if current == Some(version) {
+    if current == Some(store.config_head().await?) {
         return Ok(None);
     }
-    let (version, config, keys) = store.snapshot_source().await?;
+    let (ConfigHead { lineage, version }, config, keys) = store.snapshot_source().await?;
     let sealer = sealer.cloned();
     let published = tokio::task::spawn_blocking(move || {
         let content = convert::encode(&config, keys.iter().map(key_message).collect(), |backend| {
@@ -108,9 +111,15 @@ pub async fn build_if_changed(
         });
         let content_hash = convert::content_hash(&content);
         Published {
+            lineage,
             version,
             content_hash: content_hash.clone(),
-            snapshot: v1::Snapshot { version: version as u64, content_hash, content: Some(content) },
+            snapshot: v1::Snapshot {
+                version: version as u64,
+                content_hash,
+                content: Some(content),
+                lineage: lineage.to_string(),
+            },
             build_time: started.elapsed(),
         }
     })

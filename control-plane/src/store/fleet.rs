@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 use utoipa::ToSchema;
 
-use super::Store;
+use super::{ConfigHead, Store};
 use crate::error::ApiError;
 
 /// An API key as the data planes need it: the hash, never the secret.
@@ -34,20 +34,87 @@ pub struct NodeState {
     pub connected: bool,
     pub connected_since: Option<DateTime<Utc>>,
     pub last_seen: DateTime<Utc>,
+    /// The version the node holds: said in its hello, or acknowledged since.
     pub acked_version: Option<i64>,
     pub acked_at: Option<DateTime<Utc>>,
+    /// The configuration lineage of the snapshot the node holds (`None`: unknown, or a snapshot from before
+    /// lineages). `acked_version` counts in it.
+    pub lineage: Option<uuid::Uuid>,
     pub last_nack_version: Option<i64>,
     pub last_nack_error: Option<String>,
     pub last_nack_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub adopted_from_lineage: Option<uuid::Uuid>,
+    #[serde(skip)]
+    pub adopted_from_version: Option<i64>,
+    #[serde(skip)]
+    pub adopted_reason: Option<String>,
+    #[serde(skip)]
+    pub adopted_at: Option<DateTime<Utc>>,
+}
+
+/// Why a node gave up the snapshot it held for this store's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptionReason {
+    /// It held a snapshot of another lineage (another database, or one from before lineages).
+    LineageChanged,
+    /// It held a version of this lineage the store had not reached (the store was restored from a backup): the
+    /// store moved its counter past it and the node took the store's configuration at the new version.
+    StoreBehind,
+}
+
+impl AdoptionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdoptionReason::LineageChanged => "lineage_changed",
+            AdoptionReason::StoreBehind => "store_behind",
+        }
+    }
+
+    fn parse(text: &str) -> Option<AdoptionReason> {
+        [AdoptionReason::LineageChanged, AdoptionReason::StoreBehind].into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// What a node held before it took this store's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adoption {
+    pub lineage: Option<uuid::Uuid>,
+    pub version: i64,
+    pub reason: AdoptionReason,
+}
+
+/// The last adoption, as the fleet view shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AdoptedFrom {
+    /// The lineage it held (`null`: a snapshot from before lineages).
+    pub lineage: Option<uuid::Uuid>,
+    pub version: i64,
+    pub reason: AdoptionReason,
+    /// When it acknowledged this store's snapshot.
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl NodeState {
+    pub fn adopted_from(&self) -> Option<AdoptedFrom> {
+        Some(AdoptedFrom {
+            lineage: self.adopted_from_lineage,
+            version: self.adopted_from_version?,
+            reason: AdoptionReason::parse(self.adopted_reason.as_deref()?)?,
+            at: self.adopted_at,
+        })
+    }
 }
 
 impl Store {
-    /// The version, configuration and keys, read from one consistent snapshot of the database.
-    pub async fn snapshot_source(&self) -> Result<(i64, ConfigSet, Vec<KeyRecord>), ApiError> {
+    /// The version and its lineage, configuration and keys, read from one consistent snapshot of the database.
+    pub async fn snapshot_source(&self) -> Result<(ConfigHead, ConfigSet, Vec<KeyRecord>), ApiError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-        let version: i64 = sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&mut *tx).await?;
-        let config = match self.cache.get(version) {
+        let head: ConfigHead =
+            sqlx::query_as("SELECT lineage, version FROM config_version").fetch_one(&mut *tx).await?;
+        let config = match self.cache.get(head) {
             Some(config) => (*config).clone(),
             None => super::resources::load_config(&mut tx).await?,
         };
@@ -58,40 +125,59 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((version, config, keys))
+        Ok((head, config, keys))
     }
 
+    /// A node subscribed, holding `held` (its lineage and version) or nothing.
     pub async fn node_connected(
         &self,
         node_id: &str,
         replica: &str,
         software_version: &str,
-        held_version: Option<i64>,
+        held: Option<(Option<uuid::Uuid>, i64)>,
     ) -> Result<(), ApiError> {
         sqlx::query(
             "INSERT INTO data_plane_nodes (node_id, replica, software_version, connected, connected_since, last_seen,
-                                           acked_version, acked_at)
-             VALUES ($1, $2, $3, TRUE, now(), now(), $4, CASE WHEN $4 IS NULL THEN NULL ELSE now() END)
+                                           acked_version, acked_at, lineage)
+             VALUES ($1, $2, $3, TRUE, now(), now(), $4, CASE WHEN $4 IS NULL THEN NULL ELSE now() END, $5)
              ON CONFLICT (node_id) DO UPDATE SET replica = $2, software_version = $3, connected = TRUE,
                  connected_since = now(), last_seen = now(),
                  acked_version = COALESCE($4, data_plane_nodes.acked_version),
-                 acked_at = CASE WHEN $4 IS NULL THEN data_plane_nodes.acked_at ELSE now() END",
+                 acked_at = CASE WHEN $4 IS NULL THEN data_plane_nodes.acked_at ELSE now() END,
+                 lineage = CASE WHEN $4 IS NULL THEN data_plane_nodes.lineage ELSE $5 END",
         )
         .bind(node_id)
         .bind(replica)
         .bind(software_version)
-        .bind(held_version)
+        .bind(held.map(|(_, version)| version))
+        .bind(held.and_then(|(lineage, _)| lineage))
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    pub async fn node_acked(&self, node_id: &str, version: i64) -> Result<(), ApiError> {
+    /// A node acknowledged `version` of `lineage`, giving up what `adoption` says it held before, if anything.
+    pub async fn node_acked(
+        &self,
+        node_id: &str,
+        lineage: uuid::Uuid,
+        version: i64,
+        adoption: Option<Adoption>,
+    ) -> Result<(), ApiError> {
         sqlx::query(
-            "UPDATE data_plane_nodes SET acked_version = $2, acked_at = now(), last_seen = now() WHERE node_id = $1",
+            "UPDATE data_plane_nodes SET acked_version = $2, acked_at = now(), last_seen = now(), lineage = $3,
+                 adopted_from_lineage = CASE WHEN $5::TEXT IS NULL THEN adopted_from_lineage ELSE $4 END,
+                 adopted_from_version = CASE WHEN $5::TEXT IS NULL THEN adopted_from_version ELSE $6 END,
+                 adopted_reason = COALESCE($5, adopted_reason),
+                 adopted_at = CASE WHEN $5::TEXT IS NULL THEN adopted_at ELSE now() END
+             WHERE node_id = $1",
         )
         .bind(node_id)
         .bind(version)
+        .bind(lineage)
+        .bind(adoption.and_then(|a| a.lineage))
+        .bind(adoption.map(|a| a.reason.as_str()))
+        .bind(adoption.map(|a| a.version))
         .execute(self.pool())
         .await?;
         Ok(())

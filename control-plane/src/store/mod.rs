@@ -3,6 +3,9 @@
 //! Every mutation goes through [`Mutation`]: one transaction that first bumps the global config version
 //! (which row-locks it, so writers are serialised and reference checks cannot race), then changes rows,
 //! then appends an audit row. Nothing is visible to readers or data planes until it commits.
+//!
+//! The counter belongs to a configuration lineage ([`ConfigHead`]), created with the database: a version number
+//! orders configurations only within one lineage (docs/lineage.md).
 
 pub mod audit;
 pub mod fleet;
@@ -28,8 +31,10 @@ pub const CONFIG_CHANNEL: &str = "gateway_config";
 /// Migrations embedded at build time from the workspace's `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// A value derived from one config version, kept until a newer version replaces it.
-pub struct VersionedCache<T>(Mutex<Option<(i64, Arc<T>)>>);
+/// A value derived from one config version of one lineage, kept until a newer version replaces it. A version number
+/// alone is not enough: a database replaced under a running replica (restored, or new) reaches the same numbers with
+/// other contents.
+pub struct VersionedCache<T>(Mutex<Option<(ConfigHead, Arc<T>)>>);
 
 impl<T> Default for VersionedCache<T> {
     fn default() -> Self {
@@ -38,20 +43,43 @@ impl<T> Default for VersionedCache<T> {
 }
 
 impl<T> VersionedCache<T> {
-    /// The value if it was derived from exactly `version`.
-    pub fn get(&self, version: i64) -> Option<Arc<T>> {
-        let cache = self.0.lock().ok()?;
-        cache.as_ref().filter(|(v, _)| *v == version).map(|(_, value)| value.clone())
-    }
-
-    /// Keep `value` unless a newer version is already kept.
-    pub fn put(&self, version: i64, value: Arc<T>) {
-        if let Ok(mut cache) = self.0.lock()
-            && cache.as_ref().is_none_or(|(v, _)| *v <= version)
-        {
-            *cache = Some((version, value));
+    /// The value if it was derived from exactly `head`. Asked for an older version of the kept one's lineage, it
+    /// forgets the kept one: the database may have gone back (restored in place), and would then reach the kept
+    /// version again with other contents.
+    pub fn get(&self, head: ConfigHead) -> Option<Arc<T>> {
+        let mut cache = self.0.lock().ok()?;
+        match cache.as_ref() {
+            Some((kept, value)) if *kept == head => Some(value.clone()),
+            Some((kept, _)) if kept.lineage == head.lineage && kept.version > head.version => {
+                *cache = None;
+                None
+            }
+            _ => None,
         }
     }
+
+    /// Keep `value` unless a newer version of the same lineage is already kept.
+    pub fn put(&self, head: ConfigHead, value: Arc<T>) {
+        if let Ok(mut cache) = self.0.lock()
+            && cache.as_ref().is_none_or(|(kept, _)| kept.lineage != head.lineage || kept.version <= head.version)
+        {
+            *cache = Some((head, value));
+        }
+    }
+}
+
+/// The store's config counter and the lineage it counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct ConfigHead {
+    pub lineage: uuid::Uuid,
+    pub version: i64,
+}
+
+/// The counter moved past a version a data plane held: `from` was the store's version, `to` is the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advanced {
+    pub from: i64,
+    pub to: i64,
 }
 
 #[derive(Clone)]
@@ -96,34 +124,84 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&self.pool).await?)
     }
 
-    /// The latest config set and its version, from the cache when it is current.
-    pub async fn current_config(&self) -> Result<(i64, Arc<ConfigSet>), ApiError> {
+    pub async fn config_head(&self) -> Result<ConfigHead, ApiError> {
+        Ok(sqlx::query_as("SELECT lineage, version FROM config_version").fetch_one(&self.pool).await?)
+    }
+
+    /// Move the counter of `lineage` past `held`, a version some data plane holds, when the counter is behind it
+    /// (the database was restored from a backup): the configuration is unchanged, but its next snapshot is newer
+    /// than anything the fleet holds, so every data plane takes it. A mutation like any other (the row lock
+    /// serialises it with writers and with other replicas advancing for other nodes, an audit row, `NOTIFY`), so
+    /// concurrent calls move the counter once. `None` when the counter is already at or past `held`, or counts
+    /// another lineage.
+    pub async fn advance_past(
+        &self,
+        lineage: uuid::Uuid,
+        held: i64,
+        actor: &str,
+    ) -> Result<Option<Advanced>, ApiError> {
+        // A cheap read first: almost every hello needs nothing and must not queue behind the writers' row lock.
+        let head = self.config_head().await?;
+        if head.lineage != lineage || head.version >= held || held == i64::MAX {
+            return Ok(None);
+        }
+        let mut tx = self.pool.begin().await?;
+        let head: ConfigHead =
+            sqlx::query_as("SELECT lineage, version FROM config_version FOR UPDATE").fetch_one(&mut *tx).await?;
+        if head.lineage != lineage || head.version >= held {
+            return Ok(None);
+        }
+        let version: i64 =
+            sqlx::query_scalar("UPDATE config_version SET version = $1, changed_at = now() RETURNING version")
+                .bind(held + 1)
+                .fetch_one(&mut *tx)
+                .await?;
+        let config = match self.cache.get(head) {
+            Some(config) => config,
+            None => Arc::new(resources::load_config(&mut tx).await?),
+        };
+        let mut mutation =
+            Mutation { tx, lineage, version, config, actor: actor.to_owned(), request_id: None, store: self.clone() };
+        let lineage = lineage.to_string();
+        let before = serde_json::json!({"lineage": lineage, "version": head.version});
+        let after = serde_json::json!({"lineage": lineage, "version": version, "past_held_version": held});
+        mutation.audit("advance", "config_version", &lineage, Some(before), Some(after)).await?;
+        let config = mutation.config.clone();
+        mutation.commit(config).await?;
+        Ok(Some(Advanced { from: head.version, to: version }))
+    }
+
+    /// The latest config set and its lineage and version, from the cache when it is current.
+    pub async fn current_config(&self) -> Result<(ConfigHead, Arc<ConfigSet>), ApiError> {
         let mut tx = self.pool.begin().await?;
         // REPEATABLE READ so the version and the rows come from one snapshot of the database.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-        let version: i64 = sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&mut *tx).await?;
-        if let Some(config) = self.cache.get(version) {
-            return Ok((version, config));
+        let head: ConfigHead =
+            sqlx::query_as("SELECT lineage, version FROM config_version").fetch_one(&mut *tx).await?;
+        if let Some(config) = self.cache.get(head) {
+            return Ok((head, config));
         }
         let config = Arc::new(resources::load_config(&mut tx).await?);
         tx.commit().await?;
-        self.cache.put(version, config.clone());
-        Ok((version, config))
+        self.cache.put(head, config.clone());
+        Ok((head, config))
     }
 
     /// Start a mutation: open a transaction and bump the config version.
     pub async fn begin(&self, actor: &str, request_id: Option<&str>) -> Result<Mutation, ApiError> {
         let mut tx = self.pool.begin().await?;
-        let version: i64 =
-            sqlx::query_scalar("UPDATE config_version SET version = version + 1, changed_at = now() RETURNING version")
-                .fetch_one(&mut *tx)
-                .await?;
-        let config = match self.cache.get(version - 1) {
+        let ConfigHead { lineage, version } = sqlx::query_as(
+            "UPDATE config_version SET version = version + 1, changed_at = now() RETURNING lineage, version",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let config = match self.cache.get(ConfigHead { lineage, version: version - 1 }) {
             Some(config) => config,
             None => Arc::new(resources::load_config(&mut tx).await?),
         };
         Ok(Mutation {
             tx,
+            lineage,
             version,
             config,
             actor: actor.to_owned(),
@@ -136,6 +214,7 @@ impl Store {
 /// An open mutation: the transaction, the version it will commit as, and the config set as of before it.
 pub struct Mutation {
     tx: Transaction<'static, Postgres>,
+    lineage: uuid::Uuid,
     pub version: i64,
     pub config: Arc<ConfigSet>,
     pub actor: String,
@@ -182,7 +261,7 @@ impl Mutation {
             .execute(&mut *self.tx)
             .await?;
         self.tx.commit().await?;
-        self.store.cache.put(self.version, config);
+        self.store.cache.put(ConfigHead { lineage: self.lineage, version: self.version }, config);
         Ok(self.version)
     }
 }
@@ -200,4 +279,29 @@ pub fn already_exists(kind: &'static str, name: &str) -> impl FnOnce(sqlx::Error
 /// interpolated; every value goes through a bind parameter.
 pub(crate) fn sql(query: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_keyed_by_lineage_and_version() {
+        let (a, b) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let head = |lineage, version| ConfigHead { lineage, version };
+        let cache = VersionedCache::default();
+        cache.put(head(a, 9), Arc::new("a9"));
+        assert_eq!(cache.get(head(a, 9)).as_deref(), Some(&"a9"));
+        assert_eq!(cache.get(head(b, 9)), None, "the same number in another lineage is another configuration");
+        cache.put(head(a, 5), Arc::new("a5"));
+        assert_eq!(cache.get(head(a, 9)).as_deref(), Some(&"a9"), "an older version does not replace a newer one");
+        // Asked for an older version of its lineage (a database restored in place), it forgets the newer one, which
+        // the database may reach again with other contents.
+        assert_eq!(cache.get(head(a, 5)), None);
+        assert_eq!(cache.get(head(a, 9)), None);
+        cache.put(head(a, 9), Arc::new("a9"));
+        cache.put(head(b, 3), Arc::new("b3"));
+        assert_eq!(cache.get(head(b, 3)).as_deref(), Some(&"b3"), "another lineage replaces it whatever the version");
+        assert_eq!(cache.get(head(a, 9)), None);
+    }
 }

@@ -10,6 +10,7 @@ mod bad_input;
 mod common;
 mod evaluate;
 mod keys;
+mod lineage;
 mod resources;
 mod secrets;
 mod spend;

@@ -16,10 +16,10 @@ use tonic::transport::Channel;
 use crate::common::*;
 use crate::spend::{batch, ev, message};
 
-const NODE_TOKEN: &str = "test-node-token";
+pub(crate) const NODE_TOKEN: &str = "test-node-token";
 
-struct Running {
-    url: String,
+pub(crate) struct Running {
+    pub(crate) url: String,
     shutdown: CancellationToken,
 }
 
@@ -29,7 +29,7 @@ impl Drop for Running {
     }
 }
 
-async fn start(app: &TestApp) -> Running {
+pub(crate) async fn start(app: &TestApp) -> Running {
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", grpc.local_addr().unwrap());
@@ -55,10 +55,11 @@ async fn start(app: &TestApp) -> Running {
     Running { url, shutdown }
 }
 
-type Interceptor = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
-type Client = ConfigDiscoveryClient<tonic::service::interceptor::InterceptedService<Channel, Interceptor>>;
+pub(crate) type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
+pub(crate) type Client = ConfigDiscoveryClient<tonic::service::interceptor::InterceptedService<Channel, Interceptor>>;
 
-async fn client(url: &str, token: Option<&str>) -> Client {
+pub(crate) async fn client(url: &str, token: Option<&str>) -> Client {
     let channel = Channel::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
     let header = token.map(|t| MetadataValue::try_from(format!("Bearer {t}")).unwrap());
     let interceptor: Interceptor = Box::new(move |mut request: tonic::Request<()>| {

@@ -271,3 +271,228 @@ async fn data_planes_can_be_required_to_present_a_client_certificate(pool: PgPoo
     assert!(node(&fleet, "dp-no-cert").is_none());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A backend on `mock`, a model, the alias `chat` and a key named `key`: the key's secret.
+async fn configure_chat(cp: &ControlPlane, mock: &MockUpstream, key: &str) -> String {
+    cp.create("backends", json!({"name": "mock", "kind": "openai", "base_url": mock.base_url()})).await;
+    cp.create(
+        "models",
+        json!({"name": "m", "backend": "mock", "upstream_model": "m", "capabilities": {"chat": true},
+               "pricing": {"input": "1", "output": "2"}}),
+    )
+    .await;
+    cp.create("aliases", json!({"name": "chat", "candidates": [{"model": "m"}]})).await;
+    create_key(cp, key).await
+}
+
+async fn create_key(cp: &ControlPlane, name: &str) -> String {
+    let (status, created) = cp.call("POST", "/keys", Some(json!({"name": name}))).await;
+    assert_eq!(status, 201, "{created}");
+    created["secret"].as_str().unwrap().to_owned()
+}
+
+/// The status of a chat request with `key`.
+async fn chat_status(dp: &DataPlane, key: &str) -> u16 {
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    dp.post("/v1/chat/completions", Some(key), &body).await.status().as_u16()
+}
+
+/// The snapshot a data plane persisted, once it is `version` of `lineage`.
+async fn persisted(dp: &DataPlane, lineage: &str, version: u64) -> v1::Snapshot {
+    use prost::Message;
+    let path = dp.state_dir.join("last-good.snapshot.pb");
+    eventually(Duration::from_secs(10), "the snapshot to be persisted", || async {
+        let snapshot = v1::Snapshot::decode(std::fs::read(&path).ok()?.as_slice()).ok()?;
+        (snapshot.lineage == lineage && snapshot.version == version).then_some(snapshot)
+    })
+    .await
+}
+
+fn log_of(dp: &DataPlane) -> String {
+    std::fs::read_to_string(&dp.log).unwrap_or_default()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_data_plane_takes_a_fresh_database_s_configuration_whatever_its_own_version(pool: PgPool) {
+    let test = "lineage_fresh";
+    let mock = MockUpstream::start(test, "mock").await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
+    let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
+    let dp = DataPlane::start(&config);
+    let old_key = configure_chat(&cp, &mock, "old").await;
+    for i in 0..8 {
+        cp.create("backends", backend(&format!("filler-{i}"))).await;
+    }
+    let (old_lineage, old_version) = cp.head().await;
+    dp.wait_for_snapshot(&old_lineage, old_version).await;
+    assert_eq!(chat_status(&dp, &old_key).await, 200);
+    persisted(&dp, &old_lineage, old_version).await;
+    cp.kill().await;
+    dp.kill().await;
+
+    // The next run starts on a new database: its counter starts again, far below the data plane's.
+    let fresh = ExtraDatabase::fresh(&database_name(test)).await;
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp-fresh", &fresh.url)).await;
+    let new_key = configure_chat(&cp, &mock, "new").await;
+    let (new_lineage, new_version) = cp.head().await;
+    assert_ne!(new_lineage, old_lineage, "a new database is a new lineage");
+    assert!(new_version < old_version, "{new_version} < {old_version}: the case that used to be ignored");
+
+    config.control_plane = cp.grpc_url();
+    let dp = DataPlane::start(&config);
+    dp.wait_for_snapshot(&new_lineage, new_version).await;
+    assert_eq!(dp.version().await, Some(new_version), "the new store's version, lower than the one held");
+    assert_eq!(chat_status(&dp, &new_key).await, 200, "the key created in the new database works");
+    assert_eq!(chat_status(&dp, &old_key).await, 401, "the old database's key is gone");
+    persisted(&dp, &new_lineage, new_version).await;
+    assert!(log_of(&dp).contains("another configuration lineage"), "a loud log line\n{}", log_tail(&dp.log));
+
+    let fleet = eventually(Duration::from_secs(10), "the fleet view to show the adoption", || async {
+        let fleet = cp.fleet().await;
+        (node(&fleet, "dp")?["acked_version"] == json!(new_version)).then_some(fleet)
+    })
+    .await;
+    let dp_node = node(&fleet, "dp").unwrap();
+    assert_eq!(dp_node["lineage"], json!(new_lineage));
+    assert_eq!(dp_node["behind"], json!(false));
+    assert_eq!(dp_node["adopted_from"]["reason"], json!("lineage_changed"), "{dp_node}");
+    assert_eq!(dp_node["adopted_from"]["lineage"], json!(old_lineage));
+    assert_eq!(dp_node["adopted_from"]["version"], json!(old_version));
+
+    // Within the new lineage, versions order as usual: the next write is taken.
+    let (status, _) = cp.call("POST", "/keys/new/revoke", None).await;
+    assert_eq!(status, 200);
+    let (_, revoked) = cp.head().await;
+    dp.wait_for_snapshot(&new_lineage, revoked).await;
+    assert_eq!(chat_status(&dp, &new_key).await, 401);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_store_restored_from_a_backup_moves_past_its_fleet_and_is_served(pool: PgPool) {
+    let test = "lineage_restore";
+    let mock = MockUpstream::start(test, "mock").await;
+    let database = test_database_name(&pool);
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
+    let cp_config = cp.config();
+    let dp1 = DataPlane::start(&DataPlaneConfig::new(test, "dp1", &cp.grpc_url()));
+    let mut dp2_config = DataPlaneConfig::new(test, "dp2", &cp.grpc_url());
+    let dp2 = DataPlane::start(&dp2_config);
+    let kept_key = configure_chat(&cp, &mock, "kept").await;
+    let (lineage, backed_up) = cp.head().await;
+    dp1.wait_for_snapshot(&lineage, backed_up).await;
+    dp2.wait_for_snapshot(&lineage, backed_up).await;
+
+    // The backup: a copy of the database, taken while nothing is connected to it.
+    cp.kill().await;
+    pool.close().await;
+    let backup = ExtraDatabase::copy_of(&database, &database_name(test)).await;
+
+    // Life goes on after the backup, and the fleet takes it.
+    let cp = ControlPlane::start(cp_config.clone()).await;
+    let lost_key = create_key(&cp, "lost").await;
+    for i in 0..3 {
+        cp.create("backends", backend(&format!("after-backup-{i}"))).await;
+    }
+    let (_, latest) = cp.head().await;
+    assert!(latest > backed_up);
+    dp1.wait_for_snapshot(&lineage, latest).await;
+    dp2.wait_for_snapshot(&lineage, latest).await;
+    assert_eq!(chat_status(&dp1, &lost_key).await, 200);
+    persisted(&dp2, &lineage, latest).await;
+    cp.kill().await;
+
+    // The restore: two replicas on the backup, one in place of the old control plane, one new; a data plane on each.
+    let mut restored = cp_config;
+    restored.database_url = backup.url.clone();
+    let cp_a = ControlPlane::start(restored).await;
+    let cp_b = ControlPlane::start(ControlPlaneConfig::new(test, "cp-b", &backup.url)).await;
+    assert_eq!(cp_a.head().await.0, lineage, "a restored backup keeps its lineage");
+    dp2.kill().await;
+    dp2_config.control_plane = cp_b.grpc_url();
+    let dp2 = DataPlane::start(&dp2_config);
+
+    // Both data planes held a version the restored store never reached: it moves past it, once, and both serve the
+    // restored configuration at that version.
+    dp1.wait_for_snapshot(&lineage, latest + 1).await;
+    dp2.wait_for_snapshot(&lineage, latest + 1).await;
+    assert_eq!(cp_b.head().await, (lineage.clone(), latest + 1), "moved exactly past the fleet, once");
+    let (_, dp1_ready) = dp1.readyz().await.unwrap();
+    let (_, dp2_ready) = dp2.readyz().await.unwrap();
+    assert_eq!(dp1_ready["content_hash"], dp2_ready["content_hash"]);
+    for dp in [&dp1, &dp2] {
+        assert_eq!(dp.version().await, Some(latest + 1));
+        assert_eq!(chat_status(dp, &kept_key).await, 200, "the restored configuration is served");
+        assert_eq!(chat_status(dp, &lost_key).await, 401, "what came after the backup is gone");
+    }
+    let (status, audit) = cp_a.call("GET", "/audit?action=advance", None).await;
+    assert_eq!(status, 200, "{audit}");
+    let advances: Vec<&Value> = audit["items"].as_array().into_iter().flatten().collect();
+    assert_eq!(advances.len(), 1, "{audit}");
+    let advance = advances[0];
+    assert_eq!(advance["config_version"], json!(latest + 1));
+    assert_eq!(advance["before"]["version"], json!(backed_up));
+    let advanced_for = advance["actor"].as_str().unwrap().strip_prefix("data-plane:").unwrap().to_owned();
+    let fleet = eventually(Duration::from_secs(10), "both nodes acked in the fleet view", || async {
+        let fleet = cp_a.fleet().await;
+        let acked =
+            ["dp1", "dp2"].iter().all(|id| node(&fleet, id).is_some_and(|n| n["acked_version"] == json!(latest + 1)));
+        acked.then_some(fleet)
+    })
+    .await;
+    let moved = node(&fleet, &advanced_for).unwrap();
+    assert_eq!(moved["adopted_from"]["reason"], json!("store_behind"), "{moved}");
+    assert_eq!(moved["adopted_from"]["version"], json!(latest));
+    assert_eq!(moved["adopted_from"]["lineage"], json!(lineage));
+    let moved_dp = if advanced_for == "dp1" { &dp1 } else { &dp2 };
+    let log = log_of(moved_dp);
+    assert!(log.contains("ignoring a snapshot older") && log.contains("published its configuration past"), "{log}");
+
+    // A key revoked on the restored store is refused across the fleet promptly.
+    let (status, _) = cp_b.call("POST", "/keys/kept/revoke", None).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    for dp in [&dp1, &dp2] {
+        eventually(Duration::from_secs(10), "the revoked key refused", || async {
+            (chat_status(dp, &kept_key).await == 401).then_some(())
+        })
+        .await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "refused after {:?}", started.elapsed());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_database_restored_under_a_running_control_plane_is_served_past_the_fleet(pool: PgPool) {
+    let test = "lineage_in_place";
+    let mock = MockUpstream::start(test, "mock").await;
+    let database = test_database_name(&pool);
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
+    let cp_config = cp.config();
+    let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
+    let kept_key = configure_chat(&cp, &mock, "kept").await;
+    let (lineage, backed_up) = cp.head().await;
+    dp.wait_for_snapshot(&lineage, backed_up).await;
+    cp.kill().await;
+    pool.close().await;
+    let backup = ExtraDatabase::copy_of(&database, &database_name(test)).await;
+
+    let cp = ControlPlane::start(cp_config).await;
+    let lost_key = create_key(&cp, "lost").await;
+    cp.create("backends", backend("after-backup")).await;
+    let (_, latest) = cp.head().await;
+    dp.wait_for_snapshot(&lineage, latest).await;
+    assert_eq!(chat_status(&dp, &lost_key).await, 200);
+
+    // The database is restored in place while the control plane runs: it reconnects, finds the store behind the
+    // data plane's version, moves past it and publishes the restored configuration, without a restart.
+    backup.restore_into(&database).await;
+    dp.wait_for_snapshot(&lineage, latest + 1).await;
+    assert_eq!(cp.head().await, (lineage.clone(), latest + 1));
+    assert_eq!(chat_status(&dp, &kept_key).await, 200);
+    assert_eq!(chat_status(&dp, &lost_key).await, 401, "what came after the backup is gone");
+    let (status, _) = cp.call("POST", "/keys/kept/revoke", None).await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(10), "the revoked key refused", || async {
+        (chat_status(&dp, &kept_key).await == 401).then_some(())
+    })
+    .await;
+}

@@ -124,6 +124,46 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
+/// An action a handler needs, as a type: `Authorized<may::WriteConfig>`.
+pub trait Permission {
+    const ACTION: Action;
+}
+
+/// The permissions as types, named after [`Action`]'s variants.
+pub mod may {
+    macro_rules! permissions {
+        ($($action:ident),*) => {$(
+            pub struct $action;
+            impl super::Permission for $action {
+                const ACTION: super::Action = super::Action::$action;
+            }
+        )*};
+    }
+    permissions!(ReadConfig, WriteConfig, ReadKeys, WriteKeys, ManagePrincipals, ReadAudit, Evaluate, ReadSpend);
+}
+
+/// The caller, known to be allowed `P`. As an extractor it runs before the body is read, so a caller without the
+/// permission gets 403 whatever the body holds (a malformed body from an auditor is not a 400).
+pub struct Authorized<P>(pub Principal, std::marker::PhantomData<P>);
+
+impl<P> std::ops::Deref for Authorized<P> {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync, P: Permission> FromRequestParts<S> for Authorized<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require(P::ACTION)?;
+        Ok(Authorized(principal, std::marker::PhantomData))
+    }
+}
+
 /// A new random secret: `prefix` then 32 random bytes in URL-safe base64.
 pub fn generate_secret(prefix: &str) -> String {
     let bytes: [u8; 32] = rand::rng().random();

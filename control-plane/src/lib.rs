@@ -67,9 +67,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let write_context = write_context(args)?;
     match &args.admin_token {
-        Some(token) if !token.trim().is_empty() => {
-            store.ensure_bootstrap_admin(token.trim()).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {}", e.detailed()))?
-        }
+        Some(token) if !token.trim().is_empty() => store
+            .ensure_bootstrap_admin(token.trim())
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap admin: {}", e.detailed()))?,
         _ => tracing::warn!("GATEWAY_ADMIN_TOKEN is not set: only admin tokens already in the database work"),
     }
     if write_context.sealer.is_none() {

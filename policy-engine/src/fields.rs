@@ -245,7 +245,9 @@ pub mod schema {
         Schema::Object(
             ObjectBuilder::new()
                 .schema_type(SchemaType::from_iter([Type::Object, Type::Boolean]))
-                .description(Some("A JSON Schema (draft 2020-12 unless `$schema` says otherwise): an object or a boolean."))
+                .description(Some(
+                    "A JSON Schema (draft 2020-12 unless `$schema` says otherwise): an object or a boolean.",
+                ))
                 .build(),
         )
     }

@@ -118,9 +118,11 @@ pub fn backend(spec: &mut BackendSpec, urls: &BaseUrlPolicy) -> Result<(), Vec<S
     if t.first_byte_ms > t.total_ms {
         errors.push("timeouts.first_byte_ms", "must not exceed total_ms");
     }
-    for (field, ms) in
-        [("timeouts.connect_ms", t.connect_ms), ("timeouts.first_byte_ms", t.first_byte_ms), ("timeouts.total_ms", t.total_ms)]
-    {
+    for (field, ms) in [
+        ("timeouts.connect_ms", t.connect_ms),
+        ("timeouts.first_byte_ms", t.first_byte_ms),
+        ("timeouts.total_ms", t.total_ms),
+    ] {
         if ms > MAX_DURATION_MS {
             errors.duration(field, ms);
         }

@@ -138,7 +138,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let mut values = parts.headers.get_all(IF_MATCH).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
-            return if parts.headers.contains_key(IF_MATCH) { Err(invalid_if_match("several headers")) } else { Ok(IfMatch(None)) };
+            return if parts.headers.contains_key(IF_MATCH) {
+                Err(invalid_if_match("several headers"))
+            } else {
+                Ok(IfMatch(None))
+            };
         };
         let text = value.to_str().map_err(|_| invalid_if_match("not visible ASCII"))?.trim();
         if text == "*" {

@@ -87,8 +87,10 @@ async fn update_key(
         object.entry("name").or_insert_with(|| serde_json::Value::String(name.clone()));
     }
     let spec: KeySpec = parse(body)?;
-    let key =
-        state.store.update_key(&principal.name, principal.request_id.as_deref(), &name, expected_revision, spec).await?;
+    let key = state
+        .store
+        .update_key(&principal.name, principal.request_id.as_deref(), &name, expected_revision, spec)
+        .await?;
     Ok((etag(key.revision), Json(key)))
 }
 

@@ -195,18 +195,23 @@ fn resource_paths<T: Resource + ToSchema>(paths: &mut Paths, schemas: &mut Map<S
         .links("201", links_by_name(&[("read", &read), ("update", &update), ("delete", &delete)]));
     paths.add(&collection, "post", create);
 
-    let read_op = operation(kind, &format!("Read a {kind}"), &read)
-        .param(name_param())
-        .answer("200", Some(schema_ref(&view)), true);
+    let read_op = operation(kind, &format!("Read a {kind}"), &read).param(name_param()).answer(
+        "200",
+        Some(schema_ref(&view)),
+        true,
+    );
     paths.add(&item, "get", read_op);
-    let update_op = operation(kind, &format!("Replace a {kind} (If-Match: its revision, for optimistic concurrency)"), &update)
+    let update_op =
+        operation(kind, &format!("Replace a {kind} (If-Match: its revision, for optimistic concurrency)"), &update)
+            .param(name_param())
+            .param(if_match_param())
+            .body(&replacement_schema(schemas, &spec))
+            .answer("200", Some(schema_ref(&view)), true);
+    paths.add(&item, "put", update_op);
+    let delete_op = operation(kind, &format!("Delete a {kind}"), &delete)
         .param(name_param())
         .param(if_match_param())
-        .body(&replacement_schema(schemas, &spec))
-        .answer("200", Some(schema_ref(&view)), true);
-    paths.add(&item, "put", update_op);
-    let delete_op =
-        operation(kind, &format!("Delete a {kind}"), &delete).param(name_param()).param(if_match_param()).answer("204", None, false);
+        .answer("204", None, false);
     paths.add(&item, "delete", delete_op);
 }
 
@@ -218,7 +223,8 @@ fn replacement_schema(schemas: &mut Map<String, Value>, spec: &str) -> String {
         if let Some(required) = replacement.get_mut("required").and_then(Value::as_array_mut) {
             required.retain(|field| field != "name");
         }
-        replacement["description"] = json!(format!("{spec} for a replacement: `name` may be left out (it is the URL's)."));
+        replacement["description"] =
+            json!(format!("{spec} for a replacement: `name` may be left out (it is the URL's)."));
         schemas.insert(name.clone(), replacement);
     }
     name
@@ -395,14 +401,20 @@ pub fn document() -> Value {
     paths.add(
         "/admin/v1/audit/verify",
         "get",
-        operation("audit", "Check the audit log's hash chain; the first broken link, if any", "verify_audit")
-            .answer("200", Some(schema_ref("AuditVerification")), false),
+        operation("audit", "Check the audit log's hash chain; the first broken link, if any", "verify_audit").answer(
+            "200",
+            Some(schema_ref("AuditVerification")),
+            false,
+        ),
     );
     paths.add(
         "/admin/v1/fleet",
         "get",
-        operation("fleet", "Which version each data plane runs, who is behind, who refused what", "fleet")
-            .answer("200", Some(schema_ref("Fleet")), false),
+        operation("fleet", "Which version each data plane runs, who is behind, who refused what", "fleet").answer(
+            "200",
+            Some(schema_ref("Fleet")),
+            false,
+        ),
     );
     let csv = |op: Map<String, Value>, schema: &str| {
         let mut op = op.answer("200", Some(schema_ref(schema)), false);
@@ -438,9 +450,11 @@ pub fn document() -> Value {
     paths.add(
         "/admin/v1/evaluate",
         "post",
-        operation("evaluate", "Dry-run routing for a sample request", "evaluate")
-            .body("EvaluateRequest")
-            .answer("200", Some(schema_ref("EvaluateResponse")), false),
+        operation("evaluate", "Dry-run routing for a sample request", "evaluate").body("EvaluateRequest").answer(
+            "200",
+            Some(schema_ref("EvaluateResponse")),
+            false,
+        ),
     );
 
     constrain(&mut schemas);

@@ -109,7 +109,10 @@ pub async fn report(
     };
     let to = time("to", params.to.as_deref())?.unwrap_or(now);
     if from >= to {
-        return Err(ApiError::InvalidParameter { param: "to".to_owned(), message: format!("must be after from ({from})") });
+        return Err(ApiError::InvalidParameter {
+            param: "to".to_owned(),
+            message: format!("must be after from ({from})"),
+        });
     }
     let filter = SpendFilter {
         key: params.key,
@@ -173,9 +176,10 @@ fn wants_csv(format: Option<&str>, headers: &HeaderMap) -> Result<bool, ApiError
     match format {
         Some("csv") => Ok(true),
         Some("json") => Ok(false),
-        Some(other) => {
-            Err(ApiError::InvalidParameter { param: "format".to_owned(), message: format!("must be json or csv, not {other:?}") })
-        }
+        Some(other) => Err(ApiError::InvalidParameter {
+            param: "format".to_owned(),
+            message: format!("must be json or csv, not {other:?}"),
+        }),
         None => Ok(headers
             .get_all(ACCEPT)
             .iter()
@@ -201,8 +205,10 @@ fn group_by(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
 }
 
 fn time(param: &'static str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    text.map(|t| crate::rfc3339::parse(t).map_err(|message| ApiError::InvalidParameter { param: param.to_owned(), message }))
-        .transpose()
+    text.map(|t| {
+        crate::rfc3339::parse(t).map_err(|message| ApiError::InvalidParameter { param: param.to_owned(), message })
+    })
+    .transpose()
 }
 
 fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {

@@ -102,7 +102,9 @@ impl Resource for BackendSpec {
         match &self.secret {
             None => None,
             Some(SecretSpec::Ref(reference)) => Some(SecretSource::Reference { reference: reference.clone() }),
-            Some(SecretSpec::Sealed(sealed)) => Some(SecretSource::Encrypted { encrypted: true, fingerprint: fingerprint(sealed) }),
+            Some(SecretSpec::Sealed(sealed)) => {
+                Some(SecretSource::Encrypted { encrypted: true, fingerprint: fingerprint(sealed) })
+            }
             // Sealed by `prepare` before anything is stored or shown.
             Some(SecretSpec::Value(_)) => None,
         }

@@ -7,7 +7,9 @@
 //! | auditor | read             | read     | no         | yes             | read                 |
 //!
 //! Spend is only ever written by data planes over gRPC (node token), never through the admin API: no role writes
-//! it. Authors read it because they set the budgets it is measured against.
+//! it. Authors read it because they set the budgets it is measured against. "audit" includes verifying the audit
+//! log's hash chain. `/evaluate` with `key_name` reads a stored key, so it also needs to read API keys: authors
+//! evaluate with the key's facts instead.
 
 use std::str::FromStr;
 

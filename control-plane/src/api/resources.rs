@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::extract::{ApiPath, ApiQuery, IfMatch, JsonBody, etag, parse};
@@ -36,9 +36,9 @@ pub struct ListParams {
     pub after: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// A page of views (documented per kind as `BackendPage`, ... by `openapi.rs`).
+#[derive(Debug, Serialize)]
 pub struct Page {
-    #[schema(value_type = Vec<Object>)]
     pub items: Vec<Value>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,

@@ -6,12 +6,15 @@ cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
 ensure_database_url
 
-# The SDK conformance suite runs the official `openai` Python package from a local venv.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, pytest' 2>/dev/null \
-    || ! cmp -s tests/sdk/requirements.txt .venv/requirements.installed; then
+# A local venv for the Python tools the end-to-end tests run: the SDK conformance suite (the official `openai`
+# package) and the admin API's fuzz run and document validator (schemathesis, openapi-spec-validator).
+requirements=(tests/sdk/requirements.txt tests/admin_api/requirements.txt)
+if [ ! -x .venv/bin/python ] \
+    || ! .venv/bin/python -c 'import openai, pytest, schemathesis, openapi_spec_validator' 2>/dev/null \
+    || ! cat "${requirements[@]}" | cmp -s - .venv/requirements.installed; then
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
-    cp tests/sdk/requirements.txt .venv/requirements.installed
+    .venv/bin/pip install --quiet --disable-pip-version-check "${requirements[@]/#/--requirement=}"
+    cat "${requirements[@]}" > .venv/requirements.installed
 fi
 
 # The end-to-end tests run the real binaries.

@@ -7,7 +7,9 @@
 //! | auditor | read             | read     | no         | yes             | read                 |
 //!
 //! Spend is only ever written by data planes over gRPC (node token), never through the admin API: no role writes
-//! it. Authors read it because they set the budgets it is measured against.
+//! it. Authors read it because they set the budgets it is measured against. "audit" includes verifying the audit
+//! log's hash chain. `/evaluate` with `key_name` reads a stored key, so it also needs to read API keys: authors
+//! evaluate with the key's facts instead.
 
 use std::str::FromStr;
 
@@ -121,6 +123,46 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Principal>().cloned().ok_or(ApiError::MissingToken("authentication is required"))
+    }
+}
+
+/// An action a handler needs, as a type: `Authorized<may::WriteConfig>`.
+pub trait Permission {
+    const ACTION: Action;
+}
+
+/// The permissions as types, named after [`Action`]'s variants.
+pub mod may {
+    macro_rules! permissions {
+        ($($action:ident),*) => {$(
+            pub struct $action;
+            impl super::Permission for $action {
+                const ACTION: super::Action = super::Action::$action;
+            }
+        )*};
+    }
+    permissions!(ReadConfig, WriteConfig, ReadKeys, WriteKeys, ManagePrincipals, ReadAudit, Evaluate, ReadSpend);
+}
+
+/// The caller, known to be allowed `P`. As an extractor it runs before the body is read, so a caller without the
+/// permission gets 403 whatever the body holds (a malformed body from an auditor is not a 400).
+pub struct Authorized<P>(pub Principal, std::marker::PhantomData<P>);
+
+impl<P> std::ops::Deref for Authorized<P> {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync, P: Permission> FromRequestParts<S> for Authorized<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require(P::ACTION)?;
+        Ok(Authorized(principal, std::marker::PhantomData))
     }
 }
 

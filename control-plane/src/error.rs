@@ -18,10 +18,11 @@ pub enum ApiError {
     DanglingReference(String),
     #[error("{0}")]
     InvalidQuery(String),
+    /// The `{name}` segment of a path.
     #[error("{0}")]
     InvalidPath(String),
     #[error("query parameter {param}: {message}")]
-    InvalidParameter { param: &'static str, message: String },
+    InvalidParameter { param: String, message: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("request body must be JSON (Content-Type: application/json)")]
@@ -42,8 +43,16 @@ pub enum ApiError {
     AlreadyExists { kind: &'static str, name: String },
     #[error("{0}")]
     Conflict(String),
+    /// `If-Match` named a revision that is no longer current.
     #[error("{0}")]
-    Unavailable(String),
+    PreconditionFailed(String),
+    /// The database is out of reach (pool timeout, connection lost). The detail is logged, never sent.
+    #[error("the database is unavailable; retry shortly")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database refused a statement. Its text can name tables, constraints and values, so it is logged and
+    /// the client gets a fixed message.
+    #[error("the request failed in the database; the control plane's log has the detail")]
+    Database(#[source] sqlx::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -69,8 +78,9 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::AlreadyExists { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -80,7 +90,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "not_found_error",
-            StatusCode::CONFLICT => "conflict_error",
+            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => "conflict_error",
             s if s.is_server_error() => "api_error",
             _ => "invalid_request_error",
         }
@@ -106,8 +116,18 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::AlreadyExists { .. } => "already_exists",
             ApiError::Conflict(_) => "conflict",
+            ApiError::PreconditionFailed(_) => "precondition_failed",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Database(_) => "database_error",
             ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The message with its cause, for logs (a client only ever sees the message).
+    pub fn detailed(&self) -> String {
+        match std::error::Error::source(self) {
+            Some(source) => format!("{self}: {source}"),
+            None => self.to_string(),
         }
     }
 
@@ -115,7 +135,8 @@ impl ApiError {
         match self {
             ApiError::InvalidBody { param, .. } => param.clone(),
             ApiError::InvalidSpec { errors, .. } => errors.first().map(|e| e.field.clone()),
-            ApiError::InvalidParameter { param, .. } => Some((*param).to_owned()),
+            ApiError::InvalidParameter { param, .. } => Some(param.clone()),
+            ApiError::InvalidPath(_) => Some("name".to_owned()),
             _ => None,
         }
     }
@@ -124,10 +145,8 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(format!("the database is unavailable: {error}"))
-            }
-            _ => ApiError::Internal(format!("database: {error}")),
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError::Unavailable(error),
+            _ => ApiError::Database(error),
         }
     }
 }
@@ -136,7 +155,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::error!(code = self.code(), "{self}");
+            // The one place a server error is logged, with what the client is not shown (the database's text).
+            tracing::error!(code = self.code(), "{}", self.detailed());
         }
         let body = json!({
             "error": {

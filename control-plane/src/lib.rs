@@ -9,11 +9,13 @@
 //! - [`secrets`]: provider secrets encrypted at rest.
 //! - [`spend`]: validation of the spend events data planes report (the ledger's SQL is in [`store::spend`]).
 //! - [`error`]: the API's error type in the OpenAI error shape.
+//! - [`rfc3339`]: strict RFC 3339 times in request bodies and queries.
 
 pub mod api;
 pub mod auth;
 pub mod distribution;
 pub mod error;
+pub mod rfc3339;
 pub mod secrets;
 pub mod settings;
 pub mod spend;
@@ -68,9 +70,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let write_context = write_context(args)?;
     match &args.admin_token {
-        Some(token) if !token.trim().is_empty() => {
-            store.ensure_bootstrap_admin(token.trim()).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?
-        }
+        Some(token) if !token.trim().is_empty() => store
+            .ensure_bootstrap_admin(token.trim())
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap admin: {}", e.detailed()))?,
         _ => tracing::warn!("GATEWAY_ADMIN_TOKEN is not set: only admin tokens already in the database work"),
     }
     if write_context.sealer.is_none() {

@@ -10,11 +10,14 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Resource names appear in URLs, CEL strings and policy files, so they keep to a URL-safe alphabet.
+use crate::fields::{MAX_NAME_CHARS, money, schema};
+
+/// Resource names appear in URLs, CEL strings and policy files, so they keep to a URL-safe alphabet
+/// ([`crate::fields::NAME_PATTERN`]).
 pub fn validate_name(name: &str) -> Result<(), String> {
     let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.is_empty() || name.len() > 128 || !valid_chars || !starts_well {
+    if name.is_empty() || name.len() > MAX_NAME_CHARS || !valid_chars || !starts_well {
         return Err(format!(
             "invalid name {name:?}: use 1 to 128 characters from A-Z a-z 0-9 - _ . :, starting with a letter or digit"
         ));
@@ -35,13 +38,16 @@ pub enum BackendKind {
 
 /// How the gateway presents the backend's secret upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "wire::BackendAuth")]
 pub enum BackendAuth {
     /// `Authorization: Bearer <secret>`.
     #[default]
     Bearer,
     /// The secret in a header of this name (e.g. `api-key`, `x-api-key`).
-    Header { header: String },
+    Header {
+        #[schema(pattern = "^[A-Za-z0-9_-]+$", min_length = 1, max_length = 256)]
+        header: String,
+    },
     /// No credentials (local servers).
     None,
 }
@@ -63,8 +69,12 @@ pub enum SecretSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
+    #[schema(schema_with = schema::duration_ms)]
     pub connect_ms: u64,
+    /// At most `total_ms`.
+    #[schema(schema_with = schema::duration_ms)]
     pub first_byte_ms: u64,
+    #[schema(schema_with = schema::duration_ms)]
     pub total_ms: u64,
 }
 
@@ -85,16 +95,20 @@ pub struct ProviderRateLimit {
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
+    #[schema(minimum = 1)]
     pub failure_threshold: u32,
     /// How long the breaker stays open before a probe request.
+    #[schema(schema_with = schema::duration_ms)]
     pub open_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    #[schema(schema_with = schema::duration_ms)]
     pub interval_ms: u64,
     #[serde(default = "default_health_path")]
+    #[schema(schema_with = schema::label)]
     pub path: String,
 }
 
@@ -105,6 +119,7 @@ fn default_health_path() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AzureSettings {
+    #[schema(schema_with = schema::label)]
     pub api_version: String,
 }
 
@@ -112,9 +127,11 @@ pub struct AzureSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
     pub kind: BackendKind,
     /// http(s) URL; normalised on write (a trailing slash never matters).
+    #[schema(schema_with = schema::url)]
     pub base_url: String,
     #[serde(default)]
     pub auth: BackendAuth,
@@ -122,8 +139,10 @@ pub struct BackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::optional_label)]
     pub region: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = schema::labels)]
     pub tags: Vec<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -148,8 +167,11 @@ pub struct Capabilities {
     pub json_mode: bool,
     pub vision: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub context_window: Option<u32>,
+    /// Required (at least 1) when `embeddings` is true; refused otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub embedding_dimensions: Option<u32>,
 }
 
@@ -157,16 +179,18 @@ pub struct Capabilities {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pricing {
-    #[schema(value_type = String, example = "2.50")]
+    #[serde(deserialize_with = "money::required")]
+    #[schema(schema_with = schema::price)]
     pub input: Decimal,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "1.25")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
+    #[schema(schema_with = schema::optional_price)]
     pub cached_input: Option<Decimal>,
-    #[schema(value_type = String, example = "10.00")]
+    #[serde(deserialize_with = "money::required")]
+    #[schema(schema_with = schema::price)]
     pub output: Decimal,
     /// Input tokens written to a provider cache (Anthropic prices them above `input`); `input` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "3.125")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
+    #[schema(schema_with = schema::optional_price)]
     pub cache_write: Option<Decimal>,
 }
 
@@ -175,9 +199,12 @@ pub struct Pricing {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
+    #[schema(schema_with = schema::name)]
     pub backend: String,
     /// The model name the provider expects.
+    #[schema(schema_with = schema::label)]
     pub upstream_model: String,
     #[serde(default)]
     pub capabilities: Capabilities,
@@ -201,7 +228,9 @@ pub enum Strategy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Candidate {
+    #[schema(schema_with = schema::name)]
     pub model: String,
+    /// At least 1 under the `weighted` strategy.
     #[serde(default = "default_weight")]
     pub weight: u32,
 }
@@ -214,15 +243,20 @@ fn default_weight() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AliasSpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::optional_text)]
     pub description: Option<String>,
     #[serde(default)]
     pub strategy: Strategy,
+    /// At least one, each model once.
+    #[schema(min_items = 1)]
     pub candidates: Vec<Candidate>,
     /// For embedding aliases: the dimension every candidate must produce. Once set it never changes,
     /// so vectors already stored for a corpus stay comparable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub pinned_dimensions: Option<u32>,
 }
 
@@ -232,22 +266,29 @@ pub struct AliasSpec {
 pub enum PolicyAction {
     /// Serve with an alias or an explicit candidate list. The first matching route or deny policy wins.
     Route {
+        /// Exactly one of `alias` and `candidates`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(schema_with = schema::optional_name)]
         alias: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(min_items = 1)]
         candidates: Option<Vec<Candidate>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         strategy: Option<Strategy>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retries: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(schema_with = schema::optional_duration_ms)]
         timeout_ms: Option<u64>,
         /// CEL over `backend` and `model`: candidates for which it is not true are dropped.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         require: Option<String>,
     },
     /// Refuse the request with this message (HTTP 403 naming the policy).
-    Deny { message: String },
+    Deny {
+        #[schema(schema_with = schema::message)]
+        message: String,
+    },
     /// Filter candidates of whatever route serves the request. Every matching constraint applies.
     Constrain { require: String },
 }
@@ -256,8 +297,10 @@ pub enum PolicyAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutePolicySpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::optional_text)]
     pub description: Option<String>,
     /// Higher first; ties are broken by name.
     #[serde(default)]
@@ -282,11 +325,13 @@ fn default_when() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolSchemaSpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::optional_text)]
     pub description: Option<String>,
     /// A JSON Schema (draft 2020-12 unless `$schema` says otherwise).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = schema::json_schema)]
     pub schema: serde_json::Value,
 }
 
@@ -313,6 +358,7 @@ pub enum OnInvalidToolCall {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolPolicySpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
     #[serde(default)]
     pub priority: i32,
@@ -320,15 +366,18 @@ pub struct ToolPolicySpec {
     pub when: String,
     /// Tool names callers matching `when` may declare; `*` or an empty list allows any (see `docs/tools.md`).
     #[serde(default)]
+    #[schema(schema_with = schema::tool_names)]
     pub allow: Vec<String>,
     /// Tool names they may not declare (wins over `allow`).
     #[serde(default)]
+    #[schema(schema_with = schema::tool_names)]
     pub deny: Vec<String>,
     #[serde(default)]
     pub mode: ToolPolicyMode,
     #[serde(default)]
     pub on_invalid: OnInvalidToolCall,
     #[serde(default = "default_max_retries")]
+    #[schema(maximum = 5)]
     pub max_retries: u32,
 }
 
@@ -337,17 +386,20 @@ fn default_max_retries() -> u32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "wire::BudgetScope")]
 pub enum BudgetScope {
     /// One API key, by name.
     Key {
+        #[schema(schema_with = schema::name)]
         key: String,
     },
     Team {
+        #[schema(schema_with = schema::label)]
         team: String,
     },
     /// One alias or model, by name.
     Model {
+        #[schema(schema_with = schema::name)]
         model: String,
     },
     Global,
@@ -374,17 +426,64 @@ pub enum BudgetAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
     pub scope: BudgetScope,
     pub period: BudgetPeriod,
-    #[schema(value_type = String, example = "100.00")]
+    #[serde(deserialize_with = "money::required")]
+    #[schema(schema_with = schema::budget_limit)]
     pub limit_usd: Decimal,
     #[serde(default)]
     pub action: BudgetAction,
     /// Fraction of the limit (0 < x < 1) at which an alert fires before the limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "0.8")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
+    #[schema(schema_with = schema::soft_threshold)]
     pub soft_threshold: Option<Decimal>,
+}
+
+/// How the tagged enums with unit variants are read. serde ignores unknown fields next to the tag of a unit
+/// variant even under `deny_unknown_fields` (`{"type": "global", "team": "x"}` would pass, the team silently
+/// dropped), so they are read through these twins whose variants are all structs, which refuse them.
+mod wire {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+    pub enum BackendAuth {
+        Bearer {},
+        Header { header: String },
+        None {},
+    }
+
+    impl From<BackendAuth> for super::BackendAuth {
+        fn from(wire: BackendAuth) -> Self {
+            match wire {
+                BackendAuth::Bearer {} => super::BackendAuth::Bearer,
+                BackendAuth::Header { header } => super::BackendAuth::Header { header },
+                BackendAuth::None {} => super::BackendAuth::None,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+    pub enum BudgetScope {
+        Key { key: String },
+        Team { team: String },
+        Model { model: String },
+        Global {},
+    }
+
+    impl From<BudgetScope> for super::BudgetScope {
+        fn from(wire: BudgetScope) -> Self {
+            match wire {
+                BudgetScope::Key { key } => super::BudgetScope::Key { key },
+                BudgetScope::Team { team } => super::BudgetScope::Team { team },
+                BudgetScope::Model { model } => super::BudgetScope::Model { model },
+                BudgetScope::Global {} => super::BudgetScope::Global,
+            }
+        }
+    }
 }
 
 /// Every stored resource of one config version, by name. Keys live apart: they are many and change alone.

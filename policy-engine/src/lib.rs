@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: the resource types and cross-resource integrity rules.
 //! - [`validate`]: per-resource validation with field-located errors.
+//! - [`fields`]: the limits of every written field (lengths, ranges, money) and their OpenAPI schemas.
 //! - [`cel_env`]: the one CEL environment (variables and fields), compile-time checked.
 //! - `cel_native`: native evaluation of the common policy shapes, falling back to the interpreter.
 //! - [`routing`]: policy matching, constraints, candidate ordering.
@@ -23,6 +24,7 @@ pub mod cel_env;
 pub mod cel_limits;
 mod cel_native;
 pub mod config;
+pub mod fields;
 pub mod routing;
 pub mod secret_ref;
 pub mod tokens;

@@ -7,6 +7,7 @@ use rust_decimal::Decimal;
 use crate::base_url::BaseUrlPolicy;
 use crate::cel_env::{self, ExpressionScope};
 use crate::config::*;
+use crate::fields::*;
 use crate::secret_ref::SecretEnvPolicy;
 use crate::tool_schema;
 
@@ -29,6 +30,41 @@ impl Errors {
     fn name(&mut self, field: &str, name: &str) {
         if let Err(message) = validate_name(name) {
             self.push(field, message);
+        }
+    }
+
+    /// Short free text: not blank, at most [`MAX_LABEL_CHARS`].
+    fn label(&mut self, field: &str, text: &str) {
+        if text.trim().is_empty() {
+            self.push(field, "must not be empty");
+        } else if !fits(text, MAX_LABEL_CHARS) {
+            self.push(field, format!("must be at most {MAX_LABEL_CHARS} characters"));
+        }
+    }
+
+    fn labels(&mut self, field: &str, texts: &[String]) {
+        for (i, text) in texts.iter().enumerate() {
+            self.label(&format!("{field}[{i}]"), text);
+        }
+    }
+
+    /// Free text of at most `max` characters (may be empty unless the caller says otherwise).
+    fn at_most(&mut self, field: &str, text: &str, max: usize) {
+        if !fits(text, max) {
+            self.push(field, format!("must be at most {max} characters"));
+        }
+    }
+
+    fn duration(&mut self, field: &str, ms: u64) {
+        if ms == 0 || ms > MAX_DURATION_MS {
+            self.push(field, format!("must be from 1 to {MAX_DURATION_MS} milliseconds (one day)"));
+        }
+    }
+
+    /// An amount the store's `NUMERIC(20, 10)` columns hold exactly: at most [`MAX_MONEY_SCALE`] decimal places.
+    fn scale(&mut self, field: &str, amount: Decimal) {
+        if amount.normalize().scale() > MAX_MONEY_SCALE {
+            self.push(field, format!("carries at most {MAX_MONEY_SCALE} decimal places"));
         }
     }
 
@@ -85,38 +121,51 @@ pub fn backend(
     if t.first_byte_ms > t.total_ms {
         errors.push("timeouts.first_byte_ms", "must not exceed total_ms");
     }
-    if let Some(region) = &spec.region
-        && region.trim().is_empty()
-    {
-        errors.push("region", "must not be empty when given");
+    for (field, ms) in [
+        ("timeouts.connect_ms", t.connect_ms),
+        ("timeouts.first_byte_ms", t.first_byte_ms),
+        ("timeouts.total_ms", t.total_ms),
+    ] {
+        if ms > MAX_DURATION_MS {
+            errors.duration(field, ms);
+        }
     }
+    if let Some(region) = &spec.region {
+        errors.label("region", region);
+    }
+    // Policies iterate over a backend's tags: their count bounds what that costs.
     if spec.tags.len() > crate::cel_limits::MAX_COLLECTION_ENTRIES {
         errors.push("tags", format!("at most {} tags", crate::cel_limits::MAX_COLLECTION_ENTRIES));
     }
-    if spec.tags.iter().any(|t| t.trim().is_empty()) {
-        errors.push("tags", "tags must not be empty strings");
+    errors.labels("tags", &spec.tags);
+    if let Some(breaker) = spec.circuit_breaker {
+        if breaker.failure_threshold == 0 {
+            errors.push("circuit_breaker.failure_threshold", "must be at least 1");
+        }
+        errors.duration("circuit_breaker.open_ms", breaker.open_ms);
     }
-    if let Some(breaker) = spec.circuit_breaker
-        && breaker.failure_threshold == 0
-    {
-        errors.push("circuit_breaker.failure_threshold", "must be at least 1");
+    if let Some(check) = &spec.health_check {
+        errors.duration("health_check.interval_ms", check.interval_ms);
+        errors.label("health_check.path", &check.path);
+    }
+    if let Some(azure) = &spec.azure {
+        errors.label("azure.api_version", &azure.api_version);
+    }
+    errors.at_most("base_url", &spec.base_url, MAX_URL_CHARS);
+    if let BackendAuth::Header { header } = &spec.auth {
+        errors.at_most("auth.header", header, MAX_LABEL_CHARS);
+    }
+    if let Some(SecretSpec::Value(value)) = &spec.secret {
+        errors.at_most("secret.value", value, MAX_SECRET_CHARS);
     }
     errors.finish()
 }
-
-/// Most decimal places of a price (USD per million tokens), as the store's price columns keep them.
-pub const MAX_PRICE_SCALE: u32 = 10;
-/// Highest price accepted (USD per million tokens): far above any real model, low enough that no request's cost
-/// can leave the ledger's range.
-pub const MAX_PRICE_USD: u32 = 1_000_000;
 
 pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
     let mut errors = Errors::default();
     errors.name("name", &spec.name);
     errors.name("backend", &spec.backend);
-    if spec.upstream_model.trim().is_empty() {
-        errors.push("upstream_model", "must not be empty");
-    }
+    errors.label("upstream_model", &spec.upstream_model);
     let p = spec.pricing;
     for (field, price) in [
         ("pricing.input", Some(p.input)),
@@ -129,9 +178,9 @@ pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
             errors.push(field, "prices must not be negative");
         }
         // A cost is tokens x price / 1e6: prices of at most 10 places keep every cost exact within the ledger's 18.
-        if price.normalize().scale() > MAX_PRICE_SCALE {
+        if price.normalize().scale() > MAX_MONEY_SCALE {
             errors
-                .push(field, format!("prices carry at most {MAX_PRICE_SCALE} decimal places (USD per million tokens)"));
+                .push(field, format!("prices carry at most {MAX_MONEY_SCALE} decimal places (USD per million tokens)"));
         }
         if price > Decimal::from(MAX_PRICE_USD) {
             errors.push(field, format!("prices above {MAX_PRICE_USD} USD per million tokens are not plausible"));
@@ -172,6 +221,9 @@ fn candidates(errors: &mut Errors, field: &str, list: &[Candidate], strategy: St
 pub fn alias(spec: &AliasSpec) -> Result<(), Vec<SpecError>> {
     let mut errors = Errors::default();
     errors.name("name", &spec.name);
+    if let Some(description) = &spec.description {
+        errors.at_most("description", description, MAX_TEXT_CHARS);
+    }
     candidates(&mut errors, "candidates", &spec.candidates, spec.strategy);
     if spec.pinned_dimensions == Some(0) {
         errors.push("pinned_dimensions", "must be greater than zero");
@@ -182,9 +234,15 @@ pub fn alias(spec: &AliasSpec) -> Result<(), Vec<SpecError>> {
 pub fn route_policy(spec: &RoutePolicySpec) -> Result<(), Vec<SpecError>> {
     let mut errors = Errors::default();
     errors.name("name", &spec.name);
+    if let Some(description) = &spec.description {
+        errors.at_most("description", description, MAX_TEXT_CHARS);
+    }
     errors.cel("when", &spec.when, ExpressionScope::Request);
     match &spec.action {
-        PolicyAction::Route { alias, candidates: list, strategy, require, .. } => {
+        PolicyAction::Route { alias, candidates: list, strategy, require, timeout_ms, .. } => {
+            if let Some(timeout_ms) = timeout_ms {
+                errors.duration("action.timeout_ms", *timeout_ms);
+            }
             match (alias, list) {
                 (Some(alias), None) => errors.name("action.alias", alias),
                 (None, Some(list)) => candidates(&mut errors, "action.candidates", list, strategy.unwrap_or_default()),
@@ -198,6 +256,7 @@ pub fn route_policy(spec: &RoutePolicySpec) -> Result<(), Vec<SpecError>> {
             if message.trim().is_empty() {
                 errors.push("action.message", "a deny policy needs a message for the caller");
             }
+            errors.at_most("action.message", message, MAX_TEXT_CHARS);
         }
         PolicyAction::Constrain { require } => errors.cel("action.require", require, ExpressionScope::Candidate),
     }
@@ -207,6 +266,9 @@ pub fn route_policy(spec: &RoutePolicySpec) -> Result<(), Vec<SpecError>> {
 pub fn tool_schema(spec: &ToolSchemaSpec) -> Result<(), Vec<SpecError>> {
     let mut errors = Errors::default();
     errors.name("name", &spec.name);
+    if let Some(description) = &spec.description {
+        errors.at_most("description", description, MAX_TEXT_CHARS);
+    }
     if let Err(error) = tool_schema::compile(&spec.schema) {
         errors.push("schema", error.to_string());
     }
@@ -236,16 +298,21 @@ pub fn budget(spec: &BudgetSpec) -> Result<(), Vec<SpecError>> {
     if spec.limit_usd <= Decimal::ZERO {
         errors.push("limit_usd", "must be greater than zero");
     }
-    if let Some(soft) = spec.soft_threshold
-        && (soft <= Decimal::ZERO || soft >= Decimal::ONE)
-    {
-        errors.push("soft_threshold", "must be a fraction between 0 and 1 (exclusive)");
+    if spec.limit_usd >= Decimal::from(10_u64.pow(MAX_BUDGET_DIGITS)) {
+        errors.push("limit_usd", format!("must be below 10^{MAX_BUDGET_DIGITS} USD"));
+    }
+    errors.scale("limit_usd", spec.limit_usd);
+    if let Some(soft) = spec.soft_threshold {
+        if soft <= Decimal::ZERO || soft >= Decimal::ONE {
+            errors.push("soft_threshold", "must be a fraction between 0 and 1 (exclusive)");
+        }
+        errors.scale("soft_threshold", soft);
     }
     match &spec.scope {
         BudgetScope::Key { key } => errors.name("scope.key", key),
         BudgetScope::Model { model } => errors.name("scope.model", model),
-        BudgetScope::Team { team } if team.trim().is_empty() => errors.push("scope.team", "must not be empty"),
-        BudgetScope::Team { .. } | BudgetScope::Global => {}
+        BudgetScope::Team { team } => errors.label("scope.team", team),
+        BudgetScope::Global => {}
     }
     errors.finish()
 }

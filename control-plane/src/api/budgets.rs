@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderName;
 use chrono::{DateTime, Utc};
 use policy_engine::budget_period::midnight;
 use policy_engine::config::{BudgetAction, BudgetPeriod, BudgetSpec};
@@ -12,8 +13,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::extract::ApiPath;
-use crate::auth::{Action, Principal};
+use super::extract::{ApiPath, etag};
+use crate::auth::{Action, Authorized, may};
 use crate::distribution::budgets::{period_name, window};
 use crate::error::ApiError;
 
@@ -47,10 +48,9 @@ pub struct BudgetStatus {
 
 pub async fn read(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::ReadConfig>,
     ApiPath(name): ApiPath,
-) -> Result<Json<Value>, ApiError> {
-    principal.require(Action::ReadConfig)?;
+) -> Result<([(HeaderName, String); 1], Json<Value>), ApiError> {
     principal.require(Action::ReadSpend)?;
     let stored = state.store.get::<BudgetSpec>(&name).await?;
     let now = Utc::now();
@@ -59,7 +59,7 @@ pub async fn read(
     if let Some(object) = view.as_object_mut() {
         object.insert("status".to_owned(), serde_json::to_value(status).unwrap_or(Value::Null));
     }
-    Ok(Json(view))
+    Ok((etag(stored.revision), Json(view)))
 }
 
 async fn status(state: &AppState, spec: &BudgetSpec, now: DateTime<Utc>) -> Result<BudgetStatus, ApiError> {

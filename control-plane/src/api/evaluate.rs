@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{JsonBody, parse};
-use crate::auth::{Action, Principal};
+use crate::auth::{Action, Authorized, may};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -65,11 +65,12 @@ pub struct EvaluateRequest {
     /// Facts of a hypothetical key.
     #[serde(default)]
     pub key: Option<KeyFacts>,
-    /// Or the name of an existing key, whose team, tags and allowed aliases apply.
+    /// Or the name of an existing key, whose team, tags and allowed aliases apply (roles that may read keys only).
     #[serde(default)]
+    #[schema(schema_with = policy_engine::fields::schema::optional_name)]
     pub key_name: Option<String>,
-    /// Evaluate as of this time (default: now).
-    #[serde(default)]
+    /// Evaluate as of this time (RFC 3339; default: now).
+    #[serde(default, deserialize_with = "crate::rfc3339::optional")]
     pub now: Option<DateTime<Utc>>,
 }
 
@@ -88,11 +89,19 @@ pub struct EvaluateResponse {
 
 pub async fn evaluate(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::Evaluate>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<EvaluateResponse>, ApiError> {
-    principal.require(Action::Evaluate)?;
     let input: EvaluateRequest = parse(body)?;
+    // A key's team and tags (and whether the name exists at all) are what `ReadKeys` protects.
+    if input.key_name.is_some() && !crate::auth::allows(principal.role, Action::ReadKeys) {
+        return Err(ApiError::Forbidden {
+            role: principal.role.as_str(),
+            action: "evaluate with `key_name`: that reads a stored API key, which needs permission to read API \
+                     keys; send the key's facts in `key` instead"
+                .to_owned(),
+        });
+    }
     let (key, key_allows_model) = match (&input.key_name, input.key) {
         (Some(_), Some(_)) => {
             return Err(ApiError::InvalidBody {
@@ -101,6 +110,8 @@ pub async fn evaluate(
             });
         }
         (Some(name), None) => {
+            policy_engine::config::validate_name(name)
+                .map_err(|message| ApiError::InvalidBody { message, param: Some("key_name".to_owned()) })?;
             let stored = state.store.get_key(name).await?;
             let allows = stored.allowed_aliases.is_empty() || stored.allowed_aliases.contains(&input.request.model);
             (KeyFacts { id: stored.id.to_string(), name: stored.name, team: stored.team, tags: stored.tags }, allows)

@@ -1,16 +1,16 @@
 //! API keys (`/admin/v1/keys`) and admin principals (`/admin/v1/principals`).
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::extract::{ApiPath, ApiQuery, JsonBody, parse};
+use super::extract::{ApiPath, ApiQuery, IfMatch, JsonBody, etag, parse};
 use super::resources::page_limit;
-use crate::auth::{Action, Principal};
+use crate::auth::{Authorized, may};
 use crate::error::ApiError;
 use crate::store::keys::{CreatedKey, KeySpec, KeyView};
 use crate::store::principals::{CreatedPrincipal, PrincipalSpec, PrincipalView};
@@ -27,23 +27,30 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct KeyListParams {
+    /// Only keys of this team.
     pub team: Option<String>,
+    /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// The previous page's `next_after`.
     pub after: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyPage {
     pub items: Vec<KeyView>,
+    /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,
 }
 
+/// A key's answer, with its revision as the `ETag`.
+type SingleKey = ([(HeaderName, String); 1], Json<KeyView>);
+
 async fn list_keys(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Authorized<may::ReadKeys>,
     ApiQuery(params): ApiQuery<KeyListParams>,
 ) -> Result<Json<KeyPage>, ApiError> {
-    principal.require(Action::ReadKeys)?;
     let limit = page_limit(params.limit)?;
     let items = state.store.list_keys(params.team.as_deref(), params.after.as_deref(), limit).await?;
     let next_after = if items.len() as i64 == limit { items.last().map(|k| k.name.clone()) } else { None };
@@ -52,89 +59,88 @@ async fn list_keys(
 
 async fn create_key(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::WriteKeys>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    principal.require(Action::WriteKeys)?;
+) -> Result<(StatusCode, [(HeaderName, String); 1], Json<CreatedKey>), ApiError> {
     let spec: KeySpec = parse(body)?;
     let created = state.store.create_key(&principal.name, principal.request_id.as_deref(), spec).await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, etag(created.key.revision), Json(created)))
 }
 
 async fn read_key(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Authorized<may::ReadKeys>,
     ApiPath(name): ApiPath,
-) -> Result<Json<KeyView>, ApiError> {
-    principal.require(Action::ReadKeys)?;
-    Ok(Json(state.store.get_key(&name).await?))
+) -> Result<SingleKey, ApiError> {
+    let key = state.store.get_key(&name).await?;
+    Ok((etag(key.revision), Json(key)))
 }
 
 async fn update_key(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::WriteKeys>,
     ApiPath(name): ApiPath,
+    IfMatch(expected_revision): IfMatch,
     JsonBody(mut body): JsonBody,
-) -> Result<Json<KeyView>, ApiError> {
-    principal.require(Action::WriteKeys)?;
+) -> Result<SingleKey, ApiError> {
     if let Some(object) = body.as_object_mut() {
         object.entry("name").or_insert_with(|| serde_json::Value::String(name.clone()));
     }
     let spec: KeySpec = parse(body)?;
-    Ok(Json(state.store.update_key(&principal.name, principal.request_id.as_deref(), &name, spec).await?))
+    let key = state
+        .store
+        .update_key(&principal.name, principal.request_id.as_deref(), &name, expected_revision, spec)
+        .await?;
+    Ok((etag(key.revision), Json(key)))
 }
 
 async fn revoke_key(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::WriteKeys>,
     ApiPath(name): ApiPath,
-) -> Result<Json<KeyView>, ApiError> {
-    principal.require(Action::WriteKeys)?;
-    Ok(Json(state.store.revoke_key(&principal.name, principal.request_id.as_deref(), &name).await?))
+) -> Result<SingleKey, ApiError> {
+    let key = state.store.revoke_key(&principal.name, principal.request_id.as_deref(), &name).await?;
+    Ok((etag(key.revision), Json(key)))
 }
 
 async fn delete_key(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::WriteKeys>,
     ApiPath(name): ApiPath,
+    IfMatch(expected_revision): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    principal.require(Action::WriteKeys)?;
-    state.store.delete_key(&principal.name, principal.request_id.as_deref(), &name).await?;
+    state.store.delete_key(&principal.name, principal.request_id.as_deref(), &name, expected_revision).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_principals(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Authorized<may::ManagePrincipals>,
 ) -> Result<Json<Vec<PrincipalView>>, ApiError> {
-    principal.require(Action::ManagePrincipals)?;
     Ok(Json(state.store.list_principals().await?))
 }
 
 async fn create_principal(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::ManagePrincipals>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CreatedPrincipal>), ApiError> {
-    principal.require(Action::ManagePrincipals)?;
     let spec: PrincipalSpec = parse(body)?;
     Ok((StatusCode::CREATED, Json(state.store.create_principal(&principal, spec).await?)))
 }
 
 async fn read_principal(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Authorized<may::ManagePrincipals>,
     ApiPath(name): ApiPath,
 ) -> Result<Json<PrincipalView>, ApiError> {
-    principal.require(Action::ManagePrincipals)?;
     Ok(Json(state.store.get_principal(&name).await?))
 }
 
 async fn revoke_principal(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::ManagePrincipals>,
     ApiPath(name): ApiPath,
 ) -> Result<Json<PrincipalView>, ApiError> {
-    principal.require(Action::ManagePrincipals)?;
     Ok(Json(state.store.revoke_principal(&principal, &name).await?))
 }

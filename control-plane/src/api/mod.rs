@@ -66,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .merge(resources::routes_with_read::<BudgetSpec>(get(budgets::read)))
         .merge(keys::routes())
         .route("/audit", get(audit::list))
+        .route("/audit/verify", get(audit::verify))
         .route("/fleet", get(fleet::list))
         .route("/spend", get(spend::report))
         .route("/spend/events", get(spend::events))
@@ -111,6 +112,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(error) => {
+            tracing::warn!(error = %error.detailed(), "not ready: the database does not answer");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": error.to_string()})))
                 .into_response()
         }

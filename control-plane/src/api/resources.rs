@@ -1,16 +1,16 @@
 //! Generic handlers for the configuration resources: `/admin/v1/{collection}` and `/{collection}/{name}`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderName, StatusCode};
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use super::AppState;
-use super::extract::{ApiPath, ApiQuery, JsonBody, parse};
-use crate::auth::{Action, Principal};
+use super::extract::{ApiPath, ApiQuery, IfMatch, JsonBody, etag, parse};
+use crate::auth::{Authorized, may};
 use crate::error::ApiError;
 use crate::store::Resource;
 
@@ -30,14 +30,15 @@ pub fn routes_with_read<T: Resource>(read: MethodRouter<AppState>) -> Router<App
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The previous page's `next_after`.
     pub after: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// A page of views (documented per kind as `BackendPage`, ... by `openapi.rs`).
+#[derive(Debug, Serialize)]
 pub struct Page {
-    #[schema(value_type = Vec<Object>)]
     pub items: Vec<Value>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,
@@ -63,55 +64,45 @@ fn spec_body<T: Resource>(mut body: Value) -> Result<T, ApiError> {
 
 async fn list<T: Resource>(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Authorized<may::ReadConfig>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page>, ApiError> {
-    principal.require(Action::ReadConfig)?;
     let limit = page_limit(params.limit)?;
     let items = state.store.list::<T>(params.after.as_deref(), limit).await?;
     let next_after = if items.len() as i64 == limit { items.last().map(|s| s.spec.name().to_owned()) } else { None };
     Ok(Json(Page { items: items.iter().map(|s| s.view()).collect(), next_after }))
 }
 
+/// A single resource's answer: its view, with its revision as the `ETag`.
+type Single = ([(HeaderName, String); 1], Json<Value>);
+
 async fn read<T: Resource>(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Authorized<may::ReadConfig>,
     ApiPath(name): ApiPath,
-) -> Result<Json<Value>, ApiError> {
-    principal.require(Action::ReadConfig)?;
-    Ok(Json(state.store.get::<T>(&name).await?.view()))
+) -> Result<Single, ApiError> {
+    let stored = state.store.get::<T>(&name).await?;
+    Ok((etag(stored.revision), Json(stored.view())))
 }
 
 async fn create<T: Resource>(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::WriteConfig>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    principal.require(Action::WriteConfig)?;
+) -> Result<(StatusCode, [(HeaderName, String); 1], Json<Value>), ApiError> {
     let spec: T = spec_body(body)?;
     let stored =
         state.store.create(&state.write_context, &principal.name, principal.request_id.as_deref(), spec).await?;
-    Ok((StatusCode::CREATED, Json(stored.view())))
+    Ok((StatusCode::CREATED, etag(stored.revision), Json(stored.view())))
 }
 
 async fn update<T: Resource>(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::WriteConfig>,
     ApiPath(name): ApiPath,
-    headers: HeaderMap,
+    IfMatch(expected_revision): IfMatch,
     JsonBody(mut body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    principal.require(Action::WriteConfig)?;
-    let expected_revision = match headers.get("if-match") {
-        None => None,
-        Some(value) => {
-            let raw = value.to_str().unwrap_or("").trim().trim_matches('"');
-            Some(raw.parse::<i64>().map_err(|_| ApiError::InvalidBody {
-                message: format!("If-Match must be a revision number, not {raw:?}"),
-                param: Some("If-Match".to_owned()),
-            })?)
-        }
-    };
+) -> Result<Single, ApiError> {
     // The name is the URL's; a body may leave it out.
     if let Some(object) = body.as_object_mut() {
         object.entry("name").or_insert_with(|| Value::String(name.clone()));
@@ -121,15 +112,15 @@ async fn update<T: Resource>(
         .store
         .update(&state.write_context, &principal.name, principal.request_id.as_deref(), &name, expected_revision, spec)
         .await?;
-    Ok(Json(stored.view()))
+    Ok((etag(stored.revision), Json(stored.view())))
 }
 
 async fn delete<T: Resource>(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Authorized<may::WriteConfig>,
     ApiPath(name): ApiPath,
+    IfMatch(expected_revision): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    principal.require(Action::WriteConfig)?;
-    state.store.delete::<T>(&principal.name, principal.request_id.as_deref(), &name).await?;
+    state.store.delete::<T>(&principal.name, principal.request_id.as_deref(), &name, expected_revision).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -30,8 +30,10 @@ pub struct ReportParams {
     /// Comma-separated subset of `key`, `team`, `alias`, `backend`, `model`, `day`; empty: one total row.
     pub group_by: Option<String>,
     /// RFC 3339, inclusive; default: the start of the current UTC month.
+    #[param(format = DateTime)]
     pub from: Option<String>,
-    /// RFC 3339, exclusive; default: now.
+    /// RFC 3339, exclusive; default: now. After `from`.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Only this key (by name).
     pub key: Option<String>,
@@ -42,6 +44,7 @@ pub struct ReportParams {
     /// Only this gateway model.
     pub model: Option<String>,
     /// `json` (default) or `csv`; without it, `Accept: text/csv` selects CSV.
+    #[param(pattern = "^(json|csv)$")]
     pub format: Option<String>,
 }
 
@@ -50,8 +53,10 @@ pub struct ReportParams {
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// RFC 3339, inclusive; default: unbounded.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339, exclusive; default: unbounded.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     pub key: Option<String>,
     pub team: Option<String>,
@@ -61,8 +66,10 @@ pub struct EventParams {
     /// The previous page's `next_cursor` (opaque).
     pub cursor: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     pub format: Option<String>,
 }
 
@@ -102,7 +109,10 @@ pub async fn report(
     };
     let to = time("to", params.to.as_deref())?.unwrap_or(now);
     if from >= to {
-        return Err(ApiError::InvalidParameter { param: "to", message: format!("must be after from ({from})") });
+        return Err(ApiError::InvalidParameter {
+            param: "to".to_owned(),
+            message: format!("must be after from ({from})"),
+        });
     }
     let filter = SpendFilter {
         key: params.key,
@@ -139,7 +149,7 @@ pub async fn events(
             Ok(l) if (1..=1000).contains(&l) => l,
             _ => {
                 return Err(ApiError::InvalidParameter {
-                    param: "limit",
+                    param: "limit".to_owned(),
                     message: format!("must be an integer from 1 to 1000, not {text:?}"),
                 });
             }
@@ -166,9 +176,10 @@ fn wants_csv(format: Option<&str>, headers: &HeaderMap) -> Result<bool, ApiError
     match format {
         Some("csv") => Ok(true),
         Some("json") => Ok(false),
-        Some(other) => {
-            Err(ApiError::InvalidParameter { param: "format", message: format!("must be json or csv, not {other:?}") })
-        }
+        Some(other) => Err(ApiError::InvalidParameter {
+            param: "format".to_owned(),
+            message: format!("must be json or csv, not {other:?}"),
+        }),
         None => Ok(headers
             .get_all(ACCEPT)
             .iter()
@@ -183,7 +194,7 @@ fn group_by(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
     for part in text.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let dimension =
             Dimension::ALL.into_iter().find(|d| d.as_str() == part).ok_or_else(|| ApiError::InvalidParameter {
-                param: "group_by",
+                param: "group_by".to_owned(),
                 message: format!("unknown dimension {part:?}: use key, team, alias, backend, model, day"),
             })?;
         if !dimensions.contains(&dimension) {
@@ -195,10 +206,7 @@ fn group_by(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
 
 fn time(param: &'static str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     text.map(|t| {
-        DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).map_err(|e| ApiError::InvalidParameter {
-            param,
-            message: format!("{t:?} is not an RFC 3339 time (2026-11-01T00:00:00Z): {e}"),
-        })
+        crate::rfc3339::parse(t).map_err(|message| ApiError::InvalidParameter { param: param.to_owned(), message })
     })
     .transpose()
 }
@@ -209,7 +217,7 @@ fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
 
 fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let invalid = || ApiError::InvalidParameter {
-        param: "cursor",
+        param: "cursor".to_owned(),
         message: "is not a cursor this API returned (pass next_cursor unchanged)".to_owned(),
     };
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;

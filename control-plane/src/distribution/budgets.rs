@@ -89,7 +89,7 @@ pub fn spawn(store: Store, interval: Duration, changed: Arc<Notify>, shutdown: C
                 Ok(state) => {
                     tx.send_replace(Some(Arc::new(state)));
                 }
-                Err(error) => tracing::warn!(%error, "computing budget state failed; retrying"),
+                Err(error) => tracing::warn!(error = %error.detailed(), "computing budget state failed; retrying"),
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,

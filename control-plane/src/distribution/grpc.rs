@@ -180,9 +180,10 @@ impl ConfigDiscovery for Discovery {
             .map_err(|error| {
                 // Nothing is stored: the data plane keeps the batch. UNAVAILABLE (the database is out of reach): send it
                 // again later. INTERNAL (the database refused this batch): the data plane splits it to isolate the event.
-                tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, %error, "spend ingestion failed");
+                tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, error = %error.detailed(),
+                    "spend ingestion failed");
                 match error {
-                    ApiError::Unavailable(message) => Status::unavailable(message),
+                    ApiError::Unavailable(_) => Status::unavailable(error.to_string()),
                     other => Status::internal(format!("the spend ledger could not store this batch: {other}")),
                 }
             })?;
@@ -302,7 +303,7 @@ impl Session {
             }
         }
         if let Err(error) = self.store.node_disconnected(&self.node_id, &self.replica).await {
-            tracing::warn!(node = %self.node_id, %error, "could not record the disconnection");
+            tracing::warn!(node = %self.node_id, error = %error.detailed(), "could not record the disconnection");
         }
         tracing::info!(node = %self.node_id, "data plane disconnected");
     }
@@ -399,7 +400,7 @@ impl Session {
             }
         };
         if let Err(error) = result {
-            tracing::warn!(node = %self.node_id, %error, "could not record the node's answer");
+            tracing::warn!(node = %self.node_id, error = %error.detailed(), "could not record the node's answer");
         }
     }
 }

@@ -64,7 +64,7 @@ pub fn spawn(store: Store, sealer: Option<Sealer>, shutdown: CancellationToken) 
                     tx.send_replace(Some(Arc::new(published)));
                 }
                 Ok(None) => {}
-                Err(error) => tracing::error!(%error, "building the snapshot failed; retrying"),
+                Err(error) => tracing::error!(error = %error.detailed(), "building the snapshot failed; retrying"),
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use policy_engine::config::{BudgetScope, validate_name};
+use policy_engine::fields::{MAX_LABEL_CHARS, fits, schema};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use utoipa::ToSchema;
@@ -16,19 +17,26 @@ use policy_engine::validate::SpecError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
+    #[schema(schema_with = schema::name)]
     pub name: String,
     #[serde(default)]
+    #[schema(schema_with = schema::optional_label)]
     pub team: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = schema::labels)]
     pub tags: Vec<String>,
-    /// Aliases (or models) this key may use; empty means any.
+    /// Aliases (or models) this key may use; empty means any. Each must exist.
     #[serde(default)]
+    #[schema(schema_with = schema::names)]
     pub allowed_aliases: Vec<String>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub rpm_limit: Option<i32>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub tpm_limit: Option<i64>,
-    #[serde(default)]
+    /// RFC 3339.
+    #[serde(default, deserialize_with = "crate::rfc3339::optional")]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -70,15 +78,27 @@ fn validate(spec: &KeySpec, known_alias: impl Fn(&str) -> bool) -> Result<(), Ap
     if let Err(message) = validate_name(&spec.name) {
         fail("name", message);
     }
-    if spec.team.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        fail("team", "must not be empty when given".to_owned());
+    // The team is indexed: a B-tree entry holds a few kilobytes at most, so labels are bounded.
+    let label = |text: &str| {
+        if text.trim().is_empty() {
+            Some("must not be empty".to_owned())
+        } else if !fits(text, MAX_LABEL_CHARS) {
+            Some(format!("must be at most {MAX_LABEL_CHARS} characters"))
+        } else {
+            None
+        }
+    };
+    if let Some(message) = spec.team.as_deref().and_then(label) {
+        fail("team", message);
     }
     // Policies iterate over a key's tags: their count bounds what that costs.
     if spec.tags.len() > policy_engine::cel_limits::MAX_COLLECTION_ENTRIES {
         fail("tags", format!("at most {} tags", policy_engine::cel_limits::MAX_COLLECTION_ENTRIES));
     }
-    if spec.tags.iter().any(|t| t.trim().is_empty()) {
-        fail("tags", "tags must not be empty strings".to_owned());
+    for (i, tag) in spec.tags.iter().enumerate() {
+        if let Some(message) = label(tag) {
+            fail(&format!("tags[{i}]"), message);
+        }
     }
     for (i, alias) in spec.allowed_aliases.iter().enumerate() {
         if !known_alias(alias) {
@@ -170,6 +190,7 @@ impl Store {
         actor: &str,
         request_id: Option<&str>,
         name: &str,
+        expected_revision: Option<i64>,
         spec: KeySpec,
     ) -> Result<KeyView, ApiError> {
         if spec.name != name {
@@ -182,6 +203,7 @@ impl Store {
         let config = mutation.config.clone();
         validate(&spec, |alias| config.has_alias_or_model(alias))?;
         let before = self.lock_key(&mut mutation, name).await?;
+        super::resources::check_revision("api_key", name, before.revision, expected_revision)?;
         let key: KeyView = sqlx::query_as(sql(format!(
             "UPDATE api_keys SET team = $2, tags = $3, allowed_aliases = $4, rpm_limit = $5, tpm_limit = $6,
                                  expires_at = $7, revision = $8, updated_at = now(), updated_by = $9
@@ -223,10 +245,17 @@ impl Store {
         Ok(key)
     }
 
-    pub async fn delete_key(&self, actor: &str, request_id: Option<&str>, name: &str) -> Result<(), ApiError> {
+    pub async fn delete_key(
+        &self,
+        actor: &str,
+        request_id: Option<&str>,
+        name: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<(), ApiError> {
         let mut mutation = self.begin(actor, request_id).await?;
         let config = mutation.config.clone();
         let before = self.lock_key(&mut mutation, name).await?;
+        super::resources::check_revision("api_key", name, before.revision, expected_revision)?;
         let budgets: Vec<&str> = config
             .budgets
             .values()

@@ -17,6 +17,7 @@ pub const BOOTSTRAP_PRINCIPAL: &str = "bootstrap";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalSpec {
+    #[schema(schema_with = policy_engine::fields::schema::name)]
     pub name: String,
     pub role: Role,
 }

@@ -11,8 +11,10 @@ use policy_engine::secret_ref::SecretEnvPolicy;
 use policy_engine::validate::{self, SpecError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 use sqlx::{FromRow, PgConnection};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Store, already_exists, sql};
@@ -51,8 +53,8 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sy
         Ok(())
     }
 
-    /// Extra, read-only facts for the view's `meta` (e.g. where a secret comes from).
-    fn meta_extras(&self) -> Option<(&'static str, Value)> {
+    /// Where the resource's secret comes from, for the view's `meta` (backends only).
+    fn secret_source(&self) -> Option<SecretSource> {
         None
     }
 
@@ -99,13 +101,16 @@ impl Resource for BackendSpec {
         Ok(())
     }
 
-    fn meta_extras(&self) -> Option<(&'static str, Value)> {
-        let source = match &self.secret {
-            None => Value::Null,
-            Some(SecretSpec::Ref(reference)) => json!({"ref": reference}),
-            Some(SecretSpec::Sealed(_) | SecretSpec::Value(_)) => json!({"encrypted": true}),
-        };
-        Some(("secret", source))
+    fn secret_source(&self) -> Option<SecretSource> {
+        match &self.secret {
+            None => None,
+            Some(SecretSpec::Ref(reference)) => Some(SecretSource::Reference { reference: reference.clone() }),
+            Some(SecretSpec::Sealed(sealed)) => {
+                Some(SecretSource::Encrypted { encrypted: true, fingerprint: fingerprint(sealed) })
+            }
+            // Sealed by `prepare` before anything is stored or shown.
+            Some(SecretSpec::Value(_)) => None,
+        }
     }
 
     fn public_spec(&self) -> Value {
@@ -245,6 +250,47 @@ impl Resource for BudgetSpec {
     }
 }
 
+/// Where a backend's secret comes from, as reads and the audit log show it: never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SecretSource {
+    /// Resolved by the data plane from its environment.
+    Reference {
+        #[serde(rename = "ref")]
+        reference: String,
+    },
+    /// Stored encrypted. The fingerprint changes with every new secret (a rotation), so the audit log shows one
+    /// happened; it is computed from the ciphertext (fresh nonce each time) and says nothing about the secret.
+    Encrypted {
+        encrypted: bool,
+        #[schema(pattern = "^sha256:[0-9a-f]{16}$")]
+        fingerprint: String,
+    },
+}
+
+/// `sha256:` and the first 16 hex digits of the SHA-256 of a sealed secret.
+fn fingerprint(sealed: &str) -> String {
+    let digest = hex::encode(Sha256::digest(sealed.as_bytes()));
+    format!("sha256:{}", &digest[..16])
+}
+
+/// The read-only bookkeeping every resource read carries as `meta` (ignored when a read is written back).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResourceMeta {
+    pub id: Uuid,
+    /// The resource's kind: `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `budget`.
+    pub kind: String,
+    /// The config version of the last write: the read's `ETag`, and what `If-Match` takes.
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+    /// Backends with a secret: where it comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSource>,
+}
+
 /// A resource as stored, with its bookkeeping.
 #[derive(Debug, Clone)]
 pub struct Stored<T> {
@@ -261,20 +307,18 @@ impl<T: Resource> Stored<T> {
     /// The JSON shown to readers: the public spec plus a read-only `meta` object.
     pub fn view(&self) -> Value {
         let mut view = self.spec.public_spec();
-        let mut meta = json!({
-            "id": self.id,
-            "kind": T::KIND,
-            "revision": self.revision,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "created_by": self.created_by,
-            "updated_by": self.updated_by,
-        });
-        if let (Some((key, value)), Some(meta)) = (self.spec.meta_extras(), meta.as_object_mut()) {
-            meta.insert(key.to_owned(), value);
-        }
+        let meta = ResourceMeta {
+            id: self.id,
+            kind: T::KIND.to_owned(),
+            revision: self.revision,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            created_by: self.created_by.clone(),
+            updated_by: self.updated_by.clone(),
+            secret: self.spec.secret_source(),
+        };
         if let Some(object) = view.as_object_mut() {
-            object.insert("meta".to_owned(), meta);
+            object.insert("meta".to_owned(), serde_json::to_value(meta).unwrap_or(Value::Null));
         }
         view
     }
@@ -463,15 +507,7 @@ impl Store {
         validate_spec(&mut spec, ctx)?;
         let mut mutation = self.begin(actor, request_id).await?;
         let previous = lock_row::<T>(mutation.conn(), name).await?;
-        if let Some(expected) = expected_revision
-            && expected != previous.revision
-        {
-            return Err(ApiError::Conflict(format!(
-                "{} {name:?} is at revision {}, not {expected}: reload it and retry",
-                T::KIND,
-                previous.revision
-            )));
-        }
+        check_revision(T::KIND, name, previous.revision, expected_revision)?;
         spec.check_update(&previous.spec)?;
         spec.prepare(Some(&previous.spec), ctx)?;
         let mut config = (*mutation.config).clone();
@@ -495,9 +531,17 @@ impl Store {
         Ok(stored)
     }
 
-    pub async fn delete<T: Resource>(&self, actor: &str, request_id: Option<&str>, name: &str) -> Result<(), ApiError> {
+    /// Delete `name`. `expected_revision`, when given, must match (optimistic concurrency).
+    pub async fn delete<T: Resource>(
+        &self,
+        actor: &str,
+        request_id: Option<&str>,
+        name: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<(), ApiError> {
         let mut mutation = self.begin(actor, request_id).await?;
         let previous = lock_row::<T>(mutation.conn(), name).await?;
+        check_revision(T::KIND, name, previous.revision, expected_revision)?;
         let mut config = (*mutation.config).clone();
         T::slot(&mut config).remove(name);
         check_references(mutation.conn(), &config, Some((T::KIND, name))).await?;
@@ -508,6 +552,16 @@ impl Store {
         mutation.audit("delete", T::KIND, name, Some(previous.view()), None).await?;
         mutation.commit(Arc::new(config)).await?;
         Ok(())
+    }
+}
+
+/// `If-Match`: 412 when the caller's revision is not the current one.
+pub(crate) fn check_revision(kind: &str, name: &str, current: i64, expected: Option<i64>) -> Result<(), ApiError> {
+    match expected {
+        Some(expected) if expected != current => Err(ApiError::PreconditionFailed(format!(
+            "{kind} {name:?} is at revision {current}, not {expected}: reload it and retry"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -104,7 +104,7 @@ async fn bad_bodies_get_clear_errors(pool: PgPool) {
         ),
         bad,
         "invalid_body",
-        "pricing.input: invalid value: string \"cheap\", expected a Decimal type representing a fixed-point number",
+        "pricing.input: invalid value: string \"cheap\", expected an amount as a decimal string such as \"2.50\" (or a JSON number)",
     )
     .await;
     check(

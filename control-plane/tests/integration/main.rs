@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod audit_chain;
 mod auth;
 mod bad_input;
 mod common;
+mod contract;
 mod evaluate;
 mod keys;
 mod lineage;
@@ -15,5 +17,6 @@ mod resources;
 mod secrets;
 mod spend;
 mod spend_grpc;
+mod store_input;
 mod transactions;
 mod validation;

@@ -194,7 +194,8 @@ async fn a_read_can_be_written_back_and_if_match_guards_updates(pool: PgPool) {
         .body(axum::body::Body::from(edited.to_string()))
         .unwrap();
     let reply = app.send(request).await;
-    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED, "a stale If-Match is 412, not 409");
+    assert_eq!(reply.code(), "precondition_failed");
     assert_eq!(
         reply.error_message(),
         format!("backend \"b1\" is at revision {}, not {revision}: reload it and retry", revision + 1)

@@ -7,4 +7,5 @@ mod anthropic;
 mod proxy;
 mod snapshots;
 mod spend;
+mod spend_edges;
 mod tools;

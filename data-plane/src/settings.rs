@@ -130,3 +130,34 @@ fn parse_share(text: &str) -> Result<rust_decimal::Decimal, String> {
     }
     Ok(share)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["data-plane", "serve"].into_iter().chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Serve(args) => args,
+        })
+    }
+
+    #[test]
+    fn shares_spools_and_timeouts_out_of_range_are_refused() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.spend.budget_outage_share, rust_decimal::Decimal::ONE);
+        assert_eq!(serve(&["--budget-outage-share", "0.5"]).unwrap().spend.budget_outage_share.to_string(), "0.5");
+        for bad in ["0", "1.5", "-0.1", "half"] {
+            let error = serve(&[&format!("--budget-outage-share={bad}")]).err().unwrap().to_string();
+            assert!(error.contains("share") || error.contains("decimal"), "{bad}: {error}");
+        }
+        assert!(serve(&["--spend-spool-max-bytes", "1048575"]).is_err(), "the spool is at least 1 MiB");
+        assert!(serve(&["--spend-spool-max-bytes", "1048576"]).is_ok());
+        assert!(serve(&["--write-idle-timeout-ms", "0"]).is_err());
+        assert!(serve(&["--budget-stale-after-ms", "0"]).is_err());
+    }
+}

@@ -61,7 +61,8 @@ struct Connection {
     cut: OnceLock<Cut>,
     /// When the request in flight must be over (its exchange's deadline plus the grace).
     deadline: Mutex<Option<Instant>>,
-    /// The deadline moved.
+    /// The deadline moved earlier (a later or cleared one is found when the earlier one fires: one wake-up per
+    /// request, not two).
     rearm: tokio::sync::Notify,
 }
 
@@ -95,8 +96,11 @@ impl Exchange {
     /// The exchange must be over by `at`: past it (and [`DEADLINE_GRACE`]) the connection is cut.
     pub fn set_deadline(&self, at: Instant) {
         if let Some(connection) = &self.connection {
-            *connection.deadline() = Some(at + DEADLINE_GRACE);
-            connection.rearm.notify_one();
+            let at = at + DEADLINE_GRACE;
+            let earlier = connection.deadline().replace(at).is_none_or(|before| at < before);
+            if earlier {
+                connection.rearm.notify_one();
+            }
         }
     }
 
@@ -110,7 +114,6 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         if let Some(connection) = &self.connection {
             *connection.deadline() = None;
-            connection.rearm.notify_one();
         }
     }
 }
@@ -199,6 +202,10 @@ async fn serve_connection(
                 break;
             }
             () = sleep_until(deadline) => {
+                // Cleared or moved later meanwhile: sleep on the current one.
+                if connection.deadline().is_none_or(|at| at > Instant::now()) {
+                    continue;
+                }
                 tracing::warn!("the exchange passed its backend's total timeout; cutting the connection");
                 connection.cut(Cut::Deadline);
                 break;
@@ -430,6 +437,28 @@ mod tests {
         let cut = tokio::time::timeout(Duration::from_secs(10), rx).await.unwrap().unwrap();
         assert_eq!(cut, Some(Cut::Deadline));
         assert!(started.elapsed() >= Duration::from_millis(200) + DEADLINE_GRACE - Duration::from_millis(50));
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    /// A request that finished before its deadline leaves none behind: the connection serves the next one after it.
+    #[tokio::test]
+    async fn a_finished_exchange_leaves_no_deadline_behind() {
+        let router = Router::new().route(
+            "/quick",
+            get(|request: Request<Body>| async move {
+                let exchange = Exchange::of(&request);
+                exchange.set_deadline(Instant::now() + Duration::from_millis(50));
+                "quick"
+            }),
+        );
+        let settings = ServerSettings { drain: Duration::from_secs(5), write_idle: Duration::from_secs(30) };
+        let (mut client, shutdown, server) = start(router, settings, "/quick").await;
+        tokio::time::sleep(DEADLINE_GRACE + Duration::from_millis(300)).await;
+        client.write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answers = String::new();
+        client.read_to_string(&mut answers).await.unwrap();
+        assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
         shutdown.cancel();
         server.await.unwrap();
     }

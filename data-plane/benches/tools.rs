@@ -85,7 +85,9 @@ fn first_tool_byte(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 let upstream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok));
-                let mut out = Box::pin(sse::passthrough(upstream, Duration::from_secs(60), None));
+                let total = Duration::from_secs(60);
+                let deadline = tokio::time::Instant::now() + total;
+                let mut out = Box::pin(sse::passthrough(upstream, deadline, total, None));
                 while let Some(Ok(bytes)) = out.next().await {
                     if bytes.windows(10).any(|w| w == b"tool_calls") {
                         break;

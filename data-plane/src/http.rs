@@ -1,5 +1,5 @@
 //! The data plane's HTTP surface: health, readiness, Prometheus metrics and the OpenAI-compatible API
-//! ([`crate::proxy`]). `/healthz`, `/readyz` and `/metrics` need no key.
+//! ([`crate::proxy`]). `/healthz`, `/readyz` and `/metrics` need no key. Served by [`crate::server`].
 
 use std::sync::Arc;
 
@@ -31,8 +31,14 @@ async fn metrics() -> Response {
     ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render()).into_response()
 }
 
-/// Ready once a snapshot is loaded; says which one.
+/// Ready once a snapshot and the tokenizer are loaded; says which snapshot.
 async fn readyz(State(current): State<Arc<Current>>) -> Response {
+    let loading = |reason: &str| {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading", "reason": reason}))).into_response()
+    };
+    if !policy_engine::tokens::is_loaded() {
+        return loading("loading the tokenizer");
+    }
     match current.load() {
         Some(snapshot) => Json(json!({
             "status": "ready",
@@ -41,10 +47,6 @@ async fn readyz(State(current): State<Arc<Current>>) -> Response {
             "lineage": snapshot.lineage,
         }))
         .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading", "reason": "no snapshot yet: waiting for the control plane"})),
-        )
-            .into_response(),
+        None => loading("no snapshot yet: waiting for the control plane"),
     }
 }

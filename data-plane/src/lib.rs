@@ -9,6 +9,7 @@
 //! - [`persist`]: the last good snapshot on local disk.
 //! - [`proxy`]: the OpenAI-compatible API: authentication, routing, failover, streaming.
 //! - [`http`]: the HTTP surface (health, readiness, metrics, the proxy's routes).
+//! - [`server`]: connections: accept, serve, cut stalled and overdue ones, drain on shutdown.
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`metering`]: token usage from answers and streams, `include_usage` injection and stripping, exact cost.
 //! - [`spend`]: spend events, their loss-free reporting (batches, spool, flush) and budget enforcement.
@@ -19,6 +20,7 @@ pub mod metering;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;
+pub mod server;
 pub mod settings;
 pub mod snapshot;
 pub mod spend;
@@ -33,8 +35,9 @@ use policy_engine::secret_ref::SecretEnvPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::server::ServerSettings;
 use crate::settings::ServeArgs;
-use crate::spend::budgets::BudgetLedger;
+use crate::spend::budgets::{BudgetLedger, OutagePolicy};
 use crate::spend::reporter::{Reporter, ReporterSettings};
 use crate::state::Current;
 
@@ -58,8 +61,9 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
     run(args, listener, Arc::new(Current::default()), shutdown).await
 }
 
-/// Serve on `listener` with `current` (shared so tests and benchmarks can watch swaps). On `shutdown`, requests in
-/// flight finish, then spend not yet acknowledged is flushed (or left spooled) before this returns.
+/// Serve on `listener` with `current` (shared so tests and benchmarks can watch swaps). On `shutdown`: the listener
+/// closes, requests in flight get the drain time to finish and are then ended, every request's spend is recorded,
+/// and spend not yet acknowledged is flushed (or left spooled) before this returns.
 pub async fn run(
     args: ServeArgs,
     listener: TcpListener,
@@ -73,9 +77,23 @@ pub async fn run(
     // One TLS crypto provider for every upstream client (ring: no C toolchain beyond cc needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
     metrics::install();
+    // CPU-bound for a second or so: on a blocking thread, while the rest starts; not ready until it is loaded.
+    tokio::task::spawn_blocking(|| {
+        let started = std::time::Instant::now();
+        if policy_engine::tokens::load() {
+            tracing::info!(ms = started.elapsed().as_millis() as u64, "tokenizer loaded");
+        } else {
+            tracing::error!("the tokenizer did not load: token estimates fall back to 4 bytes a token");
+        }
+    });
     let local = listener.local_addr()?;
     let node_id = args.node_id.clone().unwrap_or_else(|| default_node_id(local.port()));
-    let budgets = Arc::new(BudgetLedger::default());
+    let spend = &args.spend;
+    let outage = OutagePolicy {
+        share: spend.budget_outage_share,
+        stale_after: Duration::from_millis(spend.budget_stale_after_ms),
+    };
+    let budgets = Arc::new(BudgetLedger::new(outage));
     // Background tasks stop with the listener; the reporter's flush comes after the last request.
     let background = CancellationToken::new();
     let connection = if let Some(path) = &args.snapshot {
@@ -109,7 +127,6 @@ pub async fn run(
         tokio::spawn(subscription.run(current.clone(), background.clone()));
         Some(connection)
     };
-    let spend = &args.spend;
     let settings = ReporterSettings {
         node_id,
         interval: Duration::from_millis(spend.spend_report_interval_ms.max(1)),
@@ -132,18 +149,17 @@ pub async fn run(
         reserve_output_tokens: spend.budget_reserve_output_tokens,
     });
     tracing::info!(addr = %local, "data plane listening");
-    // Small SSE chunks must leave at once, not wait for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, http::app(proxy)).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let server = ServerSettings {
+        drain: Duration::from_millis(args.shutdown_drain_ms),
+        write_idle: Duration::from_millis(args.write_idle_timeout_ms),
+    };
+    server::serve(listener, http::app(proxy), server, shutdown).await;
     tracing::info!("no request in flight; flushing spend");
     background.cancel();
     for task in reporting {
         let _ = task.await;
     }
     reporter.close().await;
-    served?;
     Ok(())
 }
 

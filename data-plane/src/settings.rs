@@ -68,6 +68,17 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_SECRET_ENV_PREFIX", default_value = policy_engine::secret_ref::DEFAULT_PREFIXES)]
     pub secret_env_prefix: String,
 
+    /// On shutdown (SIGTERM), how long requests in flight may take to finish after the listener closed; those still
+    /// running then are ended and recorded with outcome `shutdown`, before spend is flushed.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_DRAIN_MS", default_value_t = 15_000)]
+    pub shutdown_drain_ms: u64,
+
+    /// How long a response may wait for its client to read anything: a client that stops reading is cut after this
+    /// and its request recorded with outcome `client_stalled`.
+    #[arg(long, env = "GATEWAY_WRITE_IDLE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_idle_timeout_ms: u64,
+
     /// Serve this snapshot file alone, without a control plane (local use).
     #[arg(long, env = "GATEWAY_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,
@@ -94,8 +105,8 @@ pub struct SpendArgs {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub spend_batch_max_events: u64,
 
-    /// Largest spool of unacknowledged batches, in bytes; when full, new requests are refused (503) until the
-    /// control plane acknowledges spend again.
+    /// Largest spool of unacknowledged batches, in bytes (at least 1 MiB); when full, new requests are refused (503)
+    /// until the control plane acknowledges spend again.
     #[arg(long, env = "GATEWAY_SPEND_SPOOL_MAX_BYTES", default_value_t = 1 << 30,
           value_parser = clap::value_parser!(u64).range(1 << 20..))]
     pub spend_spool_max_bytes: u64,
@@ -108,4 +119,57 @@ pub struct SpendArgs {
     /// window); the actual cost replaces the reservation when the request ends.
     #[arg(long, env = "GATEWAY_BUDGET_RESERVE_OUTPUT_TOKENS", default_value_t = 1_024)]
     pub budget_reserve_output_tokens: u64,
+
+    /// While this data plane has no current budget state (the control plane unreachable, or none received yet), it
+    /// spends at most this share of what each `block` budget had left at the last state (1: all of it). With N data
+    /// planes, 1/N keeps a control-plane outage within the limit; see `docs/spend.md`.
+    #[arg(long, env = "GATEWAY_BUDGET_OUTAGE_SHARE", default_value = "1", value_parser = parse_share)]
+    pub budget_outage_share: rust_decimal::Decimal,
+
+    /// How old the latest budget state may be before the control plane counts as unreachable (it sends one every
+    /// `GATEWAY_BUDGET_STATE_INTERVAL_MS`, 1 s by default: keep this a few times that).
+    #[arg(long, env = "GATEWAY_BUDGET_STALE_AFTER_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub budget_stale_after_ms: u64,
+}
+
+/// A share of a budget: a decimal in (0, 1].
+fn parse_share(text: &str) -> Result<rust_decimal::Decimal, String> {
+    let share: rust_decimal::Decimal =
+        text.trim().parse().map_err(|_| format!("'{text}' is not a decimal number (e.g. 0.5)"))?;
+    if share <= rust_decimal::Decimal::ZERO || share > rust_decimal::Decimal::ONE {
+        return Err(format!("{share} is not a share: it must be above 0 and at most 1"));
+    }
+    Ok(share)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["data-plane", "serve"].into_iter().chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Serve(args) => args,
+        })
+    }
+
+    #[test]
+    fn shares_spools_and_timeouts_out_of_range_are_refused() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.spend.budget_outage_share, rust_decimal::Decimal::ONE);
+        assert_eq!(serve(&["--budget-outage-share", "0.5"]).unwrap().spend.budget_outage_share.to_string(), "0.5");
+        for bad in ["0", "1.5", "-0.1", "half"] {
+            let error = serve(&[&format!("--budget-outage-share={bad}")]).err().unwrap().to_string();
+            assert!(error.contains("share") || error.contains("decimal"), "{bad}: {error}");
+        }
+        assert!(serve(&["--spend-spool-max-bytes", "1048575"]).is_err(), "the spool is at least 1 MiB");
+        assert!(serve(&["--spend-spool-max-bytes", "1048576"]).is_ok());
+        assert!(serve(&["--write-idle-timeout-ms", "0"]).is_err());
+        assert!(serve(&["--budget-stale-after-ms", "0"]).is_err());
+    }
 }

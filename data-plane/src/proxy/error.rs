@@ -33,8 +33,8 @@ pub enum GatewayError {
     ModelNotFound { model: String },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
-    #[error("the gateway has no configuration yet: it is waiting for the control plane")]
-    NotReady,
+    #[error("the gateway is not ready yet: {0}")]
+    NotReady(&'static str),
     #[error("{message}")]
     UpstreamRateLimited { message: String, retry_after: Option<u64> },
     #[error("{0}")]
@@ -56,9 +56,12 @@ pub enum GatewayError {
     BudgetExceeded(Refusal),
     #[error(
         "the gateway cannot record spend right now (its spend spool is full: the control plane has not acknowledged \
-         spend for a while); try again later"
+         spend for a while); try again in {retry_after} s"
     )]
-    SpendSpoolFull,
+    SpendSpoolFull {
+        /// Seconds until the gateway next tries to hand spend to the control plane.
+        retry_after: u64,
+    },
 }
 
 impl From<Refusal> for GatewayError {
@@ -79,6 +82,18 @@ fn budget_exceeded_message(refusal: &Refusal) -> String {
         Some(at) => format!("; it resets at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         None => String::new(),
     };
+    if let Some(outage) = &refusal.outage {
+        return format!(
+            "budget '{}' ({} USD {per}) does not allow this request while the control plane is unreachable: this \
+             gateway keeps to its share ({}) of the {} USD left at the last budget state, and {} USD of it is spent or \
+             reserved",
+            refusal.budget,
+            refusal.limit.normalize(),
+            outage.share.normalize(),
+            outage.left.normalize(),
+            refusal.spent.normalize()
+        );
+    }
     format!(
         "budget '{}' ({} USD {per}) does not allow this request: {} USD spent or reserved{resets}",
         refusal.budget,
@@ -128,7 +143,7 @@ impl GatewayError {
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::NoEligibleCandidate(_) => StatusCode::FORBIDDEN,
             GatewayError::ModelNotFound { .. } | GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            GatewayError::NotReady | GatewayError::UpstreamUnavailable(_) | GatewayError::SpendSpoolFull => {
+            GatewayError::NotReady(_) | GatewayError::UpstreamUnavailable(_) | GatewayError::SpendSpoolFull { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::UpstreamRateLimited { .. } | GatewayError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -150,7 +165,7 @@ impl GatewayError {
             GatewayError::NoEligibleCandidate(_) => "no_eligible_backend",
             GatewayError::ModelNotFound { .. } => "model_not_found",
             GatewayError::NoRoute { .. } => "unknown_url",
-            GatewayError::NotReady => "not_ready",
+            GatewayError::NotReady(_) => "not_ready",
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -160,7 +175,7 @@ impl GatewayError {
             GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
             GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
             GatewayError::BudgetExceeded(_) => "budget_exceeded",
-            GatewayError::SpendSpoolFull => "spend_spool_full",
+            GatewayError::SpendSpoolFull { .. } => "spend_spool_full",
         }
     }
 
@@ -214,10 +229,11 @@ impl IntoResponse for GatewayError {
         let mut response = (status, Json(self.body())).into_response();
         let retry_after = match &self {
             GatewayError::UpstreamRateLimited { retry_after, .. } => *retry_after,
-            // Retrying before the period resets cannot succeed.
-            GatewayError::BudgetExceeded(refusal) => {
+            // Retrying before the period resets cannot succeed (unless the control plane comes back: no hint).
+            GatewayError::BudgetExceeded(refusal) if refusal.outage.is_none() => {
                 refusal.resets_at.map(|at| (at - chrono::Utc::now()).num_seconds().max(1) as u64)
             }
+            GatewayError::SpendSpoolFull { retry_after } => Some((*retry_after).max(1)),
             _ => None,
         };
         if let Some(seconds) = retry_after
@@ -226,8 +242,10 @@ impl IntoResponse for GatewayError {
             response.headers_mut().insert("retry-after", value);
         }
         // The OpenAI SDKs honour this: retrying an exhausted budget or a refused configuration within seconds is
-        // pointless.
-        if matches!(self, GatewayError::BudgetExceeded(_) | GatewayError::BackendMisconfigured(_)) {
+        // pointless (a budget refused only because the control plane is away may clear sooner).
+        if matches!(&self, GatewayError::BudgetExceeded(refusal) if refusal.outage.is_none())
+            || matches!(self, GatewayError::BackendMisconfigured(_))
+        {
             response.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response

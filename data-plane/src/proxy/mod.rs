@@ -49,6 +49,7 @@ use self::error::GatewayError;
 use self::request::{Endpoint, ParsedRequest};
 use self::upstream::{AttemptError, SendOptions, Upstreams};
 use crate::metering::{self, StreamMeter, Usage};
+use crate::server::Exchange;
 use crate::snapshot::CompiledSnapshot;
 use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope};
 use crate::spend::record::{RequestSpend, SpendContext, SpendHandle};
@@ -95,8 +96,13 @@ fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// The snapshot to serve with; not ready before one is loaded, nor before the tokenizer is (it is loaded at start,
+/// off the async workers, and counting on a worker would stall every request it serves meanwhile).
 fn snapshot(proxy: &Proxy) -> Result<Arc<CompiledSnapshot>, GatewayError> {
-    proxy.current.load().ok_or(GatewayError::NotReady)
+    if !policy_engine::tokens::is_loaded() {
+        return Err(GatewayError::NotReady("it is loading its tokenizer"));
+    }
+    proxy.current.load().ok_or(GatewayError::NotReady("it has no configuration: it is waiting for the control plane"))
 }
 
 async fn chat_completions(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
@@ -127,6 +133,7 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
     let arrived = Instant::now();
     let occurred_at = chrono::Utc::now();
     let snapshot = snapshot(proxy)?;
+    let exchange = Exchange::of(&request);
     let (parts, body) = request.into_parts();
     let key = auth::authenticate(&parts.headers, &snapshot, occurred_at.timestamp())?;
     let bytes = axum::body::to_bytes(body, proxy.max_body_bytes).await.map_err(|error| {
@@ -170,7 +177,7 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
     }
     // Spend must be recordable, and within every budget, before anything is sent upstream.
     if proxy.reporter.is_full() {
-        return Err(GatewayError::SpendSpoolFull);
+        return Err(GatewayError::SpendSpoolFull { retry_after: proxy.reporter.retry_after_secs() });
     }
     // Each answer a tool policy may re-ask for is billed: reserve for all of them.
     let answers = governance.as_ref().map_or(1, |g| match g.decision.action {
@@ -192,6 +199,7 @@ async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -
         prompt_estimate,
         arrived,
         occurred_at,
+        exchange,
     };
     let spend = RequestSpend::start(context, proxy.reporter.clone());
     let pass = Pass {
@@ -367,13 +375,16 @@ impl Pass<'_> {
         }
     }
 
-    /// One attempt to `candidate`. A backend that refuses the `stream_options` the gateway added (older Azure API
+    /// One attempt to `candidate`, which must be over by `deadline`. It counts (and the request is billed however
+    /// it ends) from the moment it is sent, not when an answer starts: a client that leaves while the upstream
+    /// works still leaves its event. A backend that refuses the `stream_options` the gateway added (older Azure API
     /// versions, strict servers) is asked again without them at once, and from then on never sent them: its streams
     /// are metered with the tokenizer instead.
     async fn send(
         &self,
         backend: &BackendSpec,
         candidate: &PlannedCandidate,
+        deadline: tokio::time::Instant,
     ) -> Result<reqwest::Response, AttemptError> {
         let (upstreams, parsed) = (&self.proxy.upstreams, self.parsed);
         let send = |omit_usage_option: bool| {
@@ -381,11 +392,15 @@ impl Pass<'_> {
             upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, options)
         };
         let omitted = self.strip_usage && upstreams.refuses_usage_option(&backend.name);
+        let previous = self.spend.attempt(candidate);
+        self.spend.exchange().set_deadline(deadline);
         let attempt = send(omitted).await;
         if let Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)) = &attempt {
-            return attempt; // nothing was sent
+            // Refused before anything was sent: a backend kind that cannot serve the endpoint, a secret or an
+            // address the egress rules refuse.
+            self.spend.not_sent(previous);
+            return attempt;
         }
-        self.spend.attempt(candidate);
         match &attempt {
             Err(AttemptError::Status { status: 400, body, .. })
                 if self.strip_usage && !omitted && body.contains("stream_options") =>
@@ -406,20 +421,25 @@ impl Pass<'_> {
         let order = (0..candidates.len()).map(|i| (start + i) % candidates.len());
         for (position, candidate) in order.map(|i| (i, &candidates[i])) {
             let Some(backend) = self.snapshot.config.backends.get(&candidate.backend) else { continue };
-            let mut attempt = self.send(backend, candidate).await;
+            // The backend's total timeout covers the whole exchange: from sending the attempt to the client taking
+            // the response's last byte.
+            let total = Duration::from_millis(backend.timeouts.total_ms);
+            let mut deadline = tokio::time::Instant::now() + total;
+            let mut attempt = self.send(backend, candidate, deadline).await;
             // A short Retry-After is waited out once on the same candidate; a long one moves on.
             if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
                 && *wait <= proxy.max_retry_after
             {
                 tokio::time::sleep(*wait).await;
-                attempt = self.send(backend, candidate).await;
+                deadline = tokio::time::Instant::now() + total;
+                attempt = self.send(backend, candidate, deadline).await;
             }
             match attempt {
                 Ok(response) => {
                     if let Some(tools) = tools.as_mut() {
                         tools.report.last_candidate = Some(position);
                     }
-                    let mut reply = match self.respond(response, backend, tools, candidate).await? {
+                    let mut reply = match self.respond(response, backend, tools, candidate, deadline).await? {
                         Served::Response(reply) => reply,
                         Served::InvalidToolCalls => return Ok(Served::InvalidToolCalls),
                     };
@@ -464,19 +484,19 @@ impl Pass<'_> {
     }
 
     /// Turn a successful upstream response into ours: streamed through as it comes (metered on the way), or read
-    /// whole and metered. With `tools`, tool calls are validated: a non-streamed answer whole, a streamed one per
-    /// call (see [`tool_stream`]).
+    /// whole and metered, all by the attempt's `deadline`. With `tools`, tool calls are validated: a non-streamed
+    /// answer whole, a streamed one per call (see [`tool_stream`]).
     async fn respond(
         &self,
         upstream: reqwest::Response,
         backend: &BackendSpec,
         tools: Option<ToolCheck<'_>>,
         candidate: &PlannedCandidate,
+        deadline: tokio::time::Instant,
     ) -> Result<Served, GatewayError> {
         let total = Duration::from_millis(backend.timeouts.total_ms);
         let translate = backend.kind == BackendKind::Anthropic;
         let stream = self.parsed.stream;
-        let deadline = tokio::time::Instant::now() + total;
         let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
         let content_type = upstream.headers().get("content-type").cloned();
         let is_sse =
@@ -493,7 +513,7 @@ impl Pass<'_> {
             match tools {
                 None => {
                     self.spend.streaming();
-                    Body::from_stream(sse::passthrough(metered, total, Some(self.spend.clone())))
+                    Body::from_stream(sse::passthrough(metered, deadline, total, Some(self.spend.clone())))
                 }
                 Some(tools) => match self.governed_stream(metered, deadline, total, tools, candidate).await? {
                     Some(body) => {
@@ -504,7 +524,7 @@ impl Pass<'_> {
                 },
             }
         } else {
-            let bytes = tokio::time::timeout(total, upstream.bytes())
+            let bytes = tokio::time::timeout_at(deadline, upstream.bytes())
                 .await
                 .map_err(|_| {
                     GatewayError::UpstreamTimeout(format!(

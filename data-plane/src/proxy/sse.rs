@@ -54,10 +54,11 @@ fn timed_out(total_ms: u64) -> GatewayError {
     GatewayError::UpstreamTimeout(format!("the stream exceeded the backend's total timeout of {total_ms} ms"))
 }
 
-/// Forward `upstream` until it ends, fails or passes `total` since the request started; `spend` learns when the
-/// first bytes went out and whether the stream timed out.
+/// Forward `upstream` until it ends, fails or passes `deadline` (the attempt's start plus the backend's `total`);
+/// `spend` learns when the first bytes went out and whether the stream timed out.
 pub fn passthrough<S>(
     upstream: S,
+    deadline: Instant,
     total: Duration,
     spend: Option<SpendHandle>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>>
@@ -66,7 +67,7 @@ where
 {
     let state = State {
         upstream,
-        deadline: Instant::now() + total,
+        deadline,
         total_ms: total.as_millis() as u64,
         tail: Vec::new(),
         saw_done: false,
@@ -221,8 +222,14 @@ mod tests {
             points.windows(2).map(|w| Ok(Bytes::copy_from_slice(&input[w[0]..w[1]]))).collect();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async {
-            let out: Vec<Result<Bytes, Infallible>> =
-                passthrough(stream::iter(chunks), Duration::from_secs(60), None).collect().await;
+            let out: Vec<Result<Bytes, Infallible>> = passthrough(
+                stream::iter(chunks),
+                Instant::now() + Duration::from_secs(60),
+                Duration::from_secs(60),
+                None,
+            )
+            .collect()
+            .await;
             out.into_iter().flat_map(|chunk| chunk.unwrap().to_vec()).collect()
         })
     }

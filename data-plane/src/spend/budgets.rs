@@ -11,9 +11,16 @@
 //! A request is admitted to a `block` budget only if that sum plus its own estimate stays within the limit, and the
 //! estimate is reserved under the same lock, so concurrent requests cannot all slip under the limit. `alert`
 //! budgets and soft thresholds never refuse: they raise a warning (header, log, metric) once per period.
+//!
+//! While no current budget state is at hand (none received, or the latest older than the [`OutagePolicy`]'s
+//! `stale_after`: the control plane is unreachable), the other data planes' spend is invisible. With an outage
+//! share below 1, a `block` budget then also requires this data plane's own spend beyond the last confirmed
+//! figure (local and reserved, plus the estimate) to stay within that share of what was left: N data planes with
+//! a share of 1/N cannot together spend more than was left (`docs/spend.md`, "A control-plane outage").
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use gateway_proto::v1;
@@ -99,6 +106,31 @@ pub struct Refusal {
     pub spent: Decimal,
     /// When the period resets (`None` for `total`).
     pub resets_at: Option<DateTime<Utc>>,
+    /// Refused by the outage share, not by the limit itself: the control plane is unreachable.
+    pub outage: Option<OutageRefusal>,
+}
+
+/// A refusal under the outage share: `spent` is then this data plane's own spend beyond the last confirmed figure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutageRefusal {
+    pub share: Decimal,
+    /// What the budget had left at the last budget state.
+    pub left: Decimal,
+}
+
+/// What a data plane may spend of each `block` budget while it has no current budget state.
+#[derive(Debug, Clone, Copy)]
+pub struct OutagePolicy {
+    /// The share of what was left at the last state (1: all of it, the same rule as with a current state).
+    pub share: Decimal,
+    /// A state older than this is no longer current.
+    pub stale_after: Duration,
+}
+
+impl Default for OutagePolicy {
+    fn default() -> OutagePolicy {
+        OutagePolicy { share: Decimal::ONE, stale_after: Duration::from_secs(5) }
+    }
 }
 
 /// A request's claim on its budgets: the estimate stays reserved until this is dropped (after the request's
@@ -164,6 +196,8 @@ struct Inner {
     confirmed: HashMap<String, Confirmed>,
     /// Whether any state arrived (until then, acknowledged spend keeps counting locally).
     state_received: bool,
+    /// When the latest state was applied (this data plane's clock).
+    state_applied_at: Option<DateTime<Utc>>,
     ledger_as_of_us: i64,
     unacked: HashMap<PeriodKey, Decimal>,
     /// Acknowledged spend not known to be in `confirmed`, per ack (its `committed_unix_us`), and its sum.
@@ -192,10 +226,21 @@ fn subtract(map: &mut HashMap<PeriodKey, Decimal>, key: &PeriodKey, amount: Deci
 }
 
 impl Inner {
+    /// The control plane's figure for `budget`'s period at `now` (zero when the state names another period).
+    fn confirmed(&self, budget: &BudgetSpec, now: DateTime<Utc>) -> Decimal {
+        let start = period_start(budget.period, now);
+        self.confirmed.get(&budget.name).filter(|c| c.start == start).map_or(Decimal::ZERO, |c| c.spent)
+    }
+
+    /// Whether the latest budget state is current at `now`.
+    fn state_is_current(&self, now: DateTime<Utc>, stale_after: Duration) -> bool {
+        let stale_after = chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+        self.state_applied_at.is_some_and(|at| now.signed_duration_since(at) <= stale_after)
+    }
+
     fn used(&self, budget: &BudgetSpec, now: DateTime<Utc>) -> Decimal {
         let key = period_key(budget, now);
-        let confirmed =
-            self.confirmed.get(&budget.name).filter(|c| c.start == key.start).map_or(Decimal::ZERO, |c| c.spent);
+        let confirmed = self.confirmed(budget, now);
         let local = |map: &HashMap<PeriodKey, Decimal>| map.get(&key).copied().unwrap_or_default();
         // Saturating: absurd reservations (a caller's max_tokens) must not overflow, only refuse.
         confirmed
@@ -247,9 +292,22 @@ impl Inner {
 #[derive(Default)]
 pub struct BudgetLedger {
     inner: Mutex<Inner>,
+    outage: OutagePolicy,
+    /// Woken when budget states resume after none was current: the control plane is back, so spend waiting in
+    /// the spool is sent at once rather than after the reporter's backoff.
+    resumed: tokio::sync::Notify,
 }
 
 impl BudgetLedger {
+    pub fn new(outage: OutagePolicy) -> BudgetLedger {
+        BudgetLedger { outage, ..BudgetLedger::default() }
+    }
+
+    /// Notified when budget states resume after an outage (see the field).
+    pub fn resumed(&self) -> &tokio::sync::Notify {
+        &self.resumed
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the sums half-updated in a way worse than losing them.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -264,21 +322,36 @@ impl BudgetLedger {
         let mut inner = self.lock();
         let now = request.now;
         let mut warnings = Vec::new();
+        let outage = self.outage;
+        let cut_off = outage.share < Decimal::ONE && !inner.state_is_current(now, outage.stale_after);
         let mut check = |inner: &mut Inner, budget: &BudgetSpec| -> Result<(), Refusal> {
             let used = inner.used(budget, now);
             let key = period_key(budget, now);
             tracing::trace!(budget = %budget.name, %used, estimate = %request.estimate, limit = %budget.limit_usd, "budget check");
             let after = used.saturating_add(request.estimate);
             let over = used >= budget.limit_usd || after > budget.limit_usd;
+            let refusal = |spent, why| Refusal {
+                budget: budget.name.clone(),
+                period: budget.period,
+                limit: budget.limit_usd,
+                spent,
+                resets_at: period_bounds(budget.period, now).1.filter(|_| budget.period != BudgetPeriod::Total),
+                outage: why,
+            };
             if over && budget.action == BudgetAction::Block {
                 metrics::counter!("gateway_budget_refusals_total", "budget" => budget.name.clone()).increment(1);
-                return Err(Refusal {
-                    budget: budget.name.clone(),
-                    period: budget.period,
-                    limit: budget.limit_usd,
-                    spent: used,
-                    resets_at: period_bounds(budget.period, now).1.filter(|_| budget.period != BudgetPeriod::Total),
-                });
+                return Err(refusal(used, None));
+            }
+            if cut_off && budget.action == BudgetAction::Block {
+                // What was left at the last state, and this data plane's part of it.
+                let confirmed = inner.confirmed(budget, now);
+                let left = budget.limit_usd.saturating_sub(confirmed).max(Decimal::ZERO);
+                let allowance = left.checked_mul(outage.share).unwrap_or(left);
+                let own = used.saturating_sub(confirmed);
+                if own.saturating_add(request.estimate) > allowance {
+                    metrics::counter!("gateway_budget_refusals_total", "budget" => budget.name.clone()).increment(1);
+                    return Err(refusal(own, Some(OutageRefusal { share: outage.share, left })));
+                }
             }
             if over {
                 warnings.push(format!("{}: over its limit of {} USD (alert)", budget.name, budget.limit_usd));
@@ -406,7 +479,9 @@ impl BudgetLedger {
                 Err(error) => tracing::warn!(budget = %spend.budget, %error, "unreadable spend in the budget state"),
             }
         }
+        let was_current = inner.state_is_current(now, self.outage.stale_after);
         inner.state_received = true;
+        inner.state_applied_at = Some(now);
         inner.ledger_as_of_us = state.ledger_as_of_unix_us;
         tracing::trace!(budgets = state.budgets.len(), as_of = state.ledger_as_of_unix_us, "budget state");
         inner.prune_acked(|key| budgets.get(&key.budget).map(|b| period_start(b.period, now)));
@@ -419,6 +494,11 @@ impl BudgetLedger {
             let as_f64 = |d: Decimal| d.try_into().unwrap_or(f64::NAN);
             metrics::gauge!("gateway_budget_spend_usd", "budget" => budget.name.clone()).set(as_f64(used));
             metrics::gauge!("gateway_budget_limit_usd", "budget" => budget.name.clone()).set(as_f64(budget.limit_usd));
+        }
+        drop(inner);
+        if !was_current {
+            tracing::info!("budget state is current again");
+            self.resumed.notify_waiters();
         }
     }
 
@@ -495,6 +575,50 @@ mod tests {
         drop(held);
         assert_eq!(ledger.used(&budgets["search-daily"], at(NOW)), Decimal::ZERO);
         ledger.admit(&budgets, &request("1.00", NOW, &["m"])).unwrap();
+    }
+
+    #[test]
+    fn without_a_current_state_a_data_plane_keeps_to_its_share_of_what_was_left() {
+        let policy = OutagePolicy { share: d("0.5"), stale_after: Duration::from_secs(5) };
+        let ledger = Arc::new(BudgetLedger::new(policy));
+        let budgets = team_day("1.00");
+        // No state yet: half of the whole limit.
+        assert!(ledger.admit(&budgets, &request("0.6", NOW, &["m"])).is_err());
+        ledger.admit(&budgets, &request("0.5", NOW, &["m"])).unwrap();
+        // A current state (0.2 spent everywhere): the usual rule, up to the limit.
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.2", 10), &budgets, at(NOW));
+        ledger.admit(&budgets, &request("0.8", "2026-12-01T12:00:05Z", &["m"])).unwrap();
+        // Older than 5 s: 0.8 was left, this data plane may spend 0.4 of it, reservations included.
+        let later = "2026-12-01T12:00:06Z";
+        let held = ledger.admit(&budgets, &request("0.3", later, &["m"])).unwrap();
+        let refusal = ledger.admit(&budgets, &request("0.2", later, &["m"])).err().unwrap();
+        assert_eq!(refusal.outage, Some(OutageRefusal { share: d("0.5"), left: d("0.8") }));
+        assert_eq!(refusal.spent, d("0.3"), "its own spend beyond the confirmed figure");
+        let last = ledger.admit(&budgets, &request("0.1", later, &["m"])).unwrap();
+        // Spend recorded here counts the same way as reservations.
+        drop((held, last));
+        let spent = contributions(&budgets, &Scope { model: "m", ..SCOPE }, at(later), d("0.35"));
+        ledger.record_local(&spent);
+        assert!(ledger.admit(&budgets, &request("0.06", later, &["m"])).is_err());
+        ledger.admit(&budgets, &request("0.05", later, &["m"])).unwrap();
+        // The state resumes (0.9 spent everywhere, 0.35 of it from here, acknowledged): the usual rule again.
+        ledger.acknowledged(15, [(&spent, true)]);
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.9", 20), &budgets, at(later));
+        ledger.admit(&budgets, &request("0.1", later, &["m"])).unwrap();
+    }
+
+    #[test]
+    fn with_the_whole_share_an_outage_changes_nothing() {
+        let ledger = Arc::new(BudgetLedger::new(OutagePolicy::default()));
+        let budgets = team_day("1.00");
+        ledger.apply_state(&state("search-daily", "2026-12-01T00:00:00Z", "0.2", 10), &budgets, at(NOW));
+        let refusal = ledger.admit(&budgets, &request("0.81", "2026-12-02T11:00:00Z", &["m"]));
+        assert!(refusal.is_ok(), "a new period: nothing confirmed, the whole limit");
+        let _held = ledger.admit(&budgets, &request("0.8", "2026-12-01T18:00:00Z", &["m"])).unwrap();
+        assert_eq!(
+            ledger.admit(&budgets, &request("0.01", "2026-12-01T18:00:00Z", &["m"])).err().unwrap().outage,
+            None
+        );
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! handed to the reporter exactly once, when its last holder lets go: the request handler for answers read whole,
 //! the response stream for streamed ones. So a stream is metered however it ends (completed, cut, timed out, or
 //! abandoned by the client), and a request whose client went away mid-flight still leaves its event.
+//!
+//! An attempt counts from the moment it is sent, so a client that leaves before any answer leaves an event too,
+//! charged the estimated prompt. When the gateway itself ended the connection (see [`crate::server::Cut`]), the
+//! outcome says why: `timeout`, `client_stalled` or `shutdown`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -15,9 +19,10 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::budgets::{Reservation, event_contributions};
-use super::reporter::Reporter;
+use super::reporter::{OpenRecord, Reporter};
 use crate::metering::{self, CostOverflow, Usage};
 use crate::proxy::request::ParsedRequest;
+use crate::server::{Cut, Exchange};
 use crate::snapshot::CompiledSnapshot;
 
 /// How a streamed answer ended.
@@ -89,6 +94,8 @@ pub struct SpendContext<'a> {
     pub prompt_estimate: Option<u64>,
     pub arrived: Instant,
     pub occurred_at: DateTime<Utc>,
+    /// The request's handle on its connection.
+    pub exchange: Exchange,
 }
 
 struct SpendState {
@@ -116,8 +123,11 @@ pub struct RequestSpend {
     prompt_estimate: OnceLock<u64>,
     reporter: Arc<Reporter>,
     state: Mutex<SpendState>,
+    exchange: Exchange,
     /// Released after the event is recorded (fields drop after `Drop::drop`), so the budget never sees neither.
     _reservation: Reservation,
+    /// Closed after the event is recorded: the reporter's last cut on shutdown waits for it.
+    _open: OpenRecord,
 }
 
 pub type SpendHandle = Arc<RequestSpend>;
@@ -144,6 +154,7 @@ impl RequestSpend {
         if let Some(estimate) = context.prompt_estimate {
             let _ = prompt_estimate.set(estimate);
         }
+        let open = reporter.open_record();
         Arc::new(RequestSpend {
             template,
             arrived: context.arrived,
@@ -163,7 +174,9 @@ impl RequestSpend {
                 first_byte: None,
                 tool_calls: Vec::new(),
             }),
+            exchange: context.exchange,
             _reservation: context.reservation,
+            _open: open,
         })
     }
 
@@ -176,11 +189,24 @@ impl RequestSpend {
         *self.prompt_estimate.get_or_init(|| self.request.prompt_tokens())
     }
 
-    /// An upstream attempt to `candidate` begins.
-    pub fn attempt(&self, candidate: &PlannedCandidate) {
+    /// An upstream attempt to `candidate` is being sent: from here on, the request is billed however it ends.
+    /// Returns the candidate attempted before, for [`RequestSpend::not_sent`].
+    pub fn attempt(&self, candidate: &PlannedCandidate) -> Option<PlannedCandidate> {
         let mut state = self.lock();
         state.attempts += 1;
-        state.candidate = Some(candidate.clone());
+        state.candidate.replace(candidate.clone())
+    }
+
+    /// The attempt just counted was not sent after all (the backend cannot take the request).
+    pub fn not_sent(&self, previous: Option<PlannedCandidate>) {
+        let mut state = self.lock();
+        state.attempts = state.attempts.saturating_sub(1);
+        state.candidate = previous;
+    }
+
+    /// The request's handle on its connection (where the proxy sets the exchange's deadline).
+    pub fn exchange(&self) -> &Exchange {
+        &self.exchange
     }
 
     fn priced(&self, model: &str, usage: &Usage) -> Result<Decimal, CostOverflow> {
@@ -298,20 +324,28 @@ impl RequestSpend {
 
     fn event(&self) -> v1::SpendEvent {
         let mut state = self.lock();
+        // Neither the handler nor the stream finished: the connection ended under the request, its client's doing
+        // unless the gateway says it cut it.
+        let ended_early = match self.exchange.cut() {
+            Some(Cut::Deadline) => "timeout",
+            Some(Cut::WriteIdle) => "client_stalled",
+            Some(Cut::Shutdown) => "shutdown",
+            None => "client_closed",
+        };
         let (outcome, interrupted) = match state.outcome {
             Some(outcome) => (outcome, false),
-            // The handler was dropped before it answered: the client went away.
-            None if !state.streaming => ("client_closed", true),
+            // The handler was dropped before it answered.
+            None if !state.streaming => (ended_early, true),
             None => match state.stream_end {
                 Some(StreamEnd::Done) => ("ok", false),
                 Some(StreamEnd::EndedEarly | StreamEnd::Broke) => ("interrupted", true),
                 Some(StreamEnd::TimedOut) => ("timeout", true),
                 Some(StreamEnd::Rejected) => ("rejected", false),
-                None => ("client_closed", true),
+                None => (ended_early, true),
             },
         };
-        // A client that left while an answer was being generated: the upstream still read the prompt.
-        if outcome == "client_closed"
+        // Ended before any answer was read: the upstream still read the prompt (a stream's own stage charges it).
+        if state.outcome.is_none()
             && !state.streaming
             && state.usage == Usage::default()
             && let Some(candidate) = state.candidate.clone()
@@ -362,7 +396,7 @@ impl RequestSpend {
 
 impl Drop for RequestSpend {
     fn drop(&mut self) {
-        // No upstream was asked (every candidate was unable to take the request): nothing was spent.
+        // No attempt was sent (every candidate was unable to take the request): nothing was spent.
         if self.lock().attempts == 0 {
             return;
         }

@@ -4,13 +4,16 @@
 //! them. An acknowledgement moves the batch's spend from "unacknowledged" to "acknowledged" in the
 //! [`BudgetLedger`] and deletes the batch's file.
 //!
-//! On shutdown (SIGTERM), [`Reporter::close`] cuts what is left and keeps sending until the spool is empty or
-//! `GATEWAY_SPEND_FLUSH_TIMEOUT_MS` passes; what is left stays spooled and is sent by the next start. A SIGKILL
-//! loses at most the events of the batch being collected (one report interval) and of requests in flight.
+//! On shutdown (SIGTERM), [`Reporter::close`] waits until every request's record is made, cuts what is left and
+//! keeps sending until the spool is empty or `GATEWAY_SPEND_FLUSH_TIMEOUT_MS` passes; what is left stays spooled and
+//! is sent by the next start. A SIGKILL loses the events of requests in flight and those not yet on disk: an event
+//! is cut into a batch at the next tick of the interval and on disk one spool write later, so at most
+//! `max(interval, w) + w` after it was recorded, `w` being the longest spool write
+//! (`gateway_spend_spool_write_seconds`; `docs/spend.md`).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -62,6 +65,25 @@ pub struct Reporter {
     queue: Mutex<VecDeque<Queued>>,
     queued: Notify,
     queued_bytes: AtomicU64,
+    /// Requests whose record is not made yet, and a wake-up for when that reaches zero.
+    open_records: AtomicUsize,
+    all_recorded: Notify,
+    /// How long until the sender tries again, in milliseconds (what a refusal for a full spool advises).
+    retry_in_ms: AtomicU64,
+}
+
+/// A request whose spend record is still to be made; the reporter's flush waits for every one (see
+/// [`Reporter::open_record`]).
+pub struct OpenRecord {
+    reporter: Arc<Reporter>,
+}
+
+impl Drop for OpenRecord {
+    fn drop(&mut self) {
+        if self.reporter.open_records.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.reporter.all_recorded.notify_waiters();
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,7 +141,37 @@ impl Reporter {
             queue: Mutex::new(queue),
             queued: Notify::new(),
             queued_bytes: AtomicU64::new(queued_bytes),
+            open_records: AtomicUsize::new(0),
+            all_recorded: Notify::new(),
+            retry_in_ms: AtomicU64::new(0),
         })
+    }
+
+    /// A request that will be recorded: held until its record is made, so the flush on shutdown comes after it.
+    pub fn open_record(self: &Arc<Self>) -> OpenRecord {
+        self.open_records.fetch_add(1, Ordering::AcqRel);
+        OpenRecord { reporter: self.clone() }
+    }
+
+    /// Wait until every open record is made, for at most `timeout`; how many are still open.
+    async fn all_recorded(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.all_recorded.notified();
+            let open = self.open_records.load(Ordering::Acquire);
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.open_records.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    /// Seconds until spend is next sent to the control plane (at least 1): when to try again after a refusal for
+    /// a full spool.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_in_ms.load(Ordering::Relaxed).div_ceil(1000).max(1)
     }
 
     /// Take one request's event (its spend counts against budgets at once).
@@ -159,10 +211,14 @@ impl Reporter {
             let reporter = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
+                // Fixed ticks, not a pause after each cut: a slow spool write does not push the next cut later
+                // (a tick missed during a write fires as soon as it ends).
+                let mut ticks = tokio::time::interval(reporter.settings.interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(reporter.settings.interval) => {}
+                        _ = ticks.tick() => {}
                         () = reporter.buffer_full.notified() => {}
                     }
                     reporter.cut().await;
@@ -178,6 +234,11 @@ impl Reporter {
 
     /// Flush on shutdown: batch what is left and send until the spool is empty or the flush timeout passes.
     pub async fn close(&self) {
+        // Every request's record first: the last cut must hold them all.
+        let open = self.all_recorded(self.settings.flush_timeout).await;
+        if open > 0 {
+            tracing::error!(open, "requests still unrecorded at shutdown; their spend is lost");
+        }
         if self.connection.is_none() {
             return;
         }
@@ -242,11 +303,14 @@ impl Reporter {
         let (batch, file) = match &self.spool {
             Some(spool) => {
                 let spool = spool.clone();
+                let started = std::time::Instant::now();
                 let written = tokio::task::spawn_blocking(move || {
                     let file = spool.write(&batch);
                     (batch, file)
                 })
                 .await;
+                // Part of what a SIGKILL can lose (see the module documentation).
+                metrics::histogram!("gateway_spend_spool_write_seconds").record(started.elapsed().as_secs_f64());
                 match written {
                     Ok((batch, Ok(file))) => (batch, Some(file)),
                     Ok((batch, Err(error))) => {
@@ -269,6 +333,7 @@ impl Reporter {
 
     async fn send_until(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new();
+        self.retry_in_ms.store(self.settings.interval.as_millis() as u64, Ordering::Relaxed);
         loop {
             if lock(&self.queue).is_empty() {
                 tokio::select! {
@@ -281,11 +346,19 @@ impl Reporter {
                 sent = self.send_front() => sent,
             };
             match sent {
-                Ok(()) => backoff.reset(),
+                Ok(()) => {
+                    backoff.reset();
+                    self.retry_in_ms.store(self.settings.interval.as_millis() as u64, Ordering::Relaxed);
+                }
                 Err(()) => {
+                    let delay = backoff.next();
+                    self.retry_in_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff.next()) => {}
+                        () = tokio::time::sleep(delay) => {}
+                        // The control plane is back: what waited in the spool goes now, so that other data planes
+                        // see this one's spend as soon as possible.
+                        () = self.ledger.resumed().notified() => backoff.reset(),
                     }
                 }
             }

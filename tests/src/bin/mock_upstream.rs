@@ -4,12 +4,16 @@
 //! (`POST /__mock/script` with a JSON array) or, when the queue is empty, the default (a 200 answer, or what
 //! `POST /__mock/default` set). A behaviour:
 //! `{"status": 500, "body": {...}, "delay_ms": 0, "retry_after": "1", "chunks": 3, "chunk_delay_ms": 0,
-//!   "cut_after": 2, "omit_usage": true, "usage": {"prompt_tokens": 9, ...}, "tool_arguments": "{bad json", "dimensions": 8,
+//!   "cut_after": 2, "pad_bytes": 65536, "omit_usage": true, "usage": {"prompt_tokens": 9, ...},
+//!   "tool_arguments": "{bad json", "dimensions": 8,
 //!   "tool_calls": [{"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}], "text": "Let me check."}`.
 //! `{"status": 307, "location": "http://elsewhere/v1/chat/completions"}` answers with a redirect there.
 //! `tool_calls` answers with exactly those calls (parallel, in order, whatever the request declared); streamed, each
 //! call's arguments are split into three deltas. `text` is sent as content before them.
-//! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled.
+//! `pad_bytes` adds an SSE comment of that many bytes to every streamed event (a large stream that costs few
+//! tokens, to fill a client's socket buffers).
+//! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled, and
+//! requests cancelled (the caller closed the connection) before the answer started.
 //! `POST .../messages` answers as Anthropic's Messages API does (errors, answers and event streams, tool calls as
 //! `tool_use` blocks; `usage` then is Anthropic's usage object), for the `anthropic` backend kind.
 
@@ -42,6 +46,7 @@ struct Behaviour {
     chunks: Option<usize>,
     chunk_delay_ms: Option<u64>,
     cut_after: Option<usize>,
+    pad_bytes: Option<usize>,
     omit_usage: Option<bool>,
     tool_arguments: Option<String>,
     dimensions: Option<usize>,
@@ -85,6 +90,21 @@ struct Mock {
     requests: Mutex<Vec<Value>>,
     streams_finished: AtomicU64,
     streams_cancelled: AtomicU64,
+    requests_cancelled: AtomicU64,
+}
+
+/// Counts a request as cancelled if its handler is dropped (the caller went away) before the answer is ready.
+struct Pending<'a> {
+    mock: &'a Mock,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.mock.requests_cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 #[tokio::main]
@@ -140,6 +160,7 @@ async fn stats(State(mock): State<Arc<Mock>>) -> Json<Value> {
     Json(json!({
         "streams_finished": mock.streams_finished.load(Ordering::SeqCst),
         "streams_cancelled": mock.streams_cancelled.load(Ordering::SeqCst),
+        "requests_cancelled": mock.requests_cancelled.load(Ordering::SeqCst),
     }))
 }
 
@@ -165,9 +186,12 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
         Some(behaviour) => behaviour,
         None => mock.default.lock().await.clone(),
     };
+    let mut pending = Pending { mock: &mock, answered: false };
     if let Some(delay) = behaviour.delay_ms {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    pending.answered = true;
+    drop(pending);
     let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap();
     if uri.path().ends_with("/messages") {
         return anthropic(mock, request, behaviour, status);
@@ -320,11 +344,12 @@ fn stream(mock: Arc<Mock>, request: Value, model: String, behaviour: Behaviour) 
             events.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
                                "model": model, "choices": [], "usage": usage(&behaviour)}));
         }
+        let padding = behaviour.pad_bytes.map(|n| format!(": {}\n", "x".repeat(n))).unwrap_or_default();
         for (i, event) in events.iter().enumerate() {
             if behaviour.cut_after == Some(i) {
                 return; // the connection ends without [DONE]
             }
-            if tx.send(Ok(Bytes::from(format!("data: {event}\n\n")))).await.is_err() {
+            if tx.send(Ok(Bytes::from(format!("{padding}data: {event}\n\n")))).await.is_err() {
                 mock.streams_cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
             }

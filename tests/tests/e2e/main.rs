@@ -10,4 +10,5 @@ mod outbound;
 mod proxy;
 mod snapshots;
 mod spend;
+mod spend_edges;
 mod tools;

@@ -16,16 +16,16 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-fn d(text: &str) -> Decimal {
+pub(crate) fn d(text: &str) -> Decimal {
     text.parse().unwrap()
 }
 
-fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+pub(crate) fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 /// Data-plane settings that make spend reach the ledger quickly in tests.
-fn fast_spend() -> Vec<(String, String)> {
+pub(crate) fn fast_spend() -> Vec<(String, String)> {
     vec![
         ("GATEWAY_SPEND_REPORT_INTERVAL_MS".into(), "50".into()),
         ("GATEWAY_SPEND_FLUSH_TIMEOUT_MS".into(), "2000".into()),
@@ -34,7 +34,7 @@ fn fast_spend() -> Vec<(String, String)> {
 
 /// A backend over each mock (regions `eu`, `us`), a priced chat model on each, an embedding model, the alias `chat`
 /// over the chat models in order, and a key of team `search`; returns the key's secret.
-async fn configure(cp: &ControlPlane, mocks: &[MockUpstream]) -> String {
+pub(crate) async fn configure(cp: &ControlPlane, mocks: &[MockUpstream]) -> String {
     for (i, (mock, region)) in mocks.iter().zip(["eu", "us"]).enumerate() {
         cp.create(
             "backends",
@@ -65,17 +65,17 @@ async fn configure(cp: &ControlPlane, mocks: &[MockUpstream]) -> String {
     created["secret"].as_str().unwrap().to_owned()
 }
 
-async fn config_version(cp: &ControlPlane) -> u64 {
+pub(crate) async fn config_version(cp: &ControlPlane) -> u64 {
     cp.fleet().await["config_version"].as_u64().unwrap()
 }
 
-fn by_request_id(events: &[Value]) -> BTreeMap<String, Value> {
+pub(crate) fn by_request_id(events: &[Value]) -> BTreeMap<String, Value> {
     events.iter().map(|e| (e["request_id"].as_str().unwrap().to_owned(), e.clone())).collect()
 }
 
 /// `(prompt x 2.50 + cached x 1.25 + completion x 10.00) / 1e6`, the chat models' prices, with cached tokens a part
 /// of the prompt.
-fn chat_cost(prompt: u64, cached: u64, completion: u64) -> Decimal {
+pub(crate) fn chat_cost(prompt: u64, cached: u64, completion: u64) -> Decimal {
     (Decimal::from(prompt - cached) * d("2.50")
         + Decimal::from(cached) * d("1.25")
         + Decimal::from(completion) * d("10.00"))
@@ -106,7 +106,7 @@ async fn send(dp: &DataPlane, key: &str, id: &str, path: &str, body: Value) -> S
     Sent { id: id.to_owned(), status, cost_header, text }
 }
 
-fn chat(stream: bool, extra: Value) -> Value {
+pub(crate) fn chat(stream: bool, extra: Value) -> Value {
     let mut body = json!({"model": "chat", "messages": [{"role": "user", "content": "what does it cost?"}],
                           "stream": stream, "metadata": {"ticket": 42}});
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -255,7 +255,7 @@ async fn every_endpoint_and_kind_is_metered_exactly(pool: PgPool) {
 
 /// Requests sent while `during` runs: `count` chat requests (every third one streamed), `concurrency` at a time,
 /// each with its own request id. Returns the ids of those answered completely with 200.
-async fn traffic(dp: &DataPlane, key: &str, prefix: &str, count: usize, concurrency: usize) -> Vec<String> {
+pub(crate) async fn traffic(dp: &DataPlane, key: &str, prefix: &str, count: usize, concurrency: usize) -> Vec<String> {
     let requests = (0..count).map(|i| {
         let id = format!("{prefix}-{i}");
         let stream = i % 3 == 0;
@@ -279,7 +279,7 @@ async fn traffic(dp: &DataPlane, key: &str, prefix: &str, count: usize, concurre
 }
 
 /// The served ids are exactly the ledger's, once each.
-async fn assert_ledger_matches(cp: &ControlPlane, served: &[String]) {
+pub(crate) async fn assert_ledger_matches(cp: &ControlPlane, served: &[String]) {
     let events = cp.wait_for_spend_events(served.len()).await;
     let ids: Vec<&str> = events.iter().map(|e| e["request_id"].as_str().unwrap()).collect();
     let unique: HashSet<&str> = ids.iter().copied().collect();
@@ -353,7 +353,7 @@ async fn a_postgres_restart_during_traffic_loses_no_event(_pool: PgPool) {
     assert_ledger_matches(&cp, &served).await;
 }
 
-fn spool_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn spool_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -429,7 +429,7 @@ async fn a_data_plane_sigterm_flushes_and_its_spool_survives_restarts_counted_on
 }
 
 /// The sliding-window maximum of `times` (completion instants): the most requests finished within any `window`.
-fn most_within(times: &[Instant], window: Duration) -> usize {
+pub(crate) fn most_within(times: &[Instant], window: Duration) -> usize {
     let mut sorted = times.to_vec();
     sorted.sort();
     let mut most = 0;

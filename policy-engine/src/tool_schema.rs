@@ -134,6 +134,53 @@ mod tests {
         assert!(matches!(compile(&json!({"type": "string", "pattern": "(?=a)a"})), Err(SchemaError::Compile(_))));
     }
 
+    /// A schema nested `depth` levels through `keyword`, `width` properties wide at each level.
+    fn nested(keyword: &str, depth: usize, width: usize) -> Value {
+        let mut schema = json!({"type": "string", "pattern": "^a*$"});
+        for _ in 0..depth {
+            schema = match keyword {
+                "properties" => {
+                    let properties: serde_json::Map<String, Value> =
+                        (0..width).map(|i| (format!("p{i}"), schema.clone())).collect();
+                    json!({"type": "object", "properties": properties})
+                }
+                "items" => json!({"type": "array", "items": schema}),
+                "anyOf" => json!({"anyOf": vec![schema; width.min(3)]}),
+                _ => json!({"not": {"not": schema}}),
+            };
+        }
+        schema
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Deep and wide schemas are refused or compiled, never overflow the stack, and a deep answer validated
+        /// against what compiled is answered too.
+        #[test]
+        fn hostile_schemas_are_refused_or_compiled(
+            keyword in proptest::sample::select(vec!["properties", "items", "anyOf", "not"]),
+            depth in proptest::sample::select(vec![1usize, 8, 15, 16, 17, 31, 33, 200, 2000]),
+            width in 1usize..6,
+        ) {
+            // Wide and deep at once grows exponentially: keep the generated value itself small.
+            let width = if depth > 8 { 1 } else { width };
+            let schema = nested(keyword, depth, width);
+            match compile(&schema) {
+                Ok(validator) => {
+                    let mut answer = json!("aaa");
+                    for _ in 0..100 {
+                        answer = json!({"p0": [answer]});
+                    }
+                    let _ = validator.is_valid(&answer);
+                }
+                Err(error) => proptest::prop_assert!(
+                    matches!(error, SchemaError::TooDeep | SchemaError::TooLarge(_)), "{error}"
+                ),
+            }
+        }
+    }
+
     #[test]
     fn refuses_unknown_meta_schemas_and_remote_refs_without_panicking() {
         assert!(compile(&json!({"$schema": "https://example.invalid/custom", "type": "object"})).is_err());

@@ -108,6 +108,12 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Compiling is once per snapshot, off the request path: parsing, bounds, type checking and cost of each policy.
+    let mut group = c.benchmark_group("compile");
+    let hundred = config(100, Shape::Unguarded);
+    group.bench_function("100_unguarded_policies", |b| b.iter(|| black_box(Router::compile(black_box(&hundred)))));
+    group.finish();
 }
 
 criterion_group!(benches, bench);

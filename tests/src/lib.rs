@@ -147,6 +147,22 @@ pub fn test_database_url(pool: &sqlx::PgPool) -> String {
     database_url(pool.connect_options().get_database().expect("test database name"))
 }
 
+/// Rewrite route policies with `update` (an SQL statement, its one parameter `$1` bound to `value`) behind the
+/// admin API's back, as a control plane without today's validation would have, and publish it as a new version:
+/// how tests reach a data plane with a snapshot the API would refuse. The new version.
+pub async fn publish_behind_the_api(database_url: &str, update: &'static str, value: &str) -> u64 {
+    let db = sqlx::PgPool::connect(database_url).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(update).bind(value.to_owned()).execute(&mut *tx).await.unwrap();
+    let version: i64 = sqlx::query_scalar("UPDATE config_version SET version = version + 1 RETURNING version")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_notify('gateway_config', $1)").bind(version.to_string()).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    u64::try_from(version).unwrap()
+}
+
 /// The database URL for database `name` on the server of `DATABASE_URL`.
 pub fn database_url(name: &str) -> String {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");

@@ -83,19 +83,12 @@ async fn hostile_policies_never_crash_a_plane(pool: PgPool) {
     assert_eq!(status, 201, "{body}");
     let good = gw.cp.fleet().await["config_version"].as_u64().unwrap();
     gw.dp.wait_for_version(good).await;
-    let db = sqlx::PgPool::connect(&test_database_url(&pool)).await.unwrap();
-    let mut tx = db.begin().await.unwrap();
-    sqlx::query("UPDATE route_policies SET spec = jsonb_set(spec, '{when}', to_jsonb($1::text)) WHERE name = 'sum'")
-        .bind(hostile_sum(1500))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let bad: i64 = sqlx::query_scalar("UPDATE config_version SET version = version + 1 RETURNING version")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_notify('gateway_config', $1)").bind(bad.to_string()).execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let bad = publish_behind_the_api(
+        &test_database_url(&pool),
+        "UPDATE route_policies SET spec = jsonb_set(spec, '{when}', to_jsonb($1::text)) WHERE name = 'sum'",
+        &hostile_sum(1500),
+    )
+    .await;
     let fleet = eventually(Duration::from_secs(20), "the NACK in the fleet view", || async {
         let fleet = gw.cp.fleet().await;
         (node(&fleet, "dp")?["last_nack_version"] == json!(bad)).then_some(fleet)

@@ -145,18 +145,12 @@ async fn a_snapshot_that_fails_to_compile_is_nacked_and_the_old_one_keeps_servin
     dp.wait_for_version(good).await;
 
     // Simulate version skew: a policy this data plane's engine cannot compile, written behind the API's back.
-    let db = sqlx::PgPool::connect(&url).await.unwrap();
-    let mut tx = db.begin().await.unwrap();
-    sqlx::query("UPDATE route_policies SET spec = jsonb_set(spec, '{when}', '\"request.future_field == 1\"')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let bad: i64 = sqlx::query_scalar("UPDATE config_version SET version = version + 1 RETURNING version")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_notify('gateway_config', $1)").bind(bad.to_string()).execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let bad = publish_behind_the_api(
+        &url,
+        "UPDATE route_policies SET spec = jsonb_set(spec, '{when}', to_jsonb($1::text))",
+        "request.future_field == 1",
+    )
+    .await;
 
     let fleet = eventually(Duration::from_secs(20), "the NACK in the fleet view", || async {
         let fleet = cp.fleet().await;

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
-use data_plane::metering::{self, StreamMeter};
-use data_plane::proxy::anthropic::StreamTranslator;
-use data_plane::proxy::request::Endpoint;
-use data_plane::spend::budgets::{AdmissionRequest, BudgetLedger, Scope, contributions};
+use data_plane::stages::{
+    self as metering, AdmissionRequest, BudgetLedger, Endpoint, Scope, StreamMeter, StreamTranslator, contributions,
+};
 use policy_engine::config::{BudgetSpec, Pricing};
 use serde_json::json;
 
@@ -127,9 +126,7 @@ fn admission(c: &mut Criterion) {
     let models = ["gpt-4o", "gpt-4o-mini"];
     let cost: rust_decimal::Decimal = "0.0012".parse().unwrap();
     let mut group = c.benchmark_group("budget_admission");
-    group.bench_function("baseline_no_budgets", |b| {
-        b.iter(|| black_box(data_plane::spend::budgets::Admission::unlimited()))
-    });
+    group.bench_function("baseline_no_budgets", |b| b.iter(|| black_box(data_plane::stages::Admission::unlimited())));
     group.bench_function("ten_budgets_four_apply", |b| {
         b.iter(|| {
             let request = AdmissionRequest { scope, candidate_models: &models, estimate: cost, now: Utc::now() };

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use data_plane::proxy::sse::{self, StreamReport};
-use data_plane::proxy::tool_stream::ToolStream;
-use data_plane::proxy::tools::ToolReport;
+use data_plane::stages::{self as sse, StreamReport, ToolReport, ToolStream};
 use futures_util::StreamExt;
 use policy_engine::tool_policy::{DeclaredTools, InvalidCallAction};
 use serde_json::json;
@@ -102,14 +100,7 @@ fn first_tool_byte(c: &mut Criterion) {
                 let upstream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok));
                 let stage = ToolStream::new(tools.clone(), true);
                 let report = StreamReport {
-                    report: ToolReport {
-                        request_id: String::new(),
-                        policy: None,
-                        action: InvalidCallAction::Reject,
-                        attempts: Vec::new(),
-                        delivered: true,
-                        last_candidate: None,
-                    },
+                    report: ToolReport::of_policy("", None, InvalidCallAction::Reject),
                     declared: tools.clone(),
                     model: "m".into(),
                     backend: "b".into(),

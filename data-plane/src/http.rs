@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::control::state::Current;
 use crate::proxy::{self, Proxy};
-use crate::state::Current;
 
 pub fn app(proxy: Arc<Proxy>) -> Router {
     let health = Router::new()

@@ -2,29 +2,49 @@
 //! path, swaps them in atomically and serves on the last good one, also across restarts while the control plane
 //! is away.
 //!
-//! - [`settings`]: static configuration (flags and environment).
-//! - [`client`]: the gRPC subscription (hello, ACK/NACK, backoff).
-//! - [`snapshot`]: compiling a snapshot (CEL, JSON Schemas, key index) with the shared policy engine.
-//! - [`state`]: the current snapshot, swapped atomically.
-//! - [`persist`]: the last good snapshot on local disk.
-//! - [`proxy`]: the OpenAI-compatible API: authentication, routing, failover, streaming.
-//! - [`http`]: the HTTP surface (health, readiness, metrics, the proxy's routes).
-//! - [`server`]: connections: accept, serve, cut stalled and overdue ones, drain on shutdown.
-//! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
-//! - [`metering`]: token usage from answers and streams, `include_usage` injection and stripping, exact cost.
-//! - [`spend`]: spend events, their loss-free reporting (batches, spool, flush) and budget enforcement.
+//! Laid out by request stage, each folder importing only the ones listed below it (ARCHITECTURE.md draws it):
+//! - [`proxy`]: the OpenAI-compatible API: routes, the per-request pipeline, attempts and failover, the virtual key.
+//! - [`stream`]: the stages a streamed answer goes through (metering, pass-through or tool-governed).
+//! - [`tools`]: tool governance: the tool policy, schemas, validation of calls whole or streamed.
+//! - [`spend`]: metering, reservations, spend events and their loss-free reporting, budgets.
+//! - [`providers`]: one module per backend kind behind one interface; sending attempts; egress rules.
+//! - [`openai`]: the wire format: request bodies, the error shape, server-sent events and `[DONE]`.
+//! - [`control`]: the connection to the control plane, the compiled snapshot served, the last good one on disk.
+//!
+//! Beside them: [`subscription`] (the snapshot stream from the control plane), [`http`] (health, readiness, metrics
+//! and the proxy's routes), [`server`] (connections: accept, serve, cut stalled and overdue ones, drain on
+//! shutdown), [`settings`] (flags and environment), [`metrics`] (the Prometheus recorder).
 
-pub mod client;
-pub mod http;
-pub mod metering;
-pub mod metrics;
-pub mod persist;
-pub mod proxy;
-pub mod server;
+mod control;
+mod http;
+mod metrics;
+mod openai;
+mod providers;
+mod proxy;
+mod server;
 pub mod settings;
-pub mod snapshot;
-pub mod spend;
-pub mod state;
+mod spend;
+mod stream;
+mod subscription;
+mod tools;
+
+// The surface other crates use (the binary, the end-to-end harness, the benchmarks); everything else is private to
+// this crate. `run`/`serve` with `settings` start a data plane; `state`, `persist` and `snapshot` let a harness
+// serve a snapshot it built and watch what is served; `Subscription` subscribes without serving (snapshot bench).
+pub use crate::control::connection::{ClientTls, ControlPlaneConnection};
+pub use crate::control::{persist, snapshot, state};
+pub use crate::subscription::Subscription;
+
+/// The request-path stages the criterion benchmarks (`data-plane/benches`) measure one at a time.
+pub mod stages {
+    pub use crate::openai::request::Endpoint;
+    pub use crate::providers::anthropic::StreamTranslator;
+    pub use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope, contributions};
+    pub use crate::spend::metering::{StreamMeter, cost, usage_from_body};
+    pub use crate::stream::sse::{StreamReport, governed, passthrough};
+    pub use crate::tools::governance::ToolReport;
+    pub use crate::tools::stream::ToolStream;
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +55,13 @@ use policy_engine::secret_ref::SecretEnvPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::state::Current;
+use crate::providers::egress::Egress;
+use crate::providers::upstream::Upstreams;
 use crate::server::ServerSettings;
 use crate::settings::ServeArgs;
 use crate::spend::budgets::{BudgetLedger, OutagePolicy};
 use crate::spend::reporter::{Reporter, ReporterSettings};
-use crate::state::Current;
 
 /// Load a snapshot file and swap it in.
 fn load_file(path: &std::path::Path, current: &Current) -> anyhow::Result<()> {
@@ -113,12 +135,12 @@ pub async fn run(
             _ => anyhow::bail!("GATEWAY_NODE_CERT and GATEWAY_NODE_KEY go together"),
         };
         let ca = args.control_plane_ca.as_deref().map(read).transpose()?;
-        let connection = client::ControlPlaneConnection {
+        let connection = ControlPlaneConnection {
             url: args.control_plane.clone(),
-            tls: client::ClientTls { ca, identity },
+            tls: ClientTls { ca, identity },
             node_token: args.node_token.clone(),
         };
-        let subscription = client::Subscription {
+        let subscription = Subscription {
             connection: connection.clone(),
             node_id: node_id.clone(),
             state_dir: args.state_dir.clone(),
@@ -141,7 +163,7 @@ pub async fn run(
     let reporting = reporter.spawn(background.clone());
     let proxy = Arc::new(proxy::Proxy {
         current,
-        upstreams: proxy::upstream::Upstreams::new(proxy::egress::Egress::new(hosts, secret_env)),
+        upstreams: Upstreams::new(Egress::new(hosts, secret_env)),
         max_body_bytes: args.max_body_bytes,
         max_retry_after: Duration::from_millis(args.max_retry_after_ms),
         reporter: reporter.clone(),

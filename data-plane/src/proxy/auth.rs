@@ -4,8 +4,8 @@ use axum::http::HeaderMap;
 use gateway_proto::v1;
 use sha2::{Digest, Sha256};
 
-use super::error::GatewayError;
-use crate::snapshot::CompiledSnapshot;
+use crate::control::snapshot::CompiledSnapshot;
+use crate::openai::error::GatewayError;
 
 /// The caller's key, if the `Authorization: Bearer` secret is known, not revoked and not expired.
 pub fn authenticate<'a>(

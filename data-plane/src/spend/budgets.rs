@@ -28,6 +28,8 @@ use policy_engine::budget_period::period_bounds;
 use policy_engine::config::{BudgetAction, BudgetPeriod, BudgetScope, BudgetSpec};
 use rust_decimal::Decimal;
 
+use crate::openai::error::{OutageRefusal, Refusal};
+
 /// One budget in one period: `start` is the period's start in Unix seconds (0 for `total`), as the control plane's
 /// `BudgetSpend.period_start_unix` names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -94,28 +96,6 @@ pub fn event_contributions(budgets: &BTreeMap<String, BudgetSpec>, event: &v1::S
     let cost = event.cost_usd.parse::<Decimal>().unwrap_or_default();
     let scope = Scope { key_name: &event.key_name, team: &event.team, alias: &event.alias, model: &event.model };
     contributions(budgets, &scope, at, cost)
-}
-
-/// A `block` budget that would be crossed: the request is refused with 429 `budget_exceeded`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub budget: String,
-    pub period: BudgetPeriod,
-    pub limit: Decimal,
-    /// Spend known here (confirmed, local and reserved), before this request.
-    pub spent: Decimal,
-    /// When the period resets (`None` for `total`).
-    pub resets_at: Option<DateTime<Utc>>,
-    /// Refused by the outage share, not by the limit itself: the control plane is unreachable.
-    pub outage: Option<OutageRefusal>,
-}
-
-/// A refusal under the outage share: `spent` is then this data plane's own spend beyond the last confirmed figure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutageRefusal {
-    pub share: Decimal,
-    /// What the budget had left at the last budget state.
-    pub left: Decimal,
 }
 
 /// What a data plane may spend of each `block` budget while it has no current budget state.

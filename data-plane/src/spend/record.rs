@@ -20,10 +20,10 @@ use serde_json::{Map, Value};
 
 use super::budgets::{Reservation, event_contributions};
 use super::reporter::{OpenRecord, Reporter};
-use crate::metering::{self, CostOverflow, Usage};
-use crate::proxy::request::ParsedRequest;
+use crate::control::snapshot::CompiledSnapshot;
+use crate::openai::request::ParsedRequest;
 use crate::server::{Cut, Exchange};
-use crate::snapshot::CompiledSnapshot;
+use crate::spend::metering::{self, CostOverflow, Usage};
 
 /// How a streamed answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

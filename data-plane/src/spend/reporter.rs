@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budgets::{BudgetLedger, Contributions, event_contributions};
 use super::spool::{Spool, SpoolFile};
-use crate::client::{Backoff, ControlPlaneConnection, DiscoveryClient};
+use crate::control::connection::{Backoff, ControlPlaneConnection, DiscoveryClient};
 
 /// How spend is reported; from the serve flags.
 #[derive(Debug, Clone)]
@@ -489,7 +489,7 @@ mod tests {
     use tokio_stream::wrappers::TcpListenerStream;
 
     use super::*;
-    use crate::client::ClientTls;
+    use crate::control::connection::ClientTls;
 
     /// A ledger that cannot store any batch holding the event `poison` (as a database refusing one row would).
     #[derive(Default, Clone)]

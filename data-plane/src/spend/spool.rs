@@ -128,7 +128,8 @@ impl Spool {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// No room for more batches: new requests are refused until the ledger acknowledges some.
+    /// No room for more batches (the reporter refuses requests on its own count, `Reporter::is_full`).
+    #[cfg_attr(not(test), expect(dead_code, reason = "the reporter enforces the limit on what it queues"))]
     pub fn is_full(&self) -> bool {
         self.bytes() >= self.max_bytes
     }

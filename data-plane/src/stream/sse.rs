@@ -1,6 +1,6 @@
 //! Streaming pass-through: upstream bytes go to the client as they arrive, unbuffered. The gateway only watches for
 //! the terminating `data: [DONE]`; a stream that fails or ends without it gets an error event the SDKs raise.
-//! Requests that declare tools take [`governed`] instead, which parses events (see [`super::tool_stream`]).
+//! Requests that declare tools take [`governed`] instead, which parses events (see [`crate::tools::stream`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,20 +12,17 @@ use tokio::time::Instant;
 
 use policy_engine::tool_policy::DeclaredTools;
 
-use super::error::GatewayError;
-use super::tool_stream::ToolStream;
-use super::tools::{self, AttemptOutcomes, ToolReport};
+use crate::openai::error::GatewayError;
+use crate::openai::sse::DoneWatch;
 use crate::spend::record::{SpendHandle, StreamEnd};
-
-const DONE: &[u8] = b"data: [DONE]";
+use crate::tools::governance::ToolReport;
+use crate::tools::stream::ToolStream;
 
 struct State<S> {
     upstream: S,
     deadline: Instant,
     total_ms: u64,
-    /// The last bytes seen, so `[DONE]` split across chunks is still recognised.
-    tail: Vec<u8>,
-    saw_done: bool,
+    done: DoneWatch,
     finished: bool,
     spend: Option<SpendHandle>,
 }
@@ -35,10 +32,6 @@ fn tell(spend: &Option<SpendHandle>, f: impl FnOnce(&SpendHandle)) {
     if let Some(spend) = spend {
         f(spend);
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 // Why a stream stopped short, as both stream stages report it in the closing error event.
@@ -69,8 +62,7 @@ where
         upstream,
         deadline,
         total_ms: total.as_millis() as u64,
-        tail: Vec::new(),
-        saw_done: false,
+        done: DoneWatch::default(),
         finished: false,
         spend,
     };
@@ -82,14 +74,10 @@ where
         let failure = match next {
             Ok(Some(Ok(chunk))) => {
                 tell(&state.spend, |s| s.first_byte());
-                let mut window = std::mem::take(&mut state.tail);
-                window.extend_from_slice(&chunk);
-                state.saw_done |= contains(&window, DONE);
-                let keep = window.len().saturating_sub(DONE.len());
-                state.tail = window.split_off(keep);
+                state.done.feed(&chunk);
                 return Some((Ok(chunk), state));
             }
-            Ok(None) if state.saw_done => return None,
+            Ok(None) if state.done.seen() => return None,
             Ok(None) => ended_before_done(),
             Ok(Some(Err(error))) => broke(&error),
             Err(_) => {
@@ -127,15 +115,14 @@ impl<S> Drop for Governed<S> {
     fn drop(&mut self) {
         if let Some(mut end) = self.report.take() {
             let calls = self.stage.take_outcomes();
-            tools::record(&calls, &end.declared, &end.model, &end.backend, end.spend.as_deref());
             end.report.delivered = !self.stage.rejected();
-            end.report.attempts.push(AttemptOutcomes { model: end.model, backend: end.backend, calls });
-            tools::finish(end.report);
+            end.report.add_answer(calls, &end.declared, &end.model, &end.backend, end.spend.as_deref());
+            // Dropping the report logs the request's end.
         }
     }
 }
 
-/// Like [`passthrough`], but every event goes through the tool-call `stage` (see [`super::tool_stream`]).
+/// Like [`passthrough`], but every event goes through the tool-call `stage` (see [`crate::tools::stream`]).
 pub fn governed<S>(
     upstream: S,
     stage: ToolStream,

@@ -21,8 +21,8 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::proxy::request::Endpoint;
-use crate::proxy::tool_stream::event_end;
+use crate::openai::request::Endpoint;
+use crate::openai::sse::{event_data, event_end, is_done};
 
 /// Token counts of one request, as a spend event carries them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,24 +226,6 @@ pub struct StreamMeter {
     saw_done: bool,
 }
 
-/// The event's `data` (its `data:` lines joined by `\n`), borrowed when it has a single line.
-fn event_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let mut data: Option<Cow<'_, [u8]>> = None;
-    for line in raw.split(|b| *b == b'\n' || *b == b'\r') {
-        let Some(value) = line.strip_prefix(b"data:") else { continue };
-        let value = value.strip_prefix(b" ").unwrap_or(value);
-        match &mut data {
-            Some(data) => {
-                let data = data.to_mut();
-                data.push(b'\n');
-                data.extend_from_slice(value);
-            }
-            None => data = Some(Cow::Borrowed(value)),
-        }
-    }
-    data
-}
-
 impl StreamMeter {
     /// `strip_usage_chunk`: the gateway injected `include_usage` (see [`inject_include_usage`]), so the usage-only
     /// event is metered but not forwarded.
@@ -304,7 +286,7 @@ impl StreamMeter {
     /// Meter one complete event; whether it is the usage-only event (`usage` with no choices).
     fn observe(&mut self, raw: &[u8]) -> bool {
         let Some(data) = event_data(raw) else { return false };
-        if data.trim_ascii() == b"[DONE]" {
+        if is_done(&data) {
             self.saw_done = true;
             return false;
         }

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use policy_engine::tool_policy::{DeclaredTools, ToolCallOutcome};
 use serde_json::Value;
 
-use super::error::GatewayError;
-use super::tools;
+use crate::openai::error::GatewayError;
+use crate::openai::sse::{data_json, event_data, event_end, is_done};
+use crate::tools::governance;
 
 #[derive(Default)]
 struct Call {
@@ -45,49 +46,6 @@ pub struct ToolStream {
     saw_done: bool,
     rejected: bool,
     committed: bool,
-}
-
-/// The end of the first event in `buf` (after its blank line), if it is complete.
-pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    let mut line_start = 0;
-    while i < buf.len() {
-        let terminator = match buf[i] {
-            b'\n' => 1,
-            // A lone `\r` at the end may be the first half of `\r\n`: wait for the next byte.
-            b'\r' if i + 1 == buf.len() => return None,
-            b'\r' if buf[i + 1] == b'\n' => 2,
-            b'\r' => 1,
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        if i == line_start {
-            return Some(i + terminator);
-        }
-        i += terminator;
-        line_start = i;
-    }
-    None
-}
-
-/// The event's `data` (its `data:` lines joined by `\n`), if it has any.
-pub(crate) fn event_data(raw: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(raw);
-    let mut data: Option<String> = None;
-    for line in text.split(['\n', '\r']) {
-        let Some(value) = line.strip_prefix("data:") else { continue };
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match &mut data {
-            Some(data) => {
-                data.push('\n');
-                data.push_str(value);
-            }
-            None => data = Some(value.to_owned()),
-        }
-    }
-    data
 }
 
 impl ToolStream {
@@ -160,7 +118,7 @@ impl ToolStream {
             out.extend_from_slice(&raw);
             return;
         };
-        if data.trim() == "[DONE]" {
+        if is_done(&data) {
             let open: BTreeSet<u64> = self.calls.keys().map(|(choice, _)| *choice).collect();
             for choice in open {
                 self.complete(choice, out);
@@ -171,7 +129,7 @@ impl ToolStream {
             }
             return;
         }
-        let Ok(value) = serde_json::from_str::<Value>(&data) else {
+        let Ok(value) = data_json(&data) else {
             out.extend_from_slice(&raw);
             return;
         };
@@ -236,7 +194,7 @@ impl ToolStream {
         if self.hold && !invalid.is_empty() {
             self.held.clear();
             self.rejected = true;
-            let error = GatewayError::InvalidToolCall { violations: tools::violations(&invalid) };
+            let error = GatewayError::InvalidToolCall { violations: governance::violations(&invalid) };
             out.extend_from_slice(error.sse_event().as_bytes());
             return;
         }

@@ -1,4 +1,4 @@
-//! Sending one attempt to one candidate: URL and auth per backend kind, pooled keep-alive clients, timeouts.
+//! Sending one attempt to one candidate: the request its kind builds ([`super::Provider`]), its secret, pooled keep-alive clients, timeouts.
 //! Upstream redirects are never followed (a 3xx is the attempt's failure), and every destination passes this data
 //! plane's egress rules ([`super::egress`]).
 
@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use policy_engine::config::{BackendAuth, BackendKind, BackendSpec};
+use policy_engine::config::{BackendAuth, BackendSpec};
 use serde_json::{Map, Value};
 
-use super::anthropic;
+use super::Outbound;
 use super::egress::{self, Egress};
-use super::request::Endpoint;
+use crate::openai::request::Endpoint;
 
 /// Why an attempt did not produce a usable response.
 #[derive(Debug)]
@@ -115,34 +115,9 @@ impl Upstreams {
         options: SendOptions<'_>,
     ) -> Result<reqwest::Response, AttemptError> {
         let request_id = options.request_id;
-        let with_model = || {
-            let body = WithModel { body, model: upstream_model, omit_usage_option: options.omit_usage_option };
-            serde_json::to_vec(&body).map_err(|e| AttemptError::Connect(e.to_string()))
-        };
-        // The URL, the body, and the header a `bearer` secret goes in (None: `Authorization: Bearer`).
-        let (url, payload, native_key_header) = match backend.kind {
-            BackendKind::Openai => (format!("{}{}", backend.base_url, endpoint.path()), with_model()?, None),
-            BackendKind::AzureOpenai => {
-                let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();
-                let url = format!(
-                    "{}/openai/deployments/{upstream_model}{}?api-version={version}",
-                    backend.base_url,
-                    endpoint.path()
-                );
-                (url, with_model()?, None)
-            }
-            BackendKind::Anthropic => {
-                if endpoint != Endpoint::ChatCompletions {
-                    return Err(AttemptError::Unsupported(format!(
-                        "anthropic backends serve chat completions only, not {}",
-                        endpoint.cel_name()
-                    )));
-                }
-                let translated = anthropic::request(body, upstream_model).map_err(AttemptError::Unsupported)?;
-                let payload = serde_json::to_vec(&translated).map_err(|e| AttemptError::Connect(e.to_string()))?;
-                (format!("{}/messages", backend.base_url), payload, Some("x-api-key"))
-            }
-        };
+        let provider = super::of(backend.kind);
+        let Outbound { url, body: payload, native_key_header, headers } =
+            provider.request(backend, upstream_model, endpoint, body, options.omit_usage_option)?;
         let refused = |reason: egress::Refused| AttemptError::Refused(format!("backend '{}': {reason}", backend.name));
         let url = reqwest::Url::parse(&url).map_err(|e| refused(egress::Refused(format!("invalid URL {url}: {e}"))))?;
         self.egress.check_url(&url).map_err(refused)?;
@@ -153,8 +128,8 @@ impl Upstreams {
             .header("content-type", "application/json")
             .header("x-request-id", request_id)
             .body(payload);
-        if backend.kind == BackendKind::Anthropic {
-            request = request.header("anthropic-version", anthropic::API_VERSION);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         if let Some(secret) = secret {
             request = match (&backend.auth, native_key_header) {
@@ -200,40 +175,6 @@ impl Upstreams {
     }
 }
 
-/// The request body with `model` replaced by the upstream's name, serialised without copying the body.
-struct WithModel<'a> {
-    body: &'a Map<String, Value>,
-    model: &'a str,
-    /// Serialise `stream_options` without `include_usage` (and not at all when nothing else is left).
-    omit_usage_option: bool,
-}
-
-impl serde::Serialize for WithModel<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let len = (!self.omit_usage_option).then(|| self.body.len() + usize::from(!self.body.contains_key("model")));
-        let mut map = serializer.serialize_map(len)?;
-        map.serialize_entry("model", self.model)?;
-        for (name, value) in self.body {
-            match (name.as_str(), value) {
-                ("model", _) => {}
-                ("stream_options", Value::Object(options)) if self.omit_usage_option => {
-                    let rest: Map<String, Value> = options
-                        .iter()
-                        .filter(|(k, _)| *k != "include_usage")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    if !rest.is_empty() {
-                        map.serialize_entry(name, &rest)?;
-                    }
-                }
-                _ => map.serialize_entry(name, value)?,
-            }
-        }
-        map.end()
-    }
-}
-
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -259,8 +200,8 @@ mod tests {
     use policy_engine::secret_ref::SecretEnvPolicy;
     use serde_json::json;
 
+    use super::egress::{Environment, Lookup};
     use super::*;
-    use crate::proxy::egress::{Environment, Lookup};
 
     /// A local upstream that counts the connections it accepts and records each request's credentials.
     struct Upstream {

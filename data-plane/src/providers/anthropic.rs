@@ -23,7 +23,12 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
 
-use crate::proxy::tool_stream::{event_data, event_end};
+use policy_engine::config::BackendSpec;
+
+use super::upstream::AttemptError;
+use super::{Outbound, Provider, UpstreamBytes};
+use crate::openai::request::Endpoint;
+use crate::openai::sse::{DONE_EVENT, data_event, data_json, event_data, event_end};
 
 /// The Messages API version the translation speaks.
 pub const API_VERSION: &str = "2023-06-01";
@@ -337,7 +342,7 @@ impl StreamTranslator {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
         let chunk = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        format!("data: {chunk}\n\n")
+        data_event(&chunk)
     }
 
     /// Feed upstream bytes; the OpenAI SSE bytes to send on. Events split across chunks wait for their end.
@@ -350,7 +355,7 @@ impl StreamTranslator {
             start += len;
             if !self.ended
                 && let Some(data) = event_data(&raw)
-                && let Ok(event) = serde_json::from_str::<Value>(&data)
+                && let Ok(event) = data_json(&data)
             {
                 self.event(&event, &mut out);
             }
@@ -415,14 +420,14 @@ impl StreamTranslator {
                 if self.usage.seen {
                     let usage = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                                        "model": self.model, "choices": [], "usage": self.usage.openai()});
-                    out.push_str(&format!("data: {usage}\n\n"));
+                    out.push_str(&data_event(&usage));
                 }
-                out.push_str("data: [DONE]\n\n");
+                out.push_str(DONE_EVENT);
                 self.ended = true;
             }
             "error" => {
                 let body = json!({"error": event.get("error").cloned().unwrap_or_default()}).to_string();
-                out.push_str(&format!("data: {}\n\n", openai_error(&body)));
+                out.push_str(&data_event(&openai_error(&body)));
                 self.ended = true;
             }
             // ping, content_block_stop and event kinds added later carry nothing for the client.
@@ -440,6 +445,55 @@ where
     upstream
         .map(move |chunk| chunk.map(|bytes| Bytes::from(translator.push(&bytes))))
         .filter(|chunk| std::future::ready(chunk.as_ref().map_or(true, |bytes| !bytes.is_empty())))
+}
+
+/// The `anthropic` backend kind (see the module documentation).
+pub struct Anthropic;
+
+impl Provider for Anthropic {
+    fn request(
+        &self,
+        backend: &BackendSpec,
+        upstream_model: &str,
+        endpoint: Endpoint,
+        body: &Map<String, Value>,
+        _omit_usage_option: bool,
+    ) -> Result<Outbound, AttemptError> {
+        if endpoint != Endpoint::ChatCompletions {
+            return Err(AttemptError::Unsupported(format!(
+                "anthropic backends serve chat completions only, not {}",
+                endpoint.cel_name()
+            )));
+        }
+        let translated = request(body, upstream_model).map_err(AttemptError::Unsupported)?;
+        let body = serde_json::to_vec(&translated).map_err(|e| AttemptError::Connect(e.to_string()))?;
+        Ok(Outbound {
+            url: format!("{}/messages", backend.base_url),
+            body,
+            native_key_header: Some("x-api-key"),
+            headers: &[("anthropic-version", API_VERSION)],
+        })
+    }
+
+    fn translates(&self) -> bool {
+        true
+    }
+
+    fn answer(&self, body: Bytes) -> Result<Bytes, String> {
+        answer(&body).map(Bytes::from)
+    }
+
+    fn stream(&self, upstream: UpstreamBytes) -> UpstreamBytes {
+        translate_stream(upstream).boxed()
+    }
+
+    fn error_body(&self, body: String) -> String {
+        openai_error(&body)
+    }
+
+    fn default_max_tokens(&self) -> Option<u64> {
+        Some(DEFAULT_MAX_TOKENS)
+    }
 }
 
 #[cfg(test)]

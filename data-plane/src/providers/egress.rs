@@ -63,12 +63,14 @@ impl Egress {
     }
 
     /// Resolve names with `lookup` instead of the system resolver.
+    #[cfg(test)]
     pub fn with_lookup(mut self, lookup: Lookup) -> Egress {
         self.lookup = lookup;
         self
     }
 
     /// Read secret references with `environment` instead of the process environment.
+    #[cfg(test)]
     pub fn with_environment(mut self, environment: Environment) -> Egress {
         self.environment = environment;
         self

@@ -9,7 +9,7 @@ use policy_engine::routing::RequestFacts;
 use policy_engine::tokens;
 use serde_json::{Map, Value};
 
-use super::error::GatewayError;
+use crate::openai::error::GatewayError;
 
 /// The OpenAI endpoints the gateway serves, and what each needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

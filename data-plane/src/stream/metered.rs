@@ -1,4 +1,4 @@
-//! The metering stage of a streamed answer, between the upstream's bytes and the SSE stages of [`crate::proxy::sse`]:
+//! The metering stage of a streamed answer, between the upstream's bytes and the SSE stages of [`crate::stream::sse`]:
 //! every chunk goes through a [`StreamMeter`] (which strips the usage chunk the gateway asked for on the client's
 //! behalf), the stream's end is reported to the request's spend, and just before `data: [DONE]` the client gets the
 //! request's cost as an SSE comment, `: gateway-cost-usd=<decimal> usage=<reported|estimated>`, which SSE parsers
@@ -11,8 +11,9 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-use super::record::{SpendHandle, StreamEnd};
-use crate::metering::StreamMeter;
+use crate::openai::sse::done_line_position;
+use crate::spend::metering::StreamMeter;
+use crate::spend::record::{SpendHandle, StreamEnd};
 
 pub struct MeteredStream<S> {
     upstream: S,
@@ -26,8 +27,6 @@ pub struct MeteredStream<S> {
     /// `data: [DONE]` went out whole: the stream is over for the client, whenever the upstream closes.
     done: bool,
 }
-
-const DONE_LINE: &[u8] = b"data: [DONE]";
 
 impl<S> MeteredStream<S> {
     pub fn new(upstream: S, meter: StreamMeter, spend: SpendHandle, model: String) -> MeteredStream<S> {
@@ -49,14 +48,7 @@ fn with_cost_comment(
     let kind = if estimated { "estimated" } else { "reported" };
     let comment = format!(": gateway-cost-usd={cost} usage={kind}\n\n");
     // The real [DONE] is the last event and starts a line; JSON text cannot hold a raw line break.
-    let at_line_start = |i: usize| match i {
-        0 => last_byte.is_none_or(|b| b == b'\n' || b == b'\r'),
-        i => matches!(out[i - 1], b'\n' | b'\r'),
-    };
-    let position = (0..=out.len().saturating_sub(DONE_LINE.len()))
-        .rev()
-        .find(|&i| out[i..].starts_with(DONE_LINE) && at_line_start(i))
-        .unwrap_or(out.len());
+    let position = done_line_position(&out, last_byte).unwrap_or(out.len());
     let mut joined = BytesMut::with_capacity(out.len() + comment.len());
     joined.extend_from_slice(&out[..position]);
     joined.extend_from_slice(comment.as_bytes());

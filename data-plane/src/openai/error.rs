@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use policy_engine::config::BudgetPeriod;
 use serde_json::json;
 
-use crate::spend::budgets::Refusal;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -62,6 +63,28 @@ pub enum GatewayError {
         /// Seconds until the gateway next tries to hand spend to the control plane.
         retry_after: u64,
     },
+}
+
+/// A `block` budget that would be crossed: the request is refused with 429 `budget_exceeded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub budget: String,
+    pub period: BudgetPeriod,
+    pub limit: Decimal,
+    /// Spend known here (confirmed, local and reserved), before this request.
+    pub spent: Decimal,
+    /// When the period resets (`None` for `total`).
+    pub resets_at: Option<DateTime<Utc>>,
+    /// Refused by the outage share, not by the limit itself: the control plane is unreachable.
+    pub outage: Option<OutageRefusal>,
+}
+
+/// A refusal under the outage share: `spent` is then this data plane's own spend beyond the last confirmed figure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutageRefusal {
+    pub share: Decimal,
+    /// What the budget had left at the last budget state.
+    pub left: Decimal,
 }
 
 impl From<Refusal> for GatewayError {
@@ -202,7 +225,7 @@ impl GatewayError {
 
     /// The error as an SSE event, for failures after a stream has started.
     pub fn sse_event(&self) -> String {
-        format!("data: {}\n\n", self.body())
+        crate::openai::sse::data_event(&self.body())
     }
 
     fn body(&self) -> serde_json::Value {

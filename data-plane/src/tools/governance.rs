@@ -5,7 +5,7 @@
 //! - [`check_completion`]: every `tool_calls[i].function` of a non-streamed answer validated;
 //! - [`record`] and [`finish`]: metrics per call and the per-request [`ToolReport`].
 //!
-//! Streamed answers go through [`super::tool_stream`] instead.
+//! Streamed answers go through [`crate::tools::stream`] instead.
 
 use std::sync::Arc;
 
@@ -14,9 +14,9 @@ use policy_engine::tool_policy::{DeclaredTools, InvalidCallAction, ToolCallOutco
 use policy_engine::tool_schema;
 use serde_json::Value;
 
-use super::error::{GatewayError, ToolViolation};
-use super::request::ParsedRequest;
-use crate::snapshot::CompiledSnapshot;
+use crate::control::snapshot::CompiledSnapshot;
+use crate::openai::error::{GatewayError, ToolViolation};
+use crate::openai::request::ParsedRequest;
 use crate::spend::record::RequestSpend;
 
 /// The header that marks an answer whose tool calls were checked: `valid` or `invalid`.
@@ -104,7 +104,7 @@ pub fn violations(outcomes: &[ToolCallOutcome]) -> Vec<ToolViolation> {
 /// Count each call in `gateway_tool_calls_total{tool,model,backend,outcome}`. A name the request did not declare is
 /// counted as `tool="_undeclared"`: hallucinated names are unbounded, label values must not be.
 /// The request's spend event (when there is one) gets the outcomes too.
-pub fn record(
+fn record(
     outcomes: &[ToolCallOutcome],
     declared: &DeclaredTools,
     model: &str,
@@ -137,6 +137,9 @@ pub struct ToolReport {
     /// Which candidate (position in the routing plan) answered last, so a retry knows where to go.
     #[serde(skip)]
     pub last_candidate: Option<usize>,
+    /// Another copy (the one a stream took) logs the request's end.
+    #[serde(skip)]
+    handed_over: bool,
 }
 
 /// The calls of one upstream answer and who produced them.
@@ -149,14 +152,40 @@ pub struct AttemptOutcomes {
 
 impl ToolReport {
     pub fn new(request_id: &str, governance: &ToolGovernance) -> ToolReport {
+        ToolReport::of_policy(request_id, governance.decision.policy.clone(), governance.decision.action)
+    }
+
+    /// The report of a request under `policy` (`None`: no policy matched) whose invalid calls get `action`.
+    pub fn of_policy(request_id: &str, policy: Option<String>, action: InvalidCallAction) -> ToolReport {
         ToolReport {
             request_id: request_id.to_owned(),
-            policy: governance.decision.policy.clone(),
-            action: governance.decision.action,
+            policy,
+            action,
             attempts: Vec::new(),
             delivered: true,
             last_candidate: None,
+            handed_over: false,
         }
+    }
+
+    /// Validated calls of one answer, from `model` at `backend`: counted and added to the request's spend.
+    pub fn add_answer(
+        &mut self,
+        calls: Vec<ToolCallOutcome>,
+        declared: &DeclaredTools,
+        model: &str,
+        backend: &str,
+        spend: Option<&RequestSpend>,
+    ) {
+        record(&calls, declared, model, backend, spend);
+        self.attempts.push(AttemptOutcomes { model: model.to_owned(), backend: backend.to_owned(), calls });
+    }
+
+    /// The report, for a stream that outlives the request's handler and ends it; this copy says nothing more.
+    pub fn hand_over(&mut self) -> ToolReport {
+        let report = self.clone();
+        self.handed_over = true;
+        report
     }
 
     pub fn any_invalid(&self) -> bool {
@@ -165,16 +194,19 @@ impl ToolReport {
 }
 
 /// The end of a request that declared tools: its validation outcomes are logged when a call was invalid. (The
-/// request's spend event gets each answer's outcomes as they are validated: `RequestSpend::tool_outcomes`.)
-pub fn finish(report: ToolReport) {
-    if report.any_invalid() {
-        let summary: Vec<String> = report
+/// request's spend event gets each answer's outcomes as they are validated: [`ToolReport::add_answer`].)
+impl Drop for ToolReport {
+    fn drop(&mut self) {
+        if self.handed_over || !self.any_invalid() {
+            return;
+        }
+        let summary: Vec<String> = self
             .attempts
             .iter()
             .flat_map(|a| a.calls.iter().map(move |c| format!("{}:{}:{}", a.model, c.tool, c.outcome.as_str())))
             .collect();
-        tracing::info!(request_id = %report.request_id, policy = report.policy.as_deref().unwrap_or("-"),
-            action = report.action.as_str(), delivered = report.delivered, calls = %summary.join(","),
+        tracing::info!(request_id = %self.request_id, policy = self.policy.as_deref().unwrap_or("-"),
+            action = self.action.as_str(), delivered = self.delivered, calls = %summary.join(","),
             "invalid tool calls");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use crate::snapshot::CompiledSnapshot;
+use crate::control::snapshot::CompiledSnapshot;
 
 /// The current snapshot plus a channel announcing each swap (its version), for readiness and tests.
 pub struct Current {

@@ -1,0 +1,98 @@
+//! Backends, one module per kind behind [`Provider`]: how a request is put to that kind of upstream, how its answers,
+//! streams and errors are turned into OpenAI's, and how its failures are classified. Everything above this stage
+//! (failover, metering, tool validation, the stream stages) sees OpenAI-shaped traffic only, so a new backend kind
+//! is a new module here and one arm in [`of`].
+//!
+//! - [`openai`]: `openai` and `azure_openai` (the same wire format, different URLs).
+//! - [`anthropic`]: the Messages API, translated both ways.
+//! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects.
+//! - [`egress`]: this data plane's egress rules, checked on resolved addresses.
+
+pub mod anthropic;
+pub mod egress;
+pub mod openai;
+pub mod upstream;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use policy_engine::config::{BackendKind, BackendSpec};
+use serde_json::{Map, Value};
+
+use self::upstream::AttemptError;
+use crate::openai::request::Endpoint;
+
+/// An upstream's response body as it arrives.
+pub type UpstreamBytes = BoxStream<'static, reqwest::Result<Bytes>>;
+
+/// One request as a backend kind wants it.
+pub struct Outbound {
+    pub url: String,
+    pub body: Vec<u8>,
+    /// The header a `bearer` secret goes in (`None`: `Authorization: Bearer`).
+    pub native_key_header: Option<&'static str>,
+    /// Headers this kind always needs.
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+/// What the failover loop does with an upstream's error status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// The caller's own mistake: every candidate would refuse it too, so it is answered as it is.
+    CallersMistake,
+    /// The candidate's trouble (5xx, 429, a redirect): the next candidate is tried.
+    FailOver,
+}
+
+/// One backend kind (see the module documentation).
+pub trait Provider: Sync {
+    /// The request for `endpoint` with `body` (OpenAI's shape) for `upstream_model`; `AttemptError::Unsupported`
+    /// when this kind cannot serve it (another candidate may). `omit_usage_option`: leave out the
+    /// `stream_options.include_usage` the gateway added (the backend refuses it).
+    fn request(
+        &self,
+        backend: &BackendSpec,
+        upstream_model: &str,
+        endpoint: Endpoint,
+        body: &Map<String, Value>,
+        omit_usage_option: bool,
+    ) -> Result<Outbound, AttemptError>;
+
+    /// Whether answers are translated (they are then always JSON, whatever content type the upstream sent).
+    fn translates(&self) -> bool {
+        false
+    }
+
+    /// A successful non-streamed answer in OpenAI's shape; `Err` (why) for an answer that is not one.
+    fn answer(&self, body: Bytes) -> Result<Bytes, String> {
+        Ok(body)
+    }
+
+    /// A streamed answer as OpenAI's server-sent events.
+    fn stream(&self, upstream: UpstreamBytes) -> UpstreamBytes {
+        upstream
+    }
+
+    /// An error answer's body in OpenAI's error shape.
+    fn error_body(&self, body: String) -> String {
+        body
+    }
+
+    /// The output tokens a request that sets no limit is sent with, when this kind requires one.
+    fn default_max_tokens(&self) -> Option<u64> {
+        None
+    }
+
+    /// How an error status counts (see `docs/providers.md`).
+    fn classify(&self, status: u16) -> StatusClass {
+        if (400..500).contains(&status) && status != 429 { StatusClass::CallersMistake } else { StatusClass::FailOver }
+    }
+}
+
+/// The provider of a backend kind.
+pub fn of(kind: BackendKind) -> &'static dyn Provider {
+    match kind {
+        BackendKind::Openai => &openai::OpenAi,
+        BackendKind::AzureOpenai => &openai::AzureOpenAi,
+        BackendKind::Anthropic => &anthropic::Anthropic,
+    }
+}

@@ -1,0 +1,359 @@
+//! The attempts of one request: its candidates in order, failing over on connection errors, timeouts, 5xx and 429
+//! (never after the first byte of a response reached the client), each answer turned into ours by its provider,
+//! metered, and, when the request declared tools, validated and re-asked for while the tool policy allows.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use policy_engine::config::BackendSpec;
+use policy_engine::routing::PlannedCandidate;
+use policy_engine::tool_policy::InvalidCallAction;
+
+use super::Proxy;
+use crate::control::snapshot::CompiledSnapshot;
+use crate::openai::error::GatewayError;
+use crate::openai::request::ParsedRequest;
+use crate::providers::upstream::{AttemptError, SendOptions};
+use crate::providers::{self, StatusClass, UpstreamBytes};
+use crate::spend::metering::StreamMeter;
+use crate::spend::record::SpendHandle;
+use crate::stream::metered::MeteredStream;
+use crate::stream::sse;
+use crate::tools::governance::{self, ToolGovernance, ToolReport};
+use crate::tools::stream::ToolStream;
+
+/// One request's forwarding, shared by its attempts (and by the retries of invalid tool calls).
+pub struct Attempts<'a> {
+    pub proxy: &'a Proxy,
+    pub snapshot: &'a CompiledSnapshot,
+    pub parsed: &'a ParsedRequest,
+    pub candidates: &'a [PlannedCandidate],
+    pub policy: Option<&'a str>,
+    pub id: &'a str,
+    pub spend: &'a SpendHandle,
+    /// The gateway injected `stream_options.include_usage`: the usage chunk is metered, not forwarded.
+    pub strip_usage: bool,
+}
+
+/// Tool validation for one forwarding pass.
+struct ToolCheck<'a> {
+    governance: &'a ToolGovernance,
+    /// Whether an invalid answer may be re-asked (otherwise it is handled per the policy's action).
+    can_retry: bool,
+    report: &'a mut ToolReport,
+}
+
+enum Served {
+    Response(Response),
+    /// The answer's tool calls were invalid and may be retried (only when `ToolCheck::can_retry`).
+    InvalidToolCalls,
+}
+
+impl Attempts<'_> {
+    /// A request that declares no tools: the first usable answer of the candidates, in order.
+    pub async fn plain(&self) -> Result<Response, GatewayError> {
+        match self.forward(0, None).await? {
+            Served::Response(response) => Ok(response),
+            // Only a tool check that may retry asks for this.
+            Served::InvalidToolCalls => Err(GatewayError::InvalidToolCall { violations: Vec::new() }),
+        }
+    }
+
+    /// A request that declares tools: invalid answers are re-asked while the policy allows, first of the candidate
+    /// that produced them, then of the following ones.
+    pub async fn governed(&self, governance: &ToolGovernance) -> Result<Response, GatewayError> {
+        let mut report = ToolReport::new(self.id, governance);
+        let mut retries_left =
+            if governance.decision.action == InvalidCallAction::Retry { governance.decision.max_retries } else { 0 };
+        let mut start = 0;
+        let mut retried = 0;
+        loop {
+            let check = ToolCheck { governance, can_retry: retries_left > 0, report: &mut report };
+            match self.forward(start, Some(check)).await {
+                Ok(Served::Response(response)) => return Ok(response),
+                Ok(Served::InvalidToolCalls) => {
+                    retries_left -= 1;
+                    retried += 1;
+                    let last = report.last_candidate.unwrap_or(start);
+                    start = if retried == 1 { last } else { (last + 1) % self.candidates.len().max(1) };
+                    tracing::info!(request_id = self.id, retry = retried, "invalid tool calls: asking again");
+                }
+                Err(error) => {
+                    if matches!(error, GatewayError::InvalidToolCall { .. }) {
+                        report.delivered = false;
+                    }
+                    // Dropping the report logs the request's end.
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// One attempt to `candidate`, which must be over by `deadline`. It counts (and the request is billed however
+    /// it ends) from the moment it is sent, not when an answer starts: a client that leaves while the upstream
+    /// works still leaves its event. A backend that refuses the `stream_options` the gateway added (older Azure API
+    /// versions, strict servers) is asked again without them at once, and from then on never sent them: its streams
+    /// are metered with the tokenizer instead.
+    async fn send(
+        &self,
+        backend: &BackendSpec,
+        candidate: &PlannedCandidate,
+        deadline: tokio::time::Instant,
+    ) -> Result<reqwest::Response, AttemptError> {
+        let (upstreams, parsed) = (&self.proxy.upstreams, self.parsed);
+        let send = |omit_usage_option: bool| {
+            let options = SendOptions { request_id: self.id, omit_usage_option };
+            upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, options)
+        };
+        let omitted = self.strip_usage && upstreams.refuses_usage_option(&backend.name);
+        let previous = self.spend.attempt(candidate);
+        self.spend.exchange().set_deadline(deadline);
+        let attempt = send(omitted).await;
+        if let Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)) = &attempt {
+            // Refused before anything was sent: a backend kind that cannot serve the endpoint, a secret or an
+            // address the egress rules refuse.
+            self.spend.not_sent(previous);
+            return attempt;
+        }
+        match &attempt {
+            Err(AttemptError::Status { status: 400, body, .. })
+                if self.strip_usage && !omitted && body.contains("stream_options") =>
+            {
+                tracing::info!(backend = %backend.name, "the backend refuses stream_options; its streams are metered by the tokenizer");
+                upstreams.remember_usage_option_refused(&backend.name);
+                self.spend.attempt(candidate);
+                send(true).await
+            }
+            _ => attempt,
+        }
+    }
+
+    /// Try the candidates in order from `start` (wrapping around); answer with the first usable response.
+    async fn forward(&self, start: usize, mut tools: Option<ToolCheck<'_>>) -> Result<Served, GatewayError> {
+        let (proxy, candidates) = (self.proxy, self.candidates);
+        let mut failures: Vec<(String, AttemptError)> = Vec::new();
+        let order = (0..candidates.len()).map(|i| (start + i) % candidates.len());
+        for (position, candidate) in order.map(|i| (i, &candidates[i])) {
+            let Some(backend) = self.snapshot.config.backends.get(&candidate.backend) else { continue };
+            // The backend's total timeout covers the whole exchange: from sending the attempt to the client taking
+            // the response's last byte.
+            let total = Duration::from_millis(backend.timeouts.total_ms);
+            let mut deadline = tokio::time::Instant::now() + total;
+            let mut attempt = self.send(backend, candidate, deadline).await;
+            // A short Retry-After is waited out once on the same candidate; a long one moves on.
+            if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
+                && *wait <= proxy.max_retry_after
+            {
+                tokio::time::sleep(*wait).await;
+                deadline = tokio::time::Instant::now() + total;
+                attempt = self.send(backend, candidate, deadline).await;
+            }
+            match attempt {
+                Ok(response) => {
+                    if let Some(tools) = tools.as_mut() {
+                        tools.report.last_candidate = Some(position);
+                    }
+                    let mut reply = match self.respond(response, backend, tools, candidate, deadline).await? {
+                        Served::Response(reply) => reply,
+                        Served::InvalidToolCalls => return Ok(Served::InvalidToolCalls),
+                    };
+                    let headers = reply.headers_mut();
+                    for (name, value) in [
+                        ("x-gateway-backend", candidate.backend.as_str()),
+                        ("x-gateway-model", candidate.model.as_str()),
+                        ("x-gateway-policy", self.policy.unwrap_or("-")),
+                        ("x-gateway-snapshot-version", &self.snapshot.version.to_string()),
+                    ] {
+                        if let Ok(value) = HeaderValue::from_str(value) {
+                            headers.insert(name, value);
+                        }
+                    }
+                    if !failures.is_empty() {
+                        tracing::info!(served_by = %candidate.model, failed = failures.len(), "served after failover");
+                    }
+                    return Ok(Served::Response(reply));
+                }
+                // The caller's own mistake: the next candidate would refuse it too.
+                Err(AttemptError::Status { status, body, .. })
+                    if providers::of(backend.kind).classify(status) == StatusClass::CallersMistake =>
+                {
+                    self.spend.finish(status, "upstream_error");
+                    let body = providers::of(backend.kind).error_body(body);
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                    let mut reply = (status, body).into_response();
+                    reply.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+                    return Ok(Served::Response(reply));
+                }
+                Err(error) => {
+                    tracing::warn!(model = %candidate.model, backend = %candidate.backend, error = %error.describe(), "candidate failed");
+                    failures.push((candidate.model.clone(), error));
+                }
+            }
+        }
+        Err(all_failed(&failures))
+    }
+
+    /// Turn a successful upstream response into ours: streamed through as it comes (metered on the way), or read
+    /// whole and metered, all by the attempt's `deadline`. With `tools`, tool calls are validated: a non-streamed
+    /// answer whole, a streamed one per call (see [`crate::tools::stream`]).
+    async fn respond(
+        &self,
+        upstream: reqwest::Response,
+        backend: &BackendSpec,
+        tools: Option<ToolCheck<'_>>,
+        candidate: &PlannedCandidate,
+        deadline: tokio::time::Instant,
+    ) -> Result<Served, GatewayError> {
+        let total = Duration::from_millis(backend.timeouts.total_ms);
+        let provider = providers::of(backend.kind);
+        let stream = self.parsed.stream;
+        let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
+        let content_type = upstream.headers().get("content-type").cloned();
+        let is_sse =
+            content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut validation = None;
+        let body = if stream && is_sse {
+            let meter = StreamMeter::new(self.strip_usage);
+            let bytes = provider.stream(upstream.bytes_stream().boxed());
+            let metered = MeteredStream::new(bytes, meter, self.spend.clone(), candidate.model.clone());
+            match tools {
+                None => {
+                    self.spend.streaming();
+                    Body::from_stream(sse::passthrough(metered, deadline, total, Some(self.spend.clone())))
+                }
+                Some(tools) => match self.governed_stream(metered, deadline, total, tools, candidate).await? {
+                    Some(body) => {
+                        self.spend.streaming();
+                        body
+                    }
+                    None => return Ok(Served::InvalidToolCalls),
+                },
+            }
+        } else {
+            let bytes = tokio::time::timeout_at(deadline, upstream.bytes())
+                .await
+                .map_err(|_| {
+                    GatewayError::UpstreamTimeout(format!(
+                        "the response exceeded the total timeout of {} ms",
+                        total.as_millis()
+                    ))
+                })?
+                .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
+            let bytes = match provider.answer(bytes.clone()) {
+                Ok(translated) => translated,
+                Err(error) => {
+                    // The upstream read the prompt whatever came back: metered as estimated.
+                    self.spend.add_answer(&candidate.model, &bytes);
+                    return Err(GatewayError::UpstreamFailed(error));
+                }
+            };
+            // Metered before the tool check: an answer that is rejected or retried was still billed.
+            self.spend.add_answer(&candidate.model, &bytes);
+            if let Some(tools) = tools {
+                let declared = &tools.governance.declared;
+                let calls = governance::check_completion(&bytes, declared);
+                let invalid = calls.iter().any(|c| !c.is_valid());
+                if !calls.is_empty() {
+                    validation = Some(if invalid { "invalid" } else { "valid" });
+                }
+                let violations = governance::violations(&calls);
+                tools.report.add_answer(calls, declared, &candidate.model, &candidate.backend, Some(self.spend));
+                if invalid && tools.governance.decision.action.blocks() {
+                    if tools.can_retry {
+                        return Ok(Served::InvalidToolCalls);
+                    }
+                    return Err(GatewayError::InvalidToolCall { violations });
+                }
+            }
+            self.spend.finish(status.as_u16(), "ok");
+            Body::from(bytes)
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        if provider.translates() && !is_sse {
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        } else if let Some(content_type) = content_type {
+            response.headers_mut().insert("content-type", content_type);
+        }
+        if stream && is_sse {
+            response.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
+        }
+        if let Some(validation) = validation {
+            response.headers_mut().insert(governance::VALIDATION_HEADER, HeaderValue::from_static(validation));
+        }
+        Ok(Served::Response(response))
+    }
+
+    /// A streamed answer to a request that declared tools. When an invalid answer may be retried, the stream is
+    /// read ahead (nothing sent) until text or a validated call is ready to go out; an invalid call before that
+    /// point returns `None` so the caller asks again (the abandoned stream is metered for what it produced). Once
+    /// the client has received something, an invalid call ends the stream with an error event instead.
+    async fn governed_stream(
+        &self,
+        upstream: MeteredStream<UpstreamBytes>,
+        deadline: tokio::time::Instant,
+        total: Duration,
+        tools: ToolCheck<'_>,
+        candidate: &PlannedCandidate,
+    ) -> Result<Option<Body>, GatewayError> {
+        let declared = tools.governance.declared.clone();
+        let mut stage = ToolStream::new(declared.clone(), tools.governance.decision.action.blocks());
+        let mut upstream = upstream.fuse();
+        let mut initial = Vec::new();
+        if tools.can_retry {
+            while !stage.committed() && !stage.saw_done() {
+                match tokio::time::timeout_at(deadline, upstream.next()).await {
+                    Ok(Some(Ok(chunk))) => stage.push(&chunk, &mut initial),
+                    // Ended, failed or timed out: the stream wrapper reports it to the client.
+                    _ => break,
+                }
+                if stage.rejected() {
+                    let calls = stage.take_outcomes();
+                    tools.report.add_answer(calls, &declared, &candidate.model, &candidate.backend, Some(self.spend));
+                    return Ok(None);
+                }
+            }
+        }
+        let report = sse::StreamReport {
+            report: tools.report.hand_over(),
+            declared,
+            model: candidate.model.clone(),
+            backend: candidate.backend.clone(),
+            spend: Some(self.spend.clone()),
+        };
+        Ok(Some(Body::from_stream(sse::governed(upstream, stage, initial, deadline, total, report))))
+    }
+}
+
+/// The error for a request no candidate could serve, naming what each answered.
+fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
+    let detail: Vec<String> = failures.iter().map(|(model, e)| format!("{model}: {}", e.describe())).collect();
+    let message = format!("every candidate failed: {}", detail.join("; "));
+    let all = |f: fn(&AttemptError) -> bool| !failures.is_empty() && failures.iter().all(|(_, e)| f(e));
+    if all(|e| matches!(e, AttemptError::Status { status: 429, .. })) {
+        let retry_after = failures
+            .iter()
+            .filter_map(|(_, e)| match e {
+                AttemptError::Status { retry_after, .. } => retry_after.map(|d| d.as_secs().max(1)),
+                _ => None,
+            })
+            .min();
+        GatewayError::UpstreamRateLimited { message, retry_after }
+    } else if all(|e| matches!(e, AttemptError::Refused(_))) {
+        // This data plane will not use any candidate as configured: retrying cannot help until the configuration
+        // (or this data plane's settings) change.
+        GatewayError::BackendMisconfigured(message)
+    } else if all(|e| matches!(e, AttemptError::Timeout(_))) {
+        GatewayError::UpstreamTimeout(message)
+    } else if all(|e| matches!(e, AttemptError::Unsupported(_))) {
+        // No candidate can take this request at all: the caller's to change, not an outage.
+        GatewayError::Unsupported(message)
+    } else if all(|e| matches!(e, AttemptError::Connect(_) | AttemptError::Unsupported(_))) {
+        GatewayError::UpstreamUnavailable(message)
+    } else {
+        GatewayError::UpstreamFailed(message)
+    }
+}

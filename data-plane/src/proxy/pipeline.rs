@@ -1,0 +1,163 @@
+//! One request through the gateway, top to bottom; each step needs the one before:
+//! 1. the snapshot, loaded once so the whole request sees one version;
+//! 2. the virtual key (cheapest refusal first; nothing else is parsed for an unknown caller);
+//! 3. the body, read up to the limit and parsed leniently ([`crate::openai::request`]);
+//! 4. the key's allowed aliases, then routing (policies, constraints, alias resolution, strategy order);
+//! 5. tool governance, only when the request declares tools ([`crate::tools::governance`]): the tool policy (after
+//!    routing, so a route policy's deny wins), registered schemas put in place of the caller's;
+//! 6. spend admission: a full spend spool refuses (503), then budgets (429, naming the budget), with the request's
+//!    estimated cost reserved ([`crate::spend::estimate`]); after routing because model budgets drop candidates and
+//!    prices come from them;
+//! 7. the spend event is opened (every request that reaches an upstream leaves exactly one), and streams ask the
+//!    upstream for usage (`stream_options.include_usage`, stripped again unless the client asked for it);
+//! 8. the attempts ([`super::attempt`]), in order, failing over on connection errors, timeouts, 5xx and 429; never
+//!    after the first byte of a response reached the client; every answer is metered as it is read or streamed;
+//!    tool calls in the answer validated and retried while the policy allows and nothing reached the client;
+//! 9. the cost header (non-streamed) and budget warnings on the response.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::response::Response;
+use policy_engine::config::Strategy;
+use policy_engine::routing::KeyFacts;
+use policy_engine::routing::{Decision, weighted_order};
+use policy_engine::tool_policy::InvalidCallAction;
+use rand::RngExt;
+
+use super::Proxy;
+use super::attempt::Attempts;
+use super::auth::authenticate;
+use crate::openai::error::GatewayError;
+use crate::openai::request::{self, Endpoint};
+use crate::server::Exchange;
+use crate::spend::estimate::{self, Admitting};
+use crate::spend::metering;
+use crate::spend::record::{RequestSpend, SpendContext};
+use crate::tools::governance;
+
+/// Serve one request of `endpoint` (see the module documentation for the steps).
+pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -> Result<Response, GatewayError> {
+    let arrived = Instant::now();
+    let occurred_at = chrono::Utc::now();
+    let snapshot = proxy.snapshot()?;
+    let exchange = Exchange::of(&request);
+    let (parts, body) = request.into_parts();
+    let key = authenticate(&parts.headers, &snapshot, occurred_at.timestamp())?;
+    let bytes = axum::body::to_bytes(body, proxy.max_body_bytes).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            GatewayError::TooLarge { limit: proxy.max_body_bytes }
+        } else {
+            GatewayError::InvalidRequest(format!("could not read the request body: {error}"))
+        }
+    })?;
+    let mut parsed = request::parse(endpoint, &bytes)?;
+    if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
+        return Err(GatewayError::ModelNotAllowed { model: parsed.model });
+    }
+    let facts = parsed.facts(&parts.headers, snapshot.router.reads())?;
+    let key_facts = KeyFacts {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        team: (!key.team.is_empty()).then(|| key.team.clone()),
+        tags: key.tags.clone(),
+    };
+    let decision = snapshot.router.route(&facts, &key_facts, occurred_at, None);
+    let (policy, mut candidates, strategy) = match decision {
+        Decision::Route { policy, candidates, strategy, .. } => (policy, candidates, strategy),
+        Decision::Deny { policy, message } => return Err(GatewayError::PolicyDenied { policy, message }),
+        Decision::UnknownModel { model } => return Err(GatewayError::ModelNotFound { model }),
+        Decision::PolicyError { policy, field, error } => {
+            return Err(GatewayError::PolicyFailed { kind: "route policy", policy, field, error });
+        }
+        Decision::NoEligibleCandidate { rejected, .. } => {
+            let by: Vec<String> = rejected.iter().map(|r| format!("{} (by '{}')", r.model, r.policy)).collect();
+            return Err(GatewayError::NoEligibleCandidate(format!(
+                "no backend may serve this request under the active constraints: {}",
+                by.join(", ")
+            )));
+        }
+    };
+    let governance = governance::prepare(&snapshot, &mut parsed, &facts, &key_facts)?;
+    if strategy == Strategy::Weighted {
+        weighted_order(&mut candidates, rand::rng().random::<f64>());
+    }
+    // Spend must be recordable, and within every budget, before anything is sent upstream.
+    if proxy.reporter.is_full() {
+        return Err(GatewayError::SpendSpoolFull { retry_after: proxy.reporter.retry_after_secs() });
+    }
+    // Each answer a tool policy may re-ask for is billed: reserve for all of them.
+    let answers = governance.as_ref().map_or(1, |g| match g.decision.action {
+        InvalidCallAction::Retry => 1 + u64::from(g.decision.max_retries),
+        _ => 1,
+    });
+    let admitting = Admitting { snapshot: &snapshot, parsed: &parsed, key, answers, now: occurred_at };
+    let (admission, prompt_estimate) =
+        estimate::admit(&proxy.budgets, proxy.reserve_output_tokens, &admitting, &mut candidates)?;
+    let strip_usage =
+        parsed.stream && parsed.endpoint != Endpoint::Embeddings && metering::inject_include_usage(&mut parsed.body);
+    let parsed = Arc::new(parsed);
+    let context = SpendContext {
+        key,
+        policy: policy.as_deref(),
+        request_id: id,
+        metadata: &facts.metadata,
+        snapshot: snapshot.clone(),
+        request: parsed.clone(),
+        reservation: admission.reservation,
+        prompt_estimate,
+        arrived,
+        occurred_at,
+        exchange,
+    };
+    let spend = RequestSpend::start(context, proxy.reporter.clone());
+    let pass = Attempts {
+        proxy,
+        snapshot: &snapshot,
+        parsed: &parsed,
+        candidates: &candidates,
+        policy: policy.as_deref(),
+        id,
+        spend: &spend,
+        strip_usage,
+    };
+    let served = match governance {
+        None => pass.plain().await,
+        Some(governance) => pass.governed(&governance).await,
+    };
+    let mut response = match served {
+        Ok(response) => response,
+        Err(error) => {
+            let outcome =
+                if matches!(error, GatewayError::InvalidToolCall { .. }) { "rejected" } else { "upstream_error" };
+            spend.finish(error.status().as_u16(), outcome);
+            return Err(error);
+        }
+    };
+    let headers = response.headers_mut();
+    if !spend.is_streaming()
+        && let Some((cost, estimated)) = spend.cost()
+        && let Ok(value) = HeaderValue::from_str(&cost.to_string())
+    {
+        headers.insert(COST_HEADER, value);
+        if estimated {
+            headers.insert(USAGE_ESTIMATED_HEADER, HeaderValue::from_static("true"));
+        }
+    }
+    if !admission.warnings.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&admission.warnings.join("; "))
+    {
+        headers.insert(BUDGET_WARNING_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The response header with a non-streamed request's cost in USD (streams carry it in a closing SSE comment).
+pub const COST_HEADER: &str = "x-gateway-cost-usd";
+/// Set (to `true`) when the cost comes from the gateway's tokenizer because the upstream reported no usage.
+pub const USAGE_ESTIMATED_HEADER: &str = "x-gateway-usage-estimated";
+/// Alert budgets over their limit and budgets past their soft threshold, `name: reason; ...`.
+pub const BUDGET_WARNING_HEADER: &str = "x-gateway-budget-warning";

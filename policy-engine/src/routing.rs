@@ -15,9 +15,11 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::cel_env::{self, CelError, CompiledExpression, ExpressionScope, Reads};
+use crate::cel_decls::{CelError, ExpressionScope, Reads};
+use crate::cel_env::{self, CompiledExpression};
 use crate::cel_native::{self, CandidateFacts, Facts};
 use crate::config::*;
+use crate::facts::{KeyFacts, RequestFacts};
 
 /// The standard CEL environment, built once: `Context::default()` would rebuild it on every request.
 pub(crate) static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
@@ -35,32 +37,6 @@ struct CompiledPolicy {
     spec: RoutePolicySpec,
     when: CompiledExpression,
     require: Option<CompiledExpression>,
-}
-
-/// What the router knows of the request. Built by the data plane from the body and headers.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct RequestFacts {
-    pub model: String,
-    /// `chat.completions`, `completions`, `embeddings`.
-    pub endpoint: String,
-    pub stream: bool,
-    pub prompt_tokens: u64,
-    pub max_tokens: Option<u64>,
-    pub tools: Vec<String>,
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    pub headers: BTreeMap<String, String>,
-}
-
-/// What the router knows of the caller's key.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct KeyFacts {
-    pub id: String,
-    pub name: String,
-    pub team: Option<String>,
-    pub tags: Vec<String>,
 }
 
 /// A candidate model the request may be sent to, in the order to try.

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// What the router knows of the request. Built by the data plane from the body and headers.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RequestFacts {
     pub model: String,
@@ -20,13 +20,14 @@ pub struct RequestFacts {
     pub prompt_tokens: u64,
     pub max_tokens: Option<u64>,
     pub tools: Vec<String>,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub headers: BTreeMap<String, String>,
 }
 
 /// What the router knows of the caller's key.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct KeyFacts {
     pub id: String,

@@ -10,8 +10,6 @@ use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::de::{self, Deserialize, Deserializer, Unexpected, Visitor};
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
 
 /// Names: identities in URLs, CEL strings and policy files (see [`crate::config::validate_name`]).
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._:-]*$";
@@ -116,61 +114,66 @@ pub fn fits(text: &str, max: usize) -> bool {
     text.chars().count() <= max
 }
 
-fn nullable(ty: Type, optional: bool) -> SchemaType {
-    if optional { SchemaType::from_iter([ty, Type::Null]) } else { SchemaType::from(ty) }
-}
-
-fn name_schema(optional: bool) -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(nullable(Type::String, optional))
-            .pattern(Some(NAME_PATTERN))
-            .min_length(Some(1))
-            .max_length(Some(MAX_NAME_CHARS))
-            .description(Some("A name: 1 to 128 of A-Z a-z 0-9 - _ . :, starting with a letter or digit."))
-            .build(),
-    )
-}
-
-/// A string of at most `max` characters, of at least one unless it may be `empty`.
-fn text_schema(optional: bool, empty: bool, max: usize, description: &str) -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(nullable(Type::String, optional))
-            .min_length((!empty).then_some(1))
-            .max_length(Some(max))
-            .description(Some(description))
-            .build(),
-    )
-}
-
-fn money_schema(optional: bool, description: &str, example: &str) -> Schema {
-    let types: Vec<Type> =
-        if optional { vec![Type::String, Type::Number, Type::Null] } else { vec![Type::String, Type::Number] };
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(SchemaType::from_iter(types))
-            .pattern(Some(MONEY_PATTERN))
-            .description(Some(description))
-            .examples([serde_json::Value::String(example.to_owned())])
-            .build(),
-    )
-}
-
-fn duration_schema(optional: bool, description: &str) -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(nullable(Type::Integer, optional))
-            .minimum(Some(1))
-            .maximum(Some(MAX_DURATION_MS))
-            .description(Some(description))
-            .build(),
-    )
-}
-
-/// The OpenAPI schema of each kind of constrained field, for `#[schema(schema_with = ...)]`.
+/// The OpenAPI schema of each kind of constrained field, for `#[schema(schema_with = ...)]`. Only the control
+/// plane documents an HTTP API, so only it enables the `openapi` feature.
+#[cfg(feature = "openapi")]
 pub mod schema {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+
     use super::*;
+
+    fn nullable(ty: Type, optional: bool) -> SchemaType {
+        if optional { SchemaType::from_iter([ty, Type::Null]) } else { SchemaType::from(ty) }
+    }
+
+    fn name_schema(optional: bool) -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::String, optional))
+                .pattern(Some(NAME_PATTERN))
+                .min_length(Some(1))
+                .max_length(Some(MAX_NAME_CHARS))
+                .description(Some("A name: 1 to 128 of A-Z a-z 0-9 - _ . :, starting with a letter or digit."))
+                .build(),
+        )
+    }
+
+    /// A string of at most `max` characters, of at least one unless it may be `empty`.
+    fn text_schema(optional: bool, empty: bool, max: usize, description: &str) -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::String, optional))
+                .min_length((!empty).then_some(1))
+                .max_length(Some(max))
+                .description(Some(description))
+                .build(),
+        )
+    }
+
+    fn money_schema(optional: bool, description: &str, example: &str) -> Schema {
+        let types: Vec<Type> =
+            if optional { vec![Type::String, Type::Number, Type::Null] } else { vec![Type::String, Type::Number] };
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter(types))
+                .pattern(Some(MONEY_PATTERN))
+                .description(Some(description))
+                .examples([serde_json::Value::String(example.to_owned())])
+                .build(),
+        )
+    }
+
+    fn duration_schema(optional: bool, description: &str) -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::Integer, optional))
+                .minimum(Some(1))
+                .maximum(Some(MAX_DURATION_MS))
+                .description(Some(description))
+                .build(),
+        )
+    }
 
     pub fn name() -> Schema {
         name_schema(false)

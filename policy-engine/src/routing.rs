@@ -13,7 +13,6 @@ use cel::{Context, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::cel_decls::{CelError, ExpressionScope, Reads};
 use crate::cel_env::{self, CompiledExpression};
@@ -40,7 +39,8 @@ struct CompiledPolicy {
 }
 
 /// A candidate model the request may be sent to, in the order to try.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedCandidate {
     pub model: String,
     pub backend: String,
@@ -49,7 +49,8 @@ pub struct PlannedCandidate {
 }
 
 /// A candidate dropped by a constraint, and which one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejectedCandidate {
     pub model: String,
     pub backend: String,
@@ -57,7 +58,8 @@ pub struct RejectedCandidate {
     pub policy: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Decision {
     Route {
@@ -99,7 +101,8 @@ pub enum Decision {
 }
 
 /// One policy's evaluation, for the dry run and for debugging.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyTrace {
     pub policy: String,
     pub priority: i32,

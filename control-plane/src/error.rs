@@ -6,8 +6,6 @@ use axum::response::{IntoResponse, Response};
 use policy_engine::validate::SpecError;
 use serde_json::json;
 
-use crate::store::StoreError;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -140,24 +138,6 @@ impl ApiError {
             ApiError::InvalidParameter { param, .. } => Some(param.clone()),
             ApiError::InvalidPath(_) => Some("name".to_owned()),
             _ => None,
-        }
-    }
-}
-
-/// The one translation of the store's failures into answers: each keeps its status, code and message.
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
-            StoreError::AlreadyExists { kind, name } => ApiError::AlreadyExists { kind, name },
-            StoreError::Conflict(message) => ApiError::Conflict(message),
-            StoreError::PreconditionFailed(message) => ApiError::PreconditionFailed(message),
-            StoreError::DanglingReference(message) => ApiError::DanglingReference(message),
-            StoreError::InvalidSpec { kind, name, errors } => ApiError::InvalidSpec { kind, name, errors },
-            StoreError::InvalidInput { message, field } => ApiError::InvalidBody { message, param: field },
-            StoreError::Unavailable(source) => ApiError::Unavailable(source),
-            StoreError::Database(source) => ApiError::Database(source),
-            StoreError::Internal(message) => ApiError::Internal(message),
         }
     }
 }

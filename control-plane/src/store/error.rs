@@ -1,5 +1,5 @@
 //! The store's one error type. It says what went wrong in the store's terms; the admin API turns it into an HTTP
-//! answer (`From<StoreError> for ApiError`) and the gRPC service into a status, each in one place.
+//! answer (`api/store_error.rs`) and the gRPC service into a status (`distribution/grpc.rs`), each in one place.
 
 use policy_engine::validate::SpecError;
 

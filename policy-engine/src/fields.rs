@@ -17,24 +17,24 @@ pub const MAX_NAME_CHARS: usize = 128;
 /// Short free text: teams, tags, regions, upstream model names, header names, API versions, paths.
 pub const MAX_LABEL_CHARS: usize = 256;
 /// Longer free text: descriptions and deny messages.
-pub const MAX_TEXT_CHARS: usize = 4096;
-pub const MAX_URL_CHARS: usize = 2048;
+pub(crate) const MAX_TEXT_CHARS: usize = 4096;
+pub(crate) const MAX_URL_CHARS: usize = 2048;
 pub const MAX_SECRET_CHARS: usize = 8192;
 /// Every duration in milliseconds (timeouts, intervals): 1 ms to one day.
-pub const MAX_DURATION_MS: u64 = 86_400_000;
+pub(crate) const MAX_DURATION_MS: u64 = 86_400_000;
 
 /// Money as a string: an optional minus sign, digits, and an optional fraction. JSON numbers are accepted too.
 pub const MONEY_PATTERN: &str = r"^-?[0-9]+(\.[0-9]+)?$";
 /// Most decimal places of any amount, as the store's `NUMERIC(20, 10)` columns keep them.
-pub const MAX_MONEY_SCALE: u32 = 10;
+pub(crate) const MAX_MONEY_SCALE: u32 = 10;
 /// Highest price (USD per million tokens): far above any real model, low enough that no request's cost can leave
 /// the ledger's range.
-pub const MAX_PRICE_USD: u32 = 1_000_000;
+pub(crate) const MAX_PRICE_USD: u32 = 1_000_000;
 /// Budget limits stay below 10^10 USD: `NUMERIC(20, 10)` keeps ten digits before the point.
-pub const MAX_BUDGET_DIGITS: u32 = 10;
+pub(crate) const MAX_BUDGET_DIGITS: u32 = 10;
 
 /// Whether `text` has the money syntax of [`MONEY_PATTERN`].
-pub fn is_money_syntax(text: &str) -> bool {
+pub(crate) fn is_money_syntax(text: &str) -> bool {
     let digits = text.strip_prefix('-').unwrap_or(text);
     let (whole, fraction) = match digits.split_once('.') {
         Some((whole, fraction)) => (whole, Some(fraction)),

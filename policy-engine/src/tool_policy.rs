@@ -25,7 +25,7 @@ use crate::facts::{KeyFacts, RequestFacts};
 use crate::routing::{self, CompileError};
 
 /// At most this many violations are reported per call, so a hostile answer cannot inflate the error without bound.
-pub const MAX_VIOLATIONS_PER_CALL: usize = 32;
+pub(crate) const MAX_VIOLATIONS_PER_CALL: usize = 32;
 
 /// What to do with a tool call that does not validate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

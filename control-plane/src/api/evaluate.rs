@@ -19,7 +19,7 @@ use crate::error::ApiError;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SampleMessage {
+pub(crate) struct SampleMessage {
     #[expect(dead_code, reason = "accepted so real chat bodies can be pasted; the per-message overhead covers it")]
     pub role: String,
     pub content: String,
@@ -28,7 +28,7 @@ pub struct SampleMessage {
 /// The parts of an OpenAI request routing looks at.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SampleRequest {
+pub(crate) struct SampleRequest {
     pub model: String,
     #[serde(default = "default_endpoint")]
     pub endpoint: String,
@@ -61,7 +61,7 @@ fn default_endpoint() -> String {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EvaluateRequest {
+pub(crate) struct EvaluateRequest {
     pub request: SampleRequest,
     /// Facts of a hypothetical key.
     #[serde(default)]

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::spend::BudgetWindow;
 use crate::store::{Store, StoreError};
 
-pub type BudgetStateRx = watch::Receiver<Option<Arc<v1::BudgetState>>>;
+pub(crate) type BudgetStateRx = watch::Receiver<Option<Arc<v1::BudgetState>>>;
 
 /// Coalesce a burst of ingestions into one recomputation.
 const COALESCE: Duration = Duration::from_millis(20);
@@ -36,7 +36,7 @@ pub fn window(budget: &BudgetSpec, now: DateTime<Utc>) -> BudgetWindow {
     BudgetWindow { name: budget.name.clone(), scope, value, start_day, end_day }
 }
 
-pub fn period_name(period: BudgetPeriod) -> &'static str {
+pub(crate) fn period_name(period: BudgetPeriod) -> &'static str {
     match period {
         BudgetPeriod::Day => "day",
         BudgetPeriod::Week => "week",
@@ -46,7 +46,7 @@ pub fn period_name(period: BudgetPeriod) -> &'static str {
 }
 
 /// Every budget's spend in its current period, at `now`.
-pub async fn compute(store: &Store, now: DateTime<Utc>) -> Result<v1::BudgetState, StoreError> {
+pub(crate) async fn compute(store: &Store, now: DateTime<Utc>) -> Result<v1::BudgetState, StoreError> {
     let (head, config) = store.current_config().await?;
     state(store, &config, head.version, now).await
 }

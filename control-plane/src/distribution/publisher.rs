@@ -29,7 +29,7 @@ pub struct Published {
     pub build_time: Duration,
 }
 
-pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
+pub(crate) type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 

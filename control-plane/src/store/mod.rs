@@ -27,7 +27,7 @@ pub use error::StoreError;
 pub use resources::{Resource, Stored};
 
 /// The `LISTEN`/`NOTIFY` channel that announces new config versions to every replica.
-pub const CONFIG_CHANNEL: &str = "gateway_config";
+pub(crate) const CONFIG_CHANNEL: &str = "gateway_config";
 
 /// Migrations embedded at build time from the workspace's `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -35,7 +35,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A value derived from one config version of one lineage, kept until a newer version replaces it. A version number
 /// alone is not enough: a database replaced under a running replica (restored, or new) reaches the same numbers with
 /// other contents.
-pub struct VersionedCache<T>(Mutex<Option<(ConfigHead, Arc<T>)>>);
+pub(crate) struct VersionedCache<T>(Mutex<Option<(ConfigHead, Arc<T>)>>);
 
 impl<T> Default for VersionedCache<T> {
     fn default() -> Self {

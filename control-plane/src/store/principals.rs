@@ -12,7 +12,7 @@ use crate::auth::{ADMIN_TOKEN_PREFIX, Principal, Role, generate_secret, hash_sec
 use crate::store::error::StoreError;
 
 /// The principal that `GATEWAY_ADMIN_TOKEN` authenticates as.
-pub const BOOTSTRAP_PRINCIPAL: &str = "bootstrap";
+pub(crate) const BOOTSTRAP_PRINCIPAL: &str = "bootstrap";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

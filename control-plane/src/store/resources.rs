@@ -276,7 +276,7 @@ fn fingerprint(sealed: &str) -> String {
 
 /// The read-only bookkeeping every resource read carries as `meta` (ignored when a read is written back).
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ResourceMeta {
+pub(crate) struct ResourceMeta {
     pub id: Uuid,
     /// The resource's kind: `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `budget`.
     pub kind: String,
@@ -362,7 +362,7 @@ async fn load_all<T: Resource>(conn: &mut PgConnection, config: &mut ConfigSet) 
 }
 
 /// Every configuration resource, as the connection's transaction sees them.
-pub async fn load_config(conn: &mut PgConnection) -> Result<ConfigSet, StoreError> {
+pub(crate) async fn load_config(conn: &mut PgConnection) -> Result<ConfigSet, StoreError> {
     let mut config = ConfigSet::default();
     load_all::<BackendSpec>(conn, &mut config).await?;
     load_all::<ModelSpec>(conn, &mut config).await?;

@@ -313,7 +313,7 @@ fn ms(d: Duration) -> f64 {
 async fn time<F, Fut, T>(n: usize, f: F) -> (Duration, Duration)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, control_plane::error::ApiError>>,
+    Fut: std::future::Future<Output = Result<T, control_plane::store::StoreError>>,
 {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {

@@ -127,7 +127,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 }
 
 /// An action a handler needs, as a type: `Authorized<may::WriteConfig>`.
-pub trait Permission {
+pub(crate) trait Permission {
     const ACTION: Action;
 }
 
@@ -146,7 +146,7 @@ pub mod may {
 
 /// The caller, known to be allowed `P`. As an extractor it runs before the body is read, so a caller without the
 /// permission gets 403 whatever the body holds (a malformed body from an auditor is not a 400).
-pub struct Authorized<P>(pub Principal, std::marker::PhantomData<P>);
+pub(crate) struct Authorized<P>(pub Principal, std::marker::PhantomData<P>);
 
 impl<P> std::ops::Deref for Authorized<P> {
     type Target = Principal;
@@ -167,7 +167,7 @@ impl<S: Send + Sync, P: Permission> FromRequestParts<S> for Authorized<P> {
 }
 
 /// A new random secret: `prefix` then 32 random bytes in URL-safe base64.
-pub fn generate_secret(prefix: &str) -> String {
+pub(crate) fn generate_secret(prefix: &str) -> String {
     let bytes: [u8; 32] = rand::rng().random();
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
@@ -177,8 +177,8 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-pub const ADMIN_TOKEN_PREFIX: &str = "gwa_";
-pub const API_KEY_PREFIX: &str = "gwk_";
+pub(crate) const ADMIN_TOKEN_PREFIX: &str = "gwa_";
+pub(crate) const API_KEY_PREFIX: &str = "gwk_";
 
 #[cfg(test)]
 mod tests {

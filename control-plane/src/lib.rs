@@ -36,7 +36,7 @@ use crate::store::Store;
 use crate::store::resources::WriteContext;
 
 /// Validation settings derived from the serve flags.
-pub fn write_context(args: &ServeArgs) -> anyhow::Result<WriteContext> {
+pub(crate) fn write_context(args: &ServeArgs) -> anyhow::Result<WriteContext> {
     let base_urls = BaseUrlPolicy::from_list(&args.backend_allowlist)
         .map_err(|e| anyhow::anyhow!("GATEWAY_BACKEND_ALLOWLIST: {e}"))?;
     let secret_env = SecretEnvPolicy::from_list(&args.secret_env_prefix)

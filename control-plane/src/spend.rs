@@ -13,15 +13,15 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// Most events one `ReportSpend` call may carry.
-pub const MAX_BATCH_EVENTS: usize = 10_000;
+pub(crate) const MAX_BATCH_EVENTS: usize = 10_000;
 /// Longest name-like field (key, team, alias, backend, model, policy, ...).
-pub const MAX_TEXT: usize = 256;
+pub(crate) const MAX_TEXT: usize = 256;
 const MAX_METADATA_ENTRIES: usize = 64;
 const MAX_METADATA_KEY: usize = 128;
 const MAX_METADATA_VALUE: usize = 1024;
 const MAX_TOOL_CALLS: usize = 128;
 /// Costs keep at most this many decimal places...
-pub const MAX_COST_SCALE: usize = 18;
+pub(crate) const MAX_COST_SCALE: usize = 18;
 /// ...and at most this many integer digits (below 1e9 USD, far beyond any request), so a cost has at most 27
 /// significant digits and parses exactly into `rust_decimal` (28), and sums of billions of events stay exact.
 const MAX_COST_INTEGER_DIGITS: usize = 9;

@@ -10,7 +10,8 @@ use std::hint::black_box;
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use policy_engine::config::*;
-use policy_engine::routing::{KeyFacts, RequestFacts, Router};
+use policy_engine::facts::{KeyFacts, RequestFacts};
+use policy_engine::routing::Router;
 use serde_json::json;
 
 #[derive(Clone, Copy)]

@@ -60,7 +60,7 @@ pub enum AddressRule {
 
 /// One allowlist entry: an exact host, a `*.suffix` wildcard, or an IP network in CIDR form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
+pub(crate) enum HostPattern {
     Exact(String),
     Suffix(String),
     Network(IpNet),
@@ -212,7 +212,7 @@ impl BaseUrlPolicy {
 /// `host` as it is compared: a name in lower case without its one trailing dot (an absolute name is the same
 /// host), IPv4-mapped IPv6 as IPv4. Names with empty labels (`a..b`, `.a`, `a..`) are refused: no resolver
 /// treats them consistently.
-pub fn canonical_host(host: &Host<impl AsRef<str>>) -> Result<Host<String>, HostRefusal> {
+pub(crate) fn canonical_host(host: &Host<impl AsRef<str>>) -> Result<Host<String>, HostRefusal> {
     match host {
         Host::Domain(domain) => {
             let domain = domain.as_ref();
@@ -249,7 +249,7 @@ fn is_metadata_name(domain: &str) -> bool {
 /// live at `169.254.169.254`), the other metadata addresses (Alibaba `100.100.100.200`, Oracle `192.0.0.192`, AWS
 /// `fd00:ec2::254`, GCP `fd20:ce::254`), the unspecified IPv6 address, and IPv4 ones written as IPv6
 /// (IPv4-mapped, IPv4-compatible, NAT64 `64:ff9b::/96`).
-pub fn is_always_refused(ip: IpAddr) -> bool {
+pub(crate) fn is_always_refused(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_refused_v4(v4),
         IpAddr::V6(v6) => is_refused_v6(v6),

@@ -17,7 +17,7 @@ use std::fmt;
 use cel::Program;
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 
-use crate::cel_env::{CelError, DeclaredType, ExpressionScope, Reads, VARIABLES};
+use crate::cel_decls::{CelError, DeclaredType, ExpressionScope, Reads, VARIABLES};
 use crate::cel_limits::{self, LimitError};
 
 /// A CEL type as the checker sees it.

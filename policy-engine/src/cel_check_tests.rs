@@ -7,9 +7,11 @@ use chrono::Utc;
 use proptest::prelude::{ProptestConfig, Strategy, prop, prop_assert, proptest};
 use serde_json::json;
 
-use crate::cel_env::{self, ExpressionScope};
+use crate::cel_decls::ExpressionScope;
+use crate::cel_env;
 use crate::config::{BackendSpec, ModelSpec};
-use crate::routing::{self, CandidateValues, KeyFacts, RequestFacts};
+use crate::facts::{KeyFacts, RequestFacts};
+use crate::routing::{self, CandidateValues};
 
 fn check(source: &str, expected: Result<(), &str>) {
     let actual = cel_env::compile(source, ExpressionScope::Candidate).map(|_| ()).map_err(|e| e.to_string());

@@ -15,14 +15,14 @@
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 
 /// The longest expression source, in bytes.
-pub const MAX_SOURCE_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_SOURCE_BYTES: usize = 8 * 1024;
 /// The most tokens (names, literals, operators, brackets) an expression may have. Parsing recurses at most
 /// once per token; this keeps the worst case a small fraction of a 2 MiB thread stack.
 pub const MAX_TOKENS: usize = 1024;
 /// The deepest syntax tree, which is also the interpreter's deepest recursion.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 /// The highest estimated evaluation cost: roughly the number of values the interpreter visits.
-pub const MAX_COST: u64 = 10_000;
+pub(crate) const MAX_COST: u64 = 10_000;
 /// The most entries of any list or map a policy can iterate over: declared tools, tags, metadata (and every
 /// list or object inside it), headers. The data plane refuses requests above it; the control plane refuses
 /// keys and backends with more tags.
@@ -30,7 +30,7 @@ pub const MAX_COLLECTION_ENTRIES: usize = 128;
 
 /// A bound an expression exceeds, with the numbers, for a message the author can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LimitError {
+pub(crate) enum LimitError {
     #[error("expression is {0} bytes long; the limit is {MAX_SOURCE_BYTES}")]
     Size(usize),
     #[error("expression has more than {MAX_TOKENS} tokens; split it into several policies or use a list literal")]
@@ -45,7 +45,7 @@ pub enum LimitError {
 }
 
 /// Size and token count, before the source reaches the parser.
-pub fn check_source(source: &str) -> Result<(), LimitError> {
+pub(crate) fn check_source(source: &str) -> Result<(), LimitError> {
     if source.len() > MAX_SOURCE_BYTES {
         return Err(LimitError::Size(source.len()));
     }
@@ -118,7 +118,7 @@ fn skip_string(bytes: &[u8], start: usize, raw: bool) -> usize {
 }
 
 /// The syntax tree's depth, without recursing (the tree is not yet known to be shallow).
-pub fn check_depth(root: &IdedExpr) -> Result<(), LimitError> {
+pub(crate) fn check_depth(root: &IdedExpr) -> Result<(), LimitError> {
     let mut pending: Vec<(&IdedExpr, usize)> = vec![(root, 1)];
     while let Some((node, depth)) = pending.pop() {
         if depth > MAX_DEPTH {

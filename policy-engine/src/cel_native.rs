@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::config::{BackendSpec, ModelSpec};
-use crate::routing::{KeyFacts, RequestFacts};
+use crate::facts::{KeyFacts, RequestFacts};
 
 /// A literal of the expression.
 #[derive(Debug, Clone, PartialEq)]

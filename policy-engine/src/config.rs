@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use crate::fields::{MAX_NAME_CHARS, money, schema};
+#[cfg(feature = "openapi")]
+use crate::fields::schema;
+use crate::fields::{MAX_NAME_CHARS, money};
 
 /// Resource names appear in URLs, CEL strings and policy files, so they keep to a URL-safe alphabet
 /// ([`crate::fields::NAME_PATTERN`]).
@@ -25,7 +26,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     /// Any OpenAI-compatible server (OpenAI, Groq, Together, vLLM, Ollama, ...).
@@ -37,7 +39,8 @@ pub enum BackendKind {
 }
 
 /// How the gateway presents the backend's secret upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "wire::BackendAuth")]
 pub enum BackendAuth {
     /// `Authorization: Bearer <secret>`.
@@ -45,7 +48,7 @@ pub enum BackendAuth {
     Bearer,
     /// The secret in a header of this name (e.g. `api-key`, `x-api-key`).
     Header {
-        #[schema(pattern = "^[A-Za-z0-9_-]+$", min_length = 1, max_length = 256)]
+        #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]+$", min_length = 1, max_length = 256))]
         header: String,
     },
     /// No credentials (local servers).
@@ -54,7 +57,8 @@ pub enum BackendAuth {
 
 /// A provider secret as written: a literal (sealed before it is stored) or a reference resolved where it is used.
 /// The sealed form only ever comes from the control plane itself and is never returned by a read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SecretSpec {
     /// The secret itself; the control plane encrypts it before storing it.
@@ -66,15 +70,16 @@ pub enum SecretSpec {
     Sealed(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
-    #[schema(schema_with = schema::duration_ms)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub connect_ms: u64,
     /// At most `total_ms`.
-    #[schema(schema_with = schema::duration_ms)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub first_byte_ms: u64,
-    #[schema(schema_with = schema::duration_ms)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub total_ms: u64,
 }
 
@@ -84,31 +89,34 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProviderRateLimit {
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
-    #[schema(minimum = 1)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub failure_threshold: u32,
     /// How long the breaker stays open before a probe request.
-    #[schema(schema_with = schema::duration_ms)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub open_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    #[schema(schema_with = schema::duration_ms)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub interval_ms: u64,
     #[serde(default = "default_health_path")]
-    #[schema(schema_with = schema::label)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub path: String,
 }
 
@@ -116,22 +124,24 @@ fn default_health_path() -> String {
     "/models".to_owned()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AzureSettings {
-    #[schema(schema_with = schema::label)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub api_version: String,
 }
 
 /// A provider endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
     pub kind: BackendKind,
     /// http(s) URL; normalised on write (a trailing slash never matters).
-    #[schema(schema_with = schema::url)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::url))]
     pub base_url: String,
     #[serde(default)]
     pub auth: BackendAuth,
@@ -139,10 +149,10 @@ pub struct BackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = schema::optional_label)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_label))]
     pub region: Option<String>,
     #[serde(default)]
-    #[schema(schema_with = schema::labels)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::labels))]
     pub tags: Vec<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -157,7 +167,8 @@ pub struct BackendSpec {
     pub azure: Option<AzureSettings>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Capabilities {
     pub chat: bool,
@@ -167,51 +178,54 @@ pub struct Capabilities {
     pub json_mode: bool,
     pub vision: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub context_window: Option<u32>,
     /// Required (at least 1) when `embeddings` is true; refused otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub embedding_dimensions: Option<u32>,
 }
 
 /// Prices in USD per one million tokens. Exact decimals; strings (`"2.50"`) are the canonical form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Pricing {
     #[serde(deserialize_with = "money::required")]
-    #[schema(schema_with = schema::price)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::price))]
     pub input: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
-    #[schema(schema_with = schema::optional_price)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_price))]
     pub cached_input: Option<Decimal>,
     #[serde(deserialize_with = "money::required")]
-    #[schema(schema_with = schema::price)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::price))]
     pub output: Decimal,
     /// Input tokens written to a provider cache (Anthropic prices them above `input`); `input` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
-    #[schema(schema_with = schema::optional_price)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_price))]
     pub cache_write: Option<Decimal>,
 }
 
 /// A deployable model on a backend. `pricing` is required: a model without a price is a configuration
 /// error, never a free model (a free local model says `"0"` explicitly).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub backend: String,
     /// The model name the provider expects.
-    #[schema(schema_with = schema::label)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub upstream_model: String,
     #[serde(default)]
     pub capabilities: Capabilities,
     pub pricing: Pricing,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Candidates in order; the next one on failure.
@@ -225,10 +239,11 @@ pub enum Strategy {
     LowestCost,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Candidate {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub model: String,
     /// At least 1 under the `weighted` strategy.
     #[serde(default = "default_weight")]
@@ -240,45 +255,47 @@ fn default_weight() -> u32 {
 }
 
 /// The public name apps send, mapped to an ordered list of candidate models.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AliasSpec {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = schema::optional_text)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_text))]
     pub description: Option<String>,
     #[serde(default)]
     pub strategy: Strategy,
     /// At least one, each model once.
-    #[schema(min_items = 1)]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub candidates: Vec<Candidate>,
     /// For embedding aliases: the dimension every candidate must produce. Once set it never changes,
     /// so vectors already stored for a corpus stay comparable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub pinned_dimensions: Option<u32>,
 }
 
 /// What a matching route policy does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicyAction {
     /// Serve with an alias or an explicit candidate list. The first matching route or deny policy wins.
     Route {
         /// Exactly one of `alias` and `candidates`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(schema_with = schema::optional_name)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_name))]
         alias: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(min_items = 1)]
+        #[cfg_attr(feature = "openapi", schema(min_items = 1))]
         candidates: Option<Vec<Candidate>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         strategy: Option<Strategy>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retries: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(schema_with = schema::optional_duration_ms)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_duration_ms))]
         timeout_ms: Option<u64>,
         /// CEL over `backend` and `model`: candidates for which it is not true are dropped.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,7 +303,7 @@ pub enum PolicyAction {
     },
     /// Refuse the request with this message (HTTP 403 naming the policy).
     Deny {
-        #[schema(schema_with = schema::message)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::message))]
         message: String,
     },
     /// Filter candidates of whatever route serves the request. Every matching constraint applies.
@@ -294,13 +311,14 @@ pub enum PolicyAction {
 }
 
 /// A routing or access rule: `when` (CEL over request and key) selects the requests it applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RoutePolicySpec {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = schema::optional_text)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_text))]
     pub description: Option<String>,
     /// Higher first; ties are broken by name.
     #[serde(default)]
@@ -322,20 +340,22 @@ fn default_when() -> String {
 }
 
 /// A named JSON Schema for one tool's arguments; its revision is the version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolSchemaSpec {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = schema::optional_text)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_text))]
     pub description: Option<String>,
     /// A JSON Schema (draft 2020-12 unless `$schema` says otherwise).
-    #[schema(schema_with = schema::json_schema)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::json_schema))]
     pub schema: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ToolPolicyMode {
     /// Violations act as `on_invalid` says.
@@ -345,7 +365,8 @@ pub enum ToolPolicyMode {
     Audit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnInvalidToolCall {
     #[default]
@@ -355,10 +376,11 @@ pub enum OnInvalidToolCall {
 }
 
 /// Which callers may declare which tools, and what happens to a tool call that does not validate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolPolicySpec {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
     #[serde(default)]
     pub priority: i32,
@@ -366,18 +388,18 @@ pub struct ToolPolicySpec {
     pub when: String,
     /// Tool names callers matching `when` may declare; `*` or an empty list allows any (see `docs/tools.md`).
     #[serde(default)]
-    #[schema(schema_with = schema::tool_names)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::tool_names))]
     pub allow: Vec<String>,
     /// Tool names they may not declare (wins over `allow`).
     #[serde(default)]
-    #[schema(schema_with = schema::tool_names)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::tool_names))]
     pub deny: Vec<String>,
     #[serde(default)]
     pub mode: ToolPolicyMode,
     #[serde(default)]
     pub on_invalid: OnInvalidToolCall,
     #[serde(default = "default_max_retries")]
-    #[schema(maximum = 5)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 5))]
     pub max_retries: u32,
 }
 
@@ -385,27 +407,29 @@ fn default_max_retries() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "wire::BudgetScope")]
 pub enum BudgetScope {
     /// One API key, by name.
     Key {
-        #[schema(schema_with = schema::name)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
         key: String,
     },
     Team {
-        #[schema(schema_with = schema::label)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
         team: String,
     },
     /// One alias or model, by name.
     Model {
-        #[schema(schema_with = schema::name)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
         model: String,
     },
     Global,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetPeriod {
     /// Calendar periods in UTC: they reset exactly at the boundary.
@@ -415,7 +439,8 @@ pub enum BudgetPeriod {
     Total,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetAction {
     #[default]
@@ -423,21 +448,22 @@ pub enum BudgetAction {
     Alert,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSpec {
-    #[schema(schema_with = schema::name)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
     pub scope: BudgetScope,
     pub period: BudgetPeriod,
     #[serde(deserialize_with = "money::required")]
-    #[schema(schema_with = schema::budget_limit)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::budget_limit))]
     pub limit_usd: Decimal,
     #[serde(default)]
     pub action: BudgetAction,
     /// Fraction of the limit (0 < x < 1) at which an alert fires before the limit.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
-    #[schema(schema_with = schema::soft_threshold)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::soft_threshold))]
     pub soft_threshold: Option<Decimal>,
 }
 

@@ -10,8 +10,6 @@ use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::de::{self, Deserialize, Deserializer, Unexpected, Visitor};
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
 
 /// Names: identities in URLs, CEL strings and policy files (see [`crate::config::validate_name`]).
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._:-]*$";
@@ -19,24 +17,24 @@ pub const MAX_NAME_CHARS: usize = 128;
 /// Short free text: teams, tags, regions, upstream model names, header names, API versions, paths.
 pub const MAX_LABEL_CHARS: usize = 256;
 /// Longer free text: descriptions and deny messages.
-pub const MAX_TEXT_CHARS: usize = 4096;
-pub const MAX_URL_CHARS: usize = 2048;
+pub(crate) const MAX_TEXT_CHARS: usize = 4096;
+pub(crate) const MAX_URL_CHARS: usize = 2048;
 pub const MAX_SECRET_CHARS: usize = 8192;
 /// Every duration in milliseconds (timeouts, intervals): 1 ms to one day.
-pub const MAX_DURATION_MS: u64 = 86_400_000;
+pub(crate) const MAX_DURATION_MS: u64 = 86_400_000;
 
 /// Money as a string: an optional minus sign, digits, and an optional fraction. JSON numbers are accepted too.
 pub const MONEY_PATTERN: &str = r"^-?[0-9]+(\.[0-9]+)?$";
 /// Most decimal places of any amount, as the store's `NUMERIC(20, 10)` columns keep them.
-pub const MAX_MONEY_SCALE: u32 = 10;
+pub(crate) const MAX_MONEY_SCALE: u32 = 10;
 /// Highest price (USD per million tokens): far above any real model, low enough that no request's cost can leave
 /// the ledger's range.
-pub const MAX_PRICE_USD: u32 = 1_000_000;
+pub(crate) const MAX_PRICE_USD: u32 = 1_000_000;
 /// Budget limits stay below 10^10 USD: `NUMERIC(20, 10)` keeps ten digits before the point.
-pub const MAX_BUDGET_DIGITS: u32 = 10;
+pub(crate) const MAX_BUDGET_DIGITS: u32 = 10;
 
 /// Whether `text` has the money syntax of [`MONEY_PATTERN`].
-pub fn is_money_syntax(text: &str) -> bool {
+pub(crate) fn is_money_syntax(text: &str) -> bool {
     let digits = text.strip_prefix('-').unwrap_or(text);
     let (whole, fraction) = match digits.split_once('.') {
         Some((whole, fraction)) => (whole, Some(fraction)),
@@ -116,61 +114,66 @@ pub fn fits(text: &str, max: usize) -> bool {
     text.chars().count() <= max
 }
 
-fn nullable(ty: Type, optional: bool) -> SchemaType {
-    if optional { SchemaType::from_iter([ty, Type::Null]) } else { SchemaType::from(ty) }
-}
-
-fn name_schema(optional: bool) -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(nullable(Type::String, optional))
-            .pattern(Some(NAME_PATTERN))
-            .min_length(Some(1))
-            .max_length(Some(MAX_NAME_CHARS))
-            .description(Some("A name: 1 to 128 of A-Z a-z 0-9 - _ . :, starting with a letter or digit."))
-            .build(),
-    )
-}
-
-/// A string of at most `max` characters, of at least one unless it may be `empty`.
-fn text_schema(optional: bool, empty: bool, max: usize, description: &str) -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(nullable(Type::String, optional))
-            .min_length((!empty).then_some(1))
-            .max_length(Some(max))
-            .description(Some(description))
-            .build(),
-    )
-}
-
-fn money_schema(optional: bool, description: &str, example: &str) -> Schema {
-    let types: Vec<Type> =
-        if optional { vec![Type::String, Type::Number, Type::Null] } else { vec![Type::String, Type::Number] };
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(SchemaType::from_iter(types))
-            .pattern(Some(MONEY_PATTERN))
-            .description(Some(description))
-            .examples([serde_json::Value::String(example.to_owned())])
-            .build(),
-    )
-}
-
-fn duration_schema(optional: bool, description: &str) -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(nullable(Type::Integer, optional))
-            .minimum(Some(1))
-            .maximum(Some(MAX_DURATION_MS))
-            .description(Some(description))
-            .build(),
-    )
-}
-
-/// The OpenAPI schema of each kind of constrained field, for `#[schema(schema_with = ...)]`.
+/// The OpenAPI schema of each kind of constrained field, for `#[schema(schema_with = ...)]`. Only the control
+/// plane documents an HTTP API, so only it enables the `openapi` feature.
+#[cfg(feature = "openapi")]
 pub mod schema {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+
     use super::*;
+
+    fn nullable(ty: Type, optional: bool) -> SchemaType {
+        if optional { SchemaType::from_iter([ty, Type::Null]) } else { SchemaType::from(ty) }
+    }
+
+    fn name_schema(optional: bool) -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::String, optional))
+                .pattern(Some(NAME_PATTERN))
+                .min_length(Some(1))
+                .max_length(Some(MAX_NAME_CHARS))
+                .description(Some("A name: 1 to 128 of A-Z a-z 0-9 - _ . :, starting with a letter or digit."))
+                .build(),
+        )
+    }
+
+    /// A string of at most `max` characters, of at least one unless it may be `empty`.
+    fn text_schema(optional: bool, empty: bool, max: usize, description: &str) -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::String, optional))
+                .min_length((!empty).then_some(1))
+                .max_length(Some(max))
+                .description(Some(description))
+                .build(),
+        )
+    }
+
+    fn money_schema(optional: bool, description: &str, example: &str) -> Schema {
+        let types: Vec<Type> =
+            if optional { vec![Type::String, Type::Number, Type::Null] } else { vec![Type::String, Type::Number] };
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter(types))
+                .pattern(Some(MONEY_PATTERN))
+                .description(Some(description))
+                .examples([serde_json::Value::String(example.to_owned())])
+                .build(),
+        )
+    }
+
+    fn duration_schema(optional: bool, description: &str) -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::Integer, optional))
+                .minimum(Some(1))
+                .maximum(Some(MAX_DURATION_MS))
+                .description(Some(description))
+                .build(),
+        )
+    }
 
     pub fn name() -> Schema {
         name_schema(false)

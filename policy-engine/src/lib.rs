@@ -7,7 +7,9 @@
 //! - [`config`]: the resource types and cross-resource integrity rules.
 //! - [`validate`]: per-resource validation with field-located errors.
 //! - [`fields`]: the limits of every written field (lengths, ranges, money) and their OpenAPI schemas.
-//! - [`cel_env`]: the one CEL environment (variables and fields), compile-time checked.
+//! - [`facts`]: what routing and policies know of a request and of the caller's key.
+//! - [`cel_decls`]: the CEL environment's declarations (variables, fields, scopes, what an expression reads).
+//! - [`cel_env`]: the one CEL environment, compile-time checked.
 //! - `cel_native`: native evaluation of the common policy shapes, falling back to the interpreter.
 //! - [`routing`]: policy matching, constraints, candidate ordering.
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
@@ -20,10 +22,12 @@
 pub mod base_url;
 pub mod budget_period;
 mod cel_check;
+pub mod cel_decls;
 pub mod cel_env;
 pub mod cel_limits;
 mod cel_native;
 pub mod config;
+pub mod facts;
 pub mod fields;
 pub mod routing;
 pub mod secret_ref;

@@ -13,11 +13,12 @@ use cel::{Context, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use utoipa::ToSchema;
 
-use crate::cel_env::{self, CelError, CompiledExpression, ExpressionScope, Reads};
+use crate::cel_decls::{CelError, ExpressionScope, Reads};
+use crate::cel_env::{self, CompiledExpression};
 use crate::cel_native::{self, CandidateFacts, Facts};
 use crate::config::*;
+use crate::facts::{KeyFacts, RequestFacts};
 
 /// The standard CEL environment, built once: `Context::default()` would rebuild it on every request.
 pub(crate) static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
@@ -37,34 +38,9 @@ struct CompiledPolicy {
     require: Option<CompiledExpression>,
 }
 
-/// What the router knows of the request. Built by the data plane from the body and headers.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct RequestFacts {
-    pub model: String,
-    /// `chat.completions`, `completions`, `embeddings`.
-    pub endpoint: String,
-    pub stream: bool,
-    pub prompt_tokens: u64,
-    pub max_tokens: Option<u64>,
-    pub tools: Vec<String>,
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    pub headers: BTreeMap<String, String>,
-}
-
-/// What the router knows of the caller's key.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct KeyFacts {
-    pub id: String,
-    pub name: String,
-    pub team: Option<String>,
-    pub tags: Vec<String>,
-}
-
 /// A candidate model the request may be sent to, in the order to try.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedCandidate {
     pub model: String,
     pub backend: String,
@@ -73,7 +49,8 @@ pub struct PlannedCandidate {
 }
 
 /// A candidate dropped by a constraint, and which one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejectedCandidate {
     pub model: String,
     pub backend: String,
@@ -81,7 +58,8 @@ pub struct RejectedCandidate {
     pub policy: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Decision {
     Route {
@@ -123,7 +101,8 @@ pub enum Decision {
 }
 
 /// One policy's evaluation, for the dry run and for debugging.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyTrace {
     pub policy: String,
     pub priority: i32,

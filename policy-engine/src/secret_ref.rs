@@ -11,7 +11,7 @@
 pub const DEFAULT_PREFIXES: &str = "PROVIDER_";
 
 /// The setting that holds the prefixes, named in messages.
-pub const SETTING: &str = "GATEWAY_SECRET_ENV_PREFIX";
+pub(crate) const SETTING: &str = "GATEWAY_SECRET_ENV_PREFIX";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretRefError {
@@ -85,7 +85,7 @@ impl SecretEnvPolicy {
 
 /// The gateway's own settings: `GATEWAY_*`, `DATABASE_URL`, and libpq's `PG*` (sqlx reads `PGPASSWORD` and the
 /// rest). Compared ignoring case, so no spelling slips through on a platform whose environment ignores it.
-pub fn is_reserved(name: &str) -> bool {
+pub(crate) fn is_reserved(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     upper.starts_with("GATEWAY_") || upper == "DATABASE_URL" || upper.starts_with("PG")
 }

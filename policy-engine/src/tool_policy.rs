@@ -17,13 +17,15 @@ use jsonschema::Validator;
 use jsonschema::error::ValidationErrorKind;
 use serde::Serialize;
 
-use crate::cel_env::{self, CompiledExpression, ExpressionScope};
+use crate::cel_decls::ExpressionScope;
+use crate::cel_env::{self, CompiledExpression};
 use crate::cel_native::Facts;
 use crate::config::{ConfigSet, OnInvalidToolCall, ToolPolicyMode, ToolPolicySpec};
-use crate::routing::{self, CompileError, KeyFacts, RequestFacts};
+use crate::facts::{KeyFacts, RequestFacts};
+use crate::routing::{self, CompileError};
 
 /// At most this many violations are reported per call, so a hostile answer cannot inflate the error without bound.
-pub const MAX_VIOLATIONS_PER_CALL: usize = 32;
+pub(crate) const MAX_VIOLATIONS_PER_CALL: usize = 32;
 
 /// What to do with a tool call that does not validate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

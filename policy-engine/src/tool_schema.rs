@@ -9,9 +9,9 @@ use jsonschema::Validator;
 use serde_json::Value;
 
 /// The largest schema, in bytes of compact JSON.
-pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 /// The deepest nesting of objects and arrays in a schema.
-pub const MAX_SCHEMA_DEPTH: usize = 32;
+pub(crate) const MAX_SCHEMA_DEPTH: usize = 32;
 /// The compiled size of one `pattern` (the `regex` crate's own bound on its automaton).
 const MAX_PATTERN_COMPILED_BYTES: usize = 1 << 20;
 

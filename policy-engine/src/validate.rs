@@ -5,7 +5,8 @@
 use rust_decimal::Decimal;
 
 use crate::base_url::BaseUrlPolicy;
-use crate::cel_env::{self, ExpressionScope};
+use crate::cel_decls::ExpressionScope;
+use crate::cel_env;
 use crate::config::*;
 use crate::fields::*;
 use crate::secret_ref::SecretEnvPolicy;

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::store::audit::{AuditEntry, AuditFilter, AuditVerification};
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AuditPage {
+pub(crate) struct AuditPage {
     pub items: Vec<AuditEntry>,
     /// Pass as `before_id` for the next (older) page; absent on the last page.
     pub next_before_id: Option<i64>,

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 /// A budget's current period and its spend so far (every ingested event; data planes add what they have not
 /// reported yet).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct BudgetStatus {
+pub(crate) struct BudgetStatus {
     /// day | week | month | total
     pub period: &'static str,
     /// Inclusive, UTC; absent for `total`.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use policy_engine::routing::{Decision, KeyFacts, PolicyTrace, RequestFacts, Router};
+use policy_engine::facts::{KeyFacts, RequestFacts};
+use policy_engine::routing::{Decision, PolicyTrace, Router};
 use policy_engine::tokens;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -18,7 +19,7 @@ use crate::error::ApiError;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SampleMessage {
+pub(crate) struct SampleMessage {
     #[expect(dead_code, reason = "accepted so real chat bodies can be pasted; the per-message overhead covers it")]
     pub role: String,
     pub content: String,
@@ -27,7 +28,7 @@ pub struct SampleMessage {
 /// The parts of an OpenAI request routing looks at.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SampleRequest {
+pub(crate) struct SampleRequest {
     pub model: String,
     #[serde(default = "default_endpoint")]
     pub endpoint: String,
@@ -60,7 +61,7 @@ fn default_endpoint() -> String {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EvaluateRequest {
+pub(crate) struct EvaluateRequest {
     pub request: SampleRequest,
     /// Facts of a hypothetical key.
     #[serde(default)]

@@ -15,7 +15,7 @@ use super::AppState;
 use crate::error::ApiError;
 
 /// A JSON body read up to the configured size limit. Holds the parsed JSON; [`parse`] types it.
-pub struct JsonBody(pub Value);
+pub(crate) struct JsonBody(pub Value);
 
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
@@ -93,7 +93,7 @@ pub fn parse<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
 }
 
 /// Query parameters; unknown or mistyped ones are a 400, not silently ignored.
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
@@ -116,7 +116,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
 
 /// The `{name}` path segment. Every stored name passed [`validate_name`], so a segment that does not is refused
 /// before it reaches the store.
-pub struct ApiPath(pub String);
+pub(crate) struct ApiPath(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
     type Rejection = ApiError;
@@ -132,7 +132,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
 
 /// `If-Match`: the revision a write expects the resource to be at (its `ETag`), or any with `*`.
 /// Revisions are strong entity tags, quoted (`"12"`) or not; one per request.
-pub struct IfMatch(pub Option<i64>);
+pub(crate) struct IfMatch(pub Option<i64>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;

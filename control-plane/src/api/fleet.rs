@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::store::fleet::{AdoptedFrom, NodeState};
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct FleetNode {
+pub(crate) struct FleetNode {
     #[serde(flatten)]
     pub node: NodeState,
     /// Not running the store's current version: behind it, or holding another lineage.
@@ -22,7 +22,7 @@ pub struct FleetNode {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Fleet {
+pub(crate) struct Fleet {
     pub config_version: i64,
     /// The store's configuration lineage: `config_version` counts in it (docs/lineage.md).
     pub lineage: uuid::Uuid,

@@ -26,7 +26,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct KeyListParams {
+pub(crate) struct KeyListParams {
     /// Only keys of this team.
     pub team: Option<String>,
     /// 1 to 1000, default 100.
@@ -37,7 +37,7 @@ pub struct KeyListParams {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct KeyPage {
+pub(crate) struct KeyPage {
     pub items: Vec<KeyView>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,

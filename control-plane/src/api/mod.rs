@@ -13,6 +13,7 @@ mod keys;
 pub mod openapi;
 mod resources;
 mod spend;
+mod store_error;
 
 use std::sync::Arc;
 

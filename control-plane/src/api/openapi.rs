@@ -10,8 +10,9 @@ use std::sync::LazyLock;
 
 use axum::Json;
 use policy_engine::config::*;
+use policy_engine::facts::KeyFacts;
 use policy_engine::fields::{MAX_NAME_CHARS, NAME_PATTERN};
-use policy_engine::routing::{Decision, KeyFacts, PolicyTrace};
+use policy_engine::routing::{Decision, PolicyTrace};
 use serde_json::{Map, Value, json};
 use utoipa::openapi::ComponentsBuilder;
 use utoipa::openapi::path::ParameterIn;

@@ -19,7 +19,7 @@ pub fn routes<T: Resource>() -> Router<AppState> {
 }
 
 /// The generic routes with a kind's own `GET /{collection}/{name}` (budgets add their status).
-pub fn routes_with_read<T: Resource>(read: MethodRouter<AppState>) -> Router<AppState> {
+pub(crate) fn routes_with_read<T: Resource>(read: MethodRouter<AppState>) -> Router<AppState> {
     Router::new()
         .route(&format!("/{}", T::COLLECTION), get(list::<T>).post(create::<T>))
         .route(&format!("/{}/{{name}}", T::COLLECTION), read.put(update::<T>).delete(delete::<T>))
@@ -28,7 +28,7 @@ pub fn routes_with_read<T: Resource>(read: MethodRouter<AppState>) -> Router<App
 /// Keyset pagination by name.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     /// 1 to 1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
@@ -38,13 +38,13 @@ pub struct ListParams {
 
 /// A page of views (documented per kind as `BackendPage`, ... by `openapi.rs`).
 #[derive(Debug, Serialize)]
-pub struct Page {
+pub(crate) struct Page {
     pub items: Vec<Value>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,
 }
 
-pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(100),
         Some(l) if (1..=1000).contains(&l) => Ok(l),

@@ -21,12 +21,12 @@ use crate::error::ApiError;
 use crate::store::spend::{Dimension, SpendEventRow, SpendFilter, SpendRow, SpendTotals};
 
 /// The response header carrying the next page's cursor (CSV has no room for it in the body).
-pub const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
+pub(crate) const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
 
 /// `GET /admin/v1/spend`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct ReportParams {
+pub(crate) struct ReportParams {
     /// Comma-separated subset of `key`, `team`, `alias`, `backend`, `model`, `day`; empty: one total row.
     pub group_by: Option<String>,
     /// RFC 3339, inclusive; default: the start of the current UTC month.
@@ -51,7 +51,7 @@ pub struct ReportParams {
 /// `GET /admin/v1/spend/events`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct EventParams {
+pub(crate) struct EventParams {
     /// RFC 3339, inclusive; default: unbounded.
     #[param(format = DateTime)]
     pub from: Option<String>,
@@ -74,7 +74,7 @@ pub struct EventParams {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SpendReport {
+pub(crate) struct SpendReport {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub group_by: Vec<Dimension>,
@@ -84,7 +84,7 @@ pub struct SpendReport {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SpendEventPage {
+pub(crate) struct SpendEventPage {
     pub items: Vec<SpendEventRow>,
     /// Pass as `cursor` for the next page; absent on the last page. Events are ordered by (occurred_at, id).
     pub next_cursor: Option<String>,

@@ -16,11 +16,10 @@ use rust_decimal::Decimal;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
-use crate::store::Store;
 use crate::store::spend::BudgetWindow;
+use crate::store::{Store, StoreError};
 
-pub type BudgetStateRx = watch::Receiver<Option<Arc<v1::BudgetState>>>;
+pub(crate) type BudgetStateRx = watch::Receiver<Option<Arc<v1::BudgetState>>>;
 
 /// Coalesce a burst of ingestions into one recomputation.
 const COALESCE: Duration = Duration::from_millis(20);
@@ -37,7 +36,7 @@ pub fn window(budget: &BudgetSpec, now: DateTime<Utc>) -> BudgetWindow {
     BudgetWindow { name: budget.name.clone(), scope, value, start_day, end_day }
 }
 
-pub fn period_name(period: BudgetPeriod) -> &'static str {
+pub(crate) fn period_name(period: BudgetPeriod) -> &'static str {
     match period {
         BudgetPeriod::Day => "day",
         BudgetPeriod::Week => "week",
@@ -47,7 +46,7 @@ pub fn period_name(period: BudgetPeriod) -> &'static str {
 }
 
 /// Every budget's spend in its current period, at `now`.
-pub async fn compute(store: &Store, now: DateTime<Utc>) -> Result<v1::BudgetState, ApiError> {
+pub(crate) async fn compute(store: &Store, now: DateTime<Utc>) -> Result<v1::BudgetState, StoreError> {
     let (head, config) = store.current_config().await?;
     state(store, &config, head.version, now).await
 }
@@ -57,7 +56,7 @@ async fn state(
     config: &ConfigSet,
     version: i64,
     now: DateTime<Utc>,
-) -> Result<v1::BudgetState, ApiError> {
+) -> Result<v1::BudgetState, StoreError> {
     let windows: Vec<BudgetWindow> = config.budgets.values().map(|b| window(b, now)).collect();
     let (spend, ledger_as_of_unix_us) = store.budget_spend(&windows).await?;
     let budgets = config

@@ -24,10 +24,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::budgets::BudgetStateRx;
 use super::lineage::{self, Holding, Standing};
 use super::publisher::{Published, PublishedRx};
-use crate::error::ApiError;
 use crate::spend::{self, BatchError};
 use crate::store::fleet::Adoption;
-use crate::store::{ConfigHead, Store};
+use crate::store::{ConfigHead, Store, StoreError};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,6 +96,23 @@ pub fn service(
     InterceptedService::new(server, NodeAuth::new(node_token))
 }
 
+/// The one translation of a store failure into a gRPC status. UNAVAILABLE (the database is out of reach) tells the
+/// data plane to send the same again later; anything else is INTERNAL, prefixed with what `refused` says.
+fn store_status(error: StoreError, refused: &str) -> Status {
+    match error {
+        StoreError::Unavailable(_) => Status::unavailable(error.to_string()),
+        StoreError::NotFound { .. }
+        | StoreError::AlreadyExists { .. }
+        | StoreError::Conflict(_)
+        | StoreError::PreconditionFailed(_)
+        | StoreError::DanglingReference(_)
+        | StoreError::InvalidSpec { .. }
+        | StoreError::InvalidInput { .. }
+        | StoreError::Database(_)
+        | StoreError::Internal(_) => Status::internal(format!("{refused}: {error}")),
+    }
+}
+
 fn response(published: &Published) -> v1::SubscribeResponse {
     v1::SubscribeResponse {
         nonce: uuid::Uuid::new_v4().to_string(),
@@ -145,7 +161,7 @@ impl ConfigDiscovery for Discovery {
                 (held_version > 0).then_some((held_lineage, held_version)),
             )
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|error| store_status(error, "the subscription could not be recorded"))?;
         tracing::info!(node = %hello.node_id, held_version, held_lineage = %hello.held_lineage,
             "data plane subscribed");
         let (tx, rx) = mpsc::channel(4);
@@ -182,10 +198,7 @@ impl ConfigDiscovery for Discovery {
                 // again later. INTERNAL (the database refused this batch): the data plane splits it to isolate the event.
                 tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, error = %error.detailed(),
                     "spend ingestion failed");
-                match error {
-                    ApiError::Unavailable(_) => Status::unavailable(error.to_string()),
-                    other => Status::internal(format!("the spend ledger could not store this batch: {other}")),
-                }
+                store_status(error, "the spend ledger could not store this batch")
             })?;
         if outcome.accepted > 0 {
             self.spend_changed.notify_one();

@@ -35,7 +35,7 @@ pub enum Standing {
 }
 
 /// How `held` stands against the store at `store`.
-pub fn standing(held: Option<&Holding>, store: ConfigHead) -> Standing {
+pub(crate) fn standing(held: Option<&Holding>, store: ConfigHead) -> Standing {
     match held {
         None => Standing::Nothing,
         Some(held) if held.lineage != Some(store.lineage) => Standing::OtherLineage,

@@ -14,10 +14,9 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
 use crate::secrets::Sealer;
 use crate::store::fleet::KeyRecord;
-use crate::store::{CONFIG_CHANNEL, ConfigHead, Store};
+use crate::store::{CONFIG_CHANNEL, ConfigHead, Store, StoreError};
 
 /// A built snapshot, shared by every stream that sends it.
 #[derive(Debug)]
@@ -30,7 +29,7 @@ pub struct Published {
     pub build_time: Duration,
 }
 
-pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
+pub(crate) type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -98,7 +97,7 @@ pub async fn build_if_changed(
     store: &Store,
     sealer: Option<&Sealer>,
     current: Option<ConfigHead>,
-) -> Result<Option<Published>, ApiError> {
+) -> Result<Option<Published>, StoreError> {
     let started = Instant::now();
     if current == Some(store.config_head().await?) {
         return Ok(None);
@@ -124,7 +123,7 @@ pub async fn build_if_changed(
         }
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(|e| StoreError::Internal(e.to_string()))?;
     Ok(Some(published))
 }
 

@@ -10,7 +10,7 @@ use sqlx::FromRow;
 use utoipa::{IntoParams, ToSchema};
 
 use super::Store;
-use crate::error::ApiError;
+use crate::store::error::StoreError;
 
 #[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
 pub struct AuditEntry {
@@ -94,7 +94,7 @@ pub struct AuditFilter {
 }
 
 impl Store {
-    pub async fn audit_log(&self, filter: &AuditFilter, limit: i64) -> Result<Vec<AuditEntry>, ApiError> {
+    pub async fn audit_log(&self, filter: &AuditFilter, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, at, actor, action, resource_kind, resource_name, config_version, request_id, before, after,
                     encode(row_hash, 'hex') AS hash
@@ -118,7 +118,7 @@ impl Store {
     }
 
     /// Recompute every link of the chain, oldest first, from one snapshot of the log.
-    pub async fn verify_audit_log(&self) -> Result<AuditVerification, ApiError> {
+    pub async fn verify_audit_log(&self) -> Result<AuditVerification, StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
         let broken: Option<LinkRow> = sqlx::query_as(

@@ -7,7 +7,7 @@ use sqlx::FromRow;
 use utoipa::ToSchema;
 
 use super::{ConfigHead, Store};
-use crate::error::ApiError;
+use crate::store::error::StoreError;
 
 /// An API key as the data planes need it: the hash, never the secret.
 #[derive(Debug, Clone, FromRow)]
@@ -109,7 +109,7 @@ impl NodeState {
 
 impl Store {
     /// The version and its lineage, configuration and keys, read from one consistent snapshot of the database.
-    pub async fn snapshot_source(&self) -> Result<(ConfigHead, ConfigSet, Vec<KeyRecord>), ApiError> {
+    pub async fn snapshot_source(&self) -> Result<(ConfigHead, ConfigSet, Vec<KeyRecord>), StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
         let head: ConfigHead =
@@ -135,7 +135,7 @@ impl Store {
         replica: &str,
         software_version: &str,
         held: Option<(Option<uuid::Uuid>, i64)>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO data_plane_nodes (node_id, replica, software_version, connected, connected_since, last_seen,
                                            acked_version, acked_at, lineage)
@@ -163,7 +163,7 @@ impl Store {
         lineage: uuid::Uuid,
         version: i64,
         adoption: Option<Adoption>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE data_plane_nodes SET acked_version = $2, acked_at = now(), last_seen = now(), lineage = $3,
                  adopted_from_lineage = CASE WHEN $5::TEXT IS NULL THEN adopted_from_lineage ELSE $4 END,
@@ -183,7 +183,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn node_nacked(&self, node_id: &str, version: i64, error: &str) -> Result<(), ApiError> {
+    pub async fn node_nacked(&self, node_id: &str, version: i64, error: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE data_plane_nodes SET last_nack_version = $2, last_nack_error = $3, last_nack_at = now(),
                                          last_seen = now()
@@ -198,7 +198,7 @@ impl Store {
     }
 
     /// Mark a node disconnected, unless it has meanwhile reconnected to another replica.
-    pub async fn node_disconnected(&self, node_id: &str, replica: &str) -> Result<(), ApiError> {
+    pub async fn node_disconnected(&self, node_id: &str, replica: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE data_plane_nodes SET connected = FALSE, last_seen = now() WHERE node_id = $1 AND replica = $2",
         )
@@ -210,7 +210,7 @@ impl Store {
     }
 
     /// A replica's connections end with it: at start it marks the nodes it had as disconnected.
-    pub async fn replica_started(&self, replica: &str) -> Result<(), ApiError> {
+    pub async fn replica_started(&self, replica: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE data_plane_nodes SET connected = FALSE WHERE replica = $1")
             .bind(replica)
             .execute(self.pool())
@@ -218,7 +218,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn fleet(&self) -> Result<Vec<NodeState>, ApiError> {
+    pub async fn fleet(&self) -> Result<Vec<NodeState>, StoreError> {
         Ok(sqlx::query_as("SELECT * FROM data_plane_nodes ORDER BY node_id").fetch_all(self.pool()).await?)
     }
 }

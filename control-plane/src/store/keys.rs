@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Store, already_exists, sql};
 use crate::auth::{API_KEY_PREFIX, generate_secret, hash_secret};
-use crate::error::ApiError;
+use crate::store::error::StoreError;
 use policy_engine::validate::SpecError;
 
 /// The writable fields of an API key.
@@ -72,7 +72,7 @@ pub struct CreatedKey {
 const COLUMNS: &str = "id, name, prefix, team, tags, allowed_aliases, rpm_limit, tpm_limit, expires_at, revoked_at, \
                        revision, created_at, updated_at, created_by, updated_by";
 
-fn validate(spec: &KeySpec, known_alias: impl Fn(&str) -> bool) -> Result<(), ApiError> {
+fn validate(spec: &KeySpec, known_alias: impl Fn(&str) -> bool) -> Result<(), StoreError> {
     let mut errors = Vec::new();
     let mut fail = |field: &str, message: String| errors.push(SpecError { field: field.to_owned(), message });
     if let Err(message) = validate_name(&spec.name) {
@@ -114,7 +114,7 @@ fn validate(spec: &KeySpec, known_alias: impl Fn(&str) -> bool) -> Result<(), Ap
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::InvalidSpec { kind: "api_key", name: spec.name.clone(), errors })
+        Err(StoreError::InvalidSpec { kind: "api_key", name: spec.name.clone(), errors })
     }
 }
 
@@ -128,7 +128,7 @@ impl Store {
         actor: &str,
         request_id: Option<&str>,
         spec: KeySpec,
-    ) -> Result<CreatedKey, ApiError> {
+    ) -> Result<CreatedKey, StoreError> {
         let mut mutation = self.begin(actor, request_id).await?;
         let config = mutation.config.clone();
         validate(&spec, |alias| config.has_alias_or_model(alias))?;
@@ -159,12 +159,12 @@ impl Store {
         Ok(CreatedKey { key, secret })
     }
 
-    pub async fn get_key(&self, name: &str) -> Result<KeyView, ApiError> {
+    pub async fn get_key(&self, name: &str) -> Result<KeyView, StoreError> {
         sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM api_keys WHERE name = $1")))
             .bind(name)
             .fetch_optional(self.pool())
             .await?
-            .ok_or_else(|| ApiError::NotFound { kind: "api_key", name: name.to_owned() })
+            .ok_or_else(|| StoreError::NotFound { kind: "api_key", name: name.to_owned() })
     }
 
     pub async fn list_keys(
@@ -172,7 +172,7 @@ impl Store {
         team: Option<&str>,
         after: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<KeyView>, ApiError> {
+    ) -> Result<Vec<KeyView>, StoreError> {
         Ok(sqlx::query_as(sql(format!(
             "SELECT {COLUMNS} FROM api_keys WHERE ($1::TEXT IS NULL OR team = $1) AND ($2::TEXT IS NULL OR name > $2)
              ORDER BY name LIMIT $3"
@@ -192,11 +192,11 @@ impl Store {
         name: &str,
         expected_revision: Option<i64>,
         spec: KeySpec,
-    ) -> Result<KeyView, ApiError> {
+    ) -> Result<KeyView, StoreError> {
         if spec.name != name {
-            return Err(ApiError::InvalidBody {
+            return Err(StoreError::InvalidInput {
                 message: format!("the body names {:?} but the URL names {name:?}; key names cannot change", spec.name),
-                param: Some("name".to_owned()),
+                field: Some("name".to_owned()),
             });
         }
         let mut mutation = self.begin(actor, request_id).await?;
@@ -226,7 +226,7 @@ impl Store {
     }
 
     /// Revoke a key: it stays listed (spend stays attributable) but never authenticates again.
-    pub async fn revoke_key(&self, actor: &str, request_id: Option<&str>, name: &str) -> Result<KeyView, ApiError> {
+    pub async fn revoke_key(&self, actor: &str, request_id: Option<&str>, name: &str) -> Result<KeyView, StoreError> {
         let mut mutation = self.begin(actor, request_id).await?;
         let config = mutation.config.clone();
         let before = self.lock_key(&mut mutation, name).await?;
@@ -251,7 +251,7 @@ impl Store {
         request_id: Option<&str>,
         name: &str,
         expected_revision: Option<i64>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let mut mutation = self.begin(actor, request_id).await?;
         let config = mutation.config.clone();
         let before = self.lock_key(&mut mutation, name).await?;
@@ -263,7 +263,7 @@ impl Store {
             .map(|b| b.name.as_str())
             .collect();
         if !budgets.is_empty() {
-            return Err(ApiError::Conflict(format!(
+            return Err(StoreError::Conflict(format!(
                 "cannot delete api_key {name:?}: still referenced by budget(s) {}",
                 budgets.join(", ")
             )));
@@ -274,11 +274,11 @@ impl Store {
         Ok(())
     }
 
-    async fn lock_key(&self, mutation: &mut super::Mutation, name: &str) -> Result<KeyView, ApiError> {
+    async fn lock_key(&self, mutation: &mut super::Mutation, name: &str) -> Result<KeyView, StoreError> {
         sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM api_keys WHERE name = $1 FOR UPDATE")))
             .bind(name)
             .fetch_optional(mutation.conn())
             .await?
-            .ok_or_else(|| ApiError::NotFound { kind: "api_key", name: name.to_owned() })
+            .ok_or_else(|| StoreError::NotFound { kind: "api_key", name: name.to_owned() })
     }
 }

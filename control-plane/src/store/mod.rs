@@ -8,6 +8,7 @@
 //! orders configurations only within one lineage (docs/lineage.md).
 
 pub mod audit;
+pub mod error;
 pub mod fleet;
 pub mod keys;
 pub mod principals;
@@ -21,12 +22,12 @@ use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use crate::error::ApiError;
+pub use error::StoreError;
 
 pub use resources::{Resource, Stored};
 
 /// The `LISTEN`/`NOTIFY` channel that announces new config versions to every replica.
-pub const CONFIG_CHANNEL: &str = "gateway_config";
+pub(crate) const CONFIG_CHANNEL: &str = "gateway_config";
 
 /// Migrations embedded at build time from the workspace's `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -34,7 +35,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A value derived from one config version of one lineage, kept until a newer version replaces it. A version number
 /// alone is not enough: a database replaced under a running replica (restored, or new) reaches the same numbers with
 /// other contents.
-pub struct VersionedCache<T>(Mutex<Option<(ConfigHead, Arc<T>)>>);
+pub(crate) struct VersionedCache<T>(Mutex<Option<(ConfigHead, Arc<T>)>>);
 
 impl<T> Default for VersionedCache<T> {
     fn default() -> Self {
@@ -115,16 +116,16 @@ impl Store {
         &self.pool
     }
 
-    pub async fn ping(&self) -> Result<(), ApiError> {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn config_version(&self) -> Result<i64, ApiError> {
+    pub async fn config_version(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&self.pool).await?)
     }
 
-    pub async fn config_head(&self) -> Result<ConfigHead, ApiError> {
+    pub async fn config_head(&self) -> Result<ConfigHead, StoreError> {
         Ok(sqlx::query_as("SELECT lineage, version FROM config_version").fetch_one(&self.pool).await?)
     }
 
@@ -139,7 +140,7 @@ impl Store {
         lineage: uuid::Uuid,
         held: i64,
         actor: &str,
-    ) -> Result<Option<Advanced>, ApiError> {
+    ) -> Result<Option<Advanced>, StoreError> {
         // A cheap read first: almost every hello needs nothing and must not queue behind the writers' row lock.
         let head = self.config_head().await?;
         if head.lineage != lineage || head.version >= held || held == i64::MAX {
@@ -172,7 +173,7 @@ impl Store {
     }
 
     /// The latest config set and its lineage and version, from the cache when it is current.
-    pub async fn current_config(&self) -> Result<(ConfigHead, Arc<ConfigSet>), ApiError> {
+    pub async fn current_config(&self) -> Result<(ConfigHead, Arc<ConfigSet>), StoreError> {
         let mut tx = self.pool.begin().await?;
         // REPEATABLE READ so the version and the rows come from one snapshot of the database.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
@@ -188,7 +189,7 @@ impl Store {
     }
 
     /// Start a mutation: open a transaction and bump the config version.
-    pub async fn begin(&self, actor: &str, request_id: Option<&str>) -> Result<Mutation, ApiError> {
+    pub async fn begin(&self, actor: &str, request_id: Option<&str>) -> Result<Mutation, StoreError> {
         let mut tx = self.pool.begin().await?;
         let ConfigHead { lineage, version } = sqlx::query_as(
             "UPDATE config_version SET version = version + 1, changed_at = now() RETURNING lineage, version",
@@ -234,7 +235,7 @@ impl Mutation {
         name: &str,
         before: Option<Value>,
         after: Option<Value>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_log (actor, action, resource_kind, resource_name, config_version, request_id, before, after)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -254,7 +255,7 @@ impl Mutation {
 
     /// Commit, and make `config` the cached config of the new version. Every replica hears of the new version
     /// through `NOTIFY`, which Postgres delivers only if and when the transaction commits.
-    pub async fn commit(mut self, config: Arc<ConfigSet>) -> Result<i64, ApiError> {
+    pub async fn commit(mut self, config: Arc<ConfigSet>) -> Result<i64, StoreError> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CONFIG_CHANNEL)
             .bind(self.version.to_string())
@@ -267,10 +268,10 @@ impl Mutation {
 }
 
 /// Map an insert's error: a unique-constraint violation (a duplicate name) becomes `AlreadyExists`.
-pub fn already_exists(kind: &'static str, name: &str) -> impl FnOnce(sqlx::Error) -> ApiError {
+pub fn already_exists(kind: &'static str, name: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
     let name = name.to_owned();
     move |error| match &error {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => ApiError::AlreadyExists { kind, name },
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => StoreError::AlreadyExists { kind, name },
         _ => error.into(),
     }
 }

@@ -9,10 +9,10 @@ use uuid::Uuid;
 
 use super::{Store, already_exists, sql};
 use crate::auth::{ADMIN_TOKEN_PREFIX, Principal, Role, generate_secret, hash_secret};
-use crate::error::ApiError;
+use crate::store::error::StoreError;
 
 /// The principal that `GATEWAY_ADMIN_TOKEN` authenticates as.
-pub const BOOTSTRAP_PRINCIPAL: &str = "bootstrap";
+pub(crate) const BOOTSTRAP_PRINCIPAL: &str = "bootstrap";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -53,13 +53,13 @@ struct Row {
 const COLUMNS: &str = "id, name, role, revoked_at, created_at, created_by";
 
 impl TryFrom<Row> for PrincipalView {
-    type Error = ApiError;
+    type Error = StoreError;
 
-    fn try_from(row: Row) -> Result<Self, ApiError> {
+    fn try_from(row: Row) -> Result<Self, StoreError> {
         Ok(PrincipalView {
             id: row.id,
             name: row.name,
-            role: row.role.parse().map_err(ApiError::Internal)?,
+            role: row.role.parse().map_err(StoreError::Internal)?,
             revoked_at: row.revoked_at,
             created_at: row.created_at,
             created_by: row.created_by,
@@ -73,17 +73,17 @@ fn view_json(view: &PrincipalView) -> serde_json::Value {
 
 impl Store {
     /// The principal a bearer token belongs to, if it is known and not revoked.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<(String, Role)>, ApiError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Option<(String, Role)>, StoreError> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT name, role FROM admin_principals WHERE token_sha256 = $1 AND revoked_at IS NULL")
                 .bind(hash_secret(token))
                 .fetch_optional(self.pool())
                 .await?;
-        row.map(|(name, role)| Ok((name, role.parse().map_err(ApiError::Internal)?))).transpose()
+        row.map(|(name, role)| Ok((name, role.parse().map_err(StoreError::Internal)?))).transpose()
     }
 
     /// Make `token` the bootstrap admin's token (creating the principal, or rotating its token).
-    pub async fn ensure_bootstrap_admin(&self, token: &str) -> Result<(), ApiError> {
+    pub async fn ensure_bootstrap_admin(&self, token: &str) -> Result<(), StoreError> {
         let hash = hash_secret(token);
         let current: Option<String> =
             sqlx::query_scalar("SELECT token_sha256 FROM admin_principals WHERE name = $1 AND revoked_at IS NULL")
@@ -112,9 +112,9 @@ impl Store {
         Ok(())
     }
 
-    pub async fn create_principal(&self, by: &Principal, spec: PrincipalSpec) -> Result<CreatedPrincipal, ApiError> {
+    pub async fn create_principal(&self, by: &Principal, spec: PrincipalSpec) -> Result<CreatedPrincipal, StoreError> {
         validate_name(&spec.name)
-            .map_err(|message| ApiError::InvalidBody { message, param: Some("name".to_owned()) })?;
+            .map_err(|message| StoreError::InvalidInput { message, field: Some("name".to_owned()) })?;
         let mut mutation = self.begin(&by.name, by.request_id.as_deref()).await?;
         let config = mutation.config.clone();
         let token = generate_secret(ADMIN_TOKEN_PREFIX);
@@ -136,25 +136,25 @@ impl Store {
         Ok(CreatedPrincipal { principal, token })
     }
 
-    pub async fn list_principals(&self) -> Result<Vec<PrincipalView>, ApiError> {
+    pub async fn list_principals(&self) -> Result<Vec<PrincipalView>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM admin_principals ORDER BY name")))
             .fetch_all(self.pool())
             .await?;
         rows.into_iter().map(PrincipalView::try_from).collect()
     }
 
-    pub async fn get_principal(&self, name: &str) -> Result<PrincipalView, ApiError> {
+    pub async fn get_principal(&self, name: &str) -> Result<PrincipalView, StoreError> {
         let row: Option<Row> = sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM admin_principals WHERE name = $1")))
             .bind(name)
             .fetch_optional(self.pool())
             .await?;
         row.map(PrincipalView::try_from)
             .transpose()?
-            .ok_or_else(|| ApiError::NotFound { kind: "principal", name: name.to_owned() })
+            .ok_or_else(|| StoreError::NotFound { kind: "principal", name: name.to_owned() })
     }
 
     /// Revoke a principal's token. The row stays, so the audit log's actors stay resolvable.
-    pub async fn revoke_principal(&self, by: &Principal, name: &str) -> Result<PrincipalView, ApiError> {
+    pub async fn revoke_principal(&self, by: &Principal, name: &str) -> Result<PrincipalView, StoreError> {
         let mut mutation = self.begin(&by.name, by.request_id.as_deref()).await?;
         let config = mutation.config.clone();
         let before: Option<Row> =
@@ -165,7 +165,7 @@ impl Store {
         let before = before
             .map(PrincipalView::try_from)
             .transpose()?
-            .ok_or_else(|| ApiError::NotFound { kind: "principal", name: name.to_owned() })?;
+            .ok_or_else(|| StoreError::NotFound { kind: "principal", name: name.to_owned() })?;
         let row: Row = sqlx::query_as(sql(format!(
             "UPDATE admin_principals SET revoked_at = COALESCE(revoked_at, now()) WHERE name = $1 RETURNING {COLUMNS}"
         )))

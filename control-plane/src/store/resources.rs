@@ -18,8 +18,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Store, already_exists, sql};
-use crate::error::ApiError;
 use crate::secrets::Sealer;
+use crate::store::error::StoreError;
 
 /// What validation needs from configuration.
 #[derive(Clone, Debug, Default)]
@@ -44,12 +44,12 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sy
     fn validate(&mut self, ctx: &WriteContext) -> Result<(), Vec<SpecError>>;
 
     /// Last step before storing, given the stored version when updating (backends seal their secret here).
-    fn prepare(&mut self, _previous: Option<&Self>, _ctx: &WriteContext) -> Result<(), ApiError> {
+    fn prepare(&mut self, _previous: Option<&Self>, _ctx: &WriteContext) -> Result<(), StoreError> {
         Ok(())
     }
 
     /// Rules between a stored version and its replacement.
-    fn check_update(&self, _previous: &Self) -> Result<(), ApiError> {
+    fn check_update(&self, _previous: &Self) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -79,12 +79,12 @@ impl Resource for BackendSpec {
         validate::backend(self, &ctx.base_urls, &ctx.secret_env)
     }
 
-    fn prepare(&mut self, previous: Option<&Self>, ctx: &WriteContext) -> Result<(), ApiError> {
+    fn prepare(&mut self, previous: Option<&Self>, ctx: &WriteContext) -> Result<(), StoreError> {
         match &self.secret {
             // Omitted on update: keep what is stored.
             None => self.secret = previous.and_then(|p| p.secret.clone()),
             Some(SecretSpec::Value(value)) => {
-                let sealer = ctx.sealer.as_ref().ok_or_else(|| ApiError::InvalidSpec {
+                let sealer = ctx.sealer.as_ref().ok_or_else(|| StoreError::InvalidSpec {
                     kind: Self::KIND,
                     name: self.name.clone(),
                     errors: vec![SpecError {
@@ -155,9 +155,9 @@ impl Resource for AliasSpec {
         validate::alias(self)
     }
 
-    fn check_update(&self, previous: &Self) -> Result<(), ApiError> {
+    fn check_update(&self, previous: &Self) -> Result<(), StoreError> {
         if previous.pinned_dimensions.is_some() && previous.pinned_dimensions != self.pinned_dimensions {
-            return Err(ApiError::InvalidSpec {
+            return Err(StoreError::InvalidSpec {
                 kind: Self::KIND,
                 name: self.name.clone(),
                 errors: vec![SpecError {
@@ -276,7 +276,7 @@ fn fingerprint(sealed: &str) -> String {
 
 /// The read-only bookkeeping every resource read carries as `meta` (ignored when a read is written back).
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ResourceMeta {
+pub(crate) struct ResourceMeta {
     pub id: Uuid,
     /// The resource's kind: `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `budget`.
     pub kind: String,
@@ -337,9 +337,9 @@ struct Row {
 
 const COLUMNS: &str = "id, spec, revision, created_at, updated_at, created_by, updated_by";
 
-fn decode<T: Resource>(row: Row) -> Result<Stored<T>, ApiError> {
+fn decode<T: Resource>(row: Row) -> Result<Stored<T>, StoreError> {
     let spec = serde_json::from_value(row.spec.0)
-        .map_err(|e| ApiError::Internal(format!("stored {} {} does not decode: {e}", T::KIND, row.id)))?;
+        .map_err(|e| StoreError::Internal(format!("stored {} {} does not decode: {e}", T::KIND, row.id)))?;
     Ok(Stored {
         id: row.id,
         spec,
@@ -351,7 +351,7 @@ fn decode<T: Resource>(row: Row) -> Result<Stored<T>, ApiError> {
     })
 }
 
-async fn load_all<T: Resource>(conn: &mut PgConnection, config: &mut ConfigSet) -> Result<(), ApiError> {
+async fn load_all<T: Resource>(conn: &mut PgConnection, config: &mut ConfigSet) -> Result<(), StoreError> {
     let rows: Vec<Row> = sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM {}", T::TABLE))).fetch_all(conn).await?;
     let slot = T::slot(config);
     for row in rows {
@@ -362,7 +362,7 @@ async fn load_all<T: Resource>(conn: &mut PgConnection, config: &mut ConfigSet) 
 }
 
 /// Every configuration resource, as the connection's transaction sees them.
-pub async fn load_config(conn: &mut PgConnection) -> Result<ConfigSet, ApiError> {
+pub(crate) async fn load_config(conn: &mut PgConnection) -> Result<ConfigSet, StoreError> {
     let mut config = ConfigSet::default();
     load_all::<BackendSpec>(conn, &mut config).await?;
     load_all::<ModelSpec>(conn, &mut config).await?;
@@ -379,7 +379,7 @@ async fn check_references(
     conn: &mut PgConnection,
     config: &ConfigSet,
     deleting: Option<(&str, &str)>,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let mut problems: Vec<String> = config.check_integrity().iter().map(ToString::to_string).collect();
     // Keys live outside the config set: budgets name keys, keys name aliases.
     let key_names: Vec<&str> = config
@@ -421,23 +421,23 @@ async fn check_references(
     }
     Err(match deleting {
         Some((kind, name)) => {
-            ApiError::Conflict(format!("cannot delete {kind} {name:?}: still referenced by {}", problems.join("; ")))
+            StoreError::Conflict(format!("cannot delete {kind} {name:?}: still referenced by {}", problems.join("; ")))
         }
-        None => ApiError::DanglingReference(format!("invalid reference: {}", problems.join("; "))),
+        None => StoreError::DanglingReference(format!("invalid reference: {}", problems.join("; "))),
     })
 }
 
 impl Store {
-    pub async fn get<T: Resource>(&self, name: &str) -> Result<Stored<T>, ApiError> {
+    pub async fn get<T: Resource>(&self, name: &str) -> Result<Stored<T>, StoreError> {
         let row: Option<Row> = sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM {} WHERE name = $1", T::TABLE)))
             .bind(name)
             .fetch_optional(self.pool())
             .await?;
-        row.map(decode).transpose()?.ok_or_else(|| ApiError::NotFound { kind: T::KIND, name: name.to_owned() })
+        row.map(decode).transpose()?.ok_or_else(|| StoreError::NotFound { kind: T::KIND, name: name.to_owned() })
     }
 
     /// Up to `limit` resources ordered by name, after `after` (keyset pagination).
-    pub async fn list<T: Resource>(&self, after: Option<&str>, limit: i64) -> Result<Vec<Stored<T>>, ApiError> {
+    pub async fn list<T: Resource>(&self, after: Option<&str>, limit: i64) -> Result<Vec<Stored<T>>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(sql(format!(
             "SELECT {COLUMNS} FROM {} WHERE ($1::TEXT IS NULL OR name > $1) ORDER BY name LIMIT $2",
             T::TABLE
@@ -455,16 +455,16 @@ impl Store {
         actor: &str,
         request_id: Option<&str>,
         mut spec: T,
-    ) -> Result<Stored<T>, ApiError> {
+    ) -> Result<Stored<T>, StoreError> {
         validate_spec(&mut spec, ctx)?;
         spec.prepare(None, ctx)?;
         let mut mutation = self.begin(actor, request_id).await?;
         let mut config = (*mutation.config).clone();
         if T::slot(&mut config).insert(spec.name().to_owned(), spec.clone()).is_some() {
-            return Err(ApiError::AlreadyExists { kind: T::KIND, name: spec.name().to_owned() });
+            return Err(StoreError::AlreadyExists { kind: T::KIND, name: spec.name().to_owned() });
         }
         check_references(mutation.conn(), &config, None).await?;
-        let spec_json = serde_json::to_value(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let spec_json = serde_json::to_value(&spec).map_err(|e| StoreError::Internal(e.to_string()))?;
         let row: Row = sqlx::query_as(sql(format!(
             "INSERT INTO {} (id, name, spec, revision, created_by, updated_by) VALUES ($1, $2, $3, $4, $5, $5)
              RETURNING {COLUMNS}",
@@ -493,15 +493,15 @@ impl Store {
         name: &str,
         expected_revision: Option<i64>,
         mut spec: T,
-    ) -> Result<Stored<T>, ApiError> {
+    ) -> Result<Stored<T>, StoreError> {
         if spec.name() != name {
-            return Err(ApiError::InvalidBody {
+            return Err(StoreError::InvalidInput {
                 message: format!(
                     "the body names {:?} but the URL names {name:?}; names cannot change (create a new {} instead)",
                     spec.name(),
                     T::KIND
                 ),
-                param: Some("name".to_owned()),
+                field: Some("name".to_owned()),
             });
         }
         validate_spec(&mut spec, ctx)?;
@@ -513,7 +513,7 @@ impl Store {
         let mut config = (*mutation.config).clone();
         T::slot(&mut config).insert(name.to_owned(), spec.clone());
         check_references(mutation.conn(), &config, None).await?;
-        let spec_json = serde_json::to_value(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let spec_json = serde_json::to_value(&spec).map_err(|e| StoreError::Internal(e.to_string()))?;
         let row: Row = sqlx::query_as(sql(format!(
             "UPDATE {} SET spec = $2, revision = $3, updated_at = now(), updated_by = $4 WHERE name = $1
              RETURNING {COLUMNS}",
@@ -538,7 +538,7 @@ impl Store {
         request_id: Option<&str>,
         name: &str,
         expected_revision: Option<i64>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let mut mutation = self.begin(actor, request_id).await?;
         let previous = lock_row::<T>(mutation.conn(), name).await?;
         check_revision(T::KIND, name, previous.revision, expected_revision)?;
@@ -556,24 +556,24 @@ impl Store {
 }
 
 /// `If-Match`: 412 when the caller's revision is not the current one.
-pub(crate) fn check_revision(kind: &str, name: &str, current: i64, expected: Option<i64>) -> Result<(), ApiError> {
+pub(crate) fn check_revision(kind: &str, name: &str, current: i64, expected: Option<i64>) -> Result<(), StoreError> {
     match expected {
-        Some(expected) if expected != current => Err(ApiError::PreconditionFailed(format!(
+        Some(expected) if expected != current => Err(StoreError::PreconditionFailed(format!(
             "{kind} {name:?} is at revision {current}, not {expected}: reload it and retry"
         ))),
         _ => Ok(()),
     }
 }
 
-fn validate_spec<T: Resource>(spec: &mut T, ctx: &WriteContext) -> Result<(), ApiError> {
-    spec.validate(ctx).map_err(|errors| ApiError::InvalidSpec { kind: T::KIND, name: spec.name().to_owned(), errors })
+fn validate_spec<T: Resource>(spec: &mut T, ctx: &WriteContext) -> Result<(), StoreError> {
+    spec.validate(ctx).map_err(|errors| StoreError::InvalidSpec { kind: T::KIND, name: spec.name().to_owned(), errors })
 }
 
-async fn lock_row<T: Resource>(conn: &mut PgConnection, name: &str) -> Result<Stored<T>, ApiError> {
+async fn lock_row<T: Resource>(conn: &mut PgConnection, name: &str) -> Result<Stored<T>, StoreError> {
     let row: Option<Row> =
         sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM {} WHERE name = $1 FOR UPDATE", T::TABLE)))
             .bind(name)
             .fetch_optional(conn)
             .await?;
-    row.map(decode).transpose()?.ok_or_else(|| ApiError::NotFound { kind: T::KIND, name: name.to_owned() })
+    row.map(decode).transpose()?.ok_or_else(|| StoreError::NotFound { kind: T::KIND, name: name.to_owned() })
 }

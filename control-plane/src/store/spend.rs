@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Store, sql};
-use crate::error::ApiError;
 use crate::spend::{Rejected, SpendRecord};
+use crate::store::error::StoreError;
 
 /// What one ingestion stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +265,7 @@ impl Store {
         batch_id: &str,
         records: &[SpendRecord],
         rejected: &[Rejected],
-    ) -> Result<IngestOutcome, ApiError> {
+    ) -> Result<IngestOutcome, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -362,7 +362,7 @@ impl Store {
         filter: &SpendFilter,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<SpendRow>, ApiError> {
+    ) -> Result<Vec<SpendRow>, StoreError> {
         let shape = ReportShape::new(group_by);
         // Whole months from the monthly roll-ups (unless grouped by day), the other whole days from the daily ones,
         // the partial first and last days from raw events.
@@ -434,7 +434,7 @@ impl Store {
         filter: &SpendFilter,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<SpendRow>, ApiError> {
+    ) -> Result<Vec<SpendRow>, StoreError> {
         let shape = ReportShape::new(group_by);
         let query = format!(
             "SELECT {outer}, count(*) AS requests, count(*) FILTER (WHERE outcome <> 'ok') AS errors,
@@ -477,7 +477,7 @@ impl Store {
         to: Option<DateTime<Utc>>,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
-    ) -> Result<Vec<SpendEventRow>, ApiError> {
+    ) -> Result<Vec<SpendEventRow>, StoreError> {
         let query = format!(
             "SELECT {EVENT_COLUMNS} FROM spend_events
              WHERE ($1::TIMESTAMPTZ IS NULL OR occurred_at >= $1) AND ($2::TIMESTAMPTZ IS NULL OR occurred_at < $2)
@@ -507,7 +507,7 @@ impl Store {
 
     /// Each budget's spend over its window, and the database clock (microseconds) of the read: every ingestion
     /// whose `committed_unix_us` is smaller is included. Whole months of a window read the monthly roll-ups.
-    pub async fn budget_spend(&self, windows: &[BudgetWindow]) -> Result<(HashMap<String, Decimal>, i64), ApiError> {
+    pub async fn budget_spend(&self, windows: &[BudgetWindow]) -> Result<(HashMap<String, Decimal>, i64), StoreError> {
         let mut spend: HashMap<String, Decimal> = windows.iter().map(|w| (w.name.clone(), Decimal::ZERO)).collect();
         let splits: Vec<DayRanges> =
             windows.iter().map(|w| DayRanges::split(w.start_day, w.end_day.unwrap_or(FAR_FUTURE), true)).collect();
@@ -557,7 +557,7 @@ impl Store {
     }
 
     /// How many events are quarantined (for tests and operators).
-    pub async fn quarantined_spend(&self) -> Result<i64, ApiError> {
+    pub async fn quarantined_spend(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM spend_quarantine").fetch_one(self.pool()).await?)
     }
 }

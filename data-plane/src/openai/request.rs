@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use axum::http::HeaderMap;
-use policy_engine::cel_env::Reads;
+use policy_engine::cel_decls::Reads;
 use policy_engine::cel_limits::MAX_COLLECTION_ENTRIES;
-use policy_engine::routing::RequestFacts;
+use policy_engine::facts::RequestFacts;
 use policy_engine::tokens;
 use serde_json::{Map, Value};
 

@@ -22,7 +22,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::Response;
 use policy_engine::config::Strategy;
-use policy_engine::routing::KeyFacts;
+use policy_engine::facts::KeyFacts;
 use policy_engine::routing::{Decision, weighted_order};
 use policy_engine::tool_policy::InvalidCallAction;
 use rand::RngExt;

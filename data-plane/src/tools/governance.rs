@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use policy_engine::routing::{KeyFacts, RequestFacts};
+use policy_engine::facts::{KeyFacts, RequestFacts};
 use policy_engine::tool_policy::{DeclaredTools, InvalidCallAction, ToolCallOutcome, ToolDecision};
 use policy_engine::tool_schema;
 use serde_json::Value;

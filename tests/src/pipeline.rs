@@ -8,8 +8,9 @@
 //! over gRPC, the spend ledger, restarts of real processes) stays in the end-to-end tests (`tests/e2e/`).
 //!
 //! The process-wide parts of a data plane stay process-wide: the Prometheus recorder (`/metrics` counts every
-//! pipeline of the process) and the tracing subscriber (the first pipeline's log file). nextest runs every test in
-//! a process of its own.
+//! pipeline of the process, so a test that counts a metric counts labels no other test touches) and the tracing
+//! subscriber (the first pipeline's log, `target/e2e-logs/<test>/pipeline.log`). nextest runs each test in a
+//! process of its own; `cargo test` runs them together.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

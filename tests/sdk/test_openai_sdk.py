@@ -1,7 +1,7 @@
 """SDK conformance: the official `openai` Python package against the gateway, unchanged but for base URL and key.
 
-Run by the Rust end-to-end test `proxy::the_official_python_sdk_works_unchanged`, which starts the control plane,
-the data plane and three mock upstreams and passes their addresses in the environment:
+Run by the Rust pipeline test `proxy::the_official_python_sdk_works_unchanged` (tests/tests/pipeline/proxy.rs),
+which serves the data plane and three mock upstreams in its process and passes their addresses in the environment:
 GATEWAY_BASE_URL, GATEWAY_KEY, GATEWAY_LIMITED_KEY, GATEWAY_REVOKED_KEY, GATEWAY_BROKE_KEY (a key whose budget no
 request fits in), MOCK_URLS (comma-separated).
 """

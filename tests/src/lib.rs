@@ -1,8 +1,13 @@
-//! The end-to-end harness: starts the real `control-plane` and `data-plane` binaries against a real Postgres,
-//! on free loopback ports, and talks to them over HTTP and gRPC. Processes are killed when their handle drops.
-//! Each process logs to `target/e2e-logs/<test>/<name>.log`.
+//! The test harnesses. End to end: starts the real `control-plane` and `data-plane` binaries against a real
+//! Postgres, on free loopback ports, and talks to them over HTTP and gRPC. Processes are killed when their handle
+//! drops. Each process logs to `target/e2e-logs/<test>/<name>.log`. In process: [`pipeline`] serves a data plane
+//! from a snapshot built in the test, and [`mock`] is the programmable upstream both use.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod background;
+pub mod mock;
+pub mod pipeline;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,7 +65,7 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {PORTS:?}")
 }
 
-fn log_path(test: &str, name: &str) -> PathBuf {
+pub(crate) fn log_path(test: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe.ancestors().nth(3).unwrap().to_path_buf();
     let dir = target.join("e2e-logs").join(test);
@@ -577,15 +582,24 @@ impl DataPlane {
     }
 }
 
-/// A programmable OpenAI-compatible upstream (the `mock-upstream` binary).
+/// A programmable OpenAI-compatible upstream ([`mock`]): the `mock-upstream` binary as a process of its own, or
+/// served in this process; the same control API either way.
 pub struct MockUpstream {
-    _child: Child,
+    _running: MockRunning,
     pub addr: SocketAddr,
     pub name: String,
     http: reqwest::Client,
 }
 
+/// Held only to be dropped with its `MockUpstream`, which stops the mock.
+#[expect(dead_code, reason = "never read: each variant is held for its drop")]
+enum MockRunning {
+    Process(Child),
+    InProcess(mock::MockServer),
+}
+
 impl MockUpstream {
+    /// The `mock-upstream` binary, logging to `target/e2e-logs/<test>/<name>.log`.
     pub async fn start(test: &str, name: &str) -> MockUpstream {
         let http = http_client();
         let log = log_path(test, name);
@@ -603,7 +617,7 @@ impl MockUpstream {
             match ready {
                 Ok(()) => {
                     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                    return MockUpstream { _child: child, addr, name: name.to_owned(), http };
+                    return MockUpstream { _running: MockRunning::Process(child), addr, name: name.to_owned(), http };
                 }
                 Err(NotReady::Exited(_)) if attempt < 5 && lost_a_port_race(&log) => {}
                 Err(NotReady::Exited(status)) => {
@@ -613,6 +627,13 @@ impl MockUpstream {
             }
         }
         unreachable!("the loop returns or panics")
+    }
+
+    /// The mock served in this process on a free port (listening before this returns).
+    pub fn in_process(name: &str) -> MockUpstream {
+        let server = mock::MockServer::start(name);
+        let addr = server.addr;
+        MockUpstream { _running: MockRunning::InProcess(server), addr, name: name.to_owned(), http: http_client() }
     }
 
     /// The base URL a backend uses.

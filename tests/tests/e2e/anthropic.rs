@@ -1,6 +1,7 @@
-//! The `anthropic` backend kind through the real data plane: OpenAI requests translated to the Messages API and the
-//! answers back (streamed or not, tool calls validated), Anthropic's errors in the OpenAI shape, failover from it,
-//! and its usage (cache reads and writes included) metered exactly into the ledger.
+//! The `anthropic` backend kind through the real planes: OpenAI requests translated to the Messages API and the
+//! answers back, Anthropic's errors in the OpenAI shape, failover from it, and its usage (cache reads and writes
+//! included) metered exactly into the ledger. Its tool calls, which need no ledger, are tested in process
+//! (`pipeline/anthropic.rs`).
 
 use gateway_e2e::*;
 use rust_decimal::Decimal;
@@ -73,12 +74,6 @@ fn chat(model: &str, stream: bool) -> Value {
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"}]})
 }
 
-fn with_tools(mut body: Value) -> Value {
-    body["tools"] =
-        json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
-    body
-}
-
 const CACHED: &str = r#"{"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": 1000,
                          "cache_creation_input_tokens": 50}"#;
 
@@ -139,49 +134,6 @@ async fn chat_is_translated_both_ways_and_metered_with_its_cache_tokens(pool: Pg
             (event["backend"].clone(), event["upstream_model"].clone()),
             (json!("anthropic"), json!("claude-sonnet-4"))
         );
-    }
-}
-
-#[sqlx::test(migrations = false)]
-async fn tool_calls_come_back_as_openai_tool_calls_and_are_validated(pool: PgPool) {
-    let gw = Gateway::start(&pool, "anthropic_tools").await;
-    for stream in [false, true] {
-        let response = gw.post("tools", "/v1/chat/completions", with_tools(chat("claude", stream))).await;
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.unwrap();
-        let arguments: String = if stream {
-            text.split("\n\n")
-                .filter_map(|e| e.strip_prefix("data: "))
-                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .filter_map(|c| {
-                    c.pointer("/choices/0/delta/tool_calls/0/function/arguments")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .collect()
-        } else {
-            let body: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(body["choices"][0]["finish_reason"], json!("tool_calls"));
-            assert_eq!(body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], json!("get_weather"));
-            body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap().to_owned()
-        };
-        assert_eq!(
-            serde_json::from_str::<Value>(&arguments).unwrap(),
-            json!({"city": "Paris"}),
-            "stream={stream}: {text}"
-        );
-    }
-    let seen = gw.anthropic.requests().await;
-    assert_eq!(seen[0]["body"]["tools"][0]["name"], json!("get_weather"));
-    assert_eq!(seen[0]["body"]["tools"][0]["input_schema"]["required"], json!(["city"]), "the registered schema");
-    // An invalid call is rejected like any other backend's.
-    for stream in [false, true] {
-        gw.anthropic
-            .script(json!([{"tool_calls": [{"name": "get_weather", "arguments": "{\"town\":\"Paris\"}"}]}]))
-            .await;
-        let response = gw.post("bad-tools", "/v1/chat/completions", with_tools(chat("claude", stream))).await;
-        let text = response.text().await.unwrap();
-        assert!(text.contains("invalid_tool_call") && text.contains("/town"), "stream={stream}: {text}");
     }
 }
 

@@ -1,5 +1,7 @@
-//! End-to-end tests across real processes. Each test gets a fresh database (`#[sqlx::test]`) and starts the
-//! control-plane and data-plane binaries it needs; see `gateway_e2e` for the harness.
+//! End-to-end tests across real processes: what crosses the planes (the admin API, snapshots over gRPC, the spend
+//! ledger, restarts and signals of real processes). Each test gets a fresh database (`#[sqlx::test]`) and starts the
+//! control-plane and data-plane binaries it needs; see `gateway_e2e` for the harness. The data plane's pipeline
+//! alone is tested in process, in the `pipeline` test binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +9,6 @@ mod admin_api;
 mod anthropic;
 mod hardening;
 mod outbound;
-mod proxy;
 mod snapshots;
 mod spend;
 mod spend_edges;

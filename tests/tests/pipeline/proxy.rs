@@ -1,18 +1,17 @@
-//! The OpenAI-compatible endpoint through the real data plane, configured by the real control plane, against
-//! programmable mock upstreams: routing, failover, streaming, cancellation, errors.
+//! The OpenAI-compatible endpoint through the data plane in process, serving a snapshot built here, against
+//! programmable in-process mock upstreams: routing, failover, streaming, cancellation, errors, and the SDK suite.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gateway_e2e::pipeline::{Pipeline, Snapshot};
 use gateway_e2e::*;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
-/// A control plane, three mock upstreams (`m0`..`m2`), one data plane, and a configuration over them.
+/// Three mock upstreams (`m0`..`m2`), one data plane, and a configuration over them.
 struct Gateway {
-    _cp: ControlPlane,
     mocks: Vec<MockUpstream>,
-    dp: DataPlane,
+    dp: Pipeline,
     key: String,
     limited_key: String,
     revoked_key: String,
@@ -20,116 +19,65 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(pool: &PgPool, test: &str) -> Gateway {
-        Gateway::start_with(pool, test, Vec::new()).await
+    async fn start(test: &str) -> Gateway {
+        Gateway::start_with(test, &[]).await
     }
 
-    async fn start_with(pool: &PgPool, test: &str, env: Vec<(String, String)>) -> Gateway {
-        let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(pool))).await;
+    async fn start_with(test: &str, flags: &[&str]) -> Gateway {
         let mut mocks = Vec::new();
         for i in 0..3 {
-            mocks.push(MockUpstream::start(test, &format!("m{i}")).await);
+            mocks.push(MockUpstream::in_process(&format!("m{i}")));
         }
+        let mut config = Snapshot::new();
         for (i, mock) in mocks.iter().enumerate() {
-            cp.create(
-                "backends",
-                json!({"name": format!("up{i}"), "kind": "openai", "base_url": mock.base_url(),
+            config.backend(json!({"name": format!("up{i}"), "kind": "openai", "base_url": mock.base_url(),
                 "secret": {"value": format!("sk-up{i}")},
-                "timeouts": {"connect_ms": 1000, "first_byte_ms": 700, "total_ms": 5000}}),
-            )
-            .await;
-            cp.create(
-                "models",
-                json!({"name": format!("model{i}"), "backend": format!("up{i}"),
+                "timeouts": {"connect_ms": 1000, "first_byte_ms": 700, "total_ms": 5000}}));
+            config.model(json!({"name": format!("model{i}"), "backend": format!("up{i}"),
                 "upstream_model": format!("upstream-{i}"),
                 "capabilities": {"chat": true, "completions": true, "tools": true, "json_mode": true},
-                "pricing": {"input": "1", "output": "2"}}),
-            )
-            .await;
-            cp.create(
-                "models",
-                json!({"name": format!("embed{i}"), "backend": format!("up{i}"),
+                "pricing": {"input": "1", "output": "2"}}));
+            config.model(json!({"name": format!("embed{i}"), "backend": format!("up{i}"),
                 "upstream_model": format!("embedding-{i}"),
                 "capabilities": {"embeddings": true, "embedding_dimensions": 8},
-                "pricing": {"input": "0.02", "output": "0"}}),
-            )
-            .await;
+                "pricing": {"input": "0.02", "output": "0"}}));
         }
         // An Anthropic backend (the mock answers `/messages` as the Messages API), for the SDK suite.
-        cp.create(
-            "backends",
+        config.backend(
             json!({"name": "anth", "kind": "anthropic", "base_url": mocks[2].base_url(), "secret": {"value": "sk-ant"}}),
-        )
-        .await;
-        cp.create(
-            "models",
-            json!({"name": "claude-model", "backend": "anth", "upstream_model": "claude-x",
-            "capabilities": {"chat": true, "tools": true}, "pricing": {"input": "3", "output": "15"}}),
-        )
-        .await;
-        cp.create("aliases", json!({"name": "claude", "candidates": [{"model": "claude-model"}]})).await;
+        );
+        config.model(json!({"name": "claude-model", "backend": "anth", "upstream_model": "claude-x",
+            "capabilities": {"chat": true, "tools": true}, "pricing": {"input": "3", "output": "15"}}));
+        config.alias(json!({"name": "claude", "candidates": [{"model": "claude-model"}]}));
         // A backend nobody listens on, for refused connections.
-        cp.create(
-            "backends",
+        config.backend(
             json!({"name": "closed", "kind": "openai", "base_url": format!("http://127.0.0.1:{}/v1", free_port())}),
-        )
-        .await;
-        cp.create(
-            "models",
-            json!({"name": "closed-model", "backend": "closed", "upstream_model": "x",
-            "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "1"}}),
-        )
-        .await;
+        );
+        config.model(json!({"name": "closed-model", "backend": "closed", "upstream_model": "x",
+            "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "1"}}));
         let candidates = |names: &[&str]| names.iter().map(|m| json!({"model": m})).collect::<Vec<_>>();
-        cp.create("aliases", json!({"name": "chain", "candidates": candidates(&["model0", "model1", "model2"])})).await;
-        cp.create("aliases", json!({"name": "refused-first", "candidates": candidates(&["closed-model", "model1"])}))
-            .await;
-        cp.create(
-            "aliases",
-            json!({"name": "split", "strategy": "weighted",
-            "candidates": [{"model": "model0", "weight": 3}, {"model": "model1", "weight": 1}]}),
-        )
-        .await;
-        cp.create("aliases", json!({"name": "embeddings", "candidates": candidates(&["embed0", "embed1"])})).await;
-        cp.create(
-            "route-policies",
-            json!({"name": "no-secrets-please", "priority": 100,
+        config.alias(json!({"name": "chain", "candidates": candidates(&["model0", "model1", "model2"])}));
+        config.alias(json!({"name": "refused-first", "candidates": candidates(&["closed-model", "model1"])}));
+        config.alias(json!({"name": "split", "strategy": "weighted",
+            "candidates": [{"model": "model0", "weight": 3}, {"model": "model1", "weight": 1}]}));
+        config.alias(json!({"name": "embeddings", "candidates": candidates(&["embed0", "embed1"])}));
+        config.route_policy(json!({"name": "no-secrets-please", "priority": 100,
             "when": "has(request.metadata.classification) && request.metadata.classification == 'secret'",
-            "action": {"type": "deny", "message": "secret data may not leave the building"}}),
-        )
-        .await;
+            "action": {"type": "deny", "message": "secret data may not leave the building"}}));
         // Tool calls are held and validated when the request's metadata asks for it (the SDK suite's tool tests).
-        cp.create(
-            "tool-policies",
-            json!({"name": "enforce-tools", "when": "has(request.metadata.tools) && request.metadata.tools == 'enforce'",
-            "on_invalid": "reject"}),
-        )
-        .await;
-        let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "app", "team": "search"}))).await;
-        let key = created["secret"].as_str().unwrap().to_owned();
-        let (_, created) =
-            cp.call("POST", "/keys", Some(json!({"name": "limited", "allowed_aliases": ["split"]}))).await;
-        let limited_key = created["secret"].as_str().unwrap().to_owned();
-        let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "gone"}))).await;
-        let revoked_key = created["secret"].as_str().unwrap().to_owned();
+        config.tool_policy(json!({"name": "enforce-tools",
+            "when": "has(request.metadata.tools) && request.metadata.tools == 'enforce'", "on_invalid": "reject"}));
+        let key = config.key(json!({"name": "app", "team": "search"}));
+        let limited_key = config.key(json!({"name": "limited", "allowed_aliases": ["split"]}));
+        let revoked_key = config.key(json!({"name": "gone"}));
         // A key whose budget no request fits in (the SDK suite's budget test).
-        let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "broke", "team": "interns"}))).await;
-        let broke_key = created["secret"].as_str().unwrap().to_owned();
-        cp.create(
-            "budgets",
-            json!({"name": "broke-total", "scope": {"type": "key", "key": "broke"}, "period": "total",
-                   "limit_usd": "0.000001"}),
-        )
-        .await;
-        let (status, _) = cp.call("POST", "/keys/gone/revoke", None).await;
-        assert_eq!(status, 200);
-        let version = cp.fleet().await["config_version"].as_u64().unwrap();
+        let broke_key = config.key(json!({"name": "broke", "team": "interns"}));
+        config.budget(json!({"name": "broke-total", "scope": {"type": "key", "key": "broke"}, "period": "total",
+            "limit_usd": "0.000001"}));
+        config.revoke("gone");
 
-        let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
-        config.env = env;
-        let dp = DataPlane::start(&config);
-        dp.wait_for_version(version).await;
-        Gateway { _cp: cp, mocks, dp, key, limited_key, revoked_key, broke_key }
+        let dp = Pipeline::start_with(test, &config, flags).await;
+        Gateway { mocks, dp, key, limited_key, revoked_key, broke_key }
     }
 
     async fn chat(&self, model: &str, extra: Value) -> reqwest::Response {
@@ -150,9 +98,9 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-#[sqlx::test(migrations = false)]
-async fn chat_is_routed_forwarded_and_labelled(pool: PgPool) {
-    let gw = Gateway::start(&pool, "proxy_chat").await;
+#[tokio::test]
+async fn chat_is_routed_forwarded_and_labelled() {
+    let gw = Gateway::start("proxy_chat").await;
     let response = gw
         .dp
         .client()
@@ -194,9 +142,9 @@ async fn chat_is_routed_forwarded_and_labelled(pool: PgPool) {
     assert_eq!(gw.mocks[0].requests().await.last().unwrap()["body"]["model"], json!("embedding-0"));
 }
 
-#[sqlx::test(migrations = false)]
-async fn streams_pass_through_and_cut_streams_end_with_an_error_event(pool: PgPool) {
-    let gw = Gateway::start(&pool, "proxy_stream").await;
+#[tokio::test]
+async fn streams_pass_through_and_cut_streams_end_with_an_error_event() {
+    let gw = Gateway::start("proxy_stream").await;
     let response = gw.chat("chain", json!({"stream": true})).await;
     assert_eq!(response.status(), 200);
     assert!(header(&response, "content-type").starts_with("text/event-stream"));
@@ -213,9 +161,9 @@ async fn streams_pass_through_and_cut_streams_end_with_an_error_event(pool: PgPo
     assert_eq!(event["error"]["message"], json!("the upstream ended the stream before [DONE]"));
 }
 
-#[sqlx::test(migrations = false)]
-async fn failover_on_5xx_429_timeouts_and_refused_connections(pool: PgPool) {
-    let gw = Gateway::start(&pool, "proxy_failover").await;
+#[tokio::test]
+async fn failover_on_5xx_429_timeouts_and_refused_connections() {
+    let gw = Gateway::start("proxy_failover").await;
     let served_by = |r: &reqwest::Response| header(r, "x-gateway-backend").to_owned();
 
     gw.mocks[0].script(json!([{"status": 500}])).await;
@@ -250,9 +198,9 @@ async fn failover_on_5xx_429_timeouts_and_refused_connections(pool: PgPool) {
     assert_eq!(gw.mocks[1].requests().await.len(), before);
 }
 
-#[sqlx::test(migrations = false)]
-async fn when_every_candidate_fails_the_error_says_what_each_answered(pool: PgPool) {
-    let gw = Gateway::start(&pool, "proxy_all_fail").await;
+#[tokio::test]
+async fn when_every_candidate_fails_the_error_says_what_each_answered() {
+    let gw = Gateway::start("proxy_all_fail").await;
     for mock in &gw.mocks {
         mock.script(json!([{"status": 503}])).await;
     }
@@ -277,9 +225,9 @@ async fn when_every_candidate_fails_the_error_says_what_each_answered(pool: PgPo
     assert_eq!(header(&response, "retry-after"), "30");
 }
 
-#[sqlx::test(migrations = false)]
-async fn weighted_routing_splits_by_weight(pool: PgPool) {
-    let gw = Gateway::start(&pool, "proxy_weighted").await;
+#[tokio::test]
+async fn weighted_routing_splits_by_weight() {
+    let gw = Gateway::start("proxy_weighted").await;
     let mut first = 0;
     let n = 200;
     for _ in 0..n {
@@ -292,9 +240,9 @@ async fn weighted_routing_splits_by_weight(pool: PgPool) {
     assert!((120..=180).contains(&first), "up0 served {first} of {n}");
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_client_disconnect_cancels_the_upstream_stream(pool: PgPool) {
-    let gw = Gateway::start(&pool, "proxy_cancel").await;
+#[tokio::test]
+async fn a_client_disconnect_cancels_the_upstream_stream() {
+    let gw = Gateway::start("proxy_cancel").await;
     gw.mocks[0].script(json!([{"chunks": 50, "chunk_delay_ms": 100}])).await;
     let response = gw.chat("chain", json!({"stream": true})).await;
     let mut stream = response.bytes_stream();
@@ -309,10 +257,9 @@ async fn a_client_disconnect_cancels_the_upstream_stream(pool: PgPool) {
     assert_eq!(gw.mocks[0].stats().await["streams_finished"], json!(0));
 }
 
-#[sqlx::test(migrations = false)]
-async fn bad_requests_get_openai_shaped_errors(pool: PgPool) {
-    let env = vec![("GATEWAY_MAX_BODY_BYTES".to_owned(), "65536".to_owned())];
-    let gw = Gateway::start_with(&pool, "proxy_errors", env).await;
+#[tokio::test]
+async fn bad_requests_get_openai_shaped_errors() {
+    let gw = Gateway::start_with("proxy_errors", &["--max-body-bytes=65536"]).await;
     let raw = |body: &'static str| {
         gw.dp
             .client()
@@ -424,9 +371,9 @@ async fn bad_requests_get_openai_shaped_errors(pool: PgPool) {
     assert_eq!(gw.mocks[0].requests().await.len(), 0, "nothing invalid was forwarded");
 }
 
-#[sqlx::test(migrations = false)]
-async fn models_lists_what_the_key_may_use(pool: PgPool) {
-    let gw = Gateway::start(&pool, "proxy_models").await;
+#[tokio::test]
+async fn models_lists_what_the_key_may_use() {
+    let gw = Gateway::start("proxy_models").await;
     let list = |key: String| {
         let client = gw.dp.client().clone();
         let url = gw.dp.url("/v1/models");
@@ -446,9 +393,9 @@ async fn models_lists_what_the_key_may_use(pool: PgPool) {
 
 /// The SDK conformance suite (`tests/sdk/`) with the official `openai` Python package, in the venv that
 /// `scripts/test.sh` prepares.
-#[sqlx::test(migrations = false)]
-async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
-    let gw = Gateway::start(&pool, "sdk").await;
+#[tokio::test]
+async fn the_official_python_sdk_works_unchanged() {
+    let gw = Gateway::start("sdk").await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let python = root.join(".venv/bin/python");
     assert!(

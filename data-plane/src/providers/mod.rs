@@ -43,19 +43,21 @@ pub enum StatusClass {
     FailOver,
 }
 
+/// One attempt's request as the gateway has it (OpenAI's shape), before a kind turns it into its own.
+#[derive(Clone, Copy)]
+pub struct Inbound<'a> {
+    pub backend: &'a BackendSpec,
+    pub upstream_model: &'a str,
+    pub endpoint: Endpoint,
+    pub body: &'a Map<String, Value>,
+    /// Leave out the `stream_options.include_usage` the gateway added (the backend refuses it).
+    pub omit_usage_option: bool,
+}
+
 /// One backend kind (see the module documentation).
 pub trait Provider: Sync {
-    /// The request for `endpoint` with `body` (OpenAI's shape) for `upstream_model`; `AttemptError::Unsupported`
-    /// when this kind cannot serve it (another candidate may). `omit_usage_option`: leave out the
-    /// `stream_options.include_usage` the gateway added (the backend refuses it).
-    fn request(
-        &self,
-        backend: &BackendSpec,
-        upstream_model: &str,
-        endpoint: Endpoint,
-        body: &Map<String, Value>,
-        omit_usage_option: bool,
-    ) -> Result<Outbound, AttemptError>;
+    /// The request this kind wants; `AttemptError::Unsupported` when it cannot serve it (another candidate may).
+    fn request(&self, request: &Inbound<'_>) -> Result<Outbound, AttemptError>;
 
     /// Whether answers are translated (they are then always JSON, whatever content type the upstream sent).
     fn translates(&self) -> bool {

@@ -2,12 +2,10 @@
 //! `model` set to the upstream's name. They differ only in the URL (Azure names the deployment in the path and the
 //! API version in the query).
 
-use policy_engine::config::BackendSpec;
 use serde_json::{Map, Value};
 
 use super::upstream::AttemptError;
-use super::{Outbound, Provider};
-use crate::openai::request::Endpoint;
+use super::{Inbound, Outbound, Provider};
 
 /// OpenAI and every server compatible with it.
 pub struct OpenAi;
@@ -16,50 +14,30 @@ pub struct OpenAi;
 pub struct AzureOpenAi;
 
 impl Provider for OpenAi {
-    fn request(
-        &self,
-        backend: &BackendSpec,
-        upstream_model: &str,
-        endpoint: Endpoint,
-        body: &Map<String, Value>,
-        omit_usage_option: bool,
-    ) -> Result<Outbound, AttemptError> {
-        let url = format!("{}{}", backend.base_url, endpoint.path());
-        Ok(Outbound {
-            url,
-            body: with_model(body, upstream_model, omit_usage_option)?,
-            native_key_header: None,
-            headers: &[],
-        })
+    fn request(&self, request: &Inbound<'_>) -> Result<Outbound, AttemptError> {
+        openai_request(format!("{}{}", request.backend.base_url, request.endpoint.path()), request)
     }
 }
 
 impl Provider for AzureOpenAi {
-    fn request(
-        &self,
-        backend: &BackendSpec,
-        upstream_model: &str,
-        endpoint: Endpoint,
-        body: &Map<String, Value>,
-        omit_usage_option: bool,
-    ) -> Result<Outbound, AttemptError> {
+    fn request(&self, request: &Inbound<'_>) -> Result<Outbound, AttemptError> {
+        let Inbound { backend, upstream_model, endpoint, .. } = *request;
         let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();
         let url = format!(
             "{}/openai/deployments/{upstream_model}{}?api-version={version}",
             backend.base_url,
             endpoint.path()
         );
-        Ok(Outbound {
-            url,
-            body: with_model(body, upstream_model, omit_usage_option)?,
-            native_key_header: None,
-            headers: &[],
-        })
+        openai_request(url, request)
     }
 }
 
-fn with_model(body: &Map<String, Value>, model: &str, omit_usage_option: bool) -> Result<Vec<u8>, AttemptError> {
-    serde_json::to_vec(&WithModel { body, model, omit_usage_option }).map_err(|e| AttemptError::Connect(e.to_string()))
+/// The caller's body as it came, `model` set to the upstream's name, to `url`.
+fn openai_request(url: String, request: &Inbound<'_>) -> Result<Outbound, AttemptError> {
+    let with_model =
+        WithModel { body: request.body, model: request.upstream_model, omit_usage_option: request.omit_usage_option };
+    let body = serde_json::to_vec(&with_model).map_err(|e| AttemptError::Connect(e.to_string()))?;
+    Ok(Outbound { url, body, native_key_header: None, headers: &[] })
 }
 
 /// The request body with `model` replaced by the upstream's name, serialised without copying the body.

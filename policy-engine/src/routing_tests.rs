@@ -1,0 +1,288 @@
+//! Tests of routing (`routing.rs`).
+
+use serde_json::json;
+
+use super::*;
+
+fn config() -> ConfigSet {
+    let bundle: serde_json::Value = serde_json::from_str(include_str!("../../policies/seed/bundle.json")).unwrap();
+    let mut config = ConfigSet::default();
+    for b in bundle["backends"].as_array().unwrap() {
+        let b: BackendSpec = serde_json::from_value(b.clone()).unwrap();
+        config.backends.insert(b.name.clone(), b);
+    }
+    for m in bundle["models"].as_array().unwrap() {
+        let m: ModelSpec = serde_json::from_value(m.clone()).unwrap();
+        config.models.insert(m.name.clone(), m);
+    }
+    for a in bundle["aliases"].as_array().unwrap() {
+        let a: AliasSpec = serde_json::from_value(a.clone()).unwrap();
+        config.aliases.insert(a.name.clone(), a);
+    }
+    for p in bundle["route_policies"].as_array().unwrap() {
+        let p: RoutePolicySpec = serde_json::from_value(p.clone()).unwrap();
+        config.route_policies.insert(p.name.clone(), p);
+    }
+    config
+}
+
+/// Guards only skip work: with them (no trace) and without them (trace) every decision is the same.
+#[test]
+fn guards_never_change_a_decision() {
+    let router = Router::compile(&config()).unwrap();
+    let metadatas = [
+        json!({}),
+        json!({"sensitivity": "low"}),
+        json!({"sensitivity": "high", "task": "code_generation"}),
+        json!({"data_classification": "restricted"}),
+        json!({"data_classification": "public", "sensitivity": "low"}),
+        json!({"data_classification": 7, "task": 1}),
+    ];
+    for metadata in metadatas {
+        for prompt_tokens in [10, 5000] {
+            for tags in [vec![], vec!["blocked".to_owned()]] {
+                let request = RequestFacts {
+                    model: "gpt-4o".into(),
+                    prompt_tokens,
+                    metadata: metadata.as_object().unwrap().clone(),
+                    ..RequestFacts::default()
+                };
+                let key = KeyFacts { tags, ..KeyFacts::default() };
+                let now = Utc::now();
+                let guarded = router.route(&request, &key, now, None);
+                let evaluated = router.route(&request, &key, now, Some(&mut Vec::new()));
+                assert_eq!(guarded, evaluated, "{metadata} {prompt_tokens}");
+            }
+        }
+    }
+}
+
+mod native_agrees_with_the_interpreter {
+    use proptest::prelude::{ProptestConfig, Strategy, any, prop, prop_assert, proptest};
+
+    use super::*;
+    use crate::cel_native::CandidateFacts;
+
+    /// Expressions over every native shape, and some the native subset leaves to the interpreter.
+    fn expression() -> impl Strategy<Value = String> {
+        let leaf = prop::sample::select(vec![
+            "request.model",
+            "request.endpoint",
+            "request.stream",
+            "request.prompt_tokens",
+            "request.max_tokens",
+            "request.tools",
+            "key.id",
+            "key.name",
+            "key.team",
+            "key.tags",
+            "request.metadata.a",
+            "request.metadata.b",
+            "request.headers['x-h']",
+            "request.headers.missing",
+            "request.metadata",
+            "backend.name",
+            "backend.kind",
+            "backend.region",
+            "backend.tags",
+            "model.name",
+            "model.price_input",
+            "model.context_window",
+            "'a'",
+            "'b'",
+            "''",
+            "1",
+            "0",
+            "-1",
+            "2u",
+            "1.5",
+            "0.0",
+            "true",
+            "false",
+            "null",
+            "['a', 'b']",
+            "[1, 'a', null]",
+            "[]",
+            "[1.5, 2u]",
+            "has(request.metadata.a)",
+            "has(request.headers.x)",
+            "'x' in request.metadata",
+            "1 in request.metadata",
+            "size(key.tags)",
+            "now > timestamp('2020-01-01T00:00:00Z')",
+            "key.tags.exists(t, t == 'a')",
+        ])
+        .prop_map(str::to_owned);
+        leaf.prop_recursive(4, 24, 2, |inner| {
+            (inner.clone(), inner, 0..9usize).prop_map(|(a, b, op)| match op {
+                0 => format!("({a} && {b})"),
+                1 => format!("({a} || {b})"),
+                2 => format!("!({a})"),
+                3 => format!("({a} == {b})"),
+                4 => format!("({a} != {b})"),
+                5 => format!("({a} < {b})"),
+                6 => format!("({a} >= {b})"),
+                7 => format!("({a} in {b})"),
+                _ => format!("({a} > {b})"),
+            })
+        })
+    }
+
+    fn scalar() -> impl Strategy<Value = Option<serde_json::Value>> {
+        prop::sample::select(vec![
+            None,
+            Some(json!("a")),
+            Some(json!("b")),
+            Some(json!(1)),
+            Some(json!(u64::MAX)),
+            Some(json!(1.5)),
+            Some(json!(true)),
+            Some(json!(null)),
+            Some(json!(["a"])),
+            Some(json!({"a": 1})),
+        ])
+    }
+
+    fn facts() -> impl Strategy<Value = (RequestFacts, KeyFacts, ModelSpec, BackendSpec)> {
+        let names = prop::sample::subsequence(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()], 0..3);
+        (
+            (scalar(), scalar(), any::<bool>(), 0u64..3, prop::option::of(0u64..3), names.clone()),
+            (prop::option::of(prop::sample::select(vec!["a", "b"])), names.clone(), any::<bool>()),
+            (prop::option::of(prop::sample::select(vec!["a", "eu"])), names, prop::option::of(0u32..3)),
+        )
+            .prop_map(
+                |(
+                    (a, b, stream, prompt_tokens, max_tokens, tools),
+                    (team, tags, header),
+                    (region, backend_tags, window),
+                )| {
+                    let mut metadata = serde_json::Map::new();
+                    metadata.extend(a.map(|v| ("a".to_owned(), v)));
+                    metadata.extend(b.map(|v| ("b".to_owned(), v)));
+                    let headers = if header { [("x-h".to_owned(), "a".to_owned())].into() } else { BTreeMap::new() };
+                    let request = RequestFacts {
+                        model: "a".into(),
+                        endpoint: "chat.completions".into(),
+                        stream,
+                        prompt_tokens,
+                        max_tokens,
+                        tools,
+                        metadata,
+                        headers,
+                    };
+                    let key = KeyFacts { id: "a".into(), name: "b".into(), team: team.map(str::to_owned), tags };
+                    let backend: BackendSpec = serde_json::from_value(json!({"name": "a", "kind": "openai",
+                    "base_url": "https://x", "region": region, "tags": backend_tags}))
+                    .unwrap();
+                    let model: ModelSpec = serde_json::from_value(json!({"name": "b", "backend": "a",
+                    "upstream_model": "u", "capabilities": {"context_window": window},
+                    "pricing": {"input": "1.5", "output": "2"}}))
+                    .unwrap();
+                    (request, key, model, backend)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        /// Whatever native evaluation decides, the interpreter decides the same.
+        #[test]
+        fn every_decided_answer_matches((request, key, model, backend) in facts(), source in expression()) {
+            let Ok(expression) = cel_env::compile(&source, ExpressionScope::Candidate) else { return Ok(()) };
+            let Some(native) = expression.native() else { return Ok(()) };
+            let candidate = CandidateFacts::new(&model, &backend);
+            let facts = Facts { request: &request, key: &key, candidate: Some(&candidate) };
+            let Some(answer) = native.evaluate(&facts) else { return Ok(()) };
+            let mut root = Context::with_env(STDLIB.clone());
+            root.add_variable_from_value("request", request_value(&request));
+            root.add_variable_from_value("key", key_value(&key));
+            root.add_variable_from_value("now", Value::Timestamp(Utc::now().fixed_offset()));
+            let scope = candidate_context(&root, &CandidateValues::new(&model, &backend));
+            let interpreted = expression.program().execute(&scope);
+            prop_assert!(matches!(interpreted, Ok(Value::Bool(b)) if b == answer),
+                "{source}: native {answer}, interpreter {interpreted:?}");
+        }
+    }
+
+    /// Boundary cases, each decided natively and checked against the interpreter.
+    #[test]
+    fn boundaries_agree() {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("big".into(), json!(u64::MAX));
+        metadata.insert("neg".into(), json!(-1));
+        metadata.insert("half".into(), json!(0.5));
+        metadata.insert("nil".into(), json!(null));
+        metadata.insert("s".into(), json!("b"));
+        let request = RequestFacts { prompt_tokens: u64::MAX, metadata, ..RequestFacts::default() };
+        let key = KeyFacts::default();
+        let mut root = Context::with_env(STDLIB.clone());
+        root.add_variable_from_value("request", request_value(&request));
+        root.add_variable_from_value("key", key_value(&key));
+        let facts = Facts { request: &request, key: &key, candidate: None };
+        for source in [
+            "request.metadata.big > 1",
+            "request.metadata.big < 1",
+            "request.metadata.big == 18446744073709551615u",
+            "request.metadata.neg < 0u",
+            "request.metadata.neg == -1.0",
+            "request.metadata.half < 1",
+            "1 > request.metadata.half",
+            "request.metadata.nil == null",
+            "request.metadata.nil == 'x'",
+            "request.metadata.s > 'a'",
+            "key.team == null",
+            "key.team == 'x'",
+            "key.team in ['a', null]",
+            "request.prompt_tokens == 9223372036854775807",
+            "request.max_tokens == null",
+            "'s' in request.metadata || request.metadata.missing == 1",
+            "request.metadata.missing == 1 && false",
+            "request.metadata.missing == 1 || true",
+        ] {
+            let expression = cel_env::compile(source, ExpressionScope::Request).unwrap();
+            let native = expression.native().and_then(|n| n.evaluate(&facts));
+            let interpreted = expression.program().execute(&root);
+            assert!(native.is_some(), "{source} is not decided natively");
+            assert!(
+                matches!(interpreted, Ok(Value::Bool(b)) if Some(b) == native),
+                "{source}: native {native:?}, interpreter {interpreted:?}"
+            );
+        }
+    }
+
+    /// The seed bundle's and the benchmark's policy shapes are all evaluated natively.
+    #[test]
+    fn common_shapes_are_native() {
+        for source in [
+            "request.prompt_tokens > 2000 && request.metadata.sensitivity == 'low'",
+            "has(request.metadata.task) && request.metadata.task == 'code_generation'",
+            "key.team == 'team-1' || (request.prompt_tokens > 100000 && 'x1' in key.tags)",
+            "'intern' in key.tags && request.stream",
+            "key.team in ['a', 'b'] && !(request.endpoint == 'embeddings')",
+            "backend.region == 'eu' && model.price_input < 5",
+            "request.headers['x-tenant'] == 'acme'",
+        ] {
+            assert!(cel_env::compile(source, ExpressionScope::Candidate).unwrap().is_native(), "{source}");
+        }
+    }
+}
+
+#[test]
+fn weighted_order_draws_by_weight() {
+    let candidate = |model: &str, weight| PlannedCandidate {
+        model: model.into(),
+        backend: "b".into(),
+        upstream_model: "u".into(),
+        weight,
+    };
+    let order = |draw| {
+        let mut list = vec![candidate("a", 3), candidate("b", 1)];
+        weighted_order(&mut list, draw);
+        list.iter().map(|c| c.model.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(order(0.0), ["a", "b"]);
+    assert_eq!(order(0.74), ["a", "b"]);
+    assert_eq!(order(0.75), ["b", "a"]);
+    assert_eq!(order(0.999), ["b", "a"]);
+}

@@ -18,12 +18,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::Response;
 use policy_engine::config::Strategy;
 use policy_engine::facts::KeyFacts;
-use policy_engine::routing::{Decision, weighted_order};
+use policy_engine::routing::{Decision, PlannedCandidate, weighted_order};
 use policy_engine::tool_policy::InvalidCallAction;
 use rand::RngExt;
 
@@ -46,14 +47,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
     let exchange = Exchange::of(&request);
     let (parts, body) = request.into_parts();
     let key = authenticate(&parts.headers, &snapshot, occurred_at.timestamp())?;
-    let bytes = axum::body::to_bytes(body, proxy.max_body_bytes).await.map_err(|error| {
-        let too_large = std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            GatewayError::TooLarge { limit: proxy.max_body_bytes }
-        } else {
-            GatewayError::InvalidRequest(format!("could not read the request body: {error}"))
-        }
-    })?;
+    let bytes = read_body(body, proxy.max_body_bytes).await?;
     let mut parsed = request::parse(endpoint, &bytes)?;
     if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
         return Err(GatewayError::ModelNotAllowed { model: parsed.model });
@@ -65,22 +59,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         team: (!key.team.is_empty()).then(|| key.team.clone()),
         tags: key.tags.clone(),
     };
-    let decision = snapshot.router.route(&facts, &key_facts, occurred_at, None);
-    let (policy, mut candidates, strategy) = match decision {
-        Decision::Route { policy, candidates, strategy, .. } => (policy, candidates, strategy),
-        Decision::Deny { policy, message } => return Err(GatewayError::PolicyDenied { policy, message }),
-        Decision::UnknownModel { model } => return Err(GatewayError::ModelNotFound { model }),
-        Decision::PolicyError { policy, field, error } => {
-            return Err(GatewayError::PolicyFailed { kind: "route policy", policy, field, error });
-        }
-        Decision::NoEligibleCandidate { rejected, .. } => {
-            let by: Vec<String> = rejected.iter().map(|r| format!("{} (by '{}')", r.model, r.policy)).collect();
-            return Err(GatewayError::NoEligibleCandidate(format!(
-                "no backend may serve this request under the active constraints: {}",
-                by.join(", ")
-            )));
-        }
-    };
+    let (policy, mut candidates, strategy) = route(snapshot.router.route(&facts, &key_facts, occurred_at, None))?;
     let governance = governance::prepare(&snapshot, &mut parsed, &facts, &key_facts)?;
     if strategy == Strategy::Weighted {
         weighted_order(&mut candidates, rand::rng().random::<f64>());
@@ -114,7 +93,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         exchange,
     };
     let spend = RequestSpend::start(context, proxy.reporter.clone());
-    let pass = Attempts {
+    let attempts = Attempts {
         proxy,
         snapshot: &snapshot,
         parsed: &parsed,
@@ -125,8 +104,8 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         strip_usage,
     };
     let served = match governance {
-        None => pass.plain().await,
-        Some(governance) => pass.governed(&governance).await,
+        None => attempts.plain().await,
+        Some(governance) => attempts.governed(&governance).await,
     };
     let mut response = match served {
         Ok(response) => response,
@@ -153,6 +132,37 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         headers.insert(BUDGET_WARNING_HEADER, value);
     }
     Ok(response)
+}
+
+/// The body, up to `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            GatewayError::TooLarge { limit }
+        } else {
+            GatewayError::InvalidRequest(format!("could not read the request body: {error}"))
+        }
+    })
+}
+
+/// The routing decision as the policy that chose, the candidates in order and their strategy, or the refusal.
+fn route(decision: Decision) -> Result<(Option<String>, Vec<PlannedCandidate>, Strategy), GatewayError> {
+    match decision {
+        Decision::Route { policy, candidates, strategy, .. } => Ok((policy, candidates, strategy)),
+        Decision::Deny { policy, message } => Err(GatewayError::PolicyDenied { policy, message }),
+        Decision::UnknownModel { model } => Err(GatewayError::ModelNotFound { model }),
+        Decision::PolicyError { policy, field, error } => {
+            Err(GatewayError::PolicyFailed { kind: "route policy", policy, field, error })
+        }
+        Decision::NoEligibleCandidate { rejected, .. } => {
+            let by: Vec<String> = rejected.iter().map(|r| format!("{} (by '{}')", r.model, r.policy)).collect();
+            Err(GatewayError::NoEligibleCandidate(format!(
+                "no backend may serve this request under the active constraints: {}",
+                by.join(", ")
+            )))
+        }
+    }
 }
 
 /// The response header with a non-streamed request's cost in USD (streams carry it in a closing SSE comment).

@@ -3,17 +3,17 @@
 //! is away.
 //!
 //! Laid out by request stage, each folder importing only the ones listed below it (ARCHITECTURE.md draws it):
-//! - [`proxy`]: the OpenAI-compatible API: routes, the per-request pipeline, attempts and failover, the virtual key.
-//! - [`stream`]: the stages a streamed answer goes through (metering, pass-through or tool-governed).
-//! - [`tools`]: tool governance: the tool policy, schemas, validation of calls whole or streamed.
-//! - [`spend`]: metering, reservations, spend events and their loss-free reporting, budgets.
-//! - [`providers`]: one module per backend kind behind one interface; sending attempts; egress rules.
-//! - [`openai`]: the wire format: request bodies, the error shape, server-sent events and `[DONE]`.
-//! - [`control`]: the connection to the control plane, the compiled snapshot served, the last good one on disk.
+//! - `proxy/`: the OpenAI-compatible API: routes, the per-request pipeline, attempts and failover, the virtual key.
+//! - `stream/`: the stages a streamed answer goes through (metering, pass-through or tool-governed).
+//! - `tools/`: tool governance: the tool policy, schemas, validation of calls whole or streamed.
+//! - `spend/`: metering, reservations, spend events and their loss-free reporting, budgets.
+//! - `providers/`: one module per backend kind behind one interface; sending attempts; egress rules.
+//! - `openai/`: the wire format: request bodies, the error shape, server-sent events and `[DONE]`.
+//! - `control/`: the connection to the control plane, the compiled snapshot served, the last good one on disk.
 //!
-//! Beside them: [`subscription`] (the snapshot stream from the control plane), [`http`] (health, readiness, metrics
-//! and the proxy's routes), [`server`] (connections: accept, serve, cut stalled and overdue ones, drain on
-//! shutdown), [`settings`] (flags and environment), [`metrics`] (the Prometheus recorder).
+//! Beside them: `subscription.rs` (the snapshot stream from the control plane), `http.rs` (health, readiness, metrics
+//! and the proxy's routes), `server.rs` (connections: accept, serve, cut stalled and overdue ones, drain on
+//! shutdown), `settings.rs` (flags and environment), `metrics.rs` (the Prometheus recorder).
 
 mod control;
 mod http;

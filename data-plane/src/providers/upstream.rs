@@ -1,4 +1,5 @@
-//! Sending one attempt to one candidate: the request its kind builds ([`super::Provider`]), its secret, pooled keep-alive clients, timeouts.
+//! Sending one attempt to one candidate: the request its kind builds ([`super::Provider`]), its secret, pooled
+//! keep-alive clients, timeouts.
 //! Upstream redirects are never followed (a 3xx is the attempt's failure), and every destination passes this data
 //! plane's egress rules ([`super::egress`]).
 

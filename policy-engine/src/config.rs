@@ -292,8 +292,12 @@ pub enum PolicyAction {
         candidates: Option<Vec<Candidate>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         strategy: Option<Strategy>,
+        /// Attempts sent after the first one fails (0 to 10), going round the candidates; unset: each candidate
+        /// once. See `docs/providers.md`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(maximum = 10))]
         retries: Option<u32>,
+        /// The whole request's deadline in ms, from its first attempt to the client's last byte, across attempts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_duration_ms))]
         timeout_ms: Option<u64>,

@@ -22,6 +22,8 @@ pub(crate) const MAX_URL_CHARS: usize = 2048;
 pub const MAX_SECRET_CHARS: usize = 8192;
 /// Every duration in milliseconds (timeouts, intervals): 1 ms to one day.
 pub(crate) const MAX_DURATION_MS: u64 = 86_400_000;
+/// A route policy's `retries`: attempts sent after the first. Each may cost up to a backend's whole timeout.
+pub(crate) const MAX_ROUTE_RETRIES: u32 = 10;
 
 /// Money as a string: an optional minus sign, digits, and an optional fraction. JSON numbers are accepted too.
 pub const MONEY_PATTERN: &str = r"^-?[0-9]+(\.[0-9]+)?$";

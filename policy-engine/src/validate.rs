@@ -240,7 +240,10 @@ pub fn route_policy(spec: &RoutePolicySpec) -> Result<(), Vec<SpecError>> {
     }
     errors.cel("when", &spec.when, ExpressionScope::Request);
     match &spec.action {
-        PolicyAction::Route { alias, candidates: list, strategy, require, timeout_ms, .. } => {
+        PolicyAction::Route { alias, candidates: list, strategy, require, retries, timeout_ms } => {
+            if retries.is_some_and(|retries| retries > MAX_ROUTE_RETRIES) {
+                errors.push("action.retries", format!("at most {MAX_ROUTE_RETRIES} retries"));
+            }
             if let Some(timeout_ms) = timeout_ms {
                 errors.duration("action.timeout_ms", *timeout_ms);
             }
@@ -316,4 +319,40 @@ pub fn budget(spec: &BudgetSpec) -> Result<(), Vec<SpecError>> {
         BudgetScope::Global => {}
     }
     errors.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields a route policy with this action is refused for (empty: accepted).
+    fn refused_fields(action: serde_json::Value) -> Vec<String> {
+        let spec: RoutePolicySpec =
+            serde_json::from_value(serde_json::json!({"name": "p", "action": action})).expect("a route policy");
+        route_policy(&spec).err().unwrap_or_default().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_routes_retries_and_timeout_are_bounded() {
+        let route = |extra: serde_json::Value| {
+            let mut action = serde_json::json!({"type": "route", "alias": "a"});
+            if let (Some(action), Some(extra)) = (action.as_object_mut(), extra.as_object()) {
+                action.extend(extra.clone());
+            }
+            refused_fields(action)
+        };
+        for ok in [
+            serde_json::json!({}),
+            serde_json::json!({"retries": 0}),
+            serde_json::json!({"retries": MAX_ROUTE_RETRIES}),
+            serde_json::json!({"timeout_ms": 1}),
+            serde_json::json!({"timeout_ms": MAX_DURATION_MS, "retries": 3}),
+        ] {
+            assert!(route(ok.clone()).is_empty(), "{ok}");
+        }
+        assert_eq!(route(serde_json::json!({"retries": MAX_ROUTE_RETRIES + 1})), ["action.retries"]);
+        assert_eq!(route(serde_json::json!({"timeout_ms": 0})), ["action.timeout_ms"]);
+        assert_eq!(route(serde_json::json!({"timeout_ms": MAX_DURATION_MS + 1})), ["action.timeout_ms"]);
+        assert_eq!(route(serde_json::json!({"retries": 11, "timeout_ms": 0})), ["action.retries", "action.timeout_ms"]);
+    }
 }

@@ -170,15 +170,31 @@ impl Upstreams {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            // Absurd values would overflow a Duration; a day is as good as forever here (it fails over).
-            .and_then(|s| Duration::try_from_secs_f64(s.min(86_400.0)).ok());
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         let body = match tokio::time::timeout(Duration::from_millis(first_byte), response.text()).await {
             Ok(Ok(text)) => text,
             _ => String::new(),
         };
         Err(AttemptError::Status { status, body, retry_after })
     }
+}
+
+/// The longest `Retry-After` kept: absurd values would overflow a `Duration`, and a day is as good as forever here
+/// (the attempt fails over).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds (fractions accepted, as some providers send them) or an
+/// HTTP-date (RFC 9110: IMF-fixdate and the two obsolete forms), a date in the past meaning no wait; at most a day.
+/// Anything else is no `Retry-After` at all.
+pub(crate) fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    // Digits and a point only: `f64` would also read `-1`, `1e3`, `inf` and `NaN`, none of them a delay.
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let seconds = value.parse::<f64>().ok()?;
+        return Duration::try_from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())).ok();
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -233,3 +233,28 @@ async fn redirects_are_not_followed() {
     assert_eq!(redirecting.credentials(), ["api-key: sk-custom-header"]);
     assert_eq!(elsewhere.connections(), 0, "the redirect target never hears of the request or its secret");
 }
+
+#[test]
+fn retry_after_reads_seconds_and_http_dates_and_ignores_junk() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example date.
+    let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+    let wait = |value: &str| retry_after(value, now);
+    assert_eq!(wait("120"), Some(Duration::from_secs(120)));
+    assert_eq!(wait(" 0.25 "), Some(Duration::from_millis(250)));
+    assert_eq!(wait("0"), Some(Duration::ZERO));
+    assert_eq!(wait("99999999999"), Some(Duration::from_secs(86_400)), "clamped to a day");
+    // The three forms of RFC 9110's HTTP-date, ten seconds ahead.
+    for ahead in ["Sun, 06 Nov 1994 08:49:47 GMT", "Sunday, 06-Nov-94 08:49:47 GMT", "Sun Nov  6 08:49:47 1994"] {
+        assert_eq!(wait(ahead), Some(Duration::from_secs(10)), "{ahead}");
+    }
+    assert_eq!(wait("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO), "now");
+    assert_eq!(wait("Sat, 05 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO), "a date in the past: no wait");
+    assert_eq!(wait("Fri, 06 Nov 2099 08:49:37 GMT"), Some(Duration::from_secs(86_400)), "clamped to a day");
+    assert_eq!(retry_after("Thu, 01 Jan 1970 00:01:00 GMT", SystemTime::UNIX_EPOCH), Some(Duration::from_secs(60)));
+    for junk in
+        ["", " ", "-1", "1e3", "inf", "NaN", "1.2.3", "soon", "Sun, 06 Nov 1994 25:00:00 GMT", "Sun, 06 Nov 1994"]
+    {
+        assert_eq!(wait(junk), None, "{junk:?}");
+    }
+}

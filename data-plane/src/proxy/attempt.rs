@@ -1,7 +1,9 @@
 //! The attempts of one request: its candidates in order, failing over on connection errors, timeouts, 5xx and 429
 //! (never after the first byte of a response reached the client), each answer turned into ours by its provider,
-//! metered, and, when the request declared tools, validated and re-asked for while the tool policy allows.
+//! metered, and, when the request declared tools, validated and re-asked for while the tool policy allows. A route
+//! policy's `retries` bounds the attempts and its `timeout_ms` the whole request (see [`RouteLimits`]).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -36,6 +38,74 @@ pub struct Attempts<'a> {
     pub spend: &'a SpendHandle,
     /// The gateway injected `stream_options.include_usage`: the usage chunk is metered, not forwarded.
     pub strip_usage: bool,
+    pub limits: RouteLimits,
+    /// The route policy's deadline for the whole request, set when its first attempt is sent.
+    pub request_deadline: OnceLock<tokio::time::Instant>,
+}
+
+/// What the route policy that chose the candidates set on their attempts (`docs/providers.md`, "How a failure
+/// counts").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// How many attempts may be sent after the first, walking the candidates in order and wrapping around; `None`:
+    /// each candidate once.
+    pub retries: Option<u32>,
+    /// The whole request's deadline, from its first attempt to the client's last byte, across every attempt.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The route policy's deadline passed: no attempt is started, the one under way is abandoned.
+struct PastDeadline;
+
+/// The order of one forwarding pass's attempts over `n` candidates from `start`. Without a retry bound each
+/// candidate comes once (and a short `Retry-After` may repeat it once). With one, attempts go round the candidates
+/// until `1 + retries` have been sent; a candidate that could not be sent to (its kind cannot serve the endpoint,
+/// the egress rules refuse it) costs no retry and is not come back to.
+#[derive(Debug)]
+struct Walk {
+    n: usize,
+    start: usize,
+    steps: usize,
+    retries: Option<u32>,
+    sent: u32,
+    unusable: Vec<bool>,
+}
+
+impl Walk {
+    fn new(n: usize, start: usize, retries: Option<u32>) -> Walk {
+        Walk { n, start, steps: 0, retries, sent: 0, unusable: vec![false; n] }
+    }
+
+    /// The next candidate's position, or `None` when the pass is over.
+    fn next(&mut self) -> Option<usize> {
+        let limit = match self.retries {
+            None => self.n.saturating_sub(self.steps),
+            Some(_) if !self.may_send() => 0,
+            Some(_) => self.n,
+        };
+        for _ in 0..limit {
+            let position = (self.start + self.steps) % self.n;
+            self.steps += 1;
+            if !self.unusable[position] {
+                return Some(position);
+            }
+        }
+        None
+    }
+
+    /// Whether one more attempt may be sent (to the next candidate, or again to this one after a `Retry-After`).
+    fn may_send(&self) -> bool {
+        self.retries.is_none_or(|retries| self.sent <= retries)
+    }
+
+    /// The attempt to `position` was sent, or was refused before anything was (`sent == false`).
+    fn record(&mut self, position: usize, sent: bool) {
+        if sent {
+            self.sent = self.sent.saturating_add(1);
+        } else if let Some(unusable) = self.unusable.get_mut(position) {
+            *unusable = true;
+        }
+    }
 }
 
 /// Tool validation for one forwarding pass.
@@ -131,25 +201,79 @@ impl Attempts<'_> {
         }
     }
 
-    /// Try the candidates in order from `start` (wrapping around); answer with the first usable response.
+    /// When an attempt starting now must be over: its backend's `total` from now (the whole exchange, from sending
+    /// to the client taking the last byte), capped by the route policy's deadline for the request, which starts
+    /// with the request's first attempt. `None` once that deadline has passed.
+    fn attempt_deadline(&self, total: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let own = now + total;
+        let Some(timeout_ms) = self.limits.timeout_ms else { return Some(own) };
+        let request = *self.request_deadline.get_or_init(|| now + Duration::from_millis(timeout_ms));
+        (now < request).then(|| own.min(request))
+    }
+
+    /// One attempt to the candidate at `position`, recorded in `walk`, abandoned when the route policy's deadline
+    /// passes; with the deadline it had to meet.
+    async fn attempt(
+        &self,
+        backend: &BackendSpec,
+        candidate: &PlannedCandidate,
+        position: usize,
+        walk: &mut Walk,
+    ) -> Result<(Result<reqwest::Response, AttemptError>, tokio::time::Instant), PastDeadline> {
+        let total = Duration::from_millis(backend.timeouts.total_ms);
+        let deadline = self.attempt_deadline(total).ok_or(PastDeadline)?;
+        let attempt = match self.request_deadline.get() {
+            Some(&request) => tokio::time::timeout_at(request, self.send(backend, candidate, deadline))
+                .await
+                .map_err(|_| PastDeadline)?,
+            None => self.send(backend, candidate, deadline).await,
+        };
+        let sent = !matches!(attempt, Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)));
+        walk.record(position, sent);
+        Ok((attempt, deadline))
+    }
+
+    /// The answer to a request past its route policy's deadline, naming the policy, its timeout and what the
+    /// attempts so far answered.
+    fn request_timed_out(&self, failures: &[(String, AttemptError)]) -> GatewayError {
+        let policy = self.policy.unwrap_or("-");
+        let timeout_ms = self.limits.timeout_ms.unwrap_or_default();
+        let mut message = format!("the route policy '{policy}' timeout_ms of {timeout_ms} ms passed");
+        if !failures.is_empty() {
+            let detail: Vec<String> = failures.iter().map(|(model, e)| format!("{model}: {}", e.describe())).collect();
+            message.push_str(&format!("; before it: {}", detail.join("; ")));
+        }
+        GatewayError::UpstreamTimeout(message)
+    }
+
+    /// Try the candidates in order from `start` (wrapping around, as [`Walk`] says); answer with the first usable
+    /// response.
     async fn forward(&self, start: usize, mut tools: Option<ToolCheck<'_>>) -> Result<Served, GatewayError> {
         let (proxy, candidates) = (self.proxy, self.candidates);
         let mut failures: Vec<(String, AttemptError)> = Vec::new();
-        let order = (0..candidates.len()).map(|i| (start + i) % candidates.len());
-        for (position, candidate) in order.map(|i| (i, &candidates[i])) {
-            let Some(backend) = self.snapshot.config.backends.get(&candidate.backend) else { continue };
-            // The backend's total timeout covers the whole exchange: from sending the attempt to the client taking
-            // the response's last byte.
-            let total = Duration::from_millis(backend.timeouts.total_ms);
-            let mut deadline = tokio::time::Instant::now() + total;
-            let mut attempt = self.send(backend, candidate, deadline).await;
-            // A short Retry-After is waited out once on the same candidate; a long one moves on.
+        let mut walk = Walk::new(candidates.len(), start, self.limits.retries);
+        while let Some(position) = walk.next() {
+            let candidate = &candidates[position];
+            let Some(backend) = self.snapshot.config.backends.get(&candidate.backend) else {
+                walk.record(position, false);
+                continue;
+            };
+            let Ok((mut attempt, mut deadline)) = self.attempt(backend, candidate, position, &mut walk).await else {
+                return Err(self.request_timed_out(&failures));
+            };
+            // A short Retry-After is waited out once on the same candidate (a retry, when they are bounded); a long
+            // one, or one that would end past the route policy's deadline, moves on.
             if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
                 && *wait <= proxy.max_retry_after
+                && walk.may_send()
+                && self.request_deadline.get().is_none_or(|&request| tokio::time::Instant::now() + *wait < request)
             {
                 tokio::time::sleep(*wait).await;
-                deadline = tokio::time::Instant::now() + total;
-                attempt = self.send(backend, candidate, deadline).await;
+                let Ok(again) = self.attempt(backend, candidate, position, &mut walk).await else {
+                    return Err(self.request_timed_out(&failures));
+                };
+                (attempt, deadline) = again;
             }
             match attempt {
                 Ok(response) => {
@@ -236,6 +360,9 @@ impl Attempts<'_> {
             let bytes = tokio::time::timeout_at(deadline, upstream.bytes())
                 .await
                 .map_err(|_| {
+                    if self.request_deadline.get() == Some(&deadline) {
+                        return self.request_timed_out(&[]);
+                    }
                     GatewayError::UpstreamTimeout(format!(
                         "the response exceeded the total timeout of {} ms",
                         total.as_millis()
@@ -355,5 +482,60 @@ fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
         GatewayError::UpstreamUnavailable(message)
     } else {
         GatewayError::UpstreamFailed(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Walk;
+
+    /// The positions a pass tries when every attempt fails, with the positions that cannot be sent to.
+    fn tried(n: usize, start: usize, retries: Option<u32>, unsendable: &[usize]) -> Vec<usize> {
+        let mut walk = Walk::new(n, start, retries);
+        let mut tried = Vec::new();
+        while let Some(position) = walk.next() {
+            tried.push(position);
+            walk.record(position, !unsendable.contains(&position));
+        }
+        tried
+    }
+
+    #[test]
+    fn without_a_bound_each_candidate_is_tried_once_from_the_start() {
+        assert_eq!(tried(3, 0, None, &[]), [0, 1, 2]);
+        assert_eq!(tried(3, 2, None, &[]), [2, 0, 1]);
+        assert_eq!(tried(3, 0, None, &[1]), [0, 1, 2]);
+        assert_eq!(tried(0, 0, None, &[]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn retries_bound_the_attempts_sent_and_wrap_around() {
+        assert_eq!(tried(2, 0, Some(0), &[]), [0], "no failover at all");
+        assert_eq!(tried(3, 0, Some(1), &[]), [0, 1]);
+        assert_eq!(tried(1, 0, Some(2), &[]), [0, 0, 0], "one candidate, asked three times");
+        assert_eq!(tried(2, 1, Some(4), &[]), [1, 0, 1, 0, 1]);
+        assert_eq!(tried(0, 0, Some(3), &[]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_candidate_nothing_was_sent_to_costs_no_retry_and_is_not_come_back_to() {
+        assert_eq!(tried(3, 0, Some(0), &[0]), [0, 1], "refused before sending: the next one is the first attempt");
+        assert_eq!(tried(2, 0, Some(3), &[1]), [0, 1, 0, 0, 0]);
+        assert_eq!(tried(2, 0, Some(5), &[0, 1]), [0, 1], "nothing can be sent: the pass ends");
+    }
+
+    #[test]
+    fn a_repeat_of_the_same_candidate_is_a_retry_when_they_are_bounded() {
+        let mut walk = Walk::new(2, 0, Some(1));
+        assert_eq!(walk.next(), Some(0));
+        walk.record(0, true);
+        assert!(walk.may_send(), "one retry left: a short Retry-After may repeat the candidate");
+        walk.record(0, true);
+        assert!(!walk.may_send());
+        assert_eq!(walk.next(), None);
+        let mut unbounded = Walk::new(1, 0, None);
+        assert_eq!(unbounded.next(), Some(0));
+        unbounded.record(0, true);
+        assert!(unbounded.may_send());
     }
 }

@@ -11,11 +11,12 @@
 //! 7. the spend event is opened (every request that reaches an upstream leaves exactly one), and streams ask the
 //!    upstream for usage (`stream_options.include_usage`, stripped again unless the client asked for it);
 //! 8. the attempts ([`super::attempt`]), in order, failing over on connection errors, timeouts, 5xx and 429; never
-//!    after the first byte of a response reached the client; every answer is metered as it is read or streamed;
+//!    after the first byte of a response reached the client; as many as the route policy's `retries` allow, all
+//!    within its `timeout_ms`; every answer is metered as it is read or streamed;
 //!    tool calls in the answer validated and retried while the policy allows and nothing reached the client;
 //! 9. the cost header (non-streamed) and budget warnings on the response.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -29,7 +30,7 @@ use policy_engine::tool_policy::InvalidCallAction;
 use rand::RngExt;
 
 use super::Proxy;
-use super::attempt::Attempts;
+use super::attempt::{Attempts, RouteLimits};
 use super::auth::authenticate;
 use crate::openai::error::GatewayError;
 use crate::openai::request::{self, Endpoint};
@@ -59,7 +60,8 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         team: (!key.team.is_empty()).then(|| key.team.clone()),
         tags: key.tags.clone(),
     };
-    let (policy, mut candidates, strategy) = route(snapshot.router.route(&facts, &key_facts, occurred_at, None))?;
+    let Routed { policy, mut candidates, strategy, limits } =
+        route(snapshot.router.route(&facts, &key_facts, occurred_at, None))?;
     let governance = governance::prepare(&snapshot, &mut parsed, &facts, &key_facts)?;
     if strategy == Strategy::Weighted {
         weighted_order(&mut candidates, rand::rng().random::<f64>());
@@ -102,6 +104,8 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         id,
         spend: &spend,
         strip_usage,
+        limits,
+        request_deadline: OnceLock::new(),
     };
     let served = match governance {
         None => attempts.plain().await,
@@ -146,10 +150,22 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     })
 }
 
-/// The routing decision as the policy that chose, the candidates in order and their strategy, or the refusal.
-fn route(decision: Decision) -> Result<(Option<String>, Vec<PlannedCandidate>, Strategy), GatewayError> {
+/// A routing decision to serve.
+struct Routed {
+    /// The route policy that chose, if one did.
+    policy: Option<String>,
+    candidates: Vec<PlannedCandidate>,
+    strategy: Strategy,
+    /// That policy's `retries` and `timeout_ms`.
+    limits: RouteLimits,
+}
+
+/// The routing decision to serve, or its refusal.
+fn route(decision: Decision) -> Result<Routed, GatewayError> {
     match decision {
-        Decision::Route { policy, candidates, strategy, .. } => Ok((policy, candidates, strategy)),
+        Decision::Route { policy, candidates, strategy, retries, timeout_ms, .. } => {
+            Ok(Routed { policy, candidates, strategy, limits: RouteLimits { retries, timeout_ms } })
+        }
         Decision::Deny { policy, message } => Err(GatewayError::PolicyDenied { policy, message }),
         Decision::UnknownModel { model } => Err(GatewayError::ModelNotFound { model }),
         Decision::PolicyError { policy, field, error } => {

@@ -7,4 +7,5 @@
 mod anthropic;
 mod outbound;
 mod proxy;
+mod retries;
 mod tools;

@@ -419,12 +419,56 @@ impl ControlPlane {
     }
 }
 
+/// A data plane's OpenAI-compatible API as a client sees it, whether the data plane runs as a process
+/// ([`DataPlane`]) or in the test's process ([`pipeline::Pipeline`]); both dereference to it.
+pub struct GatewayApi {
+    pub addr: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl GatewayApi {
+    pub fn new(addr: SocketAddr) -> GatewayApi {
+        GatewayApi { addr, http: http_client() }
+    }
+
+    /// `/readyz`: the status code and body (`None` while nothing answers yet).
+    pub async fn readyz(&self) -> Option<(u16, Value)> {
+        let response = self.http.get(self.url("/readyz")).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POST `body` as JSON with the API key `key`.
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
 pub struct DataPlane {
     child: Child,
-    pub addr: SocketAddr,
     pub state_dir: PathBuf,
     pub log: PathBuf,
-    http: reqwest::Client,
+    api: GatewayApi,
+}
+
+impl std::ops::Deref for DataPlane {
+    type Target = GatewayApi;
+
+    fn deref(&self) -> &GatewayApi {
+        &self.api
+    }
 }
 
 pub struct DataPlaneConfig {
@@ -477,18 +521,10 @@ impl DataPlane {
         let child = command.spawn().expect("spawn data-plane");
         DataPlane {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], config.port)),
             state_dir: config.state_dir.clone(),
             log,
-            http: http_client(),
+            api: GatewayApi::new(SocketAddr::from(([127, 0, 0, 1], config.port))),
         }
-    }
-
-    /// `/readyz`: the status code and body (`None` while the process is not answering yet).
-    pub async fn readyz(&self) -> Option<(u16, Value)> {
-        let response = self.http.get(format!("http://{}/readyz", self.addr)).send().await.ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// The snapshot version served, once ready.
@@ -562,23 +598,6 @@ impl DataPlane {
     pub async fn terminate(self) -> std::process::ExitStatus {
         self.sigterm().await;
         self.wait_exit().await
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// POST `body` as JSON with the API key `key`.
-    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
-        let mut request = self.http.post(self.url(path)).json(body);
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        request.send().await.unwrap()
-    }
-
-    pub fn client(&self) -> &reqwest::Client {
-        &self.http
     }
 }
 

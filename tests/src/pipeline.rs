@@ -13,7 +13,6 @@
 //! process of its own; `cargo test` runs them together.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::background::Background;
-use crate::{http_client, log_path};
+use crate::{GatewayApi, log_path};
 
 /// A configuration built in the test, as the control plane would publish it: resources from admin API bodies,
 /// API keys whose secrets the test knows.
@@ -149,12 +148,11 @@ impl Snapshot {
 /// A data plane served by `data_plane::run` in this process, on its own runtime; stopped (and its state directory
 /// removed) when dropped.
 pub struct Pipeline {
-    pub addr: SocketAddr,
+    api: GatewayApi,
     /// Where its snapshot file and spend spool live.
     pub state_dir: PathBuf,
     /// The snapshot served, as the data plane holds it.
     pub current: Arc<Current>,
-    http: reqwest::Client,
     /// `None` only while dropping.
     running: Option<Background>,
 }
@@ -197,7 +195,7 @@ impl Pipeline {
             let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
             data_plane::run(args, listener, served, stop).await.map_err(|e| format!("{e:#}"))
         });
-        let mut pipeline = Pipeline { addr, state_dir, current, http: http_client(), running: Some(running) };
+        let mut pipeline = Pipeline { api: GatewayApi::new(addr), state_dir, current, running: Some(running) };
         pipeline.wait_ready().await;
         pipeline
     }
@@ -220,29 +218,13 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
 
-    /// `/readyz`: the status code and body (`None` while it is not answering).
-    pub async fn readyz(&self) -> Option<(u16, Value)> {
-        let response = self.http.get(self.url("/readyz")).send().await.ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.json().await.unwrap_or(Value::Null)))
-    }
+impl std::ops::Deref for Pipeline {
+    type Target = GatewayApi;
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// POST `body` as JSON with the API key `key`.
-    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
-        let mut request = self.http.post(self.url(path)).json(body);
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        request.send().await.unwrap()
-    }
-
-    pub fn client(&self) -> &reqwest::Client {
-        &self.http
+    fn deref(&self) -> &GatewayApi {
+        &self.api
     }
 }
 

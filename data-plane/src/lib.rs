@@ -7,6 +7,7 @@
 //! - `stream/`: the stages a streamed answer goes through (metering, pass-through or tool-governed).
 //! - `tools/`: tool governance: the tool policy, schemas, validation of calls whole or streamed.
 //! - `spend/`: metering, reservations, spend events and their loss-free reporting, budgets.
+//! - `health/`: circuit breakers, active health checks and the health board they publish.
 //! - `providers/`: one module per backend kind behind one interface; sending attempts; egress rules.
 //! - `openai/`: the wire format: request bodies, the error shape, server-sent events and `[DONE]`.
 //! - `control/`: the connection to the control plane, the compiled snapshot served, the last good one on disk.
@@ -16,6 +17,7 @@
 //! shutdown), `settings.rs` (flags and environment), `metrics.rs` (the Prometheus recorder).
 
 mod control;
+mod health;
 mod http;
 mod metrics;
 mod openai;
@@ -33,6 +35,7 @@ mod tools;
 // serve a snapshot it built and watch what is served; `Subscription` subscribes without serving (snapshot bench).
 pub use crate::control::connection::{ClientTls, ControlPlaneConnection};
 pub use crate::control::{persist, snapshot, state};
+pub use crate::health::board::HealthBoard;
 pub use crate::subscription::Subscription;
 
 /// The request-path stages the criterion benchmarks (`data-plane/benches`) measure one at a time.
@@ -116,6 +119,7 @@ pub async fn run(
         stale_after: Duration::from_millis(spend.budget_stale_after_ms),
     };
     let budgets = Arc::new(BudgetLedger::new(outage));
+    let health = Arc::new(HealthBoard::default());
     // Background tasks stop with the listener; the reporter's flush comes after the last request.
     let background = CancellationToken::new();
     let connection = if let Some(path) = &args.snapshot {
@@ -145,6 +149,7 @@ pub async fn run(
             node_id: node_id.clone(),
             state_dir: args.state_dir.clone(),
             budgets: budgets.clone(),
+            health: health.clone(),
         };
         tokio::spawn(subscription.run(current.clone(), background.clone()));
         Some(connection)
@@ -169,6 +174,7 @@ pub async fn run(
         reporter: reporter.clone(),
         budgets,
         reserve_output_tokens: spend.budget_reserve_output_tokens,
+        health,
     });
     tracing::info!(addr = %local, "data plane listening");
     let server = ServerSettings {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::connection::{Backoff, ClientError, ControlPlaneConnection};
 use crate::control::state::Current;
 use crate::control::{persist, snapshot};
+use crate::health::board::HealthBoard;
 use crate::spend::budgets::BudgetLedger;
 
 pub struct Subscription {
@@ -23,6 +24,8 @@ pub struct Subscription {
     pub state_dir: std::path::PathBuf,
     /// Receives the budget state that streams on the subscription.
     pub budgets: Arc<BudgetLedger>,
+    /// The backends' health, reported to the control plane on the subscription.
+    pub health: Arc<HealthBoard>,
 }
 
 impl Subscription {

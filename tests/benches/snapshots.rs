@@ -262,6 +262,7 @@ async fn subscribe(cp: &ControlPlaneHandle, n: usize, prefix: &str) -> (Vec<Arc<
             node_id: format!("{prefix}-{i}"),
             state_dir: std::env::temp_dir().join(format!("gateway-bench-{prefix}-{i}-{}", std::process::id())),
             budgets: Default::default(),
+            health: Default::default(),
         };
         tokio::spawn(subscription.run(current.clone(), shutdown.clone()));
         currents.push(current);

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::control::snapshot::CompiledSnapshot;
 use crate::control::state::Current;
+use crate::health::board::HealthBoard;
 use crate::openai::error::GatewayError;
 use crate::openai::request::Endpoint;
 use crate::providers::upstream::Upstreams;
@@ -37,6 +38,9 @@ pub struct Proxy {
     pub budgets: Arc<BudgetLedger>,
     /// Output tokens reserved against budgets for a request that sets no `max_tokens`.
     pub reserve_output_tokens: u64,
+    /// Every backend's health as this data plane sees it (breakers and health checks write it).
+    #[expect(dead_code, reason = "the breakers (issue #13) read it; remove this when they do")]
+    pub health: Arc<HealthBoard>,
 }
 
 pub fn routes(proxy: Arc<Proxy>) -> Router {

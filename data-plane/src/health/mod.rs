@@ -1,0 +1,7 @@
+//! What this data plane knows of each backend's health: circuit breakers fed by requests and active health checks,
+//! and the board that publishes their state (to the control plane on the subscription stream, and as gauges).
+//!
+//! Sits between `proxy/` (which consults breakers before an attempt and reports its outcome) and `providers/`
+//! (which the health checks use to send their probe).
+
+pub mod board;

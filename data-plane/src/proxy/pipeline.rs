@@ -172,11 +172,24 @@ fn route(decision: Decision) -> Result<Routed, GatewayError> {
             Err(GatewayError::PolicyFailed { kind: "route policy", policy, field, error })
         }
         Decision::NoEligibleCandidate { rejected, .. } => {
-            let by: Vec<String> = rejected.iter().map(|r| format!("{} (by '{}')", r.model, r.policy)).collect();
-            Err(GatewayError::NoEligibleCandidate(format!(
-                "no backend may serve this request under the active constraints: {}",
-                by.join(", ")
-            )))
+            let by: Vec<String> = rejected
+                .iter()
+                .map(|r| match (&r.policy, r.missing) {
+                    (_, Some("context_window")) => {
+                        format!("{} (the prompt and max_tokens exceed its context window)", r.model)
+                    }
+                    (_, Some(missing)) => format!("{} (lacks the capability '{missing}')", r.model),
+                    (Some(policy), None) => format!("{} (by '{policy}')", r.model),
+                    (None, None) => r.model.clone(),
+                })
+                .collect();
+            let message = format!("no backend may serve this request: {}", by.join(", "));
+            // Only the request's own needs ruled every candidate out: the caller's to change (400), not a refusal.
+            if rejected.iter().all(|r| r.policy.is_none()) {
+                Err(GatewayError::Unsupported(message))
+            } else {
+                Err(GatewayError::NoEligibleCandidate(message))
+            }
         }
     }
 }

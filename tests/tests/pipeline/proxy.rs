@@ -66,6 +66,13 @@ impl Gateway {
         config.model(json!({"name": "eyes", "backend": "up1", "upstream_model": "eyes-1",
             "capabilities": {"chat": true, "vision": true}, "pricing": {"input": "1", "output": "2"}}));
         config.alias(json!({"name": "see", "candidates": candidates(&["model0", "eyes"])}));
+        // An alias pinned to 8 dimensions, and a route policy that would send it to a 16-dimension model first.
+        config.model(json!({"name": "wide", "backend": "up1", "upstream_model": "wide-1",
+            "capabilities": {"embeddings": true, "embedding_dimensions": 16}, "pricing": {"input": "1", "output": "0"}}));
+        config.alias(json!({"name": "pinned", "pinned_dimensions": 8, "candidates": candidates(&["embed0"])}));
+        config.route_policy(json!({"name": "widen", "priority": 50,
+            "when": "request.model == 'pinned' && has(request.metadata.wide)",
+            "action": {"type": "route", "candidates": candidates(&["wide", "embed0"])}}));
         config.route_policy(json!({"name": "no-secrets-please", "priority": 100,
             "when": "has(request.metadata.classification) && request.metadata.classification == 'secret'",
             "action": {"type": "deny", "message": "secret data may not leave the building"}}));
@@ -129,6 +136,25 @@ async fn requests_go_only_to_candidates_whose_capabilities_serve_them() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("eyes (lacks the capability 'embeddings')"));
     assert_eq!(gw.mocks[1].requests().await.len(), before);
+}
+
+#[tokio::test]
+async fn an_alias_pinned_to_a_size_only_ever_answers_with_vectors_of_that_size() {
+    let gw = Gateway::start("proxy_pinned").await;
+    let embed = async |extra: Value| {
+        let mut body = json!({"model": "pinned", "input": "hello"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        gw.dp.post("/v1/embeddings", Some(&gw.key), &body).await
+    };
+    let response = embed(json!({"dimensions": 8})).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "embed0"));
+    let (status, body) = json_of(embed(json!({"dimensions": 16})).await).await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("dimensions")), "{body}");
+    // The route policy lists the 16-dimension model first: it is dropped, the pinned size serves.
+    let response = embed(json!({"metadata": {"wide": "yes"}})).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "embed0"));
+    let wide_requests = gw.mocks[1].requests().await;
+    assert!(wide_requests.iter().all(|r| r["body"]["model"] != json!("wide-1")), "{wide_requests:?}");
 }
 
 #[tokio::test]
@@ -420,7 +446,7 @@ async fn models_lists_what_the_key_may_use() {
     };
     let all = list(gw.key.clone()).await;
     let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["chain", "claude", "embeddings", "refused-first", "see", "split"]);
+    assert_eq!(ids, ["chain", "claude", "embeddings", "pinned", "refused-first", "see", "split"]);
     assert_eq!(all["object"], json!("list"));
     let limited = list(gw.limited_key.clone()).await;
     assert_eq!(limited["data"], json!([{"id": "split", "object": "model", "created": 0, "owned_by": "gateway"}]));

@@ -8,6 +8,7 @@
 //! - [`auth`]: admin principals, roles and permissions.
 //! - [`secrets`]: provider secrets encrypted at rest.
 //! - [`spend`]: validation of the spend events data planes report (the ledger's SQL is in [`store::spend`]).
+//! - [`health`]: bounds on the backend health data planes report (stored by [`store::health`]).
 //! - [`error`]: the API's error type in the OpenAI error shape.
 //! - [`rfc3339`]: strict RFC 3339 times in request bodies and queries.
 
@@ -15,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod distribution;
 pub mod error;
+pub mod health;
 pub mod rfc3339;
 pub mod secrets;
 pub mod settings;

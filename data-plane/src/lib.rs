@@ -32,10 +32,11 @@ mod tools;
 
 // The surface other crates use (the binary, the end-to-end harness, the benchmarks); everything else is private to
 // this crate. `run`/`serve` with `settings` start a data plane; `state`, `persist` and `snapshot` let a harness
-// serve a snapshot it built and watch what is served; `Subscription` subscribes without serving (snapshot bench).
+// serve a snapshot it built and watch what is served; `Subscription` subscribes without serving (snapshot bench),
+// and reports a `HealthBoard` a test fills (the health report's end-to-end test).
 pub use crate::control::connection::{ClientTls, ControlPlaneConnection};
 pub use crate::control::{persist, snapshot, state};
-pub use crate::health::board::HealthBoard;
+pub use crate::health::board::{BackendHealth, BreakerState, HealthBoard, HealthCheckResult};
 pub use crate::subscription::Subscription;
 
 /// The request-path stages the criterion benchmarks (`data-plane/benches`) measure one at a time.
@@ -122,6 +123,7 @@ pub async fn run(
     let health = Arc::new(HealthBoard::default());
     // Background tasks stop with the listener; the reporter's flush comes after the last request.
     let background = CancellationToken::new();
+    tokio::spawn(crate::health::gauges::run(health.clone(), current.clone(), background.clone()));
     let connection = if let Some(path) = &args.snapshot {
         load_file(path, &current)?;
         None

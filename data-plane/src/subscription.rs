@@ -1,6 +1,6 @@
 //! The subscription to the control plane: hello, then compile / swap / persist / ACK each snapshot, or NACK it and
-//! keep the last good one. Reconnects with jittered exponential backoff, from 100 ms to 15 s, reset by the first
-//! good message of a connection.
+//! keep the last good one; the health board is reported on the same stream (`health::report`). Reconnects with
+//! jittered exponential backoff, from 100 ms to 15 s, reset by the first good message of a connection.
 //!
 //! Versions compare only within one configuration lineage (the control plane's store, [`decide`]): a snapshot of
 //! another lineage is taken whatever its version, an older one of the served lineage is ignored (docs/lineage.md).
@@ -16,6 +16,7 @@ use crate::control::connection::{Backoff, ClientError, ControlPlaneConnection};
 use crate::control::state::Current;
 use crate::control::{persist, snapshot};
 use crate::health::board::HealthBoard;
+use crate::health::report;
 use crate::spend::budgets::BudgetLedger;
 
 pub struct Subscription {
@@ -66,6 +67,9 @@ impl Subscription {
         let _ = tx.send(v1::SubscribeRequest { kind: Some(v1::subscribe_request::Kind::Hello(hello)) }).await;
         let mut responses = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
         tracing::info!(control_plane = %self.connection.url, "subscribed");
+        // The health board follows the hello on this stream; the reports stop with the session.
+        let pace = || tokio::time::sleep(report::REPORT_INTERVAL);
+        let _reporting = AbortOnDrop(tokio::spawn(report::report(self.health.subscribe(), tx.clone(), pace)));
         let mut first = true;
         // Whether this control plane offered an older version of the served lineage: its store went back (restored
         // from a backup) and will publish past the served version.
@@ -155,6 +159,15 @@ impl Subscription {
             }),
         };
         Some(v1::SubscribeRequest { kind: Some(kind) })
+    }
+}
+
+/// Aborts its task when dropped: a session's helpers end with it, whichever way it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

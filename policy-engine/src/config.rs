@@ -235,7 +235,8 @@ pub enum Strategy {
     Weighted,
     /// The candidate with the lowest observed latency first.
     LeastLatency,
-    /// The candidate with the lowest price first.
+    /// The candidate whose estimated cost for this request is lowest first: input price times the prompt's
+    /// estimated tokens plus output price times `max_tokens` (1,024 when unset); ties in listed order.
     LowestCost,
 }
 

@@ -207,6 +207,12 @@ impl Router {
         if config.models.values().any(|m| m.capabilities.context_window.is_some()) {
             reads.prompt_tokens = true;
         }
+        // `lowest_cost` orders by the request's estimated cost, so the prompt must be counted.
+        let by_cost = config.aliases.values().any(|a| a.strategy == Strategy::LowestCost)
+            || config.route_policies.values().any(|p| {
+                p.enabled && matches!(p.action, PolicyAction::Route { strategy: Some(Strategy::LowestCost), .. })
+            });
+        reads.prompt_tokens |= by_cost;
         let candidate_values = config
             .models
             .values()
@@ -402,7 +408,11 @@ impl Router {
             return Decision::NoEligibleCandidate { policy: policy_name, alias, rejected, constraints };
         }
         if strategy == Strategy::LowestCost {
-            candidates.sort_by_key(|c| self.models.get(&c.model).map(|m| m.pricing.input + m.pricing.output));
+            // A stable sort: equally priced candidates keep their listed order; an unknown model sorts last.
+            let estimate = |c: &PlannedCandidate| {
+                self.models.get(&c.model).map_or(Decimal::MAX, |m| estimated_cost(&m.pricing, request))
+            };
+            candidates.sort_by_cached_key(estimate);
         }
         Decision::Route { policy: policy_name, alias, strategy, retries, timeout_ms, candidates, rejected, constraints }
     }
@@ -419,6 +429,20 @@ impl Router {
         let model = self.models.get(model)?;
         Some((model, self.backends.get(&model.backend)?))
     }
+}
+
+/// Output tokens `lowest_cost` expects from a request that sets no `max_tokens` (nor `max_completion_tokens`).
+pub const LOWEST_COST_DEFAULT_OUTPUT_TOKENS: u64 = 1024;
+
+/// What `request` would cost on a model priced `pricing`, for ordering candidates under `lowest_cost`: the input
+/// price times the estimated prompt tokens plus the output price times the expected output (`max_tokens`, else
+/// [`LOWEST_COST_DEFAULT_OUTPUT_TOKENS`]), in USD per million tokens times tokens (the common factor is left out).
+/// Saturates instead of overflowing: an absurd `max_tokens` orders, it never panics.
+pub fn estimated_cost(pricing: &Pricing, request: &RequestFacts) -> Decimal {
+    let output = request.max_tokens.unwrap_or(LOWEST_COST_DEFAULT_OUTPUT_TOKENS);
+    let input = pricing.input.checked_mul(Decimal::from(request.prompt_tokens));
+    let output = pricing.output.checked_mul(Decimal::from(output));
+    input.zip(output).and_then(|(i, o)| i.checked_add(o)).unwrap_or(Decimal::MAX)
 }
 
 /// Order `candidates` for the weighted strategy: one drawn by weight with `draw` in `[0, 1)` first,

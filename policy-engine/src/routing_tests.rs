@@ -395,4 +395,55 @@ fn a_route_policy_s_own_candidates_strategy_and_require_apply() {
     assert_eq!((policy.as_deref(), *strategy), (Some("approved-only"), Strategy::Weighted));
     // `basic` is on `us`, which lacks the `approved` tag: the policy's own require drops it.
     assert_eq!(outcome(&decision), "full | basic:approved-only:-");
+
+/// `lowest_cost` prices the request's own size: a short prompt asking for much output goes to the model with cheap
+/// output, a long prompt asking for little goes to the model with cheap input.
+#[test]
+fn lowest_cost_orders_by_the_request_s_estimated_cost() {
+    let model = |name: &str, input: &str, output: &str| -> ModelSpec {
+        serde_json::from_value(json!({
+            "name": name, "backend": "openai-us", "upstream_model": name,
+            "pricing": {"input": input, "output": output},
+        }))
+        .unwrap()
+    };
+    let mut config = config();
+    for m in [model("cheap-input", "0.10", "20"), model("cheap-output", "5", "0.50"), model("dear", "10", "30")] {
+        config.models.insert(m.name.clone(), m);
+    }
+    let alias: AliasSpec = serde_json::from_value(json!({
+        "name": "by-cost", "strategy": "lowest_cost",
+        "candidates": [{"model": "dear"}, {"model": "cheap-input"}, {"model": "cheap-output"}],
+    }))
+    .unwrap();
+    config.aliases.insert(alias.name.clone(), alias);
+    config.route_policies.clear();
+    let router = Router::compile(&config).unwrap();
+    assert!(router.reads().prompt_tokens, "lowest_cost needs the prompt counted");
+    let order = |prompt_tokens, max_tokens| {
+        let request = RequestFacts { model: "by-cost".into(), prompt_tokens, max_tokens, ..RequestFacts::default() };
+        match router.route(&request, &KeyFacts::default(), Utc::now(), None) {
+            Decision::Route { candidates, .. } => candidates.into_iter().map(|c| c.model).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // 10 prompt tokens, 4,000 out: cheap-output 5*10 + 0.5*4000 = 2,050; cheap-input 1 + 80,000; dear 120,100.
+    assert_eq!(order(10, Some(4_000)), ["cheap-output", "cheap-input", "dear"]);
+    // 100,000 prompt tokens, 10 out: cheap-input 10,000 + 200; cheap-output 500,005; dear 1,000,300.
+    assert_eq!(order(100_000, Some(10)), ["cheap-input", "cheap-output", "dear"]);
+    // No max_tokens: 1,024 expected. 100 prompt tokens: cheap-output 500 + 512; cheap-input 10 + 20,480.
+    assert_eq!(order(100, None), ["cheap-output", "cheap-input", "dear"]);
+    // The largest counts are priced exactly, without overflow: 5.5, 20.1 and 40 times u64::MAX.
+    assert_eq!(order(u64::MAX, Some(u64::MAX)), ["cheap-output", "cheap-input", "dear"]);
+}
+
+#[test]
+fn estimated_cost_is_input_times_prompt_plus_output_times_expected_output() {
+    let pricing: Pricing = serde_json::from_value(json!({"input": "2", "output": "3"})).unwrap();
+    let cost = |prompt_tokens, max_tokens| {
+        estimated_cost(&pricing, &RequestFacts { prompt_tokens, max_tokens, ..RequestFacts::default() })
+    };
+    assert_eq!(cost(100, Some(10)), Decimal::from(230));
+    assert_eq!(cost(0, None), Decimal::from(3 * LOWEST_COST_DEFAULT_OUTPUT_TOKENS));
+    assert_eq!(cost(u64::MAX, Some(u64::MAX)), Decimal::from(5) * Decimal::from(u64::MAX));
 }

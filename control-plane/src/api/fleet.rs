@@ -1,5 +1,8 @@
 //! `GET /admin/v1/fleet`: which version each data plane runs, who is behind, who refused what, and who gave up a
-//! snapshot of another lineage (or one the store had not reached) for this store's configuration.
+//! snapshot of another lineage (or one the store had not reached) for this store's configuration, and how each sees
+//! its backends' health.
+
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::State;
@@ -10,6 +13,7 @@ use super::AppState;
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::store::fleet::{AdoptedFrom, NodeState};
+use crate::store::health::BackendHealthView;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct FleetNode {
@@ -19,6 +23,9 @@ pub(crate) struct FleetNode {
     pub behind: bool,
     /// The last time the node gave up what it held for this store's configuration (`null`: never).
     pub adopted_from: Option<AdoptedFrom>,
+    /// The node's last health report: each backend's (or backend and model's) breaker state, last health check and
+    /// latency. Stale when `connected` is false: the last the node reported before it went.
+    pub backends: Vec<BackendHealthView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -32,6 +39,10 @@ pub(crate) struct Fleet {
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Fleet>, ApiError> {
     principal.require(Action::ReadConfig)?;
     let head = state.store.config_head().await?;
+    let mut health: HashMap<String, Vec<BackendHealthView>> = HashMap::new();
+    for row in state.store.fleet_health().await? {
+        health.entry(row.node_id).or_default().push(row.health);
+    }
     let nodes = state
         .store
         .fleet()
@@ -40,6 +51,7 @@ pub async fn list(State(state): State<AppState>, principal: Principal) -> Result
         .map(|node| FleetNode {
             behind: node.lineage != Some(head.lineage) || node.acked_version.is_none_or(|v| v < head.version),
             adopted_from: node.adopted_from(),
+            backends: health.remove(&node.node_id).unwrap_or_default(),
             node,
         })
         .collect();

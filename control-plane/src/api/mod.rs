@@ -5,6 +5,7 @@
 //! `/admin/v1/openapi.json` are open.
 
 mod audit;
+mod backend_health;
 mod budgets;
 mod evaluate;
 mod extract;
@@ -69,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/fleet", get(fleet::list))
+        .route("/backends/{name}/health", get(backend_health::read))
         .route("/spend", get(spend::report))
         .route("/spend/events", get(spend::events))
         .route("/evaluate", post(evaluate::evaluate))

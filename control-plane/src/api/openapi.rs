@@ -19,6 +19,7 @@ use utoipa::openapi::path::ParameterIn;
 use utoipa::{IntoParams, ToSchema};
 
 use super::audit::AuditPage;
+use super::backend_health::BackendHealth;
 use super::budgets::BudgetStatus;
 use super::evaluate::{EvaluateRequest, EvaluateResponse};
 use super::fleet::Fleet;
@@ -417,6 +418,13 @@ pub fn document() -> Value {
             false,
         ),
     );
+    paths.add(
+        "/admin/v1/backends/{name}/health",
+        "get",
+        operation("fleet", "One backend's health as each data plane reports it, and since when", "backend_health")
+            .param(name_param())
+            .answer("200", Some(schema_ref("BackendHealth")), false),
+    );
     let csv = |op: Map<String, Value>, schema: &str| {
         let mut op = op.answer("200", Some(schema_ref(schema)), false);
         if let Some(response) = op.get_mut("responses").and_then(|r| r.get_mut("200")) {
@@ -503,6 +511,7 @@ fn component_schemas() -> Map<String, Value> {
     let components = with_schema::<PolicyTrace>(components);
     let components = with_schema::<ErrorBody>(components);
     let components = with_schema::<Fleet>(components);
+    let components = with_schema::<BackendHealth>(components);
     let components = with_schema::<BudgetStatus>(components);
     let components = with_schema::<SpendReport>(components);
     let components = with_schema::<SpendRow>(components);

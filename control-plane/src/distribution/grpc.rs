@@ -4,7 +4,8 @@
 //! already holds exactly it) and every later one. A node that holds a version of this store's lineage beyond the
 //! store's counter makes the store move its counter past it ([`super::lineage`]). Each response carries a fresh
 //! nonce. A version counts as applied only when ACKed; a NACK is logged with its errors and recorded in the fleet
-//! view. Budget state ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed.
+//! view. Budget state ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed. Health reports
+//! from the node ([`crate::health`]) replace what it reported before.
 //!
 //! `ReportSpend` ingests a batch of spend events (validated by [`crate::spend::validate`]) in one transaction and
 //! answers only after the commit.
@@ -24,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::budgets::BudgetStateRx;
 use super::lineage::{self, Holding, Standing};
 use super::publisher::{Published, PublishedRx};
+use crate::health;
 use crate::spend::{self, BatchError};
 use crate::store::fleet::Adoption;
 use crate::store::{ConfigHead, Store, StoreError};
@@ -426,6 +428,14 @@ impl Session {
                 let error = errors.join("; ");
                 tracing::warn!(node = %self.node_id, version, %error, "NACK: the data plane refused the snapshot");
                 self.store.node_nacked(&self.node_id, version, &error).await
+            }
+            Some(v1::subscribe_request::Kind::HealthReport(report)) => {
+                let validated = health::validate(&report);
+                if validated.dropped > 0 || validated.trimmed > 0 {
+                    tracing::warn!(node = %self.node_id, entries = report.entries.len(), dropped = validated.dropped,
+                        trimmed = validated.trimmed, "health report out of bounds: stored what fits");
+                }
+                self.store.replace_node_health(&self.node_id, &validated.records).await
             }
             Some(v1::subscribe_request::Kind::Hello(_)) | None => {
                 tracing::warn!(node = %self.node_id, "unexpected message on an established subscription");

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod error;
 pub mod fleet;
+pub mod health;
 pub mod keys;
 pub mod principals;
 pub mod resources;

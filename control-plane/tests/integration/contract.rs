@@ -3,6 +3,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use control_plane::health::{CheckRecord, HealthRecord};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -215,6 +216,23 @@ async fn every_answer_matches_the_documented_schema(pool: PgPool) {
         "limit_usd": "12.5", "soft_threshold": "0.5"}),
     )
     .await;
+    // A data plane's health report, so the fleet view and the backend's health have entries to check.
+    app.store.node_connected("dp-1", "test", "1.0.0", None).await.unwrap();
+    let since = chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+    let reported = |model: &str, state: &str, check: Option<CheckRecord>| HealthRecord {
+        backend: "sealed".into(),
+        model: model.into(),
+        state: state.into(),
+        since,
+        reason: (state != "closed").then(|| "5 consecutive failures".into()),
+        last_check: check,
+        latency_ms: (state == "closed").then_some(12.5),
+    };
+    let failed = CheckRecord { at: since, ok: false, error: Some("HTTP 503".into()) };
+    app.store
+        .replace_node_health("dp-1", &[reported("", "closed", None), reported("m", "open", Some(failed))])
+        .await
+        .unwrap();
     let mut checked = 0;
     let mut check = |method: &str, path: &str, template: &str, status: u16, reply: &Reply| {
         assert_eq!(reply.status.as_u16(), status, "{method} {path}: {}", reply.text);
@@ -260,6 +278,9 @@ async fn every_answer_matches_the_documented_schema(pool: PgPool) {
         let template = path.replace("/bootstrap", "/{name}");
         check("get", path, &template, 200, &app.call("GET", path, None).await);
     }
+    let health = app.call("GET", "/admin/v1/backends/sealed/health", None).await;
+    assert_eq!(health.body["nodes"].as_array().map(Vec::len), Some(2), "{}", health.text);
+    check("get", "/admin/v1/backends/sealed/health", "/admin/v1/backends/{name}/health", 200, &health);
     let evaluated =
         app.call("POST", "/admin/v1/evaluate", Some(json!({"request": {"model": "gpt-4o"}, "key_name": "k1"}))).await;
     check("post", "/admin/v1/evaluate", "/admin/v1/evaluate", 200, &evaluated);
@@ -269,7 +290,7 @@ async fn every_answer_matches_the_documented_schema(pool: PgPool) {
     check("post", "/admin/v1/principals", "/admin/v1/principals", 201, &principal);
     let revoked = app.call("POST", "/admin/v1/keys/k2/revoke", None).await;
     check("post", "/admin/v1/keys/k2/revoke", "/admin/v1/keys/{name}/revoke", 200, &revoked);
-    assert_eq!(checked, 8 * 3 + 7 + 4);
+    assert_eq!(checked, 8 * 3 + 7 + 5);
 
     // Errors have the documented shape too.
     let error = app.call("GET", "/admin/v1/backends/ghost", None).await;

@@ -55,10 +55,10 @@ async fn the_counter_moves_past_a_held_version_once_and_only_in_its_own_lineage(
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
-type Stream = tonic::Streaming<v1::SubscribeResponse>;
-type Sender = tokio::sync::mpsc::Sender<v1::SubscribeRequest>;
+pub(crate) type Stream = tonic::Streaming<v1::SubscribeResponse>;
+pub(crate) type Sender = tokio::sync::mpsc::Sender<v1::SubscribeRequest>;
 
-async fn subscribe(url: &str, hello: v1::Hello) -> Result<(Sender, Stream), tonic::Status> {
+pub(crate) async fn subscribe(url: &str, hello: v1::Hello) -> Result<(Sender, Stream), tonic::Status> {
     let mut node = client(url, Some(NODE_TOKEN)).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(v1::SubscribeRequest { kind: Some(v1::subscribe_request::Kind::Hello(hello)) }).await.unwrap();
@@ -67,7 +67,7 @@ async fn subscribe(url: &str, hello: v1::Hello) -> Result<(Sender, Stream), toni
 }
 
 /// The next snapshot on the stream, with its nonce.
-async fn next_snapshot(stream: &mut Stream) -> (v1::Snapshot, String) {
+pub(crate) async fn next_snapshot(stream: &mut Stream) -> (v1::Snapshot, String) {
     let wait = async {
         loop {
             let response = stream.message().await.unwrap().expect("stream open");
@@ -85,7 +85,11 @@ async fn ack(tx: &Sender, snapshot: &v1::Snapshot, nonce: String) {
 }
 
 /// The fleet view's entry for `node`, once `done` holds for it.
-async fn fleet_node(app: &TestApp, node: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub(crate) async fn fleet_node(
+    app: &TestApp,
+    node: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     for _ in 0..300 {
         let reply = app.call("GET", "/admin/v1/fleet", None).await;
         let found =

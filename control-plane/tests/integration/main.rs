@@ -11,6 +11,7 @@ mod bad_input;
 mod common;
 mod contract;
 mod evaluate;
+mod health;
 mod keys;
 mod lineage;
 mod resources;

@@ -8,6 +8,7 @@
 mod admin_api;
 mod anthropic;
 mod hardening;
+mod health_report;
 mod outbound;
 mod snapshots;
 mod spend;

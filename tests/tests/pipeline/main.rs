@@ -8,4 +8,5 @@ mod anthropic;
 mod outbound;
 mod proxy;
 mod retries;
+mod strategies;
 mod tools;

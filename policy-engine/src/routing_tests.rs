@@ -395,6 +395,7 @@ fn a_route_policy_s_own_candidates_strategy_and_require_apply() {
     assert_eq!((policy.as_deref(), *strategy), (Some("approved-only"), Strategy::Weighted));
     // `basic` is on `us`, which lacks the `approved` tag: the policy's own require drops it.
     assert_eq!(outcome(&decision), "full | basic:approved-only:-");
+}
 
 /// `lowest_cost` prices the request's own size: a short prompt asking for much output goes to the model with cheap
 /// output, a long prompt asking for little goes to the model with cheap input.

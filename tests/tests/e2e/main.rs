@@ -9,6 +9,7 @@ mod admin_api;
 mod anthropic;
 mod hardening;
 mod outbound;
+mod resilience;
 mod snapshots;
 mod spend;
 mod spend_edges;

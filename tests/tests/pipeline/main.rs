@@ -7,5 +7,6 @@
 mod anthropic;
 mod outbound;
 mod proxy;
+mod resilience;
 mod retries;
 mod tools;

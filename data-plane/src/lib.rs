@@ -41,6 +41,8 @@ pub use crate::subscription::Subscription;
 
 /// The request-path stages the criterion benchmarks (`data-plane/benches`) measure one at a time.
 pub mod stages {
+    pub use crate::health::breaker::Outcome;
+    pub use crate::health::tracker::Tracker;
     pub use crate::openai::request::Endpoint;
     pub use crate::providers::anthropic::StreamTranslator;
     pub use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope, contributions};
@@ -60,6 +62,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::state::Current;
+use crate::health::checks::Checks;
+use crate::health::tracker::Tracker;
 use crate::providers::egress::Egress;
 use crate::providers::upstream::Upstreams;
 use crate::server::ServerSettings;
@@ -168,15 +172,25 @@ pub async fn run(
     let known_budgets = loaded.as_ref().map_or(&none, |s| &s.config.budgets);
     let reporter = Reporter::open(settings, budgets.clone(), connection, known_budgets);
     let reporting = reporter.spawn(background.clone());
+    let upstreams = Arc::new(Upstreams::new(Egress::new(hosts, secret_env)));
+    let tracker = Arc::new(Tracker::default());
+    let checks = Checks {
+        current: current.clone(),
+        tracker: tracker.clone(),
+        board: health.clone(),
+        upstreams: upstreams.clone(),
+    };
+    tokio::spawn(checks.supervise(background.clone()));
     let proxy = Arc::new(proxy::Proxy {
         current,
-        upstreams: Upstreams::new(Egress::new(hosts, secret_env)),
+        upstreams,
         max_body_bytes: args.max_body_bytes,
         max_retry_after: Duration::from_millis(args.max_retry_after_ms),
         reporter: reporter.clone(),
         budgets,
         reserve_output_tokens: spend.budget_reserve_output_tokens,
         health,
+        tracker,
     });
     tracing::info!(addr = %local, "data plane listening");
     let server = ServerSettings {

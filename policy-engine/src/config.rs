@@ -97,6 +97,9 @@ pub struct ProviderRateLimit {
     pub tpm: Option<u64>,
 }
 
+/// A backend's circuit breaker (`docs/providers.md`, "Circuit breakers"): it opens on `failure_threshold`
+/// consecutive failures, and on the optional error-rate and latency trips; open, requests skip the backend; after
+/// `open_ms` (with jitter, doubled after each failed probe up to `max_open_ms`) one probe request goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -107,8 +110,54 @@ pub struct CircuitBreaker {
     /// How long the breaker stays open before a probe request.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub open_ms: u64,
+    /// The longest the open time grows to, doubling after each failed probe; absent: `open_ms` (no backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_duration_ms))]
+    pub max_open_ms: Option<u64>,
+    /// Also open when at least `percent` of the attempts in the last `window_ms` failed (once `min_requests` were
+    /// made in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRateTrip>,
+    /// Also open when the p99 time to first byte of the last `window_ms` exceeds `p99_ms` (once `min_requests`
+    /// were measured in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyTrip>,
+    /// One breaker per model served by this backend instead of one for the whole backend (for upstreams that fail
+    /// per model or deployment).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_model: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRateTrip {
+    /// Failed attempts, in percent of all attempts in the window, that open the breaker (1 to 100).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    pub percent: u32,
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
+    pub window_ms: u64,
+    /// Attempts the window must hold before the rate counts.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub min_requests: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LatencyTrip {
+    /// The p99 time to first byte (response headers) above which the breaker opens.
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
+    pub p99_ms: u64,
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
+    pub window_ms: u64,
+    /// Measured attempts the window must hold before the p99 counts.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub min_requests: u32,
+}
+
+/// An active health check: `GET {base_url}{path}` with the backend's credentials every `interval_ms`; a check that
+/// fails `failure_threshold` times in a row opens the backend's breaker, one that succeeds closes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -118,6 +167,24 @@ pub struct HealthCheck {
     #[serde(default = "default_health_path")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub path: String,
+    /// How long one check may take (default 2000).
+    #[serde(default = "default_health_timeout_ms")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
+    pub timeout_ms: u64,
+    /// Consecutive failed checks that open the breaker (default 1).
+    #[serde(default = "default_health_failure_threshold")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub failure_threshold: u32,
+}
+
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 2000;
+
+fn default_health_timeout_ms() -> u64 {
+    DEFAULT_HEALTH_TIMEOUT_MS
+}
+
+fn default_health_failure_threshold() -> u32 {
+    1
 }
 
 fn default_health_path() -> String {

@@ -144,10 +144,36 @@ pub fn backend(
             errors.push("circuit_breaker.failure_threshold", "must be at least 1");
         }
         errors.duration("circuit_breaker.open_ms", breaker.open_ms);
+        if let Some(max_open_ms) = breaker.max_open_ms {
+            errors.duration("circuit_breaker.max_open_ms", max_open_ms);
+            if max_open_ms < breaker.open_ms {
+                errors.push("circuit_breaker.max_open_ms", "must not be below open_ms");
+            }
+        }
+        if let Some(trip) = breaker.error_rate {
+            if !(1..=100).contains(&trip.percent) {
+                errors.push("circuit_breaker.error_rate.percent", "must be from 1 to 100");
+            }
+            errors.duration("circuit_breaker.error_rate.window_ms", trip.window_ms);
+            if trip.min_requests == 0 {
+                errors.push("circuit_breaker.error_rate.min_requests", "must be at least 1");
+            }
+        }
+        if let Some(trip) = breaker.latency {
+            errors.duration("circuit_breaker.latency.p99_ms", trip.p99_ms);
+            errors.duration("circuit_breaker.latency.window_ms", trip.window_ms);
+            if trip.min_requests == 0 {
+                errors.push("circuit_breaker.latency.min_requests", "must be at least 1");
+            }
+        }
     }
     if let Some(check) = &spec.health_check {
         errors.duration("health_check.interval_ms", check.interval_ms);
         errors.label("health_check.path", &check.path);
+        errors.duration("health_check.timeout_ms", check.timeout_ms);
+        if check.failure_threshold == 0 {
+            errors.push("health_check.failure_threshold", "must be at least 1");
+        }
     }
     if let Some(azure) = &spec.azure {
         errors.label("azure.api_version", &azure.api_version);
@@ -354,5 +380,53 @@ mod tests {
         assert_eq!(route(serde_json::json!({"timeout_ms": 0})), ["action.timeout_ms"]);
         assert_eq!(route(serde_json::json!({"timeout_ms": MAX_DURATION_MS + 1})), ["action.timeout_ms"]);
         assert_eq!(route(serde_json::json!({"retries": 11, "timeout_ms": 0})), ["action.retries", "action.timeout_ms"]);
+    }
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use super::*;
+
+    /// The fields a backend with these `circuit_breaker` and `health_check` settings is refused for.
+    fn refused(breaker: serde_json::Value, check: serde_json::Value) -> Vec<String> {
+        let mut spec: BackendSpec = serde_json::from_value(serde_json::json!({
+            "name": "b", "kind": "openai", "base_url": "https://api.example.com/v1",
+            "circuit_breaker": breaker, "health_check": check,
+        }))
+        .expect("a backend");
+        let urls = BaseUrlPolicy::from_list("").expect("no allowlist");
+        let secret_env = SecretEnvPolicy::from_list("").expect("no prefixes");
+        backend(&mut spec, &urls, &secret_env).err().unwrap_or_default().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn breaker_and_health_check_settings_are_checked_field_by_field() {
+        use serde_json::json;
+        let minimal = json!({"failure_threshold": 5, "open_ms": 30000});
+        assert!(refused(minimal, json!({"interval_ms": 10000})).is_empty(), "specs written before the new fields");
+        let full = json!({"failure_threshold": 3, "open_ms": 1000, "max_open_ms": 60000, "per_model": true,
+            "error_rate": {"percent": 50, "window_ms": 10000, "min_requests": 10},
+            "latency": {"p99_ms": 2000, "window_ms": 30000, "min_requests": 20}});
+        assert!(refused(full, json!({"interval_ms": 5000, "timeout_ms": 1000, "failure_threshold": 2})).is_empty());
+        let bad = json!({"failure_threshold": 0, "open_ms": 1000, "max_open_ms": 500,
+            "error_rate": {"percent": 101, "window_ms": 0, "min_requests": 0},
+            "latency": {"p99_ms": 0, "window_ms": 1000, "min_requests": 0}});
+        assert_eq!(
+            refused(bad, json!({"interval_ms": 5000, "timeout_ms": 0, "failure_threshold": 0})),
+            [
+                "circuit_breaker.failure_threshold",
+                "circuit_breaker.max_open_ms",
+                "circuit_breaker.error_rate.percent",
+                "circuit_breaker.error_rate.window_ms",
+                "circuit_breaker.error_rate.min_requests",
+                "circuit_breaker.latency.p99_ms",
+                "circuit_breaker.latency.min_requests",
+                "health_check.timeout_ms",
+                "health_check.failure_threshold",
+            ]
+        );
+        let unknown: Result<BackendSpec, _> = serde_json::from_value(json!({"name": "b", "kind": "openai",
+            "base_url": "https://x", "circuit_breaker": {"failure_threshold": 1, "open_ms": 1, "p50_ms": 3}}));
+        assert!(unknown.is_err(), "unknown breaker fields are still refused");
     }
 }

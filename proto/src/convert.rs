@@ -111,6 +111,20 @@ pub fn encode(
             health_check_interval_ms: b.health_check.as_ref().map(|h| h.interval_ms),
             health_check_path: b.health_check.as_ref().map(|h| h.path.clone()).unwrap_or_default(),
             azure_api_version: b.azure.as_ref().map(|a| a.api_version.clone()).unwrap_or_default(),
+            breaker_max_open_ms: b.circuit_breaker.and_then(|c| c.max_open_ms),
+            breaker_error_rate: b.circuit_breaker.and_then(|c| c.error_rate).map(|t| v1::BreakerTrip {
+                limit: u64::from(t.percent),
+                window_ms: t.window_ms,
+                min_requests: t.min_requests,
+            }),
+            breaker_latency: b.circuit_breaker.and_then(|c| c.latency).map(|t| v1::BreakerTrip {
+                limit: t.p99_ms,
+                window_ms: t.window_ms,
+                min_requests: t.min_requests,
+            }),
+            breaker_per_model: b.circuit_breaker.is_some_and(|c| c.per_model),
+            health_check_timeout_ms: b.health_check.as_ref().map(|h| h.timeout_ms),
+            health_check_failure_threshold: b.health_check.as_ref().map(|h| h.failure_threshold),
         })
         .collect();
     let models = config
@@ -258,10 +272,26 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
             circuit_breaker: b.breaker_failure_threshold.map(|failure_threshold| CircuitBreaker {
                 failure_threshold,
                 open_ms: b.breaker_open_ms.unwrap_or_default(),
+                max_open_ms: b.breaker_max_open_ms,
+                error_rate: b.breaker_error_rate.map(|t| ErrorRateTrip {
+                    percent: u32::try_from(t.limit).unwrap_or(u32::MAX),
+                    window_ms: t.window_ms,
+                    min_requests: t.min_requests,
+                }),
+                latency: b.breaker_latency.map(|t| LatencyTrip {
+                    p99_ms: t.limit,
+                    window_ms: t.window_ms,
+                    min_requests: t.min_requests,
+                }),
+                per_model: b.breaker_per_model,
             }),
-            health_check: b
-                .health_check_interval_ms
-                .map(|interval_ms| HealthCheck { interval_ms, path: b.health_check_path.clone() }),
+            health_check: b.health_check_interval_ms.map(|interval_ms| HealthCheck {
+                interval_ms,
+                path: b.health_check_path.clone(),
+                // Absent from a control plane that predates them: their defaults.
+                timeout_ms: b.health_check_timeout_ms.unwrap_or(DEFAULT_HEALTH_TIMEOUT_MS),
+                failure_threshold: b.health_check_failure_threshold.unwrap_or(1),
+            }),
             azure: non_empty(&b.azure_api_version).map(|api_version| AzureSettings { api_version }),
         };
         config.backends.insert(spec.name.clone(), spec);

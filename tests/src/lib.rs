@@ -674,6 +674,13 @@ impl MockUpstream {
         assert!(response.status().is_success(), "mock default refused: {}", response.text().await.unwrap_or_default());
     }
 
+    /// What `GET /v1/models` (a health check) answers.
+    pub async fn set_models(&self, behaviour: Value) {
+        let response =
+            self.http.post(format!("http://{}/__mock/models", self.addr)).json(&behaviour).send().await.unwrap();
+        assert!(response.status().is_success(), "mock models refused: {}", response.text().await.unwrap_or_default());
+    }
+
     pub async fn requests(&self) -> Vec<Value> {
         let reply = self.http.get(format!("http://{}/__mock/requests", self.addr)).send().await.unwrap();
         reply.json::<Value>().await.unwrap().as_array().cloned().unwrap_or_default()

@@ -12,6 +12,8 @@
 //! call's arguments are split into three deltas. `text` is sent as content before them.
 //! `pad_bytes` adds an SSE comment of that many bytes to every streamed event (a large stream that costs few
 //! tokens, to fill a client's socket buffers).
+//! `POST /__mock/models` sets what `GET /v1/models` (a health check) answers (`status`, `delay_ms`); it is not listed
+//! with the requests, only counted (`models_requests` in the stats).
 //! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled, and
 //! requests cancelled (the caller closed the connection) before the answer started.
 //! `POST .../messages` answers as Anthropic's Messages API does (errors, answers and event streams, tool calls as
@@ -92,6 +94,9 @@ struct Mock {
     streams_finished: AtomicU64,
     streams_cancelled: AtomicU64,
     requests_cancelled: AtomicU64,
+    /// What `GET /v1/models` (a health check) gets: its `status` and `delay_ms` count.
+    models: Mutex<Behaviour>,
+    models_requests: AtomicU64,
 }
 
 /// Counts a request as cancelled if its handler is dropped (the caller went away) before the answer is ready.
@@ -117,6 +122,7 @@ pub fn app(name: &str) -> Router {
         .route("/__mock/reset", post(reset))
         .route("/__mock/requests", get(requests))
         .route("/__mock/stats", get(stats))
+        .route("/__mock/models", post(set_models))
         .route("/v1/models", get(models))
         .fallback(post(openai))
         .with_state(mock)
@@ -179,11 +185,25 @@ async fn stats(State(mock): State<Arc<Mock>>) -> Json<Value> {
         "streams_finished": mock.streams_finished.load(Ordering::SeqCst),
         "streams_cancelled": mock.streams_cancelled.load(Ordering::SeqCst),
         "requests_cancelled": mock.requests_cancelled.load(Ordering::SeqCst),
+        "models_requests": mock.models_requests.load(Ordering::SeqCst),
     }))
 }
 
-async fn models() -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
+async fn set_models(State(mock): State<Arc<Mock>>, Json(behaviour): Json<Behaviour>) -> StatusCode {
+    *mock.models.lock().await = behaviour;
+    StatusCode::NO_CONTENT
+}
+
+async fn models(State(mock): State<Arc<Mock>>) -> Response {
+    mock.models_requests.fetch_add(1, Ordering::SeqCst);
+    let behaviour = mock.models.lock().await.clone();
+    if let Some(delay) = behaviour.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap_or(StatusCode::OK);
+    let body =
+        json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]});
+    (status, Json(body)).into_response()
 }
 
 async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {

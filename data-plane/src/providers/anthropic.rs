@@ -467,6 +467,15 @@ impl Provider for Anthropic {
         })
     }
 
+    fn health_check(&self, backend: &policy_engine::config::BackendSpec, path: &str) -> Outbound {
+        Outbound {
+            url: super::join(&backend.base_url, path),
+            body: Vec::new(),
+            native_key_header: Some("x-api-key"),
+            headers: &[("anthropic-version", API_VERSION)],
+        }
+    }
+
     fn translates(&self) -> bool {
         true
     }

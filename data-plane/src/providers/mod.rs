@@ -84,10 +84,21 @@ pub trait Provider: Sync {
         None
     }
 
+    /// The health check's request, `GET {base_url}{path}` (no body) with this kind's credentials header and fixed
+    /// headers.
+    fn health_check(&self, backend: &BackendSpec, path: &str) -> Outbound {
+        Outbound { url: join(&backend.base_url, path), body: Vec::new(), native_key_header: None, headers: &[] }
+    }
+
     /// How an error status counts (see `docs/providers.md`).
     fn classify(&self, status: u16) -> StatusClass {
         if (400..500).contains(&status) && status != 429 { StatusClass::CallersMistake } else { StatusClass::FailOver }
     }
+}
+
+/// `base_url` and `path` with one slash between them.
+pub fn join(base_url: &str, path: &str) -> String {
+    format!("{}/{}", base_url.trim_end_matches('/'), path.trim_start_matches('/'))
 }
 
 /// The provider of a backend kind.

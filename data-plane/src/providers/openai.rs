@@ -2,6 +2,7 @@
 //! `model` set to the upstream's name. They differ only in the URL (Azure names the deployment in the path and the
 //! API version in the query).
 
+use policy_engine::config::BackendSpec;
 use serde_json::{Map, Value};
 
 use super::upstream::AttemptError;
@@ -20,6 +21,13 @@ impl Provider for OpenAi {
 }
 
 impl Provider for AzureOpenAi {
+    fn health_check(&self, backend: &BackendSpec, path: &str) -> Outbound {
+        let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}api-version={version}", super::join(&backend.base_url, path));
+        Outbound { url, body: Vec::new(), native_key_header: None, headers: &[] }
+    }
+
     fn request(&self, request: &Inbound<'_>) -> Result<Outbound, AttemptError> {
         let Inbound { backend, upstream_model, endpoint, .. } = *request;
         let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();

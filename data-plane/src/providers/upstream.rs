@@ -177,6 +177,44 @@ impl Upstreams {
         };
         Err(AttemptError::Status { status, body, retry_after })
     }
+
+    /// One health check of `backend`: `GET` its check URL with its credentials, through the same clients and egress
+    /// rules as its requests; `Ok` for a 2xx within `timeout`.
+    pub async fn check(&self, backend: &BackendSpec, path: &str, timeout: Duration) -> Result<(), AttemptError> {
+        let Outbound { url, native_key_header, headers, .. } = super::of(backend.kind).health_check(backend, path);
+        let refused = |reason: egress::Refused| AttemptError::Refused(format!("backend '{}': {reason}", backend.name));
+        let url = reqwest::Url::parse(&url).map_err(|e| refused(egress::Refused(format!("invalid URL {url}: {e}"))))?;
+        self.egress.check_url(&url).map_err(refused)?;
+        let secret = self.egress.secret(backend).map_err(|reason| AttemptError::Refused(reason.0))?;
+        let mut request = self.client(backend.timeouts.connect_ms)?.get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(secret) = secret {
+            request = match (&backend.auth, native_key_header) {
+                (BackendAuth::Bearer, None) => request.bearer_auth(secret),
+                (BackendAuth::Bearer, Some(header)) => request.header(header, secret),
+                (BackendAuth::Header { header }, _) => request.header(header.as_str(), secret),
+                (BackendAuth::None, _) => request,
+            };
+        }
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let response = match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => return Err(AttemptError::Timeout(timeout_ms)),
+            Ok(Err(error)) if error.is_timeout() => return Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
+            Ok(Err(error)) => match egress::refusal_in(&error) {
+                Some(reason) => return Err(refused(reason.clone())),
+                None => return Err(AttemptError::Connect(error_chain(&error))),
+            },
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // The body is not read: its status says enough, and a check must not wait on it.
+        Err(AttemptError::Status { status: status.as_u16(), body: String::new(), retry_after: None })
+    }
 }
 
 /// The longest `Retry-After` kept: absurd values would overflow a `Duration`, and a day is as good as forever here

@@ -16,6 +16,8 @@ use policy_engine::tool_policy::InvalidCallAction;
 
 use super::Proxy;
 use crate::control::snapshot::CompiledSnapshot;
+use crate::health::breaker::Outcome;
+use crate::health::tracker::Ticket;
 use crate::openai::error::GatewayError;
 use crate::openai::request::ParsedRequest;
 use crate::providers::upstream::{AttemptError, SendOptions};
@@ -39,6 +41,8 @@ pub struct Attempts<'a> {
     /// The gateway injected `stream_options.include_usage`: the usage chunk is metered, not forwarded.
     pub strip_usage: bool,
     pub limits: RouteLimits,
+    /// Every candidate's breaker was open: the one left is tried past it (see `Tracker::plan`).
+    pub force_breakers: bool,
     /// The route policy's deadline for the whole request, set when its first attempt is sent.
     pub request_deadline: OnceLock<tokio::time::Instant>,
 }
@@ -265,15 +269,25 @@ impl Attempts<'_> {
         let (proxy, candidates) = (self.proxy, self.candidates);
         let mut failures: Vec<(String, AttemptError)> = Vec::new();
         let mut walk = Walk::new(candidates.len(), start, self.limits.retries);
+        // Candidates whose breaker opened since the request was planned (or whose probe another request took).
+        let mut open: Vec<&str> = Vec::new();
         while let Some(position) = walk.next() {
             let candidate = &candidates[position];
             let Some(backend) = self.snapshot.config.backends.get(&candidate.backend) else {
                 walk.record(position, false);
                 continue;
             };
+            // Never waited on: an open breaker skips the candidate as if nothing could be sent to it.
+            let Some(ticket) = self.admit(candidate, self.force_breakers) else {
+                walk.record(position, false);
+                open.push(&candidate.backend);
+                continue;
+            };
+            let sent_at = tokio::time::Instant::now();
             let Ok((mut attempt, mut deadline)) = self.attempt(backend, candidate, position, &mut walk).await else {
                 return Err(self.request_timed_out(&failures));
             };
+            self.settle(ticket, &attempt, backend, sent_at);
             // A short Retry-After is waited out once on the same candidate (a retry, when they are bounded); a long
             // one, or one that would end past the route policy's deadline, moves on.
             if let Err(AttemptError::Status { status: 429, retry_after: Some(wait), .. }) = &attempt
@@ -282,9 +296,15 @@ impl Attempts<'_> {
                 && self.request_deadline.get().is_none_or(|&request| tokio::time::Instant::now() + *wait < request)
             {
                 tokio::time::sleep(*wait).await;
+                // The same candidate again, whatever its breaker says since: the backend named the wait.
+                let ticket = self.admit(candidate, true);
+                let sent_at = tokio::time::Instant::now();
                 let Ok(again) = self.attempt(backend, candidate, position, &mut walk).await else {
                     return Err(self.request_timed_out(&failures));
                 };
+                if let Some(ticket) = ticket {
+                    self.settle(ticket, &again.0, backend, sent_at);
+                }
                 (attempt, deadline) = again;
             }
             match attempt {
@@ -329,7 +349,36 @@ impl Attempts<'_> {
                 }
             }
         }
+        if failures.is_empty() && !open.is_empty() {
+            return Err(GatewayError::UpstreamUnavailable(format!(
+                "every candidate's circuit breaker is open ({}); retry later",
+                open.join(", ")
+            )));
+        }
         Err(all_failed(&failures))
+    }
+
+    /// Admit an attempt to `candidate` past its breaker, publishing the board if that took the probe.
+    fn admit(&self, candidate: &PlannedCandidate, force: bool) -> Option<Ticket> {
+        let ticket = self.proxy.tracker.admit(candidate, force)?;
+        if ticket.changed {
+            self.proxy.tracker.publish(&self.proxy.health);
+        }
+        Some(ticket)
+    }
+
+    /// Feed an attempt's outcome to its backend's breaker and latency, publishing the board if the breaker changed.
+    fn settle(
+        &self,
+        ticket: Ticket,
+        attempt: &Result<reqwest::Response, AttemptError>,
+        backend: &BackendSpec,
+        sent_at: tokio::time::Instant,
+    ) {
+        let elapsed = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if ticket.record(outcome_of(attempt, backend, elapsed)) {
+            self.proxy.tracker.publish(&self.proxy.health);
+        }
     }
 
     /// Turn a successful upstream response into ours: streamed through as it comes (metered on the way), or read
@@ -466,6 +515,25 @@ impl Attempts<'_> {
         };
         let limit = self.stream_limit(deadline, total);
         Ok(Some(Body::from_stream(sse::governed(upstream, stage, initial, deadline, limit, report))))
+    }
+}
+
+/// What an attempt says of its backend (`docs/providers.md`, "Circuit breakers"): any answer but a 429 or one that
+/// fails over is the backend answering (a 4xx is the caller's mistake, never the backend's); 5xx, redirects,
+/// connection failures and timeouts are failures; a 429 with `Retry-After` pauses the backend for that long, one
+/// without says nothing (rate limits are per caller as often as per backend); nothing sent says nothing.
+fn outcome_of(attempt: &Result<reqwest::Response, AttemptError>, backend: &BackendSpec, ms: u64) -> Option<Outcome> {
+    match attempt {
+        Ok(_) => Some(Outcome::Answered { ttfb_ms: ms }),
+        Err(AttemptError::Status { status: 429, retry_after, .. }) => retry_after
+            .map(|wait| Outcome::RateLimited { retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX) }),
+        Err(AttemptError::Status { status, .. }) => match providers::of(backend.kind).classify(*status) {
+            StatusClass::CallersMistake => Some(Outcome::Answered { ttfb_ms: ms }),
+            StatusClass::FailOver => Some(Outcome::Failed { ttfb_ms: None }),
+        },
+        Err(AttemptError::Redirect { .. } | AttemptError::Connect(_)) => Some(Outcome::Failed { ttfb_ms: None }),
+        Err(AttemptError::Timeout(_)) => Some(Outcome::Failed { ttfb_ms: Some(ms) }),
+        Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)) => None,
     }
 }
 

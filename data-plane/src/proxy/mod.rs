@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::control::snapshot::CompiledSnapshot;
 use crate::control::state::Current;
 use crate::health::board::HealthBoard;
+use crate::health::tracker::Tracker;
 use crate::openai::error::GatewayError;
 use crate::openai::request::Endpoint;
 use crate::providers::upstream::Upstreams;
@@ -28,7 +29,7 @@ use crate::spend::reporter::Reporter;
 /// What the proxy shares across requests.
 pub struct Proxy {
     pub current: Arc<Current>,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
     pub max_body_bytes: usize,
     /// The longest `Retry-After` the gateway waits out before retrying the same candidate; longer ones fail over.
     pub max_retry_after: Duration,
@@ -39,8 +40,9 @@ pub struct Proxy {
     /// Output tokens reserved against budgets for a request that sets no `max_tokens`.
     pub reserve_output_tokens: u64,
     /// Every backend's health as this data plane sees it (breakers and health checks write it).
-    #[expect(dead_code, reason = "the breakers (issue #13) read it; remove this when they do")]
     pub health: Arc<HealthBoard>,
+    /// The breakers and latencies that order and admit each request's candidates; published on `health`.
+    pub tracker: Arc<Tracker>,
 }
 
 pub fn routes(proxy: Arc<Proxy>) -> Router {

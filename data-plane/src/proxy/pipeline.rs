@@ -10,11 +10,13 @@
 //!    prices come from them;
 //! 7. the spend event is opened (every request that reaches an upstream leaves exactly one), and streams ask the
 //!    upstream for usage (`stream_options.include_usage`, stripped again unless the client asked for it);
-//! 8. the attempts ([`super::attempt`]), in order, failing over on connection errors, timeouts, 5xx and 429; never
+//! 8. the candidates planned against this data plane's breakers and, for `least_latency`, its observed latency
+//!    ([`crate::health::tracker`]): open ones dropped, never waited on;
+//! 9. the attempts ([`super::attempt`]), in order, failing over on connection errors, timeouts, 5xx and 429; never
 //!    after the first byte of a response reached the client; as many as the route policy's `retries` allow, all
 //!    within its `timeout_ms`; every answer is metered as it is read or streamed;
 //!    tool calls in the answer validated and retried while the policy allows and nothing reached the client;
-//! 9. the cost header (non-streamed) and budget warnings on the response.
+//! 10. the cost header (non-streamed) and budget warnings on the response.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -97,6 +99,9 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         exchange,
     };
     let spend = RequestSpend::start(context, proxy.reporter.clone());
+    // Breakers and observed latency last: skipping an open backend must not change what was admitted or reserved.
+    proxy.tracker.sync(&snapshot.config, snapshot.version, &snapshot.content_hash, true);
+    let force_breakers = proxy.tracker.plan(&mut candidates, strategy);
     let attempts = Attempts {
         proxy,
         snapshot: &snapshot,
@@ -107,6 +112,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         spend: &spend,
         strip_usage,
         limits,
+        force_breakers,
         request_deadline: OnceLock::new(),
     };
     let served = match governance {

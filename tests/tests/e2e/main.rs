@@ -10,6 +10,7 @@ mod anthropic;
 mod hardening;
 mod health_report;
 mod outbound;
+mod resilience;
 mod snapshots;
 mod spend;
 mod spend_edges;

@@ -7,6 +7,7 @@
 mod anthropic;
 mod outbound;
 mod proxy;
+mod resilience;
 mod retries;
 mod strategies;
 mod tools;

@@ -263,6 +263,7 @@ async fn subscribe(cp: &ControlPlaneHandle, n: usize, prefix: &str) -> (Vec<Arc<
             state_dir: std::env::temp_dir().join(format!("gateway-bench-{prefix}-{i}-{}", std::process::id())),
             budgets: Default::default(),
             health: Default::default(),
+            rates: Default::default(),
         };
         tokio::spawn(subscription.run(current.clone(), shutdown.clone()));
         currents.push(current);

@@ -20,6 +20,7 @@ use crate::openai::error::GatewayError;
 use crate::openai::request::ParsedRequest;
 use crate::providers::upstream::{AttemptError, SendOptions};
 use crate::providers::{self, StatusClass, UpstreamBytes};
+use crate::ratelimit::limiter::now_ms;
 use crate::spend::metering::StreamMeter;
 use crate::spend::record::SpendHandle;
 use crate::stream::metered::MeteredStream;
@@ -259,6 +260,11 @@ impl Attempts<'_> {
                 walk.record(position, false);
                 continue;
             };
+            // Rate limits (docs/rate-limits.md): a backend at its limit on this data plane is skipped, not refused.
+            if !self.spend.rates().admit_backend(&backend.name, backend.rate_limit, now_ms()) {
+                walk.record(position, false);
+                continue;
+            }
             let Ok((mut attempt, mut deadline)) = self.attempt(backend, candidate, position, &mut walk).await else {
                 return Err(self.request_timed_out(&failures));
             };
@@ -268,6 +274,11 @@ impl Attempts<'_> {
                 && *wait <= proxy.max_retry_after
                 && walk.may_send()
                 && self.request_deadline.get().is_none_or(|&request| tokio::time::Instant::now() + *wait < request)
+                && self.spend.rates().admit_backend(
+                    &backend.name,
+                    backend.rate_limit,
+                    now_ms() + wait.as_millis() as u64,
+                )
             {
                 tokio::time::sleep(*wait).await;
                 let Ok(again) = self.attempt(backend, candidate, position, &mut walk).await else {
@@ -316,6 +327,12 @@ impl Attempts<'_> {
                     failures.push((candidate.model.clone(), error));
                 }
             }
+        }
+        // Rate limits: no candidate was tried because each was at its limit here: 429 naming them.
+        if failures.is_empty()
+            && let Some(refusal) = self.spend.rates().refusal()
+        {
+            return Err(GatewayError::RateLimited(refusal));
         }
         Err(all_failed(&failures))
     }

@@ -205,6 +205,7 @@ impl Fixture {
             secret_env_prefix: "PROVIDER_".to_owned(),
             max_body_bytes: 1 << 20,
             budget_state_interval_ms: 1000,
+            rate_share_interval_ms: 50,
         };
         let shutdown = CancellationToken::new();
         let store = self.store.clone();

@@ -13,6 +13,7 @@ mod contract;
 mod evaluate;
 mod keys;
 mod lineage;
+mod rate_shares;
 mod resources;
 mod secrets;
 mod spend;

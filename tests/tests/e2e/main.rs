@@ -9,6 +9,7 @@ mod admin_api;
 mod anthropic;
 mod hardening;
 mod outbound;
+mod rate_limits;
 mod snapshots;
 mod spend;
 mod spend_edges;

@@ -7,5 +7,6 @@
 mod anthropic;
 mod outbound;
 mod proxy;
+mod rate_limits;
 mod retries;
 mod tools;

@@ -274,17 +274,15 @@ impl Attempts<'_> {
                 && *wait <= proxy.max_retry_after
                 && walk.may_send()
                 && self.request_deadline.get().is_none_or(|&request| tokio::time::Instant::now() + *wait < request)
-                && self.spend.rates().admit_backend(
-                    &backend.name,
-                    backend.rate_limit,
-                    now_ms() + wait.as_millis() as u64,
-                )
             {
                 tokio::time::sleep(*wait).await;
-                let Ok(again) = self.attempt(backend, candidate, position, &mut walk).await else {
-                    return Err(self.request_timed_out(&failures));
-                };
-                (attempt, deadline) = again;
+                // Rate limits: the repeat is one more request to the backend, taken when it is sent.
+                if self.spend.rates().admit_backend(&backend.name, backend.rate_limit, now_ms()) {
+                    let Ok(again) = self.attempt(backend, candidate, position, &mut walk).await else {
+                        return Err(self.request_timed_out(&failures));
+                    };
+                    (attempt, deadline) = again;
+                }
             }
             match attempt {
                 Ok(response) => {

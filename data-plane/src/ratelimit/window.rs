@@ -49,10 +49,11 @@ pub fn reset_ms(now_ms: u64, length_ms: u64) -> u64 {
 }
 
 impl Window {
-    /// The window for `now_ms`, emptied if it moved on.
+    /// The window for `now_ms`, emptied if it moved on. Only forward: a time read just before a newer one (threads
+    /// race to the lock) counts in the newer window, never resets it, so no admission is forgotten.
     fn roll(&mut self, now_ms: u64, length_ms: u64) {
         let index = now_ms / length_ms;
-        if index != self.index {
+        if index > self.index {
             *self = Window { index, used: 0 };
         }
     }
@@ -147,6 +148,17 @@ mod tests {
         assert_eq!(full, Full { limit: 3, used: 3, cost: 1, reset_ms: 1 });
         assert_eq!(window.check(3, 1, start + 1_000, SECOND_MS), Ok(()), "the next aligned second is empty");
         assert!(window.check(3, 4, start + 1_000, SECOND_MS).is_err(), "a cost above the limit never fits");
+    }
+
+    #[test]
+    fn a_late_reading_of_the_clock_counts_in_the_newer_window() {
+        let mut window = Window::default();
+        let boundary = 5_000;
+        window.take(2, boundary, SECOND_MS);
+        // A request that read the clock just before the boundary but reached the window after it.
+        assert!(window.check(3, 2, boundary - 1, SECOND_MS).is_err(), "not an empty window of its own");
+        window.take(1, boundary - 1, SECOND_MS);
+        assert_eq!(window.standing(3, boundary + 1, SECOND_MS).remaining, 0);
     }
 
     #[test]

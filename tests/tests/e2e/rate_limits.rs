@@ -103,6 +103,7 @@ async fn two_data_planes_keep_a_backends_requests_per_second_within_the_bound(po
     // in any one second.
     let stats = mock.stats().await;
     let per_second: BTreeMap<u64, u64> = serde_json::from_value(stats["per_second"].clone()).unwrap();
+    eprintln!("served {served} in {windows} aligned seconds; statuses {statuses:?}; per second {per_second:?}");
     for (second, count) in per_second.range(unix(started)..=unix(ended)) {
         assert!(*count <= 2 * RPS, "second {second}: {count} requests: {per_second:?}");
     }

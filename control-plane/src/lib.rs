@@ -95,7 +95,14 @@ pub async fn run(
         spend_changed.clone(),
         shutdown.clone(),
     );
-    let streams = distribution::grpc::Streams { published, budgets, spend_changed };
+    let fleet_changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let connected = distribution::rate_shares::spawn(
+        store.clone(),
+        std::time::Duration::from_millis(args.rate_share_interval_ms.max(10)),
+        fleet_changed.clone(),
+        shutdown.clone(),
+    );
+    let streams = distribution::grpc::Streams { published, budgets, spend_changed, connected, fleet_changed };
     let discovery = distribution::grpc::service(store.clone(), streams, replica.clone(), args.node_token.as_deref());
     let state = api::AppState::new(store, write_context, args.max_body_bytes);
 

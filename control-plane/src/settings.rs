@@ -88,6 +88,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_BUDGET_STATE_INTERVAL_MS", default_value_t = 1000)]
     pub budget_state_interval_ms: u64,
 
+    /// How often each replica reads which data planes are connected (to any replica), in milliseconds, to tell each
+    /// its rate-limit share; its own connections and disconnections are read at once.
+    #[arg(long, env = "GATEWAY_RATE_SHARE_INTERVAL_MS", default_value_t = 1000)]
+    pub rate_share_interval_ms: u64,
+
     /// Largest admin request body, in bytes.
     #[arg(long, env = "GATEWAY_ADMIN_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

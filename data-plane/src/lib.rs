@@ -6,6 +6,7 @@
 //! - `proxy/`: the OpenAI-compatible API: routes, the per-request pipeline, attempts and failover, the virtual key.
 //! - `stream/`: the stages a streamed answer goes through (metering, pass-through or tool-governed).
 //! - `tools/`: tool governance: the tool policy, schemas, validation of calls whole or streamed.
+//! - `ratelimit/`: per-key and per-backend rate limits, this data plane's share of each.
 //! - `spend/`: metering, reservations, spend events and their loss-free reporting, budgets.
 //! - `health/`: circuit breakers, active health checks and the health board they publish.
 //! - `providers/`: one module per backend kind behind one interface; sending attempts; egress rules.
@@ -23,6 +24,7 @@ mod metrics;
 mod openai;
 mod providers;
 mod proxy;
+mod ratelimit;
 mod server;
 pub mod settings;
 mod spend;
@@ -37,6 +39,7 @@ mod tools;
 pub use crate::control::connection::{ClientTls, ControlPlaneConnection};
 pub use crate::control::{persist, snapshot, state};
 pub use crate::health::board::{BackendHealth, BreakerState, HealthBoard, HealthCheckResult};
+pub use crate::ratelimit::limiter::RateLimiter;
 pub use crate::subscription::Subscription;
 
 /// The request-path stages the criterion benchmarks (`data-plane/benches`) measure one at a time.
@@ -45,6 +48,7 @@ pub mod stages {
     pub use crate::health::tracker::Tracker;
     pub use crate::openai::request::Endpoint;
     pub use crate::providers::anthropic::StreamTranslator;
+    pub use crate::ratelimit::limiter::{KeyLimits, RateLimiter, RequestRates};
     pub use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope, contributions};
     pub use crate::spend::metering::{StreamMeter, cost, usage_from_body};
     pub use crate::stream::sse::{StreamLimit, StreamReport, governed, passthrough};
@@ -125,6 +129,7 @@ pub async fn run(
     };
     let budgets = Arc::new(BudgetLedger::new(outage));
     let health = Arc::new(HealthBoard::default());
+    let rates = Arc::new(RateLimiter::default());
     // Background tasks stop with the listener; the reporter's flush comes after the last request.
     let background = CancellationToken::new();
     tokio::spawn(crate::health::gauges::run(health.clone(), current.clone(), background.clone()));
@@ -156,6 +161,7 @@ pub async fn run(
             state_dir: args.state_dir.clone(),
             budgets: budgets.clone(),
             health: health.clone(),
+            rates: rates.clone(),
         };
         tokio::spawn(subscription.run(current.clone(), background.clone()));
         Some(connection)
@@ -188,6 +194,7 @@ pub async fn run(
         max_retry_after: Duration::from_millis(args.max_retry_after_ms),
         reporter: reporter.clone(),
         budgets,
+        rates,
         reserve_output_tokens: spend.budget_reserve_output_tokens,
         health,
         tracker,

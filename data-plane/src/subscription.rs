@@ -17,6 +17,7 @@ use crate::control::state::Current;
 use crate::control::{persist, snapshot};
 use crate::health::board::HealthBoard;
 use crate::health::report;
+use crate::ratelimit::limiter::RateLimiter;
 use crate::spend::budgets::BudgetLedger;
 
 pub struct Subscription {
@@ -27,6 +28,8 @@ pub struct Subscription {
     pub budgets: Arc<BudgetLedger>,
     /// The backends' health, reported to the control plane on the subscription.
     pub health: Arc<HealthBoard>,
+    /// Takes this data plane's share of every rate limit from `RateShare` messages (kept while disconnected).
+    pub rates: Arc<RateLimiter>,
 }
 
 impl Subscription {
@@ -84,6 +87,18 @@ impl Subscription {
                     let (served, none) = (current.load(), Default::default());
                     let budgets = served.as_ref().map_or(&none, |s| &s.config.budgets);
                     self.budgets.apply_state(&state, budgets, chrono::Utc::now());
+                    continue;
+                }
+                Some(v1::subscribe_response::Kind::RateShare(share)) => {
+                    if self.rates.set_share(share.rank, share.of) {
+                        tracing::info!(rank = share.rank, of = share.of, "rate limit share");
+                    } else {
+                        tracing::warn!(
+                            rank = share.rank,
+                            of = share.of,
+                            "ignoring a rate share whose rank is not below its count"
+                        );
+                    }
                     continue;
                 }
                 None => continue,

@@ -93,7 +93,15 @@ impl Default for Timeouts {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProviderRateLimit {
+    /// Requests per second, counted in whole wall-clock seconds (`docs/rate-limits.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub rps: Option<u32>,
+    /// Requests per minute, counted in whole wall-clock minutes.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub rpm: Option<u32>,
+    /// Tokens per minute: admitted on the request's estimate, corrected to its metered usage.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub tpm: Option<u64>,
 }
 

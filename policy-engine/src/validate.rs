@@ -139,6 +139,17 @@ pub fn backend(
         errors.push("tags", format!("at most {} tags", crate::cel_limits::MAX_COLLECTION_ENTRIES));
     }
     errors.labels("tags", &spec.tags);
+    if let Some(limit) = spec.rate_limit {
+        if limit.rps.is_none() && limit.rpm.is_none() && limit.tpm.is_none() {
+            errors.push("rate_limit", "set at least one of rps, rpm and tpm (or leave rate_limit out)");
+        }
+        let limits = [("rps", limit.rps.map(u64::from)), ("rpm", limit.rpm.map(u64::from)), ("tpm", limit.tpm)];
+        for (field, value) in limits {
+            if value == Some(0) {
+                errors.push(format!("rate_limit.{field}"), "must be greater than zero (leave it out for no limit)");
+            }
+        }
+    }
     if let Some(breaker) = spec.circuit_breaker {
         if breaker.failure_threshold == 0 {
             errors.push("circuit_breaker.failure_threshold", "must be at least 1");
@@ -380,6 +391,28 @@ mod tests {
         assert_eq!(route(serde_json::json!({"timeout_ms": 0})), ["action.timeout_ms"]);
         assert_eq!(route(serde_json::json!({"timeout_ms": MAX_DURATION_MS + 1})), ["action.timeout_ms"]);
         assert_eq!(route(serde_json::json!({"retries": 11, "timeout_ms": 0})), ["action.retries", "action.timeout_ms"]);
+    }
+
+    /// The fields a backend with this `rate_limit` is refused for (empty: accepted).
+    fn rate_limit_refusals(rate_limit: serde_json::Value) -> Vec<String> {
+        let mut spec: BackendSpec = serde_json::from_value(serde_json::json!({"name": "b", "kind": "openai",
+            "base_url": "https://api.openai.com/v1", "rate_limit": rate_limit}))
+        .expect("a backend");
+        let (urls, secret_env) = (BaseUrlPolicy::default(), SecretEnvPolicy::default());
+        backend(&mut spec, &urls, &secret_env).err().unwrap_or_default().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn rate_limits_are_positive_and_located() {
+        let refusals = |value: serde_json::Value| rate_limit_refusals(value);
+        assert!(refusals(serde_json::json!({"rps": 1, "rpm": 60, "tpm": 1000})).is_empty());
+        assert!(refusals(serde_json::json!({"rps": 5})).is_empty());
+        assert_eq!(refusals(serde_json::json!({"rps": 0})), ["rate_limit.rps"]);
+        assert_eq!(refusals(serde_json::json!({"rpm": 0, "tpm": 0})), ["rate_limit.rpm", "rate_limit.tpm"]);
+        assert_eq!(refusals(serde_json::json!({})), ["rate_limit"]);
+        let unknown: Result<BackendSpec, _> = serde_json::from_value(serde_json::json!({"name": "b", "kind": "openai",
+            "base_url": "https://x.example", "rate_limit": {"rph": 1}}));
+        assert!(unknown.unwrap_err().to_string().contains("unknown field `rph`"));
     }
 }
 

@@ -104,6 +104,7 @@ pub fn encode(
             connect_timeout_ms: b.timeouts.connect_ms,
             first_byte_timeout_ms: b.timeouts.first_byte_ms,
             total_timeout_ms: b.timeouts.total_ms,
+            rate_limit_rps: b.rate_limit.and_then(|r| r.rps),
             rate_limit_rpm: b.rate_limit.and_then(|r| r.rpm),
             rate_limit_tpm: b.rate_limit.and_then(|r| r.tpm),
             breaker_failure_threshold: b.circuit_breaker.map(|c| c.failure_threshold),
@@ -267,8 +268,8 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
                 first_byte_ms: b.first_byte_timeout_ms,
                 total_ms: b.total_timeout_ms,
             },
-            rate_limit: (b.rate_limit_rpm.is_some() || b.rate_limit_tpm.is_some())
-                .then_some(ProviderRateLimit { rpm: b.rate_limit_rpm, tpm: b.rate_limit_tpm }),
+            rate_limit: (b.rate_limit_rps.is_some() || b.rate_limit_rpm.is_some() || b.rate_limit_tpm.is_some())
+                .then_some(ProviderRateLimit { rps: b.rate_limit_rps, rpm: b.rate_limit_rpm, tpm: b.rate_limit_tpm }),
             circuit_breaker: b.breaker_failure_threshold.map(|failure_threshold| CircuitBreaker {
                 failure_threshold,
                 open_ms: b.breaker_open_ms.unwrap_or_default(),

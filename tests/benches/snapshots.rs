@@ -205,6 +205,7 @@ impl Fixture {
             secret_env_prefix: "PROVIDER_".to_owned(),
             max_body_bytes: 1 << 20,
             budget_state_interval_ms: 1000,
+            rate_share_interval_ms: 50,
         };
         let shutdown = CancellationToken::new();
         let store = self.store.clone();
@@ -263,6 +264,7 @@ async fn subscribe(cp: &ControlPlaneHandle, n: usize, prefix: &str) -> (Vec<Arc<
             state_dir: std::env::temp_dir().join(format!("gateway-bench-{prefix}-{i}-{}", std::process::id())),
             budgets: Default::default(),
             health: Default::default(),
+            rates: Default::default(),
         };
         tokio::spawn(subscription.run(current.clone(), shutdown.clone()));
         currents.push(current);

@@ -247,7 +247,7 @@ def test_embeddings_float_and_base64(client):
 
 def test_models(client):
     ids = [model.id for model in client.models.list()]
-    assert ids == ["chain", "claude", "embeddings", "pinned", "refused-first", "see", "split"]
+    assert ids == ["chain", "claude", "embeddings", "paced", "pinned", "refused-first", "see", "split"]
     assert client.models.retrieve("split").id == "split"
     limited = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["GATEWAY_LIMITED_KEY"], max_retries=0)
     assert [model.id for model in limited.models.list()] == ["split"]
@@ -311,3 +311,29 @@ def test_a_stream_cut_midway_raises(client):
         for _ in stream:
             pass
     assert "before [DONE]" in str(error.value)
+
+
+def test_the_sdk_retry_honours_retry_after_from_a_rate_limit():
+    # The `paced` backend takes one request per wall-clock second. The gateway refuses the second request of a
+    # second with 429 `rate_limit_exceeded` and `retry-after: 1`; the SDK's own retry waits that out and succeeds.
+    paced = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as error:
+        for _ in range(3):
+            paced.chat.completions.create(model="paced", messages=MESSAGES)
+    assert error.value.code == "rate_limit_exceeded"
+    assert error.value.response.headers["retry-after"] == "1"
+    assert "backend 'paced' is at its limit of 1 requests per second (RPS)" in error.value.message
+    # Right after a refusal the second is usually still the same one: the retrying client is refused once, waits the
+    # second out as `retry-after` says and is served. (If the second ended in between, it is served at once: again.)
+    retrying = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=3)
+    retries = []
+    for _ in range(5):
+        with pytest.raises(openai.RateLimitError):
+            for _ in range(3):
+                paced.chat.completions.create(model="paced", messages=MESSAGES)
+        raw = retrying.chat.completions.with_raw_response.create(model="paced", messages=MESSAGES)
+        assert raw.parse().model == "paced-x"
+        retries.append(raw.retries_taken)
+        if raw.retries_taken > 0:
+            break
+    assert retries[-1] == 1, f"one retry, after the window: {retries}"

@@ -14,7 +14,8 @@
 //! tokens, to fill a client's socket buffers).
 //! `POST /__mock/models` sets what `GET /v1/models` (a health check) answers (`status`, `delay_ms`); it is not listed
 //! with the requests, only counted (`models_requests` in the stats).
-//! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts streams finished and cancelled, and
+//! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts requests per wall-clock second
+//! (`per_second`), streams finished and cancelled, and
 //! requests cancelled (the caller closed the connection) before the answer started.
 //! `POST .../messages` answers as Anthropic's Messages API does (errors, answers and event streams, tool calls as
 //! `tool_use` blocks; `usage` then is Anthropic's usage object), for the `anthropic` backend kind.
@@ -97,6 +98,8 @@ struct Mock {
     /// What `GET /v1/models` (a health check) gets: its `status` and `delay_ms` count.
     models: Mutex<Behaviour>,
     models_requests: AtomicU64,
+    /// Requests received per wall-clock second (Unix seconds), for rate-limit tests.
+    per_second: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
 }
 
 /// Counts a request as cancelled if its handler is dropped (the caller went away) before the answer is ready.
@@ -186,6 +189,8 @@ async fn stats(State(mock): State<Arc<Mock>>) -> Json<Value> {
         "streams_cancelled": mock.streams_cancelled.load(Ordering::SeqCst),
         "requests_cancelled": mock.requests_cancelled.load(Ordering::SeqCst),
         "models_requests": mock.models_requests.load(Ordering::SeqCst),
+        // Requests received in each wall-clock second: {"<unix second>": count}.
+        "per_second": mock.per_second.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
     }))
 }
 
@@ -207,6 +212,8 @@ async fn models(State(mock): State<Arc<Mock>>) -> Response {
 }
 
 async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    *mock.per_second.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(second).or_default() += 1;
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     mock.requests.lock().await.push(json!({

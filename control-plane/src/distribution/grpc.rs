@@ -4,8 +4,9 @@
 //! already holds exactly it) and every later one. A node that holds a version of this store's lineage beyond the
 //! store's counter makes the store move its counter past it ([`super::lineage`]). Each response carries a fresh
 //! nonce. A version counts as applied only when ACKed; a NACK is logged with its errors and recorded in the fleet
-//! view. Budget state ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed. Health reports
-//! from the node ([`crate::health`]) replace what it reported before.
+//! view. Budget state ([`super::budgets`]) is forwarded on the same stream whenever it is recomputed, and the node's
+//! rate-limit share ([`super::rate_shares`]) whenever its rank or the count of connected nodes changes. Health
+//! reports from the node ([`crate::health`]) replace what it reported before.
 //!
 //! `ReportSpend` ingests a batch of spend events (validated by [`crate::spend::validate`]) in one transaction and
 //! answers only after the commit.
@@ -26,6 +27,7 @@ use super::budgets::BudgetStateRx;
 use super::lineage::{self, Holding, Standing};
 use super::publisher::{Published, PublishedRx};
 use crate::health;
+use super::rate_shares::{self, ConnectedRx};
 use crate::spend::{self, BatchError};
 use crate::store::fleet::Adoption;
 use crate::store::{ConfigHead, Store, StoreError};
@@ -38,6 +40,9 @@ pub struct Discovery {
     budgets: BudgetStateRx,
     /// Notified after an ingestion stored new events, so budget state is recomputed soon.
     spend_changed: Arc<Notify>,
+    connected: ConnectedRx,
+    /// Notified when a session starts or ends, so the connected nodes are read again at once.
+    fleet_changed: Arc<Notify>,
     replica: String,
 }
 
@@ -82,6 +87,9 @@ pub struct Streams {
     pub published: PublishedRx,
     pub budgets: BudgetStateRx,
     pub spend_changed: Arc<Notify>,
+    /// The connected nodes (every replica's), for rate-limit shares, and the signal that reads them again.
+    pub connected: ConnectedRx,
+    pub fleet_changed: Arc<Notify>,
 }
 
 pub fn service(
@@ -90,11 +98,11 @@ pub fn service(
     replica: String,
     node_token: Option<&str>,
 ) -> InterceptedService<ConfigDiscoveryServer<Discovery>, NodeAuth> {
-    let Streams { published, budgets, spend_changed } = streams;
+    let Streams { published, budgets, spend_changed, connected, fleet_changed } = streams;
     // Snapshots of 10k keys exceed tonic's 4 MiB default; so may a spend batch of 10k events.
-    let server = ConfigDiscoveryServer::new(Discovery { store, published, budgets, spend_changed, replica })
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(256 << 20);
+    let discovery = Discovery { store, published, budgets, spend_changed, connected, fleet_changed, replica };
+    let server =
+        ConfigDiscoveryServer::new(discovery).max_decoding_message_size(64 << 20).max_encoding_message_size(256 << 20);
     InterceptedService::new(server, NodeAuth::new(node_token))
 }
 
@@ -166,6 +174,7 @@ impl ConfigDiscovery for Discovery {
             .map_err(|error| store_status(error, "the subscription could not be recorded"))?;
         tracing::info!(node = %hello.node_id, held_version, held_lineage = %hello.held_lineage,
             "data plane subscribed");
+        self.fleet_changed.notify_one();
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
             store: self.store.clone(),
@@ -177,6 +186,9 @@ impl ConfigDiscovery for Discovery {
             adoption: None,
             sent: VecDeque::new(),
             compared: None,
+            connected: self.connected.clone(),
+            fleet_changed: self.fleet_changed.clone(),
+            rate_share: None,
         };
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -246,6 +258,10 @@ struct Session {
     sent: VecDeque<Sent>,
     /// The published snapshot last compared with what the node holds, so that each is compared once.
     compared: Option<ConfigHead>,
+    connected: ConnectedRx,
+    fleet_changed: Arc<Notify>,
+    /// The rate share last sent.
+    rate_share: Option<v1::RateShare>,
 }
 
 impl Session {
@@ -255,6 +271,10 @@ impl Session {
         tx: mpsc::Sender<Result<v1::SubscribeResponse, Status>>,
     ) {
         let mut budgets_open = true;
+        let mut connected_open = true;
+        // The share as the nodes stand now (later changes wake the loop); this node is listed once its hello is
+        // recorded and the fleet read again.
+        self.connected.mark_changed();
         loop {
             // Send the latest snapshot if this node has not got it. An older version of the node's own lineage is
             // sent too (the node ignores it, saying so) while the store moves past the node's version.
@@ -306,6 +326,15 @@ impl Session {
                         }
                     }
                 }
+                changed = self.connected.changed(), if connected_open => {
+                    if changed.is_err() {
+                        connected_open = false; // the fleet reader stopped: this replica is shutting down
+                        continue;
+                    }
+                    if !self.send_rate_share(&tx).await {
+                        break;
+                    }
+                }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => self.handle(request).await,
                     Ok(None) => break,
@@ -320,7 +349,26 @@ impl Session {
         if let Err(error) = self.store.node_disconnected(&self.node_id, &self.replica).await {
             tracing::warn!(node = %self.node_id, error = %error.detailed(), "could not record the disconnection");
         }
+        self.fleet_changed.notify_one();
         tracing::info!(node = %self.node_id, "data plane disconnected");
+    }
+
+    /// Send the node its rate share if it changed (and it is listed); `false` once the stream is closed.
+    async fn send_rate_share(&mut self, tx: &mpsc::Sender<Result<v1::SubscribeResponse, Status>>) -> bool {
+        let connected = self.connected.borrow_and_update().clone();
+        let Some(share) = connected.and_then(|nodes| rate_shares::share_of(&self.node_id, &nodes)) else {
+            return true;
+        };
+        if self.rate_share == Some(share) {
+            return true;
+        }
+        tracing::debug!(node = %self.node_id, rank = share.rank, of = share.of, "rate share");
+        self.rate_share = Some(share);
+        let response = v1::SubscribeResponse {
+            nonce: uuid::Uuid::new_v4().to_string(),
+            kind: Some(v1::subscribe_response::Kind::RateShare(share)),
+        };
+        tx.send(Ok(response)).await.is_ok()
     }
 
     /// Compare what the node holds with the published snapshot (once per snapshot): a node holding a version of

@@ -218,6 +218,13 @@ impl Store {
         Ok(())
     }
 
+    /// The ids of the nodes connected to any replica, sorted: their positions are the data planes' rate-limit ranks.
+    pub async fn connected_nodes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT node_id FROM data_plane_nodes WHERE connected ORDER BY node_id COLLATE \"C\"")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
     pub async fn fleet(&self) -> Result<Vec<NodeState>, StoreError> {
         Ok(sqlx::query_as("SELECT * FROM data_plane_nodes ORDER BY node_id").fetch_all(self.pool()).await?)
     }

@@ -48,6 +48,7 @@ pub(crate) async fn start(app: &TestApp) -> Running {
         secret_env_prefix: "PROVIDER_".to_owned(),
         max_body_bytes: 1 << 20,
         budget_state_interval_ms: 50,
+        rate_share_interval_ms: 50,
     };
     let shutdown = CancellationToken::new();
     let (store, token) = (app.store.clone(), shutdown.clone());

@@ -55,6 +55,9 @@ pub enum GatewayError {
     InvalidToolCall { violations: Vec<ToolViolation> },
     #[error("{}", budget_exceeded_message(.0))]
     BudgetExceeded(Refusal),
+    /// An API key over its rate limit, or every candidate's backend at its own (`docs/rate-limits.md`).
+    #[error("{}", .0.message)]
+    RateLimited(RateRefusal),
     #[error(
         "the gateway cannot record spend right now (its spend spool is full: the control plane has not acknowledged \
          spend for a while); try again in {retry_after} s"
@@ -63,6 +66,19 @@ pub enum GatewayError {
         /// Seconds until the gateway next tries to hand spend to the control plane.
         retry_after: u64,
     },
+}
+
+/// A rate limit that refuses a request: 429 `rate_limit_exceeded`, OpenAI's `type` (`requests` or `tokens`),
+/// `retry-after` and, for a limited key, its `x-ratelimit-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateRefusal {
+    pub message: String,
+    pub kind: crate::ratelimit::limiter::LimitKind,
+    /// Seconds until the window that refused resets.
+    pub retry_after: u64,
+    /// The request alone exceeds the limit: retrying cannot help.
+    pub hopeless: bool,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// A `block` budget that would be crossed: the request is refused with 429 `budget_exceeded`.
@@ -169,7 +185,9 @@ impl GatewayError {
             GatewayError::NotReady(_) | GatewayError::UpstreamUnavailable(_) | GatewayError::SpendSpoolFull { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            GatewayError::UpstreamRateLimited { .. } | GatewayError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::UpstreamRateLimited { .. }
+            | GatewayError::BudgetExceeded(_)
+            | GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UpstreamFailed(_) | GatewayError::BackendMisconfigured(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -198,12 +216,17 @@ impl GatewayError {
             GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
             GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
             GatewayError::BudgetExceeded(_) => "budget_exceeded",
+            GatewayError::RateLimited(_) => "rate_limit_exceeded",
             GatewayError::SpendSpoolFull { .. } => "spend_spool_full",
         }
     }
 
     /// The OpenAI `type`.
     fn error_type(&self) -> &'static str {
+        if let GatewayError::RateLimited(refusal) = self {
+            // OpenAI's own rate-limit errors name the limit's unit.
+            return refusal.kind.openai_type();
+        }
         match self.status() {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::FORBIDDEN => "permission_error",
@@ -257,6 +280,7 @@ impl IntoResponse for GatewayError {
                 refusal.resets_at.map(|at| (at - chrono::Utc::now()).num_seconds().max(1) as u64)
             }
             GatewayError::SpendSpoolFull { retry_after } => Some((*retry_after).max(1)),
+            GatewayError::RateLimited(refusal) => Some(refusal.retry_after),
             _ => None,
         };
         if let Some(seconds) = retry_after
@@ -266,7 +290,15 @@ impl IntoResponse for GatewayError {
         }
         // The OpenAI SDKs honour this: retrying an exhausted budget or a refused configuration within seconds is
         // pointless (a budget refused only because the control plane is away may clear sooner).
+        if let GatewayError::RateLimited(refusal) = &self {
+            for (name, value) in &refusal.headers {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    response.headers_mut().insert(*name, value);
+                }
+            }
+        }
         if matches!(&self, GatewayError::BudgetExceeded(refusal) if refusal.outage.is_none())
+            || matches!(&self, GatewayError::RateLimited(refusal) if refusal.hopeless)
             || matches!(self, GatewayError::BackendMisconfigured(_))
         {
             response.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));

@@ -22,6 +22,7 @@ use crate::openai::error::GatewayError;
 use crate::openai::request::ParsedRequest;
 use crate::providers::upstream::{AttemptError, SendOptions};
 use crate::providers::{self, StatusClass, UpstreamBytes};
+use crate::ratelimit::limiter::now_ms;
 use crate::spend::metering::StreamMeter;
 use crate::spend::record::SpendHandle;
 use crate::stream::metered::MeteredStream;
@@ -283,6 +284,12 @@ impl Attempts<'_> {
                 open.push(&candidate.backend);
                 continue;
             };
+            // Rate limits (docs/rate-limits.md): a backend at its limit on this data plane is skipped, not refused
+            // (the breaker's ticket, dropped unused, releases a probe it held).
+            if !self.spend.rates().admit_backend(&backend.name, backend.rate_limit, now_ms()) {
+                walk.record(position, false);
+                continue;
+            }
             let sent_at = tokio::time::Instant::now();
             let Ok((mut attempt, mut deadline)) = self.attempt(backend, candidate, position, &mut walk).await else {
                 return Err(self.request_timed_out(&failures));
@@ -296,16 +303,19 @@ impl Attempts<'_> {
                 && self.request_deadline.get().is_none_or(|&request| tokio::time::Instant::now() + *wait < request)
             {
                 tokio::time::sleep(*wait).await;
-                // The same candidate again, whatever its breaker says since: the backend named the wait.
-                let ticket = self.admit(candidate, true);
-                let sent_at = tokio::time::Instant::now();
-                let Ok(again) = self.attempt(backend, candidate, position, &mut walk).await else {
-                    return Err(self.request_timed_out(&failures));
-                };
-                if let Some(ticket) = ticket {
-                    self.settle(ticket, &again.0, backend, sent_at);
+                // Rate limits: the repeat is one more request to the backend, taken when it is sent.
+                if self.spend.rates().admit_backend(&backend.name, backend.rate_limit, now_ms()) {
+                    // The same candidate again, whatever its breaker says since: the backend named the wait.
+                    let ticket = self.admit(candidate, true);
+                    let sent_at = tokio::time::Instant::now();
+                    let Ok(again) = self.attempt(backend, candidate, position, &mut walk).await else {
+                        return Err(self.request_timed_out(&failures));
+                    };
+                    if let Some(ticket) = ticket {
+                        self.settle(ticket, &again.0, backend, sent_at);
+                    }
+                    (attempt, deadline) = again;
                 }
-                (attempt, deadline) = again;
             }
             match attempt {
                 Ok(response) => {
@@ -348,6 +358,12 @@ impl Attempts<'_> {
                     failures.push((candidate.model.clone(), error));
                 }
             }
+        }
+        // Rate limits: no candidate was tried because each was at its limit here: 429 naming them.
+        if failures.is_empty()
+            && let Some(refusal) = self.spend.rates().refusal()
+        {
+            return Err(GatewayError::RateLimited(refusal));
         }
         if failures.is_empty() && !open.is_empty() {
             return Err(GatewayError::UpstreamUnavailable(format!(

@@ -23,6 +23,7 @@ use crate::health::tracker::Tracker;
 use crate::openai::error::GatewayError;
 use crate::openai::request::Endpoint;
 use crate::providers::upstream::Upstreams;
+use crate::ratelimit::limiter::RateLimiter;
 use crate::spend::budgets::BudgetLedger;
 use crate::spend::reporter::Reporter;
 
@@ -37,7 +38,10 @@ pub struct Proxy {
     pub reporter: Arc<Reporter>,
     /// Budget state and reservations.
     pub budgets: Arc<BudgetLedger>,
-    /// Output tokens reserved against budgets for a request that sets no `max_tokens`.
+    /// Rate limits: this data plane's windows and its share of every limit.
+    pub rates: Arc<RateLimiter>,
+    /// Output tokens reserved against budgets (and counted against token rate limits) for a request that sets no
+    /// `max_tokens`.
     pub reserve_output_tokens: u64,
     /// Every backend's health as this data plane sees it (breakers and health checks write it).
     pub health: Arc<HealthBoard>,

@@ -5,18 +5,22 @@
 //! 4. the key's allowed aliases, then routing (policies, constraints, alias resolution, strategy order);
 //! 5. tool governance, only when the request declares tools ([`crate::tools::governance`]): the tool policy (after
 //!    routing, so a route policy's deny wins), registered schemas put in place of the caller's;
-//! 6. spend admission: a full spend spool refuses (503), then budgets (429, naming the budget), with the request's
+//! 6. rate limits ([`crate::ratelimit`]): the key's RPM and TPM (429 `rate_limit_exceeded`), its tokens estimated as
+//!    the prompt plus the most output; after routing because the estimate is only counted when the key or a
+//!    candidate's backend limits tokens, before budgets so a refused request reserves nothing. Backends' own limits
+//!    are taken per attempt ([`super::attempt`]);
+//! 7. spend admission: a full spend spool refuses (503), then budgets (429, naming the budget), with the request's
 //!    estimated cost reserved ([`crate::spend::estimate`]); after routing because model budgets drop candidates and
 //!    prices come from them;
-//! 7. the spend event is opened (every request that reaches an upstream leaves exactly one), and streams ask the
+//! 8. the spend event is opened (every request that reaches an upstream leaves exactly one), and streams ask the
 //!    upstream for usage (`stream_options.include_usage`, stripped again unless the client asked for it);
-//! 8. the candidates planned against this data plane's breakers and, for `least_latency`, its observed latency
+//! 9. the candidates planned against this data plane's breakers and, for `least_latency`, its observed latency
 //!    ([`crate::health::tracker`]): open ones dropped, never waited on;
-//! 9. the attempts ([`super::attempt`]), in order, failing over on connection errors, timeouts, 5xx and 429; never
+//! 10. the attempts ([`super::attempt`]), in order, failing over on connection errors, timeouts, 5xx and 429; never
 //!    after the first byte of a response reached the client; as many as the route policy's `retries` allow, all
 //!    within its `timeout_ms`; every answer is metered as it is read or streamed;
 //!    tool calls in the answer validated and retried while the policy allows and nothing reached the client;
-//! 10. the cost header (non-streamed) and budget warnings on the response.
+//! 11. the cost header (non-streamed), budget warnings and the key's `x-ratelimit-*` headers on the response.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -37,6 +41,7 @@ use super::auth::authenticate;
 use crate::control::snapshot::CompiledSnapshot;
 use crate::openai::error::GatewayError;
 use crate::openai::request::{self, Endpoint, ParsedRequest};
+use crate::ratelimit::limiter::KeyLimits;
 use crate::server::Exchange;
 use crate::spend::estimate::{self, Admitting};
 use crate::spend::metering;
@@ -70,6 +75,17 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
     if strategy == Strategy::Weighted {
         weighted_order(&mut candidates, rand::rng().random::<f64>());
     }
+    let key_limits = KeyLimits::of(key);
+    let counts_tokens = key_limits.tpm.is_some()
+        || candidates.iter().any(|c| {
+            snapshot.config.backends.get(&c.backend).is_some_and(|b| b.rate_limit.is_some_and(|r| r.tpm.is_some()))
+        });
+    let prompt = counts_tokens.then(|| parsed.prompt_tokens());
+    let tokens = prompt.map_or(0, |p| estimate::token_estimate(&parsed, p, proxy.reserve_output_tokens));
+    let rates = proxy
+        .rates
+        .admit_key(&key.id, &key.name, key_limits, tokens, occurred_at.timestamp_millis().max(0) as u64)
+        .map_err(GatewayError::RateLimited)?;
     // Spend must be recordable, and within every budget, before anything is sent upstream.
     if proxy.reporter.is_full() {
         return Err(GatewayError::SpendSpoolFull { retry_after: proxy.reporter.retry_after_secs() });
@@ -81,7 +97,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
     });
     let admitting = Admitting { snapshot: &snapshot, parsed: &parsed, key, answers, now: occurred_at };
     let (admission, prompt_estimate) =
-        estimate::admit(&proxy.budgets, proxy.reserve_output_tokens, &admitting, &mut candidates)?;
+        estimate::admit(&proxy.budgets, proxy.reserve_output_tokens, &admitting, &mut candidates, prompt)?;
     let strip_usage =
         parsed.stream && parsed.endpoint != Endpoint::Embeddings && metering::inject_include_usage(&mut parsed.body);
     let parsed = Arc::new(parsed);
@@ -93,6 +109,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         snapshot: snapshot.clone(),
         request: parsed.clone(),
         reservation: admission.reservation,
+        rates,
         prompt_estimate,
         arrived,
         occurred_at,
@@ -142,6 +159,11 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         && let Ok(value) = HeaderValue::from_str(&admission.warnings.join("; "))
     {
         headers.insert(BUDGET_WARNING_HEADER, value);
+    }
+    for (name, value) in spend.rates().headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
     }
     Ok(response)
 }

@@ -26,18 +26,20 @@ pub struct Admitting<'a> {
 
 /// Admit the request under its budgets (reserving its estimated cost) and drop candidates whose model budget is
 /// exhausted; with the prompt estimate, when budgets needed it. Requests with no budget in force skip this.
+/// `known_prompt` is the prompt estimate when an earlier step (rate limits) counted it already.
 pub fn admit(
     ledger: &Arc<BudgetLedger>,
     reserve_output_tokens: u64,
     request: &Admitting<'_>,
     candidates: &mut Vec<PlannedCandidate>,
+    known_prompt: Option<u64>,
 ) -> Result<(Admission, Option<u64>), Refusal> {
     let Admitting { snapshot, parsed, key, answers, now } = *request;
     let budgets = &snapshot.config.budgets;
     if budgets.is_empty() {
-        return Ok((Admission::unlimited(), None));
+        return Ok((Admission::unlimited(), known_prompt));
     }
-    let prompt = parsed.prompt_tokens();
+    let prompt = known_prompt.unwrap_or_else(|| parsed.prompt_tokens());
     let estimate = reservation_estimate(snapshot, parsed, candidates, prompt, reserve_output_tokens)
         .saturating_mul(Decimal::from(answers));
     let admission = {
@@ -50,6 +52,17 @@ pub fn admit(
         candidates.remove(position);
     }
     Ok((admission, Some(prompt)))
+}
+
+/// The most tokens one answer may use, for token rate limits: the estimated `prompt` and `n` choices of
+/// `max_completion_tokens`/`max_tokens`, else of `default_output` (none for embeddings).
+pub fn token_estimate(parsed: &ParsedRequest, prompt: u64, default_output: u64) -> u64 {
+    let choices = parsed.body.get("n").and_then(serde_json::Value::as_u64).unwrap_or(1).clamp(1, 128);
+    let output = match parsed.endpoint {
+        Endpoint::Embeddings => 0,
+        Endpoint::ChatCompletions | Endpoint::Completions => parsed.max_output_tokens().unwrap_or(default_output),
+    };
+    prompt.saturating_add(output.saturating_mul(choices))
 }
 
 /// The most one answer may cost as far as the gateway can tell before it runs, at the highest figure among its

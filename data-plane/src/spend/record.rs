@@ -22,6 +22,7 @@ use super::budgets::{Reservation, event_contributions};
 use super::reporter::{OpenRecord, Reporter};
 use crate::control::snapshot::CompiledSnapshot;
 use crate::openai::request::ParsedRequest;
+use crate::ratelimit::limiter::RequestRates;
 use crate::server::{Cut, Exchange};
 use crate::spend::metering::{self, CostOverflow, Usage};
 
@@ -90,6 +91,8 @@ pub struct SpendContext<'a> {
     pub snapshot: Arc<CompiledSnapshot>,
     pub request: Arc<ParsedRequest>,
     pub reservation: Reservation,
+    /// The request's rate-limit charges, settled to its usage when it ends.
+    pub rates: RequestRates,
     /// Already counted for budget admission, if it was.
     pub prompt_estimate: Option<u64>,
     pub arrived: Instant,
@@ -124,6 +127,7 @@ pub struct RequestSpend {
     reporter: Arc<Reporter>,
     state: Mutex<SpendState>,
     exchange: Exchange,
+    rates: RequestRates,
     /// Released after the event is recorded (fields drop after `Drop::drop`), so the budget never sees neither.
     _reservation: Reservation,
     /// Closed after the event is recorded: the reporter's last cut on shutdown waits for it.
@@ -175,6 +179,7 @@ impl RequestSpend {
                 tool_calls: Vec::new(),
             }),
             exchange: context.exchange,
+            rates: context.rates,
             _reservation: context.reservation,
             _open: open,
         })
@@ -202,6 +207,11 @@ impl RequestSpend {
         let mut state = self.lock();
         state.attempts = state.attempts.saturating_sub(1);
         state.candidate = previous;
+    }
+
+    /// The request's rate-limit charges: backends are admitted per attempt, the key's headers go on the response.
+    pub fn rates(&self) -> &RequestRates {
+        &self.rates
     }
 
     /// The request's handle on its connection (where the proxy sets the exchange's deadline).
@@ -401,6 +411,9 @@ impl Drop for RequestSpend {
             return;
         }
         let event = self.event();
+        // Token limits admitted the estimate: the metered usage replaces it (an attempt that sent nothing keeps none).
+        let used = event.prompt_tokens.saturating_add(event.completion_tokens);
+        self.rates.settle(used, Some(&event.backend), crate::ratelimit::limiter::now_ms());
         let contributions = event_contributions(&self.snapshot.config.budgets, &event);
         metrics::counter!("gateway_spend_events_total", "outcome" => event.outcome.clone()).increment(1);
         self.reporter.record(event, contributions);

@@ -11,6 +11,7 @@ mod hardening;
 mod health_report;
 mod outbound;
 mod resilience;
+mod rate_limits;
 mod snapshots;
 mod spend;
 mod spend_edges;

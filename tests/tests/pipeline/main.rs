@@ -8,6 +8,7 @@ mod anthropic;
 mod outbound;
 mod proxy;
 mod resilience;
+mod rate_limits;
 mod retries;
 mod strategies;
 mod tools;

@@ -17,9 +17,9 @@
 //! 9. the candidates planned against this data plane's breakers and, for `least_latency`, its observed latency
 //!    ([`crate::health::tracker`]): open ones dropped, never waited on;
 //! 10. the attempts ([`super::attempt`]), in order, failing over on connection errors, timeouts, 5xx and 429; never
-//!    after the first byte of a response reached the client; as many as the route policy's `retries` allow, all
-//!    within its `timeout_ms`; every answer is metered as it is read or streamed;
-//!    tool calls in the answer validated and retried while the policy allows and nothing reached the client;
+//!     after the first byte of a response reached the client; as many as the route policy's `retries` allow, all
+//!     within its `timeout_ms`; every answer is metered as it is read or streamed;
+//!     tool calls in the answer validated and retried while the policy allows and nothing reached the client;
 //! 11. the cost header (non-streamed), budget warnings and the key's `x-ratelimit-*` headers on the response.
 
 use std::sync::{Arc, OnceLock};

@@ -77,6 +77,7 @@ async fn a_data_plane_s_health_board_reaches_the_admin_api_and_goes_stale_when_i
         state_dir,
         budgets: Default::default(),
         health: board.clone(),
+        rates: Default::default(),
     };
     let stop = CancellationToken::new();
     let running = tokio::spawn(subscription.run(Arc::new(Current::default()), stop.clone()));

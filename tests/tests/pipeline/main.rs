@@ -7,8 +7,8 @@
 mod anthropic;
 mod outbound;
 mod proxy;
-mod resilience;
 mod rate_limits;
+mod resilience;
 mod retries;
 mod strategies;
 mod tools;

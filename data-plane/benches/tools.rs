@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use data_plane::stages::{self as sse, StreamReport, ToolReport, ToolStream};
+use data_plane::stages::{self as sse, StreamLimit, StreamReport, ToolReport, ToolStream};
 use futures_util::StreamExt;
 use policy_engine::tool_policy::{DeclaredTools, InvalidCallAction};
 use serde_json::json;
@@ -85,7 +85,7 @@ fn first_tool_byte(c: &mut Criterion) {
                 let upstream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok));
                 let total = Duration::from_secs(60);
                 let deadline = tokio::time::Instant::now() + total;
-                let mut out = Box::pin(sse::passthrough(upstream, deadline, total, None));
+                let mut out = Box::pin(sse::passthrough(upstream, deadline, StreamLimit::BackendTotal(total), None));
                 while let Some(Ok(bytes)) = out.next().await {
                     if bytes.windows(10).any(|w| w == b"tool_calls") {
                         break;
@@ -107,8 +107,14 @@ fn first_tool_byte(c: &mut Criterion) {
                     spend: None,
                 };
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                let mut out =
-                    Box::pin(sse::governed(upstream, stage, Vec::new(), deadline, Duration::from_secs(60), report));
+                let mut out = Box::pin(sse::governed(
+                    upstream,
+                    stage,
+                    Vec::new(),
+                    deadline,
+                    StreamLimit::BackendTotal(Duration::from_secs(60)),
+                    report,
+                ));
                 while let Some(Ok(bytes)) = out.next().await {
                     if bytes.windows(10).any(|w| w == b"tool_calls") {
                         break;

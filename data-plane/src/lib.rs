@@ -45,7 +45,7 @@ pub mod stages {
     pub use crate::providers::anthropic::StreamTranslator;
     pub use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope, contributions};
     pub use crate::spend::metering::{StreamMeter, cost, usage_from_body};
-    pub use crate::stream::sse::{StreamReport, governed, passthrough};
+    pub use crate::stream::sse::{StreamLimit, StreamReport, governed, passthrough};
     pub use crate::tools::governance::ToolReport;
     pub use crate::tools::stream::ToolStream;
 }

@@ -161,6 +161,8 @@ fn non_null_facts() -> (RequestFacts, KeyFacts, ModelSpec, BackendSpec) {
         prompt_tokens: 7,
         max_tokens: Some(3),
         tools: vec!["a".into(), "b".into()],
+        images: false,
+        json_output: false,
         metadata: serde_json::Map::new(),
         headers: BTreeMap::from([("x-h".to_owned(), "v".to_owned())]),
     };

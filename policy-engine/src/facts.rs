@@ -20,6 +20,10 @@ pub struct RequestFacts {
     pub prompt_tokens: u64,
     pub max_tokens: Option<u64>,
     pub tools: Vec<String>,
+    /// The request carries image input (a candidate needs `capabilities.vision`).
+    pub images: bool,
+    /// The request asks for JSON output with `response_format` (a candidate needs `capabilities.json_mode`).
+    pub json_output: bool,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub headers: BTreeMap<String, String>,

@@ -48,14 +48,48 @@ pub struct PlannedCandidate {
     pub weight: u32,
 }
 
-/// A candidate dropped by a constraint, and which one.
+/// A candidate dropped because its model cannot serve the request, or by a policy's `require`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejectedCandidate {
     pub model: String,
     pub backend: String,
     /// The policy whose `require` was false.
-    pub policy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// What the request needs that the model's `capabilities` lack: `chat`, `completions`, `embeddings`, `tools`,
+    /// `vision`, `json_mode`, or `context_window` (its prompt and `max_tokens` do not fit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<&'static str>,
+}
+
+/// What `request` needs that `model` lacks, if anything: the first of its endpoint, declared tools, image input,
+/// JSON output, and room in the context window for the prompt and the requested output.
+pub fn missing_capability(model: &ModelSpec, request: &RequestFacts) -> Option<&'static str> {
+    let can = &model.capabilities;
+    let endpoint = match request.endpoint.as_str() {
+        "chat.completions" => Some(("chat", can.chat)),
+        "completions" => Some(("completions", can.completions)),
+        "embeddings" => Some(("embeddings", can.embeddings)),
+        _ => None,
+    };
+    if let Some((name, false)) = endpoint {
+        return Some(name);
+    }
+    if !request.tools.is_empty() && !can.tools {
+        return Some("tools");
+    }
+    if request.images && !can.vision {
+        return Some("vision");
+    }
+    if request.json_output && !can.json_mode {
+        return Some("json_mode");
+    }
+    let needed = request.prompt_tokens.saturating_add(request.max_tokens.unwrap_or(0));
+    if can.context_window.is_some_and(|window| needed > u64::from(window)) {
+        return Some("context_window");
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -168,6 +202,10 @@ impl Router {
         }
         if !errors.is_empty() {
             return Err(errors);
+        }
+        // A context window is only checked against a counted prompt.
+        if config.models.values().any(|m| m.capabilities.context_window.is_some()) {
+            reads.prompt_tokens = true;
         }
         // `lowest_cost` orders by the request's estimated cost, so the prompt must be counted.
         let by_cost = config.aliases.values().any(|a| a.strategy == Strategy::LowestCost)
@@ -313,6 +351,15 @@ impl Router {
         let mut rejected = Vec::new();
         for candidate in &listed {
             let Some((model, backend)) = self.model_and_backend(&candidate.model) else { continue };
+            if let Some(missing) = missing_capability(model, request) {
+                rejected.push(RejectedCandidate {
+                    model: model.name.clone(),
+                    backend: backend.name.clone(),
+                    policy: None,
+                    missing: Some(missing),
+                });
+                continue;
+            }
             // Most requests have no constraint: build the candidate's CEL scope only when one must be evaluated.
             let refused_by = if requirements.is_empty() {
                 None
@@ -345,7 +392,8 @@ impl Router {
                 Some(policy) => rejected.push(RejectedCandidate {
                     model: model.name.clone(),
                     backend: backend.name.clone(),
-                    policy: policy.spec.name.clone(),
+                    policy: Some(policy.spec.name.clone()),
+                    missing: None,
                 }),
                 None => candidates.push(PlannedCandidate {
                     model: model.name.clone(),

@@ -167,6 +167,8 @@ mod native_agrees_with_the_interpreter {
                         prompt_tokens,
                         max_tokens,
                         tools,
+                        images: false,
+                        json_output: false,
                         metadata,
                         headers,
                     };
@@ -337,4 +339,112 @@ fn estimated_cost_is_input_times_prompt_plus_output_times_expected_output() {
     assert_eq!(cost(100, Some(10)), Decimal::from(230));
     assert_eq!(cost(0, None), Decimal::from(3 * LOWEST_COST_DEFAULT_OUTPUT_TOKENS));
     assert_eq!(cost(u64::MAX, Some(u64::MAX)), Decimal::from(5) * Decimal::from(u64::MAX));
+}
+
+/// A small configuration: two backends (`eu` tagged `approved`, `us`), models on them, `pair` = [basic, full].
+fn small_config(policies: serde_json::Value) -> ConfigSet {
+    let mut config = ConfigSet::default();
+    for b in [
+        json!({"name": "eu", "kind": "openai", "base_url": "https://eu.example", "region": "eu", "tags": ["approved"]}),
+        json!({"name": "us", "kind": "openai", "base_url": "https://us.example", "region": "us"}),
+    ] {
+        let b: BackendSpec = serde_json::from_value(b).unwrap();
+        config.backends.insert(b.name.clone(), b);
+    }
+    for m in [
+        json!({"name": "basic", "backend": "us", "upstream_model": "b", "capabilities": {"chat": true},
+            "pricing": {"input": "1", "output": "1"}}),
+        json!({"name": "full", "backend": "eu", "upstream_model": "f", "capabilities": {"chat": true, "tools": true,
+            "vision": true, "json_mode": true, "context_window": 1000}, "pricing": {"input": "1", "output": "1"}}),
+    ] {
+        let m: ModelSpec = serde_json::from_value(m).unwrap();
+        config.models.insert(m.name.clone(), m);
+    }
+    let pair: AliasSpec =
+        serde_json::from_value(json!({"name": "pair", "candidates": [{"model": "basic"}, {"model": "full"}]})).unwrap();
+    config.aliases.insert(pair.name.clone(), pair);
+    for p in policies.as_array().unwrap() {
+        let p: RoutePolicySpec = serde_json::from_value(p.clone()).unwrap();
+        config.route_policies.insert(p.name.clone(), p);
+    }
+    config
+}
+
+fn chat(model: &str) -> RequestFacts {
+    RequestFacts { model: model.into(), endpoint: "chat.completions".into(), ..RequestFacts::default() }
+}
+
+/// The candidates' models, then `|` and the rejected ones as `model:policy:missing` (`-` for none).
+fn outcome(decision: &Decision) -> String {
+    let (candidates, rejected) = match decision {
+        Decision::Route { candidates, rejected, .. } => (candidates.as_slice(), rejected),
+        Decision::NoEligibleCandidate { rejected, .. } => (&[][..], rejected),
+        other => panic!("{other:?}"),
+    };
+    let candidates: Vec<&str> = candidates.iter().map(|c| c.model.as_str()).collect();
+    let rejected: Vec<String> = rejected
+        .iter()
+        .map(|r| format!("{}:{}:{}", r.model, r.policy.as_deref().unwrap_or("-"), r.missing.unwrap_or("-")))
+        .collect();
+    format!("{} | {}", candidates.join(" "), rejected.join(" ")).trim().to_owned()
+}
+
+#[test]
+fn candidates_that_cannot_serve_the_request_are_dropped_with_what_they_lack() {
+    let router = Router::compile(&small_config(json!([]))).unwrap();
+    assert!(router.reads().prompt_tokens, "a context window needs the prompt counted");
+    let key = KeyFacts::default();
+    let route = |request: RequestFacts| outcome(&router.route(&request, &key, Utc::now(), None));
+
+    assert_eq!(route(chat("pair")), "basic full |");
+    let tools = RequestFacts { tools: vec!["get_weather".into()], ..chat("pair") };
+    assert_eq!(route(tools), "full | basic:-:tools");
+    let images = RequestFacts { images: true, ..chat("pair") };
+    assert_eq!(route(images), "full | basic:-:vision");
+    let json_output = RequestFacts { json_output: true, ..chat("pair") };
+    assert_eq!(route(json_output), "full | basic:-:json_mode");
+    // 900 prompt tokens and 100 of output fit a 1,000-token window; 101 do not.
+    let fits = RequestFacts { prompt_tokens: 900, max_tokens: Some(100), ..chat("pair") };
+    assert_eq!(route(fits), "basic full |");
+    let too_long = RequestFacts { prompt_tokens: 900, max_tokens: Some(101), ..chat("pair") };
+    assert_eq!(route(too_long), "basic | full:-:context_window");
+    // Neither is an embedding model: nothing is eligible, and each says why.
+    let embeddings = RequestFacts { endpoint: "embeddings".into(), ..chat("pair") };
+    assert_eq!(route(embeddings), "| basic:-:embeddings full:-:embeddings");
+    let completions = RequestFacts { endpoint: "completions".into(), ..chat("basic") };
+    assert_eq!(route(completions), "| basic:-:completions");
+}
+
+#[test]
+fn disabled_policies_never_match_and_priority_then_name_decides() {
+    let deny = |name: &str, priority: i32, enabled: bool| {
+        json!({"name": name, "priority": priority, "enabled": enabled, "when": "request.model == 'pair'",
+            "action": {"type": "deny", "message": name}})
+    };
+    let key = KeyFacts::default();
+    let decide = |policies| {
+        let router = Router::compile(&small_config(policies)).unwrap();
+        match router.route(&chat("pair"), &key, Utc::now(), None) {
+            Decision::Deny { policy, .. } => Some(policy),
+            Decision::Route { .. } => None,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(decide(json!([deny("off", 100, false)])), None, "a disabled deny lets the request through");
+    assert_eq!(decide(json!([deny("low", 1, true), deny("high", 5, true)])), Some("high".to_owned()));
+    assert_eq!(decide(json!([deny("b-second", 5, true), deny("a-first", 5, true)])), Some("a-first".to_owned()));
+    assert_eq!(decide(json!([deny("low", 1, true), deny("high", 5, false)])), Some("low".to_owned()));
+}
+
+#[test]
+fn a_route_policy_s_own_candidates_strategy_and_require_apply() {
+    let policies = json!([{"name": "approved-only", "priority": 1, "when": "request.model == 'pair'",
+        "action": {"type": "route", "candidates": [{"model": "full"}, {"model": "basic"}],
+            "strategy": "weighted", "require": "'approved' in backend.tags"}}]);
+    let router = Router::compile(&small_config(policies)).unwrap();
+    let decision = router.route(&chat("pair"), &KeyFacts::default(), Utc::now(), None);
+    let Decision::Route { policy, strategy, .. } = &decision else { panic!("{decision:?}") };
+    assert_eq!((policy.as_deref(), *strategy), (Some("approved-only"), Strategy::Weighted));
+    // `basic` is on `us`, which lacks the `approved` tag: the policy's own require drops it.
+    assert_eq!(outcome(&decision), "full | basic:approved-only:-");
 }

@@ -53,6 +53,8 @@ struct KeySpec {
     rpm_limit: Option<i32>,
     #[serde(default)]
     tpm_limit: Option<i64>,
+    #[serde(default)]
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Add `spec` (an admin API body) to `resources` under its name.
@@ -116,7 +118,7 @@ impl Snapshot {
             allowed_aliases: spec.allowed_aliases,
             rpm_limit: spec.rpm_limit,
             tpm_limit: spec.tpm_limit,
-            expires_at_unix: None,
+            expires_at_unix: spec.expires_at.map(|at| at.timestamp()),
             revoked: false,
         });
         secret

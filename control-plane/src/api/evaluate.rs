@@ -39,6 +39,12 @@ pub(crate) struct SampleRequest {
     /// Declared tool names.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// The request carries image input (candidates need `capabilities.vision`).
+    #[serde(default)]
+    pub images: bool,
+    /// The request asks for JSON output (candidates need `capabilities.json_mode`).
+    #[serde(default)]
+    pub json_output: bool,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -132,6 +138,8 @@ pub async fn evaluate(
         prompt_tokens,
         max_tokens: sample.max_tokens,
         tools: sample.tools,
+        images: sample.images,
+        json_output: sample.json_output,
         metadata: sample.metadata,
         headers: sample.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
     };

@@ -336,12 +336,32 @@ impl Session {
             self.compared = Some(head);
             return;
         };
-        let standing = lineage::standing(Some(&held), head);
+        let skipped = if lineage::needs_skipped(Some(&held), head) {
+            match self.store.skipped_versions(head.lineage).await {
+                Ok(skipped) => skipped,
+                Err(error) => {
+                    tracing::error!(node = %self.node_id, %error,
+                        "could not read the versions the store skipped; comparing again on the next wake-up");
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let standing = lineage::standing(Some(&held), head, &skipped);
         if let Some(adoption) = lineage::adoption(&held, standing) {
             self.adoption.get_or_insert(adoption);
         }
         match standing {
             Standing::Nothing | Standing::InLineage => {}
+            Standing::Skipped => tracing::warn!(
+                node = %self.node_id,
+                lineage = %latest.lineage,
+                held_version = held.version,
+                version = latest.version,
+                "the data plane holds a version the store skipped when it moved past the fleet after a restore (a \
+                 configuration the store lost); it takes this store's"
+            ),
             Standing::OtherLineage => tracing::warn!(
                 node = %self.node_id,
                 held_lineage = %held.lineage.map(|l| l.to_string()).unwrap_or_default(),

@@ -30,18 +30,29 @@ pub enum Standing {
     /// A version of the store's lineage above the store's counter: the store was restored from a backup (or
     /// otherwise went back). The store must move its counter past it.
     StoreBehind,
+    /// A version of the store's lineage that the store skipped when it moved its counter past another node after a
+    /// restore: the node holds a configuration of the lost timeline, and takes the store's as one that was behind.
+    Skipped,
     /// Another lineage, or none: the node takes the store's snapshot whatever the versions.
     OtherLineage,
 }
 
-/// How `held` stands against the store at `store`.
-pub(crate) fn standing(held: Option<&Holding>, store: ConfigHead) -> Standing {
+/// How `held` stands against the store at `store`, whose counter skipped the versions strictly inside each of the
+/// `skipped` ranges (`Store::skipped_versions`).
+pub(crate) fn standing(held: Option<&Holding>, store: ConfigHead, skipped: &[(i64, i64)]) -> Standing {
     match held {
         None => Standing::Nothing,
         Some(held) if held.lineage != Some(store.lineage) => Standing::OtherLineage,
         Some(held) if held.version > store.version => Standing::StoreBehind,
+        Some(held) if skipped.iter().any(|&(from, to)| from < held.version && held.version < to) => Standing::Skipped,
         Some(_) => Standing::InLineage,
     }
+}
+
+/// Whether telling [`Standing::Skipped`] from [`Standing::InLineage`] needs the store's skipped ranges: only a node
+/// behind the store's counter, in its lineage, can hold a skipped version.
+pub(crate) fn needs_skipped(held: Option<&Holding>, store: ConfigHead) -> bool {
+    held.is_some_and(|held| held.lineage == Some(store.lineage) && held.version < store.version)
 }
 
 /// What to record in the fleet view once the node acknowledges one of the store's snapshots, given how what it
@@ -49,7 +60,7 @@ pub(crate) fn standing(held: Option<&Holding>, store: ConfigHead) -> Standing {
 pub fn adoption(held: &Holding, standing: Standing) -> Option<Adoption> {
     let reason = match standing {
         Standing::OtherLineage => AdoptionReason::LineageChanged,
-        Standing::StoreBehind => AdoptionReason::StoreBehind,
+        Standing::StoreBehind | Standing::Skipped => AdoptionReason::StoreBehind,
         Standing::Nothing | Standing::InLineage => return None,
     };
     Some(Adoption { lineage: held.lineage, version: held.version, reason })
@@ -77,7 +88,7 @@ mod tests {
 
     fn check(held: Option<Holding>, store_version: i64, expected: Standing) {
         let store = ConfigHead { lineage: STORE, version: store_version };
-        assert_eq!(standing(held.as_ref(), store), expected, "{held:?} against {store:?}");
+        assert_eq!(standing(held.as_ref(), store, &[]), expected, "{held:?} against {store:?}");
     }
 
     #[test]
@@ -94,6 +105,26 @@ mod tests {
         check(Some(held(Some(OTHER), 5)), 5, Standing::OtherLineage);
         // A snapshot persisted before lineages existed.
         check(Some(held(None, 12)), 1, Standing::OtherLineage);
+    }
+
+    #[test]
+    fn a_version_the_store_skipped_is_from_a_lost_timeline() {
+        let store = ConfigHead { lineage: STORE, version: 10 };
+        // Restored at 5, moved past a node holding 9: versions 6 to 9 never existed in the store's history.
+        let skipped = [(5, 10)];
+        for version in 6..=9 {
+            let held = held(Some(STORE), version);
+            assert!(needs_skipped(Some(&held), store));
+            assert_eq!(standing(Some(&held), store, &skipped), Standing::Skipped, "held {version}");
+        }
+        for version in [3, 5] {
+            assert_eq!(standing(Some(&held(Some(STORE), version)), store, &skipped), Standing::InLineage);
+        }
+        assert!(!needs_skipped(Some(&held(Some(STORE), 10)), store), "level with the store");
+        assert!(!needs_skipped(Some(&held(Some(OTHER), 7)), store), "another lineage");
+        let adopted = adoption(&held(Some(STORE), 9), Standing::Skipped).unwrap();
+        assert_eq!(adopted.reason, AdoptionReason::StoreBehind);
+        assert!(completes(&adopted, STORE, 10));
     }
 
     #[test]

@@ -173,6 +173,20 @@ impl Store {
         Ok(Some(Advanced { from: head.version, to: version }))
     }
 
+    /// The versions of `lineage` this store skipped when it moved its counter past a data plane (see
+    /// [`Store::advance_past`]): each range is `(from, to)`, the versions strictly between never existed in this
+    /// store's history, so a node holding one of them holds a configuration of a timeline the store lost.
+    pub async fn skipped_versions(&self, lineage: uuid::Uuid) -> Result<Vec<(i64, i64)>, StoreError> {
+        let ranges: Vec<(Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT (before->>'version')::BIGINT, (after->>'version')::BIGINT FROM audit_log
+             WHERE resource_kind = 'config_version' AND resource_name = $1 AND action = 'advance'",
+        )
+        .bind(lineage.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ranges.into_iter().filter_map(|(from, to)| Some((from?, to?))).collect())
+    }
+
     /// The latest config set and its lineage and version, from the cache when it is current.
     pub async fn current_config(&self) -> Result<(ConfigHead, Arc<ConfigSet>), StoreError> {
         let mut tx = self.pool.begin().await?;

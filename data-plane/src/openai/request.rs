@@ -202,6 +202,7 @@ impl ParsedRequest {
             })
             .unwrap_or_default();
         let max_tokens = self.max_output_tokens();
+        let (images, json_output) = (self.has_images(), self.wants_json());
         Ok(RequestFacts {
             model: self.model.clone(),
             endpoint: self.endpoint.cel_name().to_owned(),
@@ -209,9 +210,29 @@ impl ParsedRequest {
             prompt_tokens: if reads.prompt_tokens { self.prompt_tokens() } else { 0 },
             max_tokens,
             tools,
+            images,
+            json_output,
             metadata,
             headers: header_map,
         })
+    }
+
+    /// Whether a chat message carries an image part (`image_url`, or `input_image` as some SDKs send it).
+    fn has_images(&self) -> bool {
+        let Some(messages) = self.body.get("messages").and_then(Value::as_array) else { return false };
+        messages
+            .iter()
+            .filter_map(|m| m.get("content")?.as_array())
+            .flatten()
+            .any(|part| matches!(part.get("type").and_then(Value::as_str), Some("image_url" | "input_image")))
+    }
+
+    /// Whether `response_format` asks for JSON (`json_object` or `json_schema`).
+    fn wants_json(&self) -> bool {
+        matches!(
+            self.body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str),
+            Some("json_object" | "json_schema")
+        )
     }
 
     /// The most output tokens the caller allows (`max_completion_tokens`, else `max_tokens`).

@@ -234,6 +234,18 @@ impl Attempts<'_> {
         Ok((attempt, deadline))
     }
 
+    /// What set an attempt's `deadline`: the route policy's deadline for the whole request when it came first, else
+    /// the backend's `total`.
+    fn stream_limit(&self, deadline: tokio::time::Instant, total: Duration) -> sse::StreamLimit {
+        match (self.request_deadline.get(), self.limits.timeout_ms) {
+            (Some(&request), Some(timeout_ms)) if request == deadline => sse::StreamLimit::RoutePolicy {
+                policy: self.policy.unwrap_or("-").to_owned(),
+                timeout: Duration::from_millis(timeout_ms),
+            },
+            _ => sse::StreamLimit::BackendTotal(total),
+        }
+    }
+
     /// The answer to a request past its route policy's deadline, naming the policy, its timeout and what the
     /// attempts so far answered.
     fn request_timed_out(&self, failures: &[(String, AttemptError)]) -> GatewayError {
@@ -346,7 +358,8 @@ impl Attempts<'_> {
             match tools {
                 None => {
                     self.spend.streaming();
-                    Body::from_stream(sse::passthrough(metered, deadline, total, Some(self.spend.clone())))
+                    let limit = self.stream_limit(deadline, total);
+                    Body::from_stream(sse::passthrough(metered, deadline, limit, Some(self.spend.clone())))
                 }
                 Some(tools) => match self.governed_stream(metered, deadline, total, tools, candidate).await? {
                     Some(body) => {
@@ -451,7 +464,8 @@ impl Attempts<'_> {
             backend: candidate.backend.clone(),
             spend: Some(self.spend.clone()),
         };
-        Ok(Some(Body::from_stream(sse::governed(upstream, stage, initial, deadline, total, report))))
+        let limit = self.stream_limit(deadline, total);
+        Ok(Some(Body::from_stream(sse::governed(upstream, stage, initial, deadline, limit, report))))
     }
 }
 

@@ -32,8 +32,9 @@ use rand::RngExt;
 use super::Proxy;
 use super::attempt::{Attempts, RouteLimits};
 use super::auth::authenticate;
+use crate::control::snapshot::CompiledSnapshot;
 use crate::openai::error::GatewayError;
-use crate::openai::request::{self, Endpoint};
+use crate::openai::request::{self, Endpoint, ParsedRequest};
 use crate::server::Exchange;
 use crate::spend::estimate::{self, Admitting};
 use crate::spend::metering;
@@ -62,6 +63,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
     };
     let Routed { policy, mut candidates, strategy, limits } =
         route(snapshot.router.route(&facts, &key_facts, occurred_at, None))?;
+    keep_pinned_dimensions(&snapshot, &parsed, &mut candidates)?;
     let governance = governance::prepare(&snapshot, &mut parsed, &facts, &key_facts)?;
     if strategy == Strategy::Weighted {
         weighted_order(&mut candidates, rand::rng().random::<f64>());
@@ -138,6 +140,41 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
     Ok(response)
 }
 
+/// An embedding alias with `pinned_dimensions` promises vectors of that size whatever serves it: a request asking for
+/// another size is refused, and candidates of another size (which a route policy may have chosen) are dropped.
+fn keep_pinned_dimensions(
+    snapshot: &CompiledSnapshot,
+    parsed: &ParsedRequest,
+    candidates: &mut Vec<PlannedCandidate>,
+) -> Result<(), GatewayError> {
+    let pinned = match snapshot.config.aliases.get(&parsed.model) {
+        Some(alias) if parsed.endpoint == Endpoint::Embeddings => match alias.pinned_dimensions {
+            Some(pinned) => pinned,
+            None => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    if let Some(asked) = parsed.body.get("dimensions")
+        && asked.as_u64() != Some(u64::from(pinned))
+    {
+        return Err(GatewayError::InvalidField {
+            message: format!("'{}' is pinned to {pinned} dimensions; the request asked for {asked}", parsed.model),
+            param: "dimensions",
+        });
+    }
+    let size = |c: &PlannedCandidate| snapshot.config.models.get(&c.model)?.capabilities.embedding_dimensions;
+    let before: Vec<String> = candidates.iter().map(|c| c.model.clone()).collect();
+    candidates.retain(|c| size(c) == Some(pinned));
+    if candidates.is_empty() {
+        return Err(GatewayError::Unsupported(format!(
+            "'{}' is pinned to {pinned} dimensions and none of its candidates ({}) produces them",
+            parsed.model,
+            before.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// The body, up to `limit` bytes.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     axum::body::to_bytes(body, limit).await.map_err(|error| {
@@ -172,11 +209,24 @@ fn route(decision: Decision) -> Result<Routed, GatewayError> {
             Err(GatewayError::PolicyFailed { kind: "route policy", policy, field, error })
         }
         Decision::NoEligibleCandidate { rejected, .. } => {
-            let by: Vec<String> = rejected.iter().map(|r| format!("{} (by '{}')", r.model, r.policy)).collect();
-            Err(GatewayError::NoEligibleCandidate(format!(
-                "no backend may serve this request under the active constraints: {}",
-                by.join(", ")
-            )))
+            let by: Vec<String> = rejected
+                .iter()
+                .map(|r| match (&r.policy, r.missing) {
+                    (_, Some("context_window")) => {
+                        format!("{} (the prompt and max_tokens exceed its context window)", r.model)
+                    }
+                    (_, Some(missing)) => format!("{} (lacks the capability '{missing}')", r.model),
+                    (Some(policy), None) => format!("{} (by '{policy}')", r.model),
+                    (None, None) => r.model.clone(),
+                })
+                .collect();
+            let message = format!("no backend may serve this request: {}", by.join(", "));
+            // Only the request's own needs ruled every candidate out: the caller's to change (400), not a refusal.
+            if rejected.iter().all(|r| r.policy.is_none()) {
+                Err(GatewayError::Unsupported(message))
+            } else {
+                Err(GatewayError::NoEligibleCandidate(message))
+            }
         }
     }
 }

@@ -18,10 +18,32 @@ use crate::spend::record::{SpendHandle, StreamEnd};
 use crate::tools::governance::ToolReport;
 use crate::tools::stream::ToolStream;
 
+/// What bounds a stream in time, named in its closing error event when the deadline passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamLimit {
+    /// The backend's `timeouts.total_ms`, counted from the attempt's start.
+    BackendTotal(Duration),
+    /// A route policy's `timeout_ms` for the whole request (it came before the backend's).
+    RoutePolicy { policy: String, timeout: Duration },
+}
+
+impl StreamLimit {
+    fn passed(&self) -> GatewayError {
+        GatewayError::UpstreamTimeout(match self {
+            StreamLimit::BackendTotal(total) => {
+                format!("the stream exceeded the backend's total timeout of {} ms", total.as_millis())
+            }
+            StreamLimit::RoutePolicy { policy, timeout } => {
+                format!("the stream exceeded the route policy '{policy}' timeout_ms of {} ms", timeout.as_millis())
+            }
+        })
+    }
+}
+
 struct State<S> {
     upstream: S,
     deadline: Instant,
-    total_ms: u64,
+    limit: StreamLimit,
     done: DoneWatch,
     finished: bool,
     spend: Option<SpendHandle>,
@@ -43,29 +65,18 @@ fn broke(error: &reqwest::Error) -> GatewayError {
     GatewayError::UpstreamFailed(format!("the upstream stream failed: {error}"))
 }
 
-fn timed_out(total_ms: u64) -> GatewayError {
-    GatewayError::UpstreamTimeout(format!("the stream exceeded the backend's total timeout of {total_ms} ms"))
-}
-
-/// Forward `upstream` until it ends, fails or passes `deadline` (the attempt's start plus the backend's `total`);
-/// `spend` learns when the first bytes went out and whether the stream timed out.
+/// Forward `upstream` until it ends, fails or passes `deadline` (set by `limit`); `spend` learns when the first bytes
+/// went out and whether the stream timed out.
 pub fn passthrough<S>(
     upstream: S,
     deadline: Instant,
-    total: Duration,
+    limit: StreamLimit,
     spend: Option<SpendHandle>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>>
 where
     S: Stream<Item = reqwest::Result<Bytes>> + Unpin + Send + 'static,
 {
-    let state = State {
-        upstream,
-        deadline,
-        total_ms: total.as_millis() as u64,
-        done: DoneWatch::default(),
-        finished: false,
-        spend,
-    };
+    let state = State { upstream, deadline, limit, done: DoneWatch::default(), finished: false, spend };
     futures_util::stream::unfold(state, |mut state| async move {
         if state.finished {
             return None;
@@ -82,7 +93,7 @@ where
             Ok(Some(Err(error))) => broke(&error),
             Err(_) => {
                 tell(&state.spend, |s| s.stream_ended(StreamEnd::TimedOut));
-                timed_out(state.total_ms)
+                state.limit.passed()
             }
         };
         tracing::warn!(code = failure.code(), "{failure}");
@@ -106,7 +117,7 @@ struct Governed<S> {
     /// Output produced before the stream was handed to the client (the retry look-ahead), sent first.
     initial: Option<Bytes>,
     deadline: Instant,
-    total_ms: u64,
+    limit: StreamLimit,
     finished: bool,
     report: Option<StreamReport>,
 }
@@ -128,7 +139,7 @@ pub fn governed<S>(
     stage: ToolStream,
     initial: Vec<u8>,
     deadline: Instant,
-    total: Duration,
+    limit: StreamLimit,
     report: StreamReport,
 ) -> impl Stream<Item = Result<Bytes, Infallible>>
 where
@@ -139,7 +150,7 @@ where
         stage,
         initial: (!initial.is_empty()).then(|| Bytes::from(initial)),
         deadline,
-        total_ms: total.as_millis() as u64,
+        limit,
         finished: false,
         report: Some(report),
     };
@@ -180,7 +191,7 @@ where
                 Ok(Some(Err(error))) => broke(&error),
                 Err(_) => {
                     tell(&spend, |s| s.stream_ended(StreamEnd::TimedOut));
-                    timed_out(state.total_ms)
+                    state.limit.passed()
                 }
             };
             tracing::warn!(code = failure.code(), "{failure}");
@@ -212,7 +223,7 @@ mod tests {
             let out: Vec<Result<Bytes, Infallible>> = passthrough(
                 stream::iter(chunks),
                 Instant::now() + Duration::from_secs(60),
-                Duration::from_secs(60),
+                StreamLimit::BackendTotal(Duration::from_secs(60)),
                 None,
             )
             .collect()

@@ -166,7 +166,7 @@ async fn errors_take_the_openai_shape_and_failover_leaves_anthropic(pool: PgPool
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], json!("unsupported_request"));
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("anthropic backends serve chat completions only"),
+        body["error"]["message"].as_str().unwrap().contains("sonnet (lacks the capability 'embeddings')"),
         "{body}"
     );
     // Nothing reached an upstream for it, so the ledger has no event of it.

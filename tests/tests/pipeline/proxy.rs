@@ -15,6 +15,7 @@ struct Gateway {
     key: String,
     limited_key: String,
     revoked_key: String,
+    expired_key: String,
     broke_key: String,
 }
 
@@ -61,6 +62,17 @@ impl Gateway {
         config.alias(json!({"name": "split", "strategy": "weighted",
             "candidates": [{"model": "model0", "weight": 3}, {"model": "model1", "weight": 1}]}));
         config.alias(json!({"name": "embeddings", "candidates": candidates(&["embed0", "embed1"])}));
+        // A vision model without JSON mode behind `model0`, which has JSON mode and no vision.
+        config.model(json!({"name": "eyes", "backend": "up1", "upstream_model": "eyes-1",
+            "capabilities": {"chat": true, "vision": true}, "pricing": {"input": "1", "output": "2"}}));
+        config.alias(json!({"name": "see", "candidates": candidates(&["model0", "eyes"])}));
+        // An alias pinned to 8 dimensions, and a route policy that would send it to a 16-dimension model first.
+        config.model(json!({"name": "wide", "backend": "up1", "upstream_model": "wide-1",
+            "capabilities": {"embeddings": true, "embedding_dimensions": 16}, "pricing": {"input": "1", "output": "0"}}));
+        config.alias(json!({"name": "pinned", "pinned_dimensions": 8, "candidates": candidates(&["embed0"])}));
+        config.route_policy(json!({"name": "widen", "priority": 50,
+            "when": "request.model == 'pinned' && has(request.metadata.wide)",
+            "action": {"type": "route", "candidates": candidates(&["wide", "embed0"])}}));
         config.route_policy(json!({"name": "no-secrets-please", "priority": 100,
             "when": "has(request.metadata.classification) && request.metadata.classification == 'secret'",
             "action": {"type": "deny", "message": "secret data may not leave the building"}}));
@@ -70,6 +82,7 @@ impl Gateway {
         let key = config.key(json!({"name": "app", "team": "search"}));
         let limited_key = config.key(json!({"name": "limited", "allowed_aliases": ["split"]}));
         let revoked_key = config.key(json!({"name": "gone"}));
+        let expired_key = config.key(json!({"name": "expired", "expires_at": "2020-01-01T00:00:00Z"}));
         // A key whose budget no request fits in (the SDK suite's budget test).
         let broke_key = config.key(json!({"name": "broke", "team": "interns"}));
         config.budget(json!({"name": "broke-total", "scope": {"type": "key", "key": "broke"}, "period": "total",
@@ -77,7 +90,7 @@ impl Gateway {
         config.revoke("gone");
 
         let dp = Pipeline::start_with(test, &config, flags).await;
-        Gateway { mocks, dp, key, limited_key, revoked_key, broke_key }
+        Gateway { mocks, dp, key, limited_key, revoked_key, expired_key, broke_key }
     }
 
     async fn chat(&self, model: &str, extra: Value) -> reqwest::Response {
@@ -96,6 +109,52 @@ async fn json_of(response: reqwest::Response) -> (u16, Value) {
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test]
+async fn requests_go_only_to_candidates_whose_capabilities_serve_them() {
+    let gw = Gateway::start("proxy_capabilities").await;
+    let image = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+    // `model0` comes first but has no vision: the image goes to `eyes`, and `model0`'s upstream never sees it.
+    let response = gw.chat("see", image.clone()).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "eyes"));
+    assert_eq!(gw.mocks[0].requests().await.len(), 0);
+    // JSON output goes to `model0`, the one with JSON mode; plain chat too (listed first).
+    let response = gw.chat("see", json!({"response_format": {"type": "json_object"}})).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "model0"));
+    // Nothing in `chain` sees images: a 400 the caller must change, naming each candidate and what it lacks.
+    let (status, body) = json_of(gw.chat("chain", image).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], json!("unsupported_request"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("model0 (lacks the capability 'vision')"), "{message}");
+    // An embeddings request to a chat alias is refused the same way, before any upstream.
+    let before: usize = gw.mocks[1].requests().await.len();
+    let response = gw.dp.post("/v1/embeddings", Some(&gw.key), &json!({"model": "see", "input": "x"})).await;
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("eyes (lacks the capability 'embeddings')"));
+    assert_eq!(gw.mocks[1].requests().await.len(), before);
+}
+
+#[tokio::test]
+async fn an_alias_pinned_to_a_size_only_ever_answers_with_vectors_of_that_size() {
+    let gw = Gateway::start("proxy_pinned").await;
+    let embed = async |extra: Value| {
+        let mut body = json!({"model": "pinned", "input": "hello"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        gw.dp.post("/v1/embeddings", Some(&gw.key), &body).await
+    };
+    let response = embed(json!({"dimensions": 8})).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "embed0"));
+    let (status, body) = json_of(embed(json!({"dimensions": 16})).await).await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("dimensions")), "{body}");
+    // The route policy lists the 16-dimension model first: it is dropped, the pinned size serves.
+    let response = embed(json!({"metadata": {"wide": "yes"}})).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "embed0"));
+    let wide_requests = gw.mocks[1].requests().await;
+    assert!(wide_requests.iter().all(|r| r["body"]["model"] != json!("wide-1")), "{wide_requests:?}");
 }
 
 #[tokio::test]
@@ -333,6 +392,12 @@ async fn bad_requests_get_openai_shaped_errors() {
             "this API key has been revoked",
         ),
         (
+            gw.dp.post("/v1/chat/completions", Some(&gw.expired_key), &json!({"model": "chain"})).await,
+            401,
+            "invalid_api_key",
+            "this API key has expired",
+        ),
+        (
             gw.dp
                 .post(
                     "/v1/chat/completions",
@@ -381,7 +446,7 @@ async fn models_lists_what_the_key_may_use() {
     };
     let all = list(gw.key.clone()).await;
     let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["chain", "claude", "embeddings", "refused-first", "split"]);
+    assert_eq!(ids, ["chain", "claude", "embeddings", "pinned", "refused-first", "see", "split"]);
     assert_eq!(all["object"], json!("list"));
     let limited = list(gw.limited_key.clone()).await;
     assert_eq!(limited["data"], json!([{"id": "split", "object": "model", "created": 0, "owned_by": "gateway"}]));

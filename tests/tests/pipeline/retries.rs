@@ -180,3 +180,19 @@ async fn retry_after_as_an_http_date_is_waited_out_or_moved_on_from() {
     assert!((55..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(gw.counts().await, [4, 2]);
 }
+
+#[tokio::test]
+async fn a_stream_cut_by_the_policy_timeout_names_the_policy() {
+    let gw = Gateway::start("retries_stream_deadline").await;
+    // The answer starts at once, then trickles for longer than the policy's 300 ms (the backend's total is 5 s).
+    gw.mocks[0].script(json!([{"chunks": 10, "chunk_delay_ms": 100}])).await;
+    let body = json!({"model": "pair", "stream": true, "metadata": {"case": "deadline"},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let response = gw.dp.post("/v1/chat/completions", Some(&gw.key), &body).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.contains("upstream_timeout"), "{text}");
+    assert!(last.contains("route policy 'deadline' timeout_ms of 300 ms"), "{last}");
+    assert!(!text.contains("[DONE]"), "{text}");
+}

@@ -1,5 +1,7 @@
 //! Prometheus metrics: one recorder per process, rendered at `GET /metrics` on the data plane's listener (no
-//! second port). Counters today: `gateway_tool_calls_total{tool,model,backend,outcome}`.
+//! second port). Among them: `gateway_tool_calls_total{tool,model,backend,outcome}`, and the health board's
+//! `gateway_backend_breaker_state{backend,model,state}` and `gateway_backend_latency_ms{backend,model}`
+//! (`health/gauges.rs`, `docs/health-report.md`).
 
 use std::sync::OnceLock;
 

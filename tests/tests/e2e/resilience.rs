@@ -3,6 +3,8 @@
 //! themselves (latency trips, least_latency, probes) are tested in process, in `pipeline/resilience.rs`.
 
 use gateway_e2e::*;
+use std::time::Duration;
+
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -54,7 +56,7 @@ async fn breaker_and_health_check_settings_written_through_the_admin_api_are_enf
 
     let dp = DataPlane::start(&DataPlaneConfig::new(test, "dp", &cp.grpc_url()));
     dp.wait_for_version(version).await;
-    eventually(std::time::Duration::from_secs(20), "two health checks of the dead backend", || async {
+    eventually(Duration::from_secs(20), "two health checks of the dead backend", || async {
         (dead.stats().await["models_requests"].as_u64() >= Some(2)).then_some(())
     })
     .await;
@@ -66,4 +68,45 @@ async fn breaker_and_health_check_settings_written_through_the_admin_api_are_enf
     }
     assert_eq!(hung.requests().await.len(), 1, "only the first request waited on the hung backend");
     assert_eq!(dead.requests().await.len(), 0, "the health check opened the dead backend's breaker first");
+
+    // The fleet sees it: the data plane reports both open breakers to the control plane, and exports them.
+    let health = |backend: &'static str| {
+        let cp = &cp;
+        async move {
+            let (status, body) = cp.call("GET", &format!("/backends/{backend}/health"), None).await;
+            assert_eq!(status, 200, "{body}");
+            body["nodes"].as_array().and_then(|nodes| nodes.first().cloned()).unwrap_or_default()
+        }
+    };
+    let seen = Duration::from_secs(20);
+    let hung_view = eventually(seen, "the hung backend open in the fleet", || async {
+        let view = health("hung").await;
+        (view["state"] == "open").then_some(view)
+    })
+    .await;
+    assert_eq!(hung_view["node_id"], "dp", "{hung_view}");
+    assert!(hung_view["since"].is_string() && hung_view["reason"].is_string(), "{hung_view}");
+    let dead_view = eventually(seen, "the dead backend open in the fleet", || async {
+        let view = health("dead").await;
+        (view["state"] == "open").then_some(view)
+    })
+    .await;
+    assert_eq!(dead_view["last_check"]["ok"], false, "{dead_view}");
+    let healthy_view = health("healthy").await;
+    assert!(healthy_view.is_null() || healthy_view["state"] == "closed", "{healthy_view}");
+    let fleet = cp.fleet().await;
+    let node = fleet["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == "dp").unwrap().clone();
+    let open: Vec<&str> = node["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["state"] == "open")
+        .map(|b| b["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(open, ["dead", "hung"], "{node}");
+    let metrics = dp.client().get(dp.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for backend in ["dead", "hung"] {
+        let series = format!("gateway_backend_breaker_state{{backend=\"{backend}\",model=\"\",state=\"open\"}} 1");
+        assert!(metrics.contains(&series), "{series} not in:\n{metrics}");
+    }
 }

@@ -9,7 +9,9 @@
 //! sends each body to the mock with a pooled reqwest client and returns the answer, with no gateway logic. The
 //! gateway minus the relay is what the gateway's own work costs; the relay minus direct is the price of any
 //! HTTP proxy built on the same stack on this machine. Every gateway request is metered (usage read, cost computed,
-//! a spend event built); a third gateway phase uses a key under a budget, which adds admission.
+//! a spend event built); a third gateway phase uses a key under a budget, which adds admission; a fourth a key with
+//! RPM/TPM limits on an alias whose backend has a circuit breaker (every trip), a health check and rate limits, none
+//! ever reached, which adds their bookkeeping (`docs/rate-limits.md`, `docs/providers.md`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -34,6 +36,9 @@ const KEY: &str = "gwk_bench_key";
 /// A key of a team with a daily budget: its requests also pay for admission (prompt tokens counted, cost
 /// reserved and released) on top of the metering every request pays.
 const BUDGETED_KEY: &str = "gwk_bench_budgeted";
+/// A key with RPM and TPM limits, sending to the `guarded` alias, whose backend has a circuit breaker with every trip,
+/// a health check and rate limits (none of them ever reached): what limits and breakers cost when they are on.
+const GUARDED_KEY: &str = "gwk_bench_guarded";
 
 fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -98,11 +103,15 @@ fn main() {
             let bare = run(&client, &relayed, None, &body, concurrency).await;
             let gateway = run(&client, &proxied, Some(KEY), &body, concurrency).await;
             let budgeted = run(&client, &proxied, Some(BUDGETED_KEY), &body, concurrency).await;
+            let mut guarded_body = body.clone();
+            guarded_body["model"] = json!("guarded");
+            let guarded = run(&client, &proxied, Some(GUARDED_KEY), &guarded_body, concurrency).await;
             let label = format!("c={concurrency} {}", if stream { "streaming" } else { "non-streaming" });
             base.print(&format!("{label:>19} direct "));
             bare.print(&format!("{label:>19} relay  "));
             gateway.print(&format!("{label:>19} gateway"));
             budgeted.print(&format!("{label:>19} gateway with a budget"));
+            guarded.print(&format!("{label:>19} gateway with limits and a breaker"));
             println!(
                 "{label:>19} added latency: p50 {:+.3} ms, p99 {:+.3} ms; throughput ratio {:.2}",
                 ms(gateway.p50) - ms(base.p50),
@@ -120,6 +129,12 @@ fn main() {
                 "{label:>19} a budget adds: p50 {:+.3} ms, p99 {:+.3} ms",
                 ms(budgeted.p50) - ms(gateway.p50),
                 ms(budgeted.p99) - ms(gateway.p99),
+            );
+            println!(
+                "{label:>19} limits and a breaker add: p50 {:+.3} ms, p99 {:+.3} ms; throughput ratio {:.2}",
+                ms(guarded.p50) - ms(gateway.p50),
+                ms(guarded.p99) - ms(gateway.p99),
+                guarded.rps / gateway.rps
             );
         }
     });
@@ -161,26 +176,32 @@ fn free_port() -> u16 {
 }
 
 fn snapshot(mock_port: u16) -> v1::Snapshot {
+    let base_url = format!("http://127.0.0.1:{mock_port}/v1");
+    let breaker = json!({"failure_threshold": 5, "open_ms": 30_000,
+        "error_rate": {"percent": 50, "window_ms": 10_000, "min_requests": 20},
+        "latency": {"p99_ms": 10_000, "window_ms": 10_000, "min_requests": 20}});
     let config: ConfigSet = ConfigSet {
-        backends: [(
-            "mock".to_owned(),
-            serde_json::from_value(json!({"name": "mock", "kind": "openai",
-            "base_url": format!("http://127.0.0.1:{mock_port}/v1"), "auth": {"type": "none"}}))
-            .unwrap(),
-        )]
+        backends: [
+            json!({"name": "mock", "kind": "openai", "base_url": base_url, "auth": {"type": "none"}}),
+            json!({"name": "guarded-mock", "kind": "openai", "base_url": base_url, "auth": {"type": "none"},
+                "circuit_breaker": breaker, "health_check": {"interval_ms": 1000},
+                "rate_limit": {"rps": 1_000_000, "rpm": 60_000_000, "tpm": 4_000_000_000u64}}),
+        ]
+        .map(|b| (b["name"].as_str().unwrap().to_owned(), serde_json::from_value(b).unwrap()))
         .into(),
-        models: [(
-            "m".to_owned(),
-            serde_json::from_value(json!({"name": "m", "backend": "mock", "upstream_model": "mock-model",
-            "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "2"}}))
-            .unwrap(),
-        )]
-        .into(),
-        aliases: [(
-            "gpt".to_owned(),
-            serde_json::from_value(json!({"name": "gpt", "candidates": [{"model": "m"}]})).unwrap(),
-        )]
-        .into(),
+        models: [("m", "mock"), ("gm", "guarded-mock")]
+            .map(|(name, backend)| {
+                let model = json!({"name": name, "backend": backend, "upstream_model": "mock-model",
+                    "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "2"}});
+                (name.to_owned(), serde_json::from_value(model).unwrap())
+            })
+            .into(),
+        aliases: [("gpt", "m"), ("guarded", "gm")]
+            .map(|(name, model)| {
+                let alias = json!({"name": name, "candidates": [{"model": model}]});
+                (name.to_owned(), serde_json::from_value(alias).unwrap())
+            })
+            .into(),
         budgets: [(
             "team-daily".to_owned(),
             serde_json::from_value(json!({"name": "team-daily", "scope": {"type": "team", "team": "t"},
@@ -197,7 +218,9 @@ fn snapshot(mock_port: u16) -> v1::Snapshot {
         secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
         ..v1::ApiKey::default()
     };
-    let keys = vec![key("bench", KEY, ""), key("budgeted", BUDGETED_KEY, "t")];
+    let guarded =
+        v1::ApiKey { rpm_limit: Some(60_000_000), tpm_limit: Some(4_000_000_000), ..key("guarded", GUARDED_KEY, "") };
+    let keys = vec![key("bench", KEY, ""), key("budgeted", BUDGETED_KEY, "t"), guarded];
     let content = convert::encode(&config, keys, |_| None);
     v1::Snapshot {
         version: 1,

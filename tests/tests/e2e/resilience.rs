@@ -109,4 +109,16 @@ async fn breaker_and_health_check_settings_written_through_the_admin_api_are_enf
         let series = format!("gateway_backend_breaker_state{{backend=\"{backend}\",model=\"\",state=\"open\"}} 1");
         assert!(metrics.contains(&series), "{series} not in:\n{metrics}");
     }
+
+    // The dead backend recovers: its next passing health check closes the breaker, the fleet sees it closed, and it
+    // serves again (ahead of `healthy` in the alias; `hung` stays open).
+    dead.set_models(json!({"status": 200})).await;
+    eventually(seen, "the recovered backend closed in the fleet", || async {
+        (health("dead").await["state"] == "closed").then_some(())
+    })
+    .await;
+    let body = json!({"model": "chain", "messages": [{"role": "user", "content": "hi"}]});
+    let response = dp.post("/v1/chat/completions", Some(&key), &body).await;
+    assert_eq!((response.status().as_u16(), response.headers()["x-gateway-backend"].to_str().unwrap()), (200, "dead"));
+    assert_eq!(hung.requests().await.len(), 1, "the hung backend is still skipped");
 }

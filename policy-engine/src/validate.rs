@@ -93,12 +93,6 @@ pub fn backend(
         Ok(normalized) => spec.base_url = normalized,
         Err(error) => errors.push("base_url", error.to_string()),
     }
-    if let BackendAuth::Header { header } = &spec.auth {
-        let valid = !header.is_empty() && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
-            errors.push("auth.header", format!("{header:?} is not a valid HTTP header name"));
-        }
-    }
     match &spec.secret {
         Some(SecretSpec::Ref(reference)) => {
             if let Err(error) = secret_env.variable(reference) {
@@ -108,6 +102,27 @@ pub fn backend(
         Some(SecretSpec::Value(value)) if value.is_empty() => errors.push("secret.value", "must not be empty"),
         Some(SecretSpec::Sealed(_)) => errors.push("secret", "use {\"value\": ...} or {\"ref\": \"env:NAME\"}"),
         Some(SecretSpec::Value(_)) | None => {}
+    }
+    backend_settings_into(&mut errors, spec);
+    errors.finish()
+}
+
+/// A backend's settings that need no operator policy (everything but the base URL's allowlist and the secret
+/// reference's prefixes): the data plane checks them again on every snapshot, so a snapshot written behind the API's
+/// back cannot serve zero timeouts or a breaker that never closes.
+pub fn backend_settings(spec: &BackendSpec) -> Result<(), Vec<SpecError>> {
+    let mut errors = Errors::default();
+    errors.name("name", &spec.name);
+    backend_settings_into(&mut errors, spec);
+    errors.finish()
+}
+
+fn backend_settings_into(errors: &mut Errors, spec: &BackendSpec) {
+    if let BackendAuth::Header { header } = &spec.auth {
+        let valid = !header.is_empty() && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            errors.push("auth.header", format!("{header:?} is not a valid HTTP header name"));
+        }
     }
     if spec.kind == BackendKind::AzureOpenai && spec.azure.is_none() {
         errors.push("azure", "azure_openai backends need azure.api_version");
@@ -181,6 +196,9 @@ pub fn backend(
     if let Some(check) = &spec.health_check {
         errors.duration("health_check.interval_ms", check.interval_ms);
         errors.label("health_check.path", &check.path);
+        if !check.path.starts_with('/') {
+            errors.push("health_check.path", "must start with '/' (it is appended to the base URL)");
+        }
         errors.duration("health_check.timeout_ms", check.timeout_ms);
         if check.failure_threshold == 0 {
             errors.push("health_check.failure_threshold", "must be at least 1");
@@ -196,7 +214,6 @@ pub fn backend(
     if let Some(SecretSpec::Value(value)) = &spec.secret {
         errors.at_most("secret.value", value, MAX_SECRET_CHARS);
     }
-    errors.finish()
 }
 
 pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
@@ -277,13 +294,8 @@ pub fn route_policy(spec: &RoutePolicySpec) -> Result<(), Vec<SpecError>> {
     }
     errors.cel("when", &spec.when, ExpressionScope::Request);
     match &spec.action {
-        PolicyAction::Route { alias, candidates: list, strategy, require, retries, timeout_ms } => {
-            if retries.is_some_and(|retries| retries > MAX_ROUTE_RETRIES) {
-                errors.push("action.retries", format!("at most {MAX_ROUTE_RETRIES} retries"));
-            }
-            if let Some(timeout_ms) = timeout_ms {
-                errors.duration("action.timeout_ms", *timeout_ms);
-            }
+        PolicyAction::Route { alias, candidates: list, strategy, require, .. } => {
+            route_limits_into(&mut errors, &spec.action);
             match (alias, list) {
                 (Some(alias), None) => errors.name("action.alias", alias),
                 (None, Some(list)) => candidates(&mut errors, "action.candidates", list, strategy.unwrap_or_default()),
@@ -302,6 +314,25 @@ pub fn route_policy(spec: &RoutePolicySpec) -> Result<(), Vec<SpecError>> {
         PolicyAction::Constrain { require } => errors.cel("action.require", require, ExpressionScope::Candidate),
     }
     errors.finish()
+}
+
+/// A route policy's `retries` and `timeout_ms` bounds, which the data plane checks again on every snapshot (its CEL
+/// is compiled again there anyway).
+pub fn route_limits(spec: &RoutePolicySpec) -> Result<(), Vec<SpecError>> {
+    let mut errors = Errors::default();
+    route_limits_into(&mut errors, &spec.action);
+    errors.finish()
+}
+
+fn route_limits_into(errors: &mut Errors, action: &PolicyAction) {
+    if let PolicyAction::Route { retries, timeout_ms, .. } = action {
+        if retries.is_some_and(|retries| retries > MAX_ROUTE_RETRIES) {
+            errors.push("action.retries", format!("at most {MAX_ROUTE_RETRIES} retries"));
+        }
+        if let Some(timeout_ms) = timeout_ms {
+            errors.duration("action.timeout_ms", *timeout_ms);
+        }
+    }
 }
 
 pub fn tool_schema(spec: &ToolSchemaSpec) -> Result<(), Vec<SpecError>> {

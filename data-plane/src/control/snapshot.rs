@@ -53,6 +53,16 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
     let spec_errors = |kind: &str, name: &str, errors: Vec<validate::SpecError>, out: &mut Vec<v1::Rejection>| {
         out.extend(errors.into_iter().map(|e| rejection(format!("{kind}/{name}"), e.field, e.message)));
     };
+    for spec in config.backends.values() {
+        if let Err(errors) = validate::backend_settings(spec) {
+            spec_errors("backend", &spec.name, errors, &mut rejections);
+        }
+    }
+    for spec in config.route_policies.values() {
+        if let Err(errors) = validate::route_limits(spec) {
+            spec_errors("route_policy", &spec.name, errors, &mut rejections);
+        }
+    }
     for spec in config.models.values() {
         if let Err(errors) = validate::model(spec) {
             spec_errors("model", &spec.name, errors, &mut rejections);
@@ -122,7 +132,11 @@ mod tests {
     use super::*;
 
     fn snapshot(lineage: &str) -> v1::Snapshot {
-        let content = convert::encode(&ConfigSet::default(), vec![], |_| None);
+        snapshot_of(&ConfigSet::default(), lineage)
+    }
+
+    fn snapshot_of(config: &ConfigSet, lineage: &str) -> v1::Snapshot {
+        let content = convert::encode(config, vec![], |_| None);
         v1::Snapshot {
             version: 3,
             content_hash: convert::content_hash(&content),
@@ -139,5 +153,32 @@ mod tests {
         assert!(compile(&snapshot("")).is_ok(), "a control plane that predates lineages");
         let errors = compile(&snapshot("not-a-uuid")).err().unwrap();
         assert_eq!((errors[0].resource.as_str(), errors[0].field.as_str()), ("snapshot", "lineage"));
+    }
+
+    /// Settings the admin API refuses are refused again here: a snapshot written behind its back (or by a buggy
+    /// control plane) cannot serve zero timeouts, a breaker that never closes, or fifty retries.
+    #[test]
+    fn out_of_bounds_settings_are_refused_whoever_wrote_them() {
+        let mut config = ConfigSet::default();
+        let backend = serde_json::json!({"name": "b", "kind": "openai", "base_url": "https://x.example",
+            "timeouts": {"connect_ms": 0, "first_byte_ms": 10, "total_ms": 10},
+            "circuit_breaker": {"failure_threshold": 0, "open_ms": 1000},
+            "health_check": {"interval_ms": 1000, "path": "models"}});
+        let backend: policy_engine::config::BackendSpec = serde_json::from_value(backend).unwrap();
+        config.backends.insert(backend.name.clone(), backend);
+        let policy = serde_json::json!({"name": "p", "when": "true",
+            "action": {"type": "route", "alias": "a", "retries": 50}});
+        let policy: policy_engine::config::RoutePolicySpec = serde_json::from_value(policy).unwrap();
+        config.route_policies.insert(policy.name.clone(), policy);
+        let errors = compile(&snapshot_of(&config, "")).err().unwrap();
+        let found: Vec<(&str, &str)> = errors.iter().map(|e| (e.resource.as_str(), e.field.as_str())).collect();
+        for expected in [
+            ("backend/b", "timeouts"),
+            ("backend/b", "circuit_breaker.failure_threshold"),
+            ("backend/b", "health_check.path"),
+            ("route_policy/p", "action.retries"),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} not in {found:?}");
+        }
     }
 }

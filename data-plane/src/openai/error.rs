@@ -68,12 +68,38 @@ pub enum GatewayError {
     },
 }
 
+/// Which limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    RequestsPerSecond,
+    RequestsPerMinute,
+    TokensPerMinute,
+}
+
+impl LimitKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerSecond => "requests per second (RPS)",
+            LimitKind::RequestsPerMinute => "requests per minute (RPM)",
+            LimitKind::TokensPerMinute => "tokens per minute (TPM)",
+        }
+    }
+
+    /// OpenAI's error `type` for it.
+    pub fn openai_type(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerSecond | LimitKind::RequestsPerMinute => "requests",
+            LimitKind::TokensPerMinute => "tokens",
+        }
+    }
+}
+
 /// A rate limit that refuses a request: 429 `rate_limit_exceeded`, OpenAI's `type` (`requests` or `tokens`),
 /// `retry-after` and, for a limited key, its `x-ratelimit-*` headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateRefusal {
     pub message: String,
-    pub kind: crate::ratelimit::limiter::LimitKind,
+    pub kind: LimitKind,
     /// Seconds until the window that refused resets.
     pub retry_after: u64,
     /// The request alone exceeds the limit: retrying cannot help.

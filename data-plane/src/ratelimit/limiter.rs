@@ -13,33 +13,8 @@ use gateway_proto::v1;
 use policy_engine::config::ProviderRateLimit;
 
 use super::window::{self, Full, MINUTE_MS, SECOND_MS, Standing, Window};
+pub use crate::openai::error::LimitKind;
 use crate::openai::error::RateRefusal;
-
-/// Which limit refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    RequestsPerSecond,
-    RequestsPerMinute,
-    TokensPerMinute,
-}
-
-impl LimitKind {
-    fn describe(self) -> &'static str {
-        match self {
-            LimitKind::RequestsPerSecond => "requests per second (RPS)",
-            LimitKind::RequestsPerMinute => "requests per minute (RPM)",
-            LimitKind::TokensPerMinute => "tokens per minute (TPM)",
-        }
-    }
-
-    /// OpenAI's error `type` for it.
-    pub fn openai_type(self) -> &'static str {
-        match self {
-            LimitKind::RequestsPerSecond | LimitKind::RequestsPerMinute => "requests",
-            LimitKind::TokensPerMinute => "tokens",
-        }
-    }
-}
 
 /// An API key's limits, as configured (the whole fleet's).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -124,37 +124,13 @@ impl Upstreams {
             body,
             omit_usage_option: options.omit_usage_option,
         })?;
-        let refused = |reason: egress::Refused| AttemptError::Refused(format!("backend '{}': {reason}", backend.name));
-        let url = reqwest::Url::parse(&url).map_err(|e| refused(egress::Refused(format!("invalid URL {url}: {e}"))))?;
-        self.egress.check_url(&url).map_err(refused)?;
-        let secret = self.egress.secret(backend).map_err(|reason| AttemptError::Refused(reason.0))?;
-        let client = self.client(backend.timeouts.connect_ms)?;
-        let mut request = client
-            .post(url)
+        let request = self
+            .authorized(backend, reqwest::Method::POST, &url, native_key_header, headers)?
             .header("content-type", "application/json")
             .header("x-request-id", request_id)
             .body(payload);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(secret) = secret {
-            request = match (&backend.auth, native_key_header) {
-                (BackendAuth::Bearer, None) => request.bearer_auth(secret),
-                (BackendAuth::Bearer, Some(header)) => request.header(header, secret),
-                (BackendAuth::Header { header }, _) => request.header(header.as_str(), secret),
-                (BackendAuth::None, _) => request,
-            };
-        }
         let first_byte = backend.timeouts.first_byte_ms;
-        let response = match tokio::time::timeout(Duration::from_millis(first_byte), request.send()).await {
-            Err(_) => return Err(AttemptError::Timeout(first_byte)),
-            Ok(Err(error)) if error.is_timeout() => return Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
-            Ok(Err(error)) => match egress::refusal_in(&error) {
-                Some(reason) => return Err(refused(reason.clone())),
-                None => return Err(AttemptError::Connect(error_chain(&error))),
-            },
-            Ok(Ok(response)) => response,
-        };
+        let response = self.send_within(backend, request, Duration::from_millis(first_byte)).await?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -182,11 +158,33 @@ impl Upstreams {
     /// rules as its requests; `Ok` for a 2xx within `timeout`.
     pub async fn check(&self, backend: &BackendSpec, path: &str, timeout: Duration) -> Result<(), AttemptError> {
         let Outbound { url, native_key_header, headers, .. } = super::of(backend.kind).health_check(backend, path);
-        let refused = |reason: egress::Refused| AttemptError::Refused(format!("backend '{}': {reason}", backend.name));
-        let url = reqwest::Url::parse(&url).map_err(|e| refused(egress::Refused(format!("invalid URL {url}: {e}"))))?;
-        self.egress.check_url(&url).map_err(refused)?;
+        let request = self.authorized(backend, reqwest::Method::GET, &url, native_key_header, headers)?;
+        let response = self.send_within(backend, request, timeout).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // The body is not read: its status says enough, and a check must not wait on it.
+        Err(AttemptError::Status { status: status.as_u16(), body: String::new(), retry_after: None })
+    }
+}
+
+impl Upstreams {
+    /// A request to `backend` at `url`, checked against the egress rules, with its headers and its secret presented as
+    /// its `auth` (or its kind's native header) says; shared by requests and health checks.
+    fn authorized(
+        &self,
+        backend: &BackendSpec,
+        method: reqwest::Method,
+        url: &str,
+        native_key_header: Option<&'static str>,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<reqwest::RequestBuilder, AttemptError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| refused(backend, egress::Refused(format!("invalid URL {url}: {e}"))))?;
+        self.egress.check_url(&url).map_err(|reason| refused(backend, reason))?;
         let secret = self.egress.secret(backend).map_err(|reason| AttemptError::Refused(reason.0))?;
-        let mut request = self.client(backend.timeouts.connect_ms)?.get(url);
+        let mut request = self.client(backend.timeouts.connect_ms)?.request(method, url);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -198,23 +196,32 @@ impl Upstreams {
                 (BackendAuth::None, _) => request,
             };
         }
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let response = match tokio::time::timeout(timeout, request.send()).await {
-            Err(_) => return Err(AttemptError::Timeout(timeout_ms)),
-            Ok(Err(error)) if error.is_timeout() => return Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
-            Ok(Err(error)) => match egress::refusal_in(&error) {
-                Some(reason) => return Err(refused(reason.clone())),
-                None => return Err(AttemptError::Connect(error_chain(&error))),
-            },
-            Ok(Ok(response)) => response,
-        };
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        // The body is not read: its status says enough, and a check must not wait on it.
-        Err(AttemptError::Status { status: status.as_u16(), body: String::new(), retry_after: None })
+        Ok(request)
     }
+
+    /// Send `request`, its response head due within `timeout`; connection failures and egress refusals as the
+    /// failover code classifies them.
+    async fn send_within(
+        &self,
+        backend: &BackendSpec,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, AttemptError> {
+        match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => Err(AttemptError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))),
+            Ok(Err(error)) if error.is_timeout() => Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
+            Ok(Err(error)) => match egress::refusal_in(&error) {
+                Some(reason) => Err(refused(backend, reason.clone())),
+                None => Err(AttemptError::Connect(error_chain(&error))),
+            },
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// The egress rules refused sending to `backend`.
+fn refused(backend: &BackendSpec, reason: egress::Refused) -> AttemptError {
+    AttemptError::Refused(format!("backend '{}': {reason}", backend.name))
 }
 
 /// The longest `Retry-After` kept: absurd values would overflow a `Duration`, and a day is as good as forever here

@@ -44,7 +44,8 @@ pub(crate) fn write_context(args: &ServeArgs) -> anyhow::Result<WriteContext> {
     let secret_env = SecretEnvPolicy::from_list(&args.secret_env_prefix)
         .map_err(|e| anyhow::anyhow!("GATEWAY_SECRET_ENV_PREFIX: {e}"))?;
     let sealer = args.secret_key.as_deref().map(Sealer::from_config).transpose().context("GATEWAY_SECRET_KEY")?;
-    Ok(WriteContext { base_urls, secret_env, sealer })
+    let bootstrap_from_env = args.admin_token.as_deref().is_some_and(|token| !token.trim().is_empty());
+    Ok(WriteContext { base_urls, secret_env, sealer, bootstrap_from_env })
 }
 
 /// Connect, migrate, bootstrap the admin token, bind, and serve until `shutdown` is cancelled.

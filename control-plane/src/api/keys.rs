@@ -142,5 +142,5 @@ async fn revoke_principal(
     principal: Authorized<may::ManagePrincipals>,
     ApiPath(name): ApiPath,
 ) -> Result<Json<PrincipalView>, ApiError> {
-    Ok(Json(state.store.revoke_principal(&principal, &name).await?))
+    Ok(Json(state.store.revoke_principal(&principal, &name, state.write_context.bootstrap_from_env).await?))
 }

@@ -153,10 +153,34 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound { kind: "principal", name: name.to_owned() })
     }
 
-    /// Revoke a principal's token. The row stays, so the audit log's actors stay resolvable.
-    pub async fn revoke_principal(&self, by: &Principal, name: &str) -> Result<PrincipalView, StoreError> {
+    /// Revoke a principal's token. The row stays, so the audit log's actors stay resolvable. The last admin that
+    /// can still sign in is never revoked (nobody could manage principals after it), and neither is the bootstrap
+    /// principal while `GATEWAY_ADMIN_TOKEN` restores it at every start (`bootstrap_from_env`).
+    pub async fn revoke_principal(
+        &self,
+        by: &Principal,
+        name: &str,
+        bootstrap_from_env: bool,
+    ) -> Result<PrincipalView, StoreError> {
+        if bootstrap_from_env && name == BOOTSTRAP_PRINCIPAL {
+            return Err(StoreError::Conflict(format!(
+                "principal {BOOTSTRAP_PRINCIPAL:?} is restored from GATEWAY_ADMIN_TOKEN at every start; unset that \
+                 variable on every control plane replica to retire it"
+            )));
+        }
         let mut mutation = self.begin(&by.name, by.request_id.as_deref()).await?;
         let config = mutation.config.clone();
+        // Locking every active admin row makes two admins revoking each other at once take turns.
+        let active_admins: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM admin_principals WHERE role = 'admin' AND revoked_at IS NULL ORDER BY name FOR UPDATE",
+        )
+        .fetch_all(mutation.conn())
+        .await?;
+        if active_admins == [name] {
+            return Err(StoreError::Conflict(format!(
+                "principal {name:?} is the last admin that can sign in; create another admin before revoking it"
+            )));
+        }
         let before: Option<Row> =
             sqlx::query_as(sql(format!("SELECT {COLUMNS} FROM admin_principals WHERE name = $1 FOR UPDATE")))
                 .bind(name)

@@ -28,6 +28,9 @@ pub struct WriteContext {
     /// Which environment variables a backend's secret reference may name.
     pub secret_env: SecretEnvPolicy,
     pub sealer: Option<Sealer>,
+    /// `GATEWAY_ADMIN_TOKEN` is set: the bootstrap principal is restored at every start, so revoking it through the
+    /// API would not hold and is refused.
+    pub bootstrap_from_env: bool,
 }
 
 /// A kind of configuration resource and how it is checked and shown.

@@ -5,6 +5,8 @@ use axum::http::{Request, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
 
+use control_plane::store::resources::WriteContext;
+
 use crate::common::*;
 
 #[sqlx::test(migrations = "../migrations")]
@@ -103,6 +105,36 @@ async fn principals_are_hashed_shown_once_and_revocable(pool: PgPool) {
     let bad_role = app.call("POST", "/admin/v1/principals", Some(json!({"name": "x", "role": "root"}))).await;
     assert_eq!(bad_role.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad_role.error_message(), "role: unknown variant `root`, expected one of `admin`, `author`, `auditor`");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn no_revocation_locks_every_admin_out(pool: PgPool) {
+    // While GATEWAY_ADMIN_TOKEN is set the bootstrap principal comes back at every start: a revoke would not hold.
+    let app = TestApp::new(pool.clone()).await;
+    let reply = app.call("DELETE", "/admin/v1/principals/bootstrap", None).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
+    assert!(reply.error_message().contains("GATEWAY_ADMIN_TOKEN"), "{}", reply.text);
+    assert_eq!(app.call("GET", "/admin/v1/backends", None).await.status, StatusCode::OK);
+
+    // Without it, the bootstrap principal can be retired once another admin exists, and the last admin stays.
+    let context = WriteContext { sealer: None, ..WriteContext::default() };
+    let app = TestApp::with(pool, context, 64 * 1024).await;
+    let auditor = app.call("POST", "/admin/v1/principals", Some(json!({"name": "audit", "role": "auditor"}))).await;
+    assert_eq!(auditor.status, StatusCode::CREATED);
+    let reply = app.call("DELETE", "/admin/v1/principals/bootstrap", None).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "an auditor cannot manage principals: {}", reply.text);
+    assert_eq!(
+        reply.error_message(),
+        "principal \"bootstrap\" is the last admin that can sign in; create another admin before revoking it"
+    );
+    let ops = app.call("POST", "/admin/v1/principals", Some(json!({"name": "ops", "role": "admin"}))).await;
+    let ops = ops.body["token"].as_str().unwrap().to_owned();
+    let reply = app.call("DELETE", "/admin/v1/principals/bootstrap", None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(app.call("GET", "/admin/v1/backends", None).await.status, StatusCode::UNAUTHORIZED);
+    let reply = app.call_as(&ops, "DELETE", "/admin/v1/principals/ops", None).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
+    assert_eq!(app.call_as(&ops, "GET", "/admin/v1/principals/ops", None).await.body["revoked_at"], json!(null));
 }
 
 #[sqlx::test(migrations = "../migrations")]

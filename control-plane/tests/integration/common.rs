@@ -47,6 +47,7 @@ impl TestApp {
             base_urls: BaseUrlPolicy::from_list("").unwrap(),
             secret_env: SecretEnvPolicy::default(),
             sealer: Some(Sealer::from_config(SECRET_KEY).unwrap()),
+            bootstrap_from_env: true,
         };
         TestApp::with(pool, context, 64 * 1024).await
     }

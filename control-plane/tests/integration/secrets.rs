@@ -59,7 +59,7 @@ async fn secrets_are_sealed_and_never_returned(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn literal_secrets_need_an_encryption_key(pool: PgPool) {
     let context =
-        WriteContext { base_urls: BaseUrlPolicy::default(), secret_env: SecretEnvPolicy::default(), sealer: None };
+        WriteContext { sealer: None, ..WriteContext::default() };
     let app = TestApp::with(pool, context, 64 * 1024).await;
     let mut body = backend("b1");
     body["secret"] = json!({"value": SECRET});
@@ -128,6 +128,7 @@ async fn secret_references_are_limited_to_the_allowed_prefixes(pool: PgPool) {
         base_urls: BaseUrlPolicy::default(),
         secret_env: SecretEnvPolicy::from_list("ACME_LLM_").unwrap(),
         sealer: None,
+        bootstrap_from_env: true,
     };
     let custom = TestApp::with(pool, context, 64 * 1024).await;
     custom.create("backends", with_ref("acme", "env:ACME_LLM_KEY")).await;

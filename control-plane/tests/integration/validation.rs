@@ -75,6 +75,7 @@ async fn base_urls_must_be_http_and_allowed(pool: PgPool) {
         base_urls: BaseUrlPolicy::from_list("api.openai.com,*.openai.azure.com,127.0.0.1").unwrap(),
         secret_env: SecretEnvPolicy::default(),
         sealer: None,
+        bootstrap_from_env: true,
     };
     let app = TestApp::with(pool, context, 64 * 1024).await;
     let bad = StatusCode::BAD_REQUEST;

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod distribution;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod rfc3339;
 pub mod secrets;
 pub mod settings;
@@ -50,6 +51,7 @@ pub(crate) fn write_context(args: &ServeArgs) -> anyhow::Result<WriteContext> {
 
 /// Connect, migrate, bootstrap the admin token, bind, and serve until `shutdown` is cancelled.
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    metrics::install();
     let acquire_timeout = std::time::Duration::from_millis(args.database.db_acquire_timeout_ms.max(1));
     let store = Store::connect(&args.database.database_url, acquire_timeout)
         .await

@@ -1,28 +1,199 @@
 //! Prometheus metrics: one recorder per process, rendered at `GET /metrics` on the data plane's listener (no
-//! second port). Among them: `gateway_tool_calls_total{tool,model,backend,outcome}`, and the health board's
-//! `gateway_backend_breaker_state{backend,model,state}` and `gateway_backend_latency_ms{backend,model}`
+//! second port). Every series is described here (so `/metrics` carries `# HELP` and `# TYPE`) and documented in
+//! `docs/observability.md`; the request series are recorded once per request by [`record_request`], from the
+//! spend event (`spend/record.rs`). Among the others: `gateway_tool_calls_total{tool,model,backend,outcome}`, and
+//! the health board's `gateway_backend_breaker_state{backend,model,state}` and `gateway_backend_latency_ms`
 //! (`health/gauges.rs`, `docs/health-report.md`).
+//!
+//! Labels are bounded: names only as the snapshot spells them ([`known_or_placeholder`]), fixed codes and classes,
+//! never a key, a secret or the caller's metadata.
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+pub const REQUESTS: &str = "gateway_requests_total";
+pub const REQUEST_DURATION: &str = "gateway_request_duration_seconds";
+pub const TIME_TO_FIRST_TOKEN: &str = "gateway_time_to_first_token_seconds";
+pub const TOKENS: &str = "gateway_tokens_total";
+pub const USAGE_ESTIMATED: &str = "gateway_usage_estimated_total";
+pub const COST: &str = "gateway_cost_nano_usd_total";
+pub const UPSTREAM_ERRORS: &str = "gateway_upstream_errors_total";
+pub const FAILOVERS: &str = "gateway_failovers_total";
+pub const REFUSALS: &str = "gateway_refusals_total";
+pub const SNAPSHOT_VERSION: &str = "gateway_snapshot_version";
+
+/// The label value for a name the snapshot does not know (the caller's spelling never becomes a label).
+pub const UNKNOWN: &str = "_other";
+
+/// Whole-request latency of LLM calls: tens of milliseconds (embeddings, cached answers) to minutes (long
+/// generations, reasoning models).
+const DURATION_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+/// Time to the first streamed bytes: mostly under a few seconds, queueing upstreams and reasoning models beyond.
+const FIRST_TOKEN_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
 /// Install the process-wide recorder once; later calls return the same handle.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = builder().build_recorder();
         let handle = recorder.handle();
         // Fails only if the embedding process installed its own recorder first; metrics then go there.
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
+        describe();
         handle
     })
 }
 
-/// The text exposition of every metric.
+/// The exporter with the request histograms' buckets (real histograms, not summaries).
+pub fn builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), DURATION_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TIME_TO_FIRST_TOKEN.to_owned()), FIRST_TOKEN_BUCKETS))
+        .unwrap_or_else(|error| {
+            // Only an empty bucket list fails, and ours are constants: never in practice.
+            tracing::error!(%error, "histogram buckets refused; latencies render as summaries");
+            PrometheusBuilder::new()
+        })
+}
+
+/// `# HELP` text for the request series (the recorder renders `# TYPE` from how each is recorded).
+pub fn describe() {
+    describe_counter!(REQUESTS, "Requests that reached an upstream, by alias, backend, model, status and outcome.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Whole-request latency, arrival to the last byte.");
+    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Streamed requests: arrival to the first bytes sent.");
+    describe_counter!(TOKENS, "Tokens by kind: input, output, cached_input, cache_creation.");
+    describe_counter!(USAGE_ESTIMATED, "Requests whose usage the gateway estimated (the upstream reported none).");
+    describe_counter!(COST, "Cost in billionths of a US dollar (divide by 1e9 for USD).");
+    describe_counter!(UPSTREAM_ERRORS, "Failed upstream attempts by backend and error class.");
+    describe_counter!(FAILOVERS, "Attempts sent to a candidate after an earlier one of the same request failed.");
+    describe_counter!(REFUSALS, "Requests the gateway refused before or instead of serving, by reason and code.");
+    describe_gauge!(SNAPSHOT_VERSION, "The configuration snapshot version served.");
+    describe_gauge!("gateway_spend_spool_bytes", Unit::Bytes, "Bytes of spend batches spooled, not acknowledged.");
+    describe_gauge!("gateway_spend_queued_batches", "Spend batches waiting for the control plane's acknowledgement.");
+    describe_counter!("gateway_spend_events_total", "Spend events recorded, by outcome.");
+}
+
+/// `name` as a label if the snapshot knows it, else [`UNKNOWN`]: label values stay within the configuration.
+pub fn known_or_placeholder(name: &str, known: bool) -> &str {
+    if known && !name.is_empty() { name } else { UNKNOWN }
+}
+
+/// One request's figures, as its spend event has them (names already bounded).
+pub struct RequestFigures<'a> {
+    pub alias: &'a str,
+    pub backend: &'a str,
+    pub model: &'a str,
+    pub status: u16,
+    pub outcome: &'a str,
+    pub latency_seconds: f64,
+    pub first_token_seconds: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub estimated: bool,
+    /// `None` when the cost could not be computed (the ledger quarantines such an event).
+    pub cost_nano_usd: Option<u64>,
+}
+
+/// Record a finished request's series.
+pub fn record_request(figures: &RequestFigures<'_>) {
+    let RequestFigures { alias, backend, model, .. } = *figures;
+    let (alias, backend, model) = (alias.to_owned(), backend.to_owned(), model.to_owned());
+    metrics::counter!(REQUESTS, "alias" => alias.clone(), "backend" => backend.clone(), "model" => model.clone(),
+        "status" => status_label(figures.status), "outcome" => figures.outcome.to_owned())
+    .increment(1);
+    let labels = [("alias", alias), ("backend", backend), ("model", model)];
+    metrics::histogram!(REQUEST_DURATION, &labels).record(figures.latency_seconds);
+    if let Some(seconds) = figures.first_token_seconds {
+        metrics::histogram!(TIME_TO_FIRST_TOKEN, &labels).record(seconds);
+    }
+    for (kind, tokens) in [
+        ("input", figures.input_tokens),
+        ("output", figures.output_tokens),
+        ("cached_input", figures.cached_input_tokens),
+        ("cache_creation", figures.cache_creation_tokens),
+    ] {
+        if tokens > 0 {
+            let mut labels = labels.to_vec();
+            labels.push(("kind", kind.to_owned()));
+            metrics::counter!(TOKENS, &labels).increment(tokens);
+        }
+    }
+    if figures.estimated {
+        metrics::counter!(USAGE_ESTIMATED, &labels).increment(1);
+    }
+    if let Some(cost) = figures.cost_nano_usd {
+        metrics::counter!(COST, &labels).increment(cost);
+    }
+}
+
+/// HTTP statuses as labels: the common ones as themselves, anything outside 100..=599 as `other`.
+fn status_label(status: u16) -> String {
+    if (100..600).contains(&status) { status.to_string() } else { "other".to_owned() }
+}
+
+/// The exporter's text of every metric.
 pub fn render() -> String {
     install().render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_outside_the_snapshot_become_the_placeholder() {
+        assert_eq!(known_or_placeholder("chat", true), "chat");
+        assert_eq!(known_or_placeholder("sk-live-secret-looking-name", false), UNKNOWN);
+        assert_eq!(known_or_placeholder("", true), UNKNOWN, "no empty label value");
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(0), "other");
+        assert_eq!(status_label(1000), "other");
+    }
+
+    #[test]
+    fn request_series_render_as_histograms_and_counters() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            record_request(&RequestFigures {
+                alias: "chat",
+                backend: "primary",
+                model: "gpt",
+                status: 200,
+                outcome: "ok",
+                latency_seconds: 0.3,
+                first_token_seconds: Some(0.04),
+                input_tokens: 12,
+                output_tokens: 5,
+                cached_input_tokens: 0,
+                cache_creation_tokens: 0,
+                estimated: false,
+                cost_nano_usd: Some(1500),
+            });
+        });
+        let text = handle.render();
+        for line in [
+            "# TYPE gateway_request_duration_seconds histogram",
+            "# TYPE gateway_time_to_first_token_seconds histogram",
+            "# TYPE gateway_requests_total counter",
+            r#"gateway_request_duration_seconds_bucket{alias="chat",backend="primary",model="gpt",le="0.5"} 1"#,
+            r#"gateway_time_to_first_token_seconds_bucket{alias="chat",backend="primary",model="gpt",le="0.05"} 1"#,
+            r#"gateway_requests_total{alias="chat",backend="primary",model="gpt",status="200",outcome="ok"} 1"#,
+            r#"gateway_tokens_total{alias="chat",backend="primary",model="gpt",kind="input"} 12"#,
+            r#"gateway_tokens_total{alias="chat",backend="primary",model="gpt",kind="output"} 5"#,
+            r#"gateway_cost_nano_usd_total{alias="chat",backend="primary",model="gpt"} 1500"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("cached_input"), "kinds without tokens leave no series");
+        assert!(!text.contains("gateway_usage_estimated_total{"));
+    }
 }

@@ -1,8 +1,8 @@
 //! The admin REST API under `/admin/v1/`.
 //!
 //! Layers, outermost first: request id (set from `x-request-id` or generated) → trace span → request id echoed
-//! on the response → routes. Admin routes sit behind [`authenticate`]; only `/healthz`, `/readyz` and
-//! `/admin/v1/openapi.json` are open.
+//! on the response → request metrics ([`crate::metrics::track_admin`]) → routes. Admin routes sit behind
+//! [`authenticate`]; only `/healthz`, `/readyz`, `/metrics` and `/admin/v1/openapi.json` are open.
 
 mod audit;
 mod backend_health;
@@ -81,9 +81,12 @@ pub fn app(state: AppState) -> Router {
         .nest("/admin/v1", admin)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        // Inside the routing, so it sees the matched route's template.
+        .layer(middleware::from_fn(crate::metrics::track_admin))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -108,6 +111,11 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// Prometheus text (`docs/observability.md`); open like `/healthz`.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&state.store).await).into_response()
 }
 
 /// Ready when the database answers.

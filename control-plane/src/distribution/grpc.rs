@@ -196,8 +196,11 @@ impl ConfigDiscovery for Discovery {
 
     async fn report_spend(&self, request: Request<v1::SpendBatch>) -> Result<Response<v1::SpendAck>, Status> {
         let batch = request.into_inner();
-        let validated = spend::validate(&batch, chrono::Utc::now()).map_err(|error| match error {
-            BatchError::NodeId | BatchError::TooLarge(_) => Status::invalid_argument(error.to_string()),
+        let validated = spend::validate(&batch, chrono::Utc::now()).map_err(|error| {
+            crate::metrics::spend_batch("invalid", 0, std::iter::empty());
+            match error {
+                BatchError::NodeId | BatchError::TooLarge(_) => Status::invalid_argument(error.to_string()),
+            }
         })?;
         for rejected in &validated.rejected {
             tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, index = rejected.index, id = %rejected.id,
@@ -212,11 +215,18 @@ impl ConfigDiscovery for Discovery {
                 // again later. INTERNAL (the database refused this batch): the data plane splits it to isolate the event.
                 tracing::warn!(node = %batch.node_id, batch = %batch.batch_id, error = %error.detailed(),
                     "spend ingestion failed");
+                crate::metrics::spend_batch("failed", 0, std::iter::empty());
                 store_status(error, "the spend ledger could not store this batch")
             })?;
         if outcome.accepted > 0 {
             self.spend_changed.notify_one();
         }
+        // Lag of the events committed now; a batch delivered again (some events held already) adds none, as the
+        // lag of which ones is not known.
+        let committed = chrono::Utc::now();
+        let fresh = if outcome.duplicates == 0 { validated.records.as_slice() } else { &[] };
+        let lags = fresh.iter().map(|r| (committed - r.occurred_at).num_milliseconds() as f64 / 1000.0);
+        crate::metrics::spend_batch("committed", outcome.accepted, lags);
         tracing::debug!(node = %batch.node_id, batch = %batch.batch_id, accepted = outcome.accepted,
             duplicates = outcome.duplicates, rejected = validated.rejected.len(), "spend batch committed");
         Ok(Response::new(v1::SpendAck {

@@ -60,6 +60,8 @@ pub fn spawn(store: Store, sealer: Option<Sealer>, shutdown: CancellationToken) 
                         build_ms = published.build_time.as_millis() as u64,
                         "snapshot published"
                     );
+                    let size = prost::Message::encoded_len(&published.snapshot);
+                    crate::metrics::snapshot_built(published.build_time.as_secs_f64(), size, published.version);
                     tx.send_replace(Some(Arc::new(published)));
                 }
                 Ok(None) => {}

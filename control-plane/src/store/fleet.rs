@@ -225,6 +225,16 @@ impl Store {
             .await?)
     }
 
+    /// The connected nodes counted by software version and held configuration version (for `/metrics`).
+    pub async fn connected_by_version(&self) -> Result<Vec<(String, Option<i64>, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT software_version, acked_version, count(*) FROM data_plane_nodes WHERE connected \
+             GROUP BY software_version, acked_version ORDER BY software_version, acked_version",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     pub async fn fleet(&self) -> Result<Vec<NodeState>, StoreError> {
         Ok(sqlx::query_as("SELECT * FROM data_plane_nodes ORDER BY node_id").fetch_all(self.pool()).await?)
     }

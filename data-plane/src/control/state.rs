@@ -32,6 +32,7 @@ impl Current {
         let version = compiled.version;
         self.snapshot.store(Some(Arc::new(compiled)));
         self.version.send_replace(version);
+        metrics::gauge!(crate::metrics::SNAPSHOT_VERSION).set(version as f64);
     }
 
     pub fn watch(&self) -> watch::Receiver<u64> {

@@ -247,6 +247,33 @@ impl GatewayError {
         }
     }
 
+    /// Why the gateway refused the request, for `gateway_refusals_total{reason}`; `None` for upstream failures
+    /// (counted by class in `gateway_upstream_errors_total`) and unknown URLs.
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::InvalidApiKey(_) => Some("auth"),
+            GatewayError::BudgetExceeded(_) => Some("budget"),
+            GatewayError::RateLimited(_) => Some("rate_limit"),
+            GatewayError::PolicyDenied { .. }
+            | GatewayError::PolicyFailed { .. }
+            | GatewayError::ModelNotAllowed { .. }
+            | GatewayError::NoEligibleCandidate(_) => Some("policy"),
+            GatewayError::ToolNotAllowed { .. } | GatewayError::InvalidToolCall { .. } => Some("guard"),
+            GatewayError::InvalidRequest(_)
+            | GatewayError::InvalidField { .. }
+            | GatewayError::TooLarge { .. }
+            | GatewayError::ModelNotFound { .. }
+            | GatewayError::Unsupported(_) => Some("bad_request"),
+            GatewayError::NotReady(_) | GatewayError::SpendSpoolFull { .. } => Some("unavailable"),
+            GatewayError::NoRoute { .. }
+            | GatewayError::UpstreamRateLimited { .. }
+            | GatewayError::UpstreamFailed(_)
+            | GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::BackendMisconfigured(_) => None,
+        }
+    }
+
     /// The OpenAI `type`.
     fn error_type(&self) -> &'static str {
         if let GatewayError::RateLimited(refusal) = self {

@@ -34,6 +34,19 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// A fixed class for `gateway_upstream_errors_total{class}`: `rate_limited` (429), `status` (another error
+    /// status), `connect`, `timeout`, `redirect`, `not_sent` (unsupported or refused here).
+    pub fn class(&self) -> &'static str {
+        match self {
+            AttemptError::Status { status: 429, .. } => "rate_limited",
+            AttemptError::Status { .. } => "status",
+            AttemptError::Connect(_) => "connect",
+            AttemptError::Timeout(_) => "timeout",
+            AttemptError::Redirect { .. } => "redirect",
+            AttemptError::Unsupported(_) | AttemptError::Refused(_) => "not_sent",
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             AttemptError::Connect(e) => format!("connection failed ({e})"),

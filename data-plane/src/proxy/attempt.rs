@@ -290,6 +290,11 @@ impl Attempts<'_> {
                 walk.record(position, false);
                 continue;
             }
+            if !failures.is_empty() {
+                metrics::counter!(crate::metrics::FAILOVERS, "alias" => self.parsed.model.clone(),
+                    "backend" => candidate.backend.clone())
+                .increment(1);
+            }
             let sent_at = tokio::time::Instant::now();
             let Ok((mut attempt, mut deadline)) = self.attempt(backend, candidate, position, &mut walk).await else {
                 return Err(self.request_timed_out(&failures));
@@ -354,6 +359,9 @@ impl Attempts<'_> {
                     return Ok(Served::Response(reply));
                 }
                 Err(error) => {
+                    metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "backend" => candidate.backend.clone(),
+                        "class" => error.class())
+                    .increment(1);
                     tracing::warn!(model = %candidate.model, backend = %candidate.backend, error = %error.describe(), "candidate failed");
                     failures.push((candidate.model.clone(), error));
                 }

@@ -102,7 +102,12 @@ async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response 
     let id = request_id(request.headers());
     let mut response = match pipeline::handle(proxy, endpoint, request, &id).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => {
+            if let Some(reason) = error.refusal_reason() {
+                metrics::counter!(crate::metrics::REFUSALS, "reason" => reason, "code" => error.code()).increment(1);
+            }
+            error.into_response()
+        }
     };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -404,6 +404,32 @@ impl RequestSpend {
     }
 }
 
+impl RequestSpend {
+    /// The request's Prometheus series (`crate::metrics`), names bounded by the snapshot it was served with.
+    fn record_metrics(&self, event: &v1::SpendEvent) {
+        let config = &self.snapshot.config;
+        let cost = event.cost_usd.parse::<Decimal>().ok().and_then(|usd| {
+            use rust_decimal::prelude::ToPrimitive;
+            (usd * Decimal::from(1_000_000_000u64)).round().to_u64()
+        });
+        crate::metrics::record_request(&crate::metrics::RequestFigures {
+            alias: crate::metrics::known_or_placeholder(&event.alias, config.has_alias_or_model(&event.alias)),
+            backend: crate::metrics::known_or_placeholder(&event.backend, config.backends.contains_key(&event.backend)),
+            model: crate::metrics::known_or_placeholder(&event.model, config.models.contains_key(&event.model)),
+            status: u16::try_from(event.status).unwrap_or(0),
+            outcome: &event.outcome,
+            latency_seconds: self.arrived.elapsed().as_secs_f64(),
+            first_token_seconds: event.ttft_ms.map(|ms| ms as f64 / 1000.0),
+            input_tokens: event.prompt_tokens,
+            output_tokens: event.completion_tokens,
+            cached_input_tokens: event.cached_prompt_tokens,
+            cache_creation_tokens: event.cache_creation_tokens,
+            estimated: event.usage_estimated,
+            cost_nano_usd: cost,
+        });
+    }
+}
+
 impl Drop for RequestSpend {
     fn drop(&mut self) {
         // No attempt was sent (every candidate was unable to take the request): nothing was spent.
@@ -416,6 +442,7 @@ impl Drop for RequestSpend {
         self.rates.settle(used, Some(&event.backend), crate::ratelimit::limiter::now_ms());
         let contributions = event_contributions(&self.snapshot.config.budgets, &event);
         metrics::counter!("gateway_spend_events_total", "outcome" => event.outcome.clone()).increment(1);
+        self.record_metrics(&event);
         self.reporter.record(event, contributions);
     }
 }

@@ -9,6 +9,7 @@ mod admin_api;
 mod anthropic;
 mod hardening;
 mod health_report;
+mod metrics;
 mod outbound;
 mod rate_limits;
 mod resilience;

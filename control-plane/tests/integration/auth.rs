@@ -24,7 +24,7 @@ async fn requests_without_a_valid_token_get_401(pool: PgPool) {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.error_message(), "the admin token is not valid (unknown or revoked)");
     // Open routes need no token.
-    for path in ["/healthz", "/readyz", "/admin/v1/openapi.json"] {
+    for path in ["/healthz", "/readyz", "/metrics", "/admin/v1/openapi.json"] {
         let reply = app.send(Request::get(path).body(Body::empty()).unwrap()).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
     }

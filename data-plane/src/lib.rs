@@ -46,6 +46,7 @@ pub use crate::subscription::Subscription;
 pub mod stages {
     pub use crate::health::breaker::Outcome;
     pub use crate::health::tracker::Tracker;
+    pub use crate::metrics::{RequestFigures, builder as metrics_builder, known_or_placeholder, record_request};
     pub use crate::openai::request::Endpoint;
     pub use crate::providers::anthropic::StreamTranslator;
     pub use crate::ratelimit::limiter::{KeyLimits, RateLimiter, RequestRates};

@@ -8,9 +8,9 @@
 //! Labels are bounded: names only as the snapshot spells them ([`known_or_placeholder`]), fixed codes and classes,
 //! never a key, a secret or the caller's metadata.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{Label, SharedString, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -101,17 +101,27 @@ pub struct RequestFigures<'a> {
     pub cost_nano_usd: Option<u64>,
 }
 
-/// Record a finished request's series.
+/// Record a finished request's series. The three names are shared by every series (one allocation each, then
+/// reference counts), not copied per series.
 pub fn record_request(figures: &RequestFigures<'_>) {
-    let RequestFigures { alias, backend, model, .. } = *figures;
-    let (alias, backend, model) = (alias.to_owned(), backend.to_owned(), model.to_owned());
-    metrics::counter!(REQUESTS, "alias" => alias.clone(), "backend" => backend.clone(), "model" => model.clone(),
-        "status" => status_label(figures.status), "outcome" => figures.outcome.to_owned())
-    .increment(1);
-    let labels = [("alias", alias), ("backend", backend), ("model", model)];
-    metrics::histogram!(REQUEST_DURATION, &labels).record(figures.latency_seconds);
+    let shared = |name: &str| SharedString::from(Arc::<str>::from(name));
+    let labels = [
+        Label::new("alias", shared(figures.alias)),
+        Label::new("backend", shared(figures.backend)),
+        Label::new("model", shared(figures.model)),
+    ];
+    let with = |key: &'static str, value: SharedString| {
+        let mut more = Vec::with_capacity(labels.len() + 2);
+        more.extend_from_slice(&labels);
+        more.push(Label::new(key, value));
+        more
+    };
+    let mut counted = with("status", SharedString::from_owned(status_label(figures.status)));
+    counted.push(Label::new("outcome", figures.outcome.to_owned()));
+    metrics::counter!(REQUESTS, counted).increment(1);
+    metrics::histogram!(REQUEST_DURATION, labels.to_vec()).record(figures.latency_seconds);
     if let Some(seconds) = figures.first_token_seconds {
-        metrics::histogram!(TIME_TO_FIRST_TOKEN, &labels).record(seconds);
+        metrics::histogram!(TIME_TO_FIRST_TOKEN, labels.to_vec()).record(seconds);
     }
     for (kind, tokens) in [
         ("input", figures.input_tokens),
@@ -120,16 +130,14 @@ pub fn record_request(figures: &RequestFigures<'_>) {
         ("cache_creation", figures.cache_creation_tokens),
     ] {
         if tokens > 0 {
-            let mut labels = labels.to_vec();
-            labels.push(("kind", kind.to_owned()));
-            metrics::counter!(TOKENS, &labels).increment(tokens);
+            metrics::counter!(TOKENS, with("kind", SharedString::const_str(kind))).increment(tokens);
         }
     }
     if figures.estimated {
-        metrics::counter!(USAGE_ESTIMATED, &labels).increment(1);
+        metrics::counter!(USAGE_ESTIMATED, labels.to_vec()).increment(1);
     }
     if let Some(cost) = figures.cost_nano_usd {
-        metrics::counter!(COST, &labels).increment(cost);
+        metrics::counter!(COST, labels.to_vec()).increment(cost);
     }
 }
 

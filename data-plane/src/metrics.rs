@@ -189,6 +189,7 @@ mod tests {
         });
         let text = handle.render();
         for line in [
+            "# HELP gateway_requests_total Requests that reached an upstream, by alias, backend, model, status and outcome.",
             "# TYPE gateway_request_duration_seconds histogram",
             "# TYPE gateway_time_to_first_token_seconds histogram",
             "# TYPE gateway_requests_total counter",

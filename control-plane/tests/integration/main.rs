@@ -14,6 +14,7 @@ mod evaluate;
 mod health;
 mod keys;
 mod lineage;
+mod openapi_descriptions;
 mod rate_shares;
 mod resources;
 mod secrets;

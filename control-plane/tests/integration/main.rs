@@ -16,6 +16,7 @@ mod keys;
 mod lineage;
 mod openapi_descriptions;
 mod rate_shares;
+mod readme_shapes;
 mod resources;
 mod secrets;
 mod spend;

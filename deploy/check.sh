@@ -81,6 +81,9 @@ must_fail "a rendered grace period shorter than drain + flush (rule)" "terminati
     "$python" deploy/check_manifests.py kubernetes "$work/broken-grace.yaml"
 sed 's/GATEWAY_SPEND_FLUSH_TIMEOUT_MS/GATEWAY_SPEND_FLUSH_TIMEOUT/' "$work/defaults.yaml" >"$work/broken-env.yaml"
 must_fail "a variable no binary reads (rule)" "GATEWAY_SPEND_FLUSH_TIMEOUT is not a setting" "$python" deploy/check_manifests.py kubernetes "$work/broken-env.yaml"
+sed '/^      llm-gateway\/metrics: "true"$/d' "$work/everything.yaml" >"$work/broken-monitor.yaml"
+must_fail "a ServiceMonitor selecting the headless Service too (rule)" "selects 2 rendered Services" \
+    "$python" deploy/check_manifests.py kubernetes "$work/broken-monitor.yaml"
 
 echo "== compose.yaml"
 "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose.yaml

@@ -164,7 +164,8 @@ def check_service_monitor(name, doc, docs):
     spec = doc.get("spec", {})
     selector = spec.get("selector", {}).get("matchLabels")
     services = [d for _, d in docs if d.get("kind") == "Service" and matches(selector, d["metadata"].get("labels", {}))]
-    problems = [] if services else [f"{name}: selects no rendered Service ({selector})"]
+    # One Service: two (the headless one of a StatefulSet too) would scrape every pod twice.
+    problems = [] if len(services) == 1 else [f"{name}: selects {len(services)} rendered Services, not one ({selector})"]
     ports = {port.get("name") for service in services for port in service["spec"]["ports"]}
     for endpoint in spec.get("endpoints", []):
         if endpoint.get("port") not in ports or endpoint.get("path") != "/metrics":

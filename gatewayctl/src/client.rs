@@ -101,7 +101,6 @@ impl AdminClient {
         response.text().await.map_err(|e| ClientError::Unexpected(e.to_string()))
     }
 
-
     /// Every item of a paged collection (`items` + `next_after`).
     pub async fn list_all(&self, path: &str) -> Result<Vec<Value>, ClientError> {
         let mut items = Vec::new();

@@ -79,7 +79,8 @@ pub async fn export(client: &AdminClient) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-const NAME_COLUMNS: &[Column] = &[("NAME", "/name"), ("REVISION", "/meta/revision"), ("UPDATED", "/meta/updated_at"), ("BY", "/meta/updated_by")];
+const NAME_COLUMNS: &[Column] =
+    &[("NAME", "/name"), ("REVISION", "/meta/revision"), ("UPDATED", "/meta/updated_at"), ("BY", "/meta/updated_by")];
 
 fn columns(kind: Kind) -> Vec<Column> {
     let mut columns = vec![NAME_COLUMNS[0]];
@@ -350,9 +351,13 @@ pub struct AuditArgs {
 
 pub async fn audit(client: &AdminClient, args: AuditArgs) -> anyhow::Result<u8> {
     let mut query: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
-    for (name, value) in
-        [("actor", args.actor), ("action", args.action), ("kind", args.kind), ("name", args.name), ("since", args.since)]
-    {
+    for (name, value) in [
+        ("actor", args.actor),
+        ("action", args.action),
+        ("kind", args.kind),
+        ("name", args.name),
+        ("since", args.since),
+    ] {
         query.extend(value.map(|v| (name, v)));
     }
     let page = client.get("/audit", &query).await?.body;
@@ -381,7 +386,12 @@ pub async fn policy_test(client: &AdminClient, paths: &[PathBuf], live: bool) ->
         let mut resources = Vec::new();
         for resource in &manifest.resources {
             let spec = resource.kind.canonical(resource.spec.clone()).map_err(|message| {
-                anyhow::anyhow!("{}: {} {:?}: {message}", resource.location, resource.kind.document_name(), resource.name)
+                anyhow::anyhow!(
+                    "{}: {} {:?}: {message}",
+                    resource.location,
+                    resource.kind.document_name(),
+                    resource.name
+                )
             })?;
             resources.push((resource.kind, spec));
         }

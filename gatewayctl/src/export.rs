@@ -17,9 +17,9 @@ pub async fn export(client: &AdminClient) -> Result<String, ClientError> {
     for kind in Kind::ALL {
         for view in client.list_all(&format!("/{}", kind.collection())).await? {
             let secret = view.pointer("/meta/secret").cloned();
-            let mut spec = kind
-                .canonical(kinds::spec_of_view(view))
-                .map_err(|e| ClientError::Unexpected(format!("a stored {} does not parse: {e}", kind.document_name())))?;
+            let mut spec = kind.canonical(kinds::spec_of_view(view)).map_err(|e| {
+                ClientError::Unexpected(format!("a stored {} does not parse: {e}", kind.document_name()))
+            })?;
             out.push_str("---\n");
             match secret {
                 Some(reference) if reference.get("ref").is_some() => {

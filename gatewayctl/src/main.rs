@@ -9,6 +9,8 @@ mod manifest;
 mod output;
 mod plan;
 mod policy_test;
+#[cfg(test)]
+mod seed_tests;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,7 +120,9 @@ enum Command {
         format: FormatArgs,
     },
     /// Spend report from the ledger (default: this month, one total row).
-    #[command(after_help = "Examples:\n  gatewayctl spend --group-by team\n  gatewayctl spend --group-by key,day --from 2026-11-01T00:00:00Z --format csv")]
+    #[command(
+        after_help = "Examples:\n  gatewayctl spend --group-by team\n  gatewayctl spend --group-by key,day --from 2026-11-01T00:00:00Z --format csv"
+    )]
     Spend(commands::SpendArgs),
     /// The audit log, newest first.
     #[command(after_help = "Example: gatewayctl audit --kind route_policy --limit 20")]
@@ -148,7 +152,9 @@ enum KeysCommand {
 enum PolicyCommand {
     /// Run the `kind: PolicyTest` cases under PATH against the configuration documents under PATH (with the data
     /// plane's routing engine), or with --live against the control plane's stored configuration.
-    #[command(after_help = "Examples:\n  gatewayctl policy test policies/seed\n  gatewayctl policy test policies/seed --live")]
+    #[command(
+        after_help = "Examples:\n  gatewayctl policy test policies/seed\n  gatewayctl policy test policies/seed --live"
+    )]
     Test {
         /// Files or directories with the tests (and, unless --live, the configuration).
         #[arg(required = true)]

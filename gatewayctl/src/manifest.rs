@@ -32,8 +32,9 @@ pub struct Resource {
     /// The spec as written.
     pub spec: Value,
     pub location: Location,
-    /// The document's text, to find the line of a field the server names.
+    /// The document's text and the line it starts on, to find the line of a field the server names.
     text: String,
+    start: usize,
 }
 
 impl Resource {
@@ -50,7 +51,10 @@ impl Resource {
                 line.strip_prefix(key).is_some_and(|rest| rest.starts_with(':'))
             })
         });
-        Location { file: self.location.file.clone(), line: self.location.line + offset.unwrap_or(0) }
+        match offset {
+            Some(offset) => Location { file: self.location.file.clone(), line: self.start + offset },
+            None => self.location.clone(),
+        }
     }
 }
 
@@ -139,7 +143,7 @@ impl Manifest {
                 errors.push(format!("{location}: a {} needs `spec.name`", kind.document_name()));
                 continue;
             };
-            self.resources.push(Resource { kind, name, spec: envelope.spec, location, text: document });
+            self.resources.push(Resource { kind, name, spec: envelope.spec, location, text: document, start });
         }
     }
 
@@ -218,7 +222,8 @@ mod tests {
 
     #[test]
     fn documents_are_located_at_their_first_line() {
-        let text = "# header\nkind: Model\nspec:\n  name: a\n---\n\n# c\nkind: Alias\nspec:\n  name: b\n  strategy: x\n";
+        let text =
+            "# header\nkind: Model\nspec:\n  name: a\n---\n\n# c\nkind: Alias\nspec:\n  name: b\n  strategy: x\n";
         let manifest = load(text).unwrap();
         assert_eq!(manifest.resources[0].location.line, 2);
         assert_eq!(manifest.resources[1].location.line, 8);

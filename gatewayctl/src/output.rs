@@ -30,7 +30,7 @@ pub fn table(rows: &[Value], columns: &[Column]) -> String {
     for row in rows {
         table.add_row(columns.iter().map(|(_, pointer)| cell(row.pointer(pointer))));
     }
-    table.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+    table.to_string().lines().map(|l| l.strip_prefix(" ").unwrap_or(l).trim_end()).collect::<Vec<_>>().join("\n")
 }
 
 fn cell(value: Option<&Value>) -> String {

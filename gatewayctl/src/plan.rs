@@ -68,9 +68,12 @@ pub async fn plan(client: &AdminClient, manifest: &Manifest, prune: bool) -> Res
             Ok(spec) => {
                 desired.insert((resource.kind, resource.name.clone()), (spec, resource));
             }
-            Err(message) => {
-                errors.push(format!("{}: {} {:?}: {message}", resource.location, resource.kind.document_name(), resource.name))
-            }
+            Err(message) => errors.push(format!(
+                "{}: {} {:?}: {message}",
+                resource.location,
+                resource.kind.document_name(),
+                resource.name
+            )),
         }
     }
     if !errors.is_empty() {
@@ -84,7 +87,8 @@ pub async fn plan(client: &AdminClient, manifest: &Manifest, prune: bool) -> Res
                 current.insert(name.to_owned(), view);
             }
         }
-        for ((_, name), (spec, resource)) in desired.range((kind, String::new())..).take_while(|((k, _), _)| *k == kind) {
+        for ((_, name), (spec, resource)) in desired.range((kind, String::new())..).take_while(|((k, _), _)| *k == kind)
+        {
             let after = shown_desired(spec);
             match current.remove(name) {
                 None => plan.changes.push(Change {
@@ -223,8 +227,7 @@ impl Plan {
             self.unchanged
         );
         if !self.unmanaged.is_empty() {
-            let names: Vec<String> =
-                self.unmanaged.iter().map(|(k, n)| format!("{} {n}", k.document_name())).collect();
+            let names: Vec<String> = self.unmanaged.iter().map(|(k, n)| format!("{} {n}", k.document_name())).collect();
             let _ = writeln!(out, "not in the files, kept (--prune deletes them): {}", names.join(", "));
         }
         out
@@ -273,7 +276,12 @@ impl Plan {
                         Some(resource) => resource.locate(param.as_deref()),
                         None => Location { file: "(server)".into(), line: 0 },
                     };
-                    return Err(PlanError::Refused { at, kind: change.kind.document_name(), name: change.name.clone(), source });
+                    return Err(PlanError::Refused {
+                        at,
+                        kind: change.kind.document_name(),
+                        name: change.name.clone(),
+                        source,
+                    });
                 }
                 Err(error) => return Err(error.into()),
             }

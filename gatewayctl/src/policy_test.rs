@@ -122,7 +122,8 @@ impl Got {
     /// From a `Decision` as JSON (the engine's serialisation, locally and from `/evaluate` alike).
     fn from_decision(decision: &Value) -> Got {
         let text = |name: &str| decision.get(name).and_then(Value::as_str).map(str::to_owned);
-        let list = |name: &str| -> Vec<Value> { decision.get(name).and_then(Value::as_array).cloned().unwrap_or_default() };
+        let list =
+            |name: &str| -> Vec<Value> { decision.get(name).and_then(Value::as_array).cloned().unwrap_or_default() };
         Got {
             outcome: text("outcome").unwrap_or_default(),
             policy: text("policy"),

@@ -18,7 +18,8 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     let client = error
         .downcast_ref::<ClientError>()
         .or_else(|| match error.downcast_ref::<PlanError>() {
-            Some(PlanError::Refused { source, .. }) | Some(PlanError::Client(source)) => Some(source),
+            Some(PlanError::Refused { source, .. }) => Some(source.as_ref()),
+            Some(PlanError::Client(source)) => Some(source),
             _ => None,
         })
         .or_else(|| match error.downcast_ref::<TestError>() {
@@ -404,7 +405,7 @@ pub async fn policy_test(client: &AdminClient, paths: &[PathBuf], live: bool) ->
             let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("route policies do not compile:\n{}", text.join("\n"))
         })?;
-        Engine::Local(router)
+        Engine::Local(Box::new(router))
     };
     let report = policy_test::run(&engine, &manifest.tests).await.context("policy test")?;
     for failure in &report.failures {

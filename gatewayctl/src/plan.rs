@@ -52,7 +52,7 @@ pub enum PlanError {
     Invalid(Vec<String>),
     /// The server refused a write; `at` is the document (and field, when the server named one).
     #[error("{at}: {kind} {name:?}: {source}")]
-    Refused { at: Location, kind: &'static str, name: String, source: ClientError },
+    Refused { at: Location, kind: &'static str, name: String, source: Box<ClientError> },
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -280,7 +280,7 @@ impl Plan {
                         at,
                         kind: change.kind.document_name(),
                         name: change.name.clone(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 Err(error) => return Err(error.into()),

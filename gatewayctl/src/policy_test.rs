@@ -164,7 +164,7 @@ impl Got {
 
 /// Where cases are evaluated.
 pub enum Engine<'a> {
-    Local(Router),
+    Local(Box<Router>),
     Live(&'a AdminClient),
 }
 

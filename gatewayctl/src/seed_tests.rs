@@ -20,7 +20,7 @@ fn local_engine(manifest: &Manifest) -> Engine<'static> {
         manifest.resources.iter().map(|r| (r.kind, r.kind.canonical(r.spec.clone()).unwrap())).collect();
     let config = crate::kinds::config_set(&resources).unwrap();
     assert!(config.check_integrity().is_empty(), "{:?}", config.check_integrity());
-    Engine::Local(policy_engine::routing::Router::compile(&config).unwrap())
+    Engine::Local(Box::new(policy_engine::routing::Router::compile(&config).unwrap()))
 }
 
 #[test]

@@ -45,10 +45,12 @@ impl Resource {
             .and_then(|f| f.rsplit('.').next())
             .map(|last| last.split('[').next().unwrap_or(last))
             .filter(|k| !k.is_empty());
+        // Inside `spec:` only: a backend's `kind` field is not the document's `kind:`.
+        let spec = self.text.lines().position(|line| line.starts_with("spec:")).unwrap_or(0);
         let offset = key.and_then(|key| {
-            self.text.lines().position(|line| {
-                let line = line.trim_start().trim_start_matches("- ");
-                line.strip_prefix(key).is_some_and(|rest| rest.starts_with(':'))
+            self.text.lines().enumerate().skip(spec).find_map(|(index, line)| {
+                let line = line.trim_start().trim_start_matches("- ").trim_start_matches('{');
+                line.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')).then_some(index)
             })
         });
         match offset {
@@ -229,6 +231,8 @@ mod tests {
         assert_eq!(manifest.resources[1].location.line, 8);
         assert_eq!(manifest.resources[1].locate(Some("strategy")).line, 11);
         assert_eq!(manifest.resources[1].locate(Some("candidates[0].model")).line, 8);
+        let backend = load("kind: Backend\nspec:\n  name: b\n  kind: openai\n").unwrap();
+        assert_eq!(backend.resources[0].locate(Some("kind")).line, 4);
     }
 
     #[test]

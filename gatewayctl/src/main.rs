@@ -44,6 +44,21 @@ Exit codes:
   4  the token is missing, wrong, or not allowed to do this (401, 403)
   5  the control plane is unreachable or failed (5xx)";
 
+const APPLY_HELP: &str = "\
+A document (files hold several, separated by `---` lines):
+  kind: Alias                 # Backend, Model, Alias, ToolSchema, ToolPolicy, RoutePolicy, Budget (PolicyTest: ignored)
+  spec:                       # the admin API's body for the resource
+    name: gpt-4o
+    candidates: [{model: gpt-4o-openai}, {model: gpt-4o-azure-eu}]
+
+Only what differs from the server is written (PUT with If-Match). A backend without `secret` keeps the stored one;
+a literal `secret: {value: ...}` is sent when the server holds none or a reference (it cannot be read back).
+Errors name file:line: YAML errors, unknown fields, and the server's validation errors at the field it names.
+
+Examples:
+  gatewayctl apply -f policies/seed
+  gatewayctl apply -f config/ --prune --dry-run     # the plan, deletions included, nothing written";
+
 #[derive(Debug, Parser)]
 #[command(name = "gatewayctl", version, about = "Configure and inspect the LLM gateway through its control plane's admin API", after_help = AFTER_HELP)]
 struct Cli {
@@ -75,7 +90,7 @@ pub struct FormatArgs {
 enum Command {
     /// Make the control plane hold what the files say: creates and updates in dependency order (backends, models,
     /// aliases, tool schemas, tool policies, route policies, budgets); unchanged resources are not written.
-    #[command(after_help = "Example: gatewayctl apply -f policies/seed --prune")]
+    #[command(after_help = APPLY_HELP)]
     Apply {
         #[command(flatten)]
         files: Files,
@@ -103,7 +118,9 @@ enum Command {
     /// List a kind, or show one resource.
     #[command(after_help = "Examples:\n  gatewayctl get route-policies\n  gatewayctl get backend openai-us -o yaml")]
     Get {
+        /// The kind (plural forms work too: `backends`, `route-policies`, ...).
         kind: Kind,
+        /// One resource; without it, every resource of the kind.
         name: Option<String>,
         #[command(flatten)]
         format: FormatArgs,

@@ -103,6 +103,25 @@ async fn apply_diff_export_round_trip_and_prune(pool: PgPool) {
                "secret": {"value": "sk-never-exported"}}),
     )
     .await;
+    // And one of each remaining kind, so that every kind goes through the round trip.
+    cp.create(
+        "tool-schemas",
+        json!({"name": "get_weather", "schema": {"type": "object", "properties": {"city": {"type": "string"}},
+               "required": ["city"]}}),
+    )
+    .await;
+    cp.create(
+        "tool-policies",
+        json!({"name": "strict-tools", "priority": 10, "when": "request.stream == false", "on_invalid": "reject",
+               "deny": ["delete_everything"]}),
+    )
+    .await;
+    cp.create(
+        "budgets",
+        json!({"name": "search-monthly", "scope": {"type": "team", "team": "search"}, "period": "month",
+               "limit_usd": "500.00", "action": "block", "soft_threshold": "0.8"}),
+    )
+    .await;
 
     // Export → apply → diff: nothing changes, and the sealed secret is neither exported nor lost.
     let export = gatewayctl(&cp, &["export"]).await;
@@ -114,7 +133,7 @@ async fn apply_diff_export_round_trip_and_prune(pool: PgPool) {
     let (_, before) = cp.head().await;
     let apply = gatewayctl(&cp, &["apply", "-f", arg(&exported), "--prune"]).await;
     assert_eq!(apply.code, 0, "{}{}", apply.stdout, apply.stderr);
-    assert!(apply.stdout.contains("0 to create, 0 to update, 0 to delete, 20 unchanged"), "{}", apply.stdout);
+    assert!(apply.stdout.contains("0 to create, 0 to update, 0 to delete, 23 unchanged"), "{}", apply.stdout);
     assert_eq!(cp.head().await.1, before, "the round trip writes nothing");
     let diff = gatewayctl(&cp, &["diff", "-f", arg(&exported), "--prune"]).await;
     assert_eq!(diff.code, 0, "{}{}", diff.stdout, diff.stderr);
@@ -134,10 +153,10 @@ async fn apply_diff_export_round_trip_and_prune(pool: PgPool) {
     assert_eq!(diff.code, 1);
     let plan: Value = serde_json::from_str(&diff.stdout).unwrap();
     let deletes: Vec<&str> = plan["changes"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(deletes, ["sealed-one", "corpus-embeddings"]);
+    assert_eq!(deletes, ["sealed-one", "corpus-embeddings", "get_weather", "strict-tools", "search-monthly"]);
     let apply = gatewayctl(&cp, &["apply", "-f", arg(&seed), "--prune"]).await;
     assert_eq!(apply.code, 0, "{}{}", apply.stdout, apply.stderr);
-    assert!(apply.stdout.contains("deleted Alias corpus-embeddings\ndeleted Backend sealed-one"), "{}", apply.stdout);
+    assert!(apply.stdout.contains("deleted Budget search-monthly\ndeleted ToolPolicy strict-tools\ndeleted ToolSchema get_weather\ndeleted Alias corpus-embeddings\ndeleted Backend sealed-one"), "{}", apply.stdout);
     assert_eq!(cp.call("GET", "/aliases/corpus-embeddings", None).await.0, 404);
     assert_eq!(gatewayctl(&cp, &["diff", "-f", arg(&seed), "--prune"]).await.code, 0);
 }

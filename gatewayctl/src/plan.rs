@@ -294,3 +294,48 @@ impl Plan {
 pub fn yaml(value: &Value) -> String {
     serde_norway::to_string(value).unwrap_or_else(|e| format!("(not representable as YAML: {e})\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn compare(written: Value, stored: Option<Value>) -> bool {
+        let spec = json!({"name": "b", "kind": "openai", "base_url": "https://x.example"});
+        let mut desired = spec.clone();
+        desired["secret"] = written;
+        if desired["secret"].is_null() {
+            desired.as_object_mut().map(|o| o.remove("secret"));
+        }
+        let mut before = spec;
+        if let Some(stored) = stored {
+            before["secret"] = stored;
+        }
+        keep_unchanged_secret(&desired, shown_desired(&desired), &before) == before
+    }
+
+    #[test]
+    fn a_secret_counts_as_changed_only_when_it_can_differ() {
+        let sealed = json!({"encrypted": true, "fingerprint": "sha256:0123456789abcdef"});
+        let reference = json!({"ref": "env:PROVIDER_A"});
+        // Omitted: an update keeps the stored secret, whatever it is.
+        assert!(compare(Value::Null, Some(sealed.clone())));
+        assert!(compare(Value::Null, Some(reference.clone())));
+        assert!(compare(Value::Null, None));
+        // A literal against a sealed one: unreadable, so unchanged; against a reference or nothing: changed.
+        assert!(compare(json!({"value": "sk-1"}), Some(sealed.clone())));
+        assert!(!compare(json!({"value": "sk-1"}), Some(reference.clone())));
+        assert!(!compare(json!({"value": "sk-1"}), None));
+        // A reference: unchanged only against the same reference.
+        assert!(compare(reference.clone(), Some(reference)));
+        assert!(!compare(json!({"ref": "env:PROVIDER_B"}), Some(json!({"ref": "env:PROVIDER_A"}))));
+        assert!(!compare(json!({"ref": "env:PROVIDER_A"}), Some(sealed)));
+    }
+
+    #[test]
+    fn a_literal_secret_never_shows_in_a_diff() {
+        let shown = shown_desired(&json!({"name": "b", "secret": {"value": "sk-secret"}}));
+        assert!(!shown.to_string().contains("sk-secret"));
+    }
+}

@@ -282,6 +282,12 @@ async fn read_commands_and_keys(pool: PgPool) {
     let spend = gatewayctl(&cp, &["spend", "--group-by", "team", "--format", "csv"]).await;
     assert_eq!(spend.code, 0, "{}", spend.stderr);
     assert!(spend.stdout.starts_with("team,"), "{}", spend.stdout);
+    let spend = gatewayctl(&cp, &["spend", "--group-by", "team"]).await;
+    assert!(spend.stdout.starts_with("TEAM") && spend.stdout.contains("\nTOTAL "), "{}", spend.stdout);
+    let keys = gatewayctl(&cp, &["keys", "list"]).await;
+    assert!(keys.stdout.starts_with("NAME") && keys.stdout.contains("\nci-bot "), "{}", keys.stdout);
+    let fleet = gatewayctl(&cp, &["fleet"]).await;
+    assert!(fleet.stdout.starts_with("config version ") && fleet.stdout.contains("NODE"), "{}", fleet.stdout);
     let spend = gatewayctl(&cp, &["spend", "-o", "json"]).await;
     assert!(serde_json::from_str::<Value>(&spend.stdout).unwrap()["total"].is_object());
     let audit = gatewayctl(&cp, &["audit", "--kind", "api_key", "-o", "json"]).await;

@@ -290,9 +290,26 @@ impl Plan {
     }
 }
 
-/// A value as YAML text.
+/// A value as YAML text, `name` and `kind` first in every mapping (the rest in name order) so a reader finds them.
 pub fn yaml(value: &Value) -> String {
-    serde_norway::to_string(value).unwrap_or_else(|e| format!("(not representable as YAML: {e})\n"))
+    serde_norway::to_value(value)
+        .map(names_first)
+        .and_then(|v| serde_norway::to_string(&v))
+        .unwrap_or_else(|e| format!("(not representable as YAML: {e})\n"))
+}
+
+fn names_first(value: serde_norway::Value) -> serde_norway::Value {
+    use serde_norway::Value as Yaml;
+    match value {
+        Yaml::Mapping(mapping) => {
+            let (mut first, rest): (Vec<_>, Vec<_>) =
+                mapping.into_iter().partition(|(k, _)| matches!(k.as_str(), Some("kind" | "name")));
+            first.sort_by_key(|(k, _)| k.as_str() != Some("name"));
+            Yaml::Mapping(first.into_iter().chain(rest).map(|(k, v)| (k, names_first(v))).collect())
+        }
+        Yaml::Sequence(items) => Yaml::Sequence(items.into_iter().map(names_first).collect()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -385,16 +385,23 @@ pub async fn policy_test(client: &AdminClient, paths: &[PathBuf], live: bool) ->
         Engine::Live(client)
     } else {
         let mut resources = Vec::new();
+        let mut errors = Vec::new();
         for resource in &manifest.resources {
-            let spec = resource.kind.canonical(resource.spec.clone()).map_err(|message| {
-                anyhow::anyhow!(
-                    "{}: {} {:?}: {message}",
-                    resource.location,
-                    resource.kind.document_name(),
-                    resource.name
-                )
-            })?;
-            resources.push((resource.kind, spec));
+            let what = format!("{} {:?}", resource.kind.document_name(), resource.name);
+            match resource.kind.canonical(resource.spec.clone()) {
+                Ok(spec) => {
+                    if let Err(invalid) = kinds::check(resource.kind, &spec) {
+                        for error in invalid {
+                            errors.push(format!("{}: {what}: {error}", resource.locate(Some(&error.field))));
+                        }
+                    }
+                    resources.push((resource.kind, spec));
+                }
+                Err(message) => errors.push(format!("{}: {what}: {message}", resource.location)),
+            }
+        }
+        if !errors.is_empty() {
+            anyhow::bail!("{}", errors.join("\n"));
         }
         let config = kinds::config_set(&resources).map_err(anyhow::Error::msg)?;
         let integrity: Vec<String> = config.check_integrity().iter().map(ToString::to_string).collect();

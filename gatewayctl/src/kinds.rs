@@ -4,6 +4,7 @@
 
 use policy_engine::base_url::BaseUrlPolicy;
 use policy_engine::config::*;
+use policy_engine::validate::{self, SpecError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -98,6 +99,22 @@ fn to_value<T: Serialize>(spec: &T) -> Result<Value, String> {
 
 fn round_trip<T: DeserializeOwned + Serialize>(spec: Value) -> Result<Value, String> {
     to_value(&parse::<T>(spec)?)
+}
+
+/// The engine's per-resource checks, the ones the control plane runs at write (a backend's URL excepted: that
+/// depends on the server's allowlist). Each error names its field.
+pub fn check(kind: Kind, spec: &Value) -> Result<(), Vec<SpecError>> {
+    let invalid = |message: String| vec![SpecError { field: String::new(), message }];
+    let spec = spec.clone();
+    match kind {
+        Kind::Backend => validate::backend_settings(&parse(spec).map_err(invalid)?),
+        Kind::Model => validate::model(&parse(spec).map_err(invalid)?),
+        Kind::Alias => validate::alias(&parse(spec).map_err(invalid)?),
+        Kind::ToolSchema => validate::tool_schema(&parse(spec).map_err(invalid)?),
+        Kind::ToolPolicy => validate::tool_policy(&parse(spec).map_err(invalid)?),
+        Kind::RoutePolicy => validate::route_policy(&parse(spec).map_err(invalid)?),
+        Kind::Budget => validate::budget(&parse(spec).map_err(invalid)?),
+    }
 }
 
 /// A server read (a view) made into a spec: without the read-only `meta` and a budget's `status`.

@@ -53,7 +53,8 @@ A document (files hold several, separated by `---` lines):
 
 Only what differs from the server is written (PUT with If-Match). A backend without `secret` keeps the stored one;
 a literal `secret: {value: ...}` is sent when the server holds none or a reference (it cannot be read back).
-Errors name file:line: YAML errors, unknown fields, and the server's validation errors at the field it names.
+Errors name file:line at the field: YAML errors, unknown fields and the engine's checks (before anything is
+written), then the server's refusals (allowlist, references, conflicts).
 
 Examples:
   gatewayctl apply -f policies/seed

@@ -41,19 +41,28 @@ impl Resource {
     /// The line of `field` (as the API's `param` names it, e.g. `candidates[1].model`) in the document, or the
     /// document's own line when it cannot be found.
     pub fn locate(&self, field: Option<&str>) -> Location {
-        let key = field
-            .and_then(|f| f.rsplit('.').next())
-            .map(|last| last.split('[').next().unwrap_or(last))
-            .filter(|k| !k.is_empty());
-        // Inside `spec:` only: a backend's `kind` field is not the document's `kind:`.
-        let spec = self.text.lines().position(|line| line.starts_with("spec:")).unwrap_or(0);
-        let offset = key.and_then(|key| {
-            self.text.lines().enumerate().skip(spec).find_map(|(index, line)| {
-                let line = line.trim_start().trim_start_matches("- ").trim_start_matches('{');
-                line.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')).then_some(index)
-            })
-        });
-        match offset {
+        // Walk the path's keys (`pricing.input`, `candidates[1].model`) down the document from `spec:`, each found
+        // at or after the line of the one before; stop at the first not found. A block key starts its line (after
+        // `- `); a flow key follows `{` or `, `.
+        let lines: Vec<&str> = self.text.lines().collect();
+        let spec = lines.iter().position(|line| line.starts_with("spec:")).unwrap_or(0);
+        let mut at: Option<usize> = None;
+        let keys = field.unwrap_or_default().split('.').map(|k| k.split('[').next().unwrap_or(k));
+        for key in keys.filter(|k| !k.is_empty()) {
+            let from = at.unwrap_or(spec);
+            let is_key = |line: &&str| {
+                let trimmed = line.trim_start().trim_start_matches("- ");
+                trimmed.strip_prefix(key).is_some_and(|rest| rest.starts_with(':'))
+                    || [format!("{{{key}:"), format!(", {key}:"), format!("{{ {key}:")]
+                        .iter()
+                        .any(|p| line.contains(p.as_str()))
+            };
+            match lines.iter().skip(from).position(|line| is_key(line)) {
+                Some(offset) => at = Some(from + offset),
+                None => break,
+            }
+        }
+        match at {
             Some(offset) => Location { file: self.location.file.clone(), line: self.start + offset },
             None => self.location.clone(),
         }
@@ -233,6 +242,12 @@ mod tests {
         assert_eq!(manifest.resources[1].locate(Some("candidates[0].model")).line, 8);
         let backend = load("kind: Backend\nspec:\n  name: b\n  kind: openai\n").unwrap();
         assert_eq!(backend.resources[0].locate(Some("kind")).line, 4);
+        let model = load(
+            "kind: Model\nspec:\n  name: m\n  capabilities: {chat: true}\n  pricing: {input: \"-1\", output: \"1\"}\n",
+        )
+        .unwrap();
+        assert_eq!(model.resources[0].locate(Some("pricing.output")).line, 5);
+        assert_eq!(model.resources[0].locate(Some("name")).line, 3);
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub async fn plan(client: &AdminClient, manifest: &Manifest, prune: bool) -> Res
     for resource in &manifest.resources {
         match resource.kind.canonical(resource.spec.clone()) {
             Ok(spec) => {
+                // The engine's own checks first: every error in the files at once, before anything is written.
+                if let Err(invalid) = kinds::check(resource.kind, &spec) {
+                    let what = format!("{} {:?}", resource.kind.document_name(), resource.name);
+                    errors.extend(invalid.iter().map(|e| format!("{}: {what}: {e}", resource.locate(Some(&e.field)))));
+                }
                 desired.insert((resource.kind, resource.name.clone()), (spec, resource));
             }
             Err(message) => errors.push(format!(

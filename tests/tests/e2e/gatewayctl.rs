@@ -190,6 +190,28 @@ async fn errors_point_at_the_file_and_line(pool: PgPool) {
     assert_eq!(apply.code, 3, "{}{}", apply.stdout, apply.stderr);
     assert!(apply.stderr.contains("bad.yaml:1: Model \"m\"") && apply.stderr.contains("colour"), "{}", apply.stderr);
 
+    // Refused by the engine's own checks before anything is sent: every error, each at its line.
+    std::fs::write(
+        &file,
+        "kind: Model\nspec:\n  name: m\n  backend: ok-one\n  upstream_model: x\n  capabilities: {chat: true}\n\
+         \x20 pricing: {input: \"-1\", output: \"1\"}\n---\nkind: Model\nspec:\n  name: m2\n  backend: ok-one\n\
+         \x20 upstream_model: x\n  capabilities: {chat: true}\n  pricing: {input: \"1\", output: \"-1\"}\n",
+    )
+    .unwrap();
+    let apply = gatewayctl(&cp, &["apply", "-f", arg(&file)]).await;
+    assert_eq!(apply.code, 3, "{}{}", apply.stdout, apply.stderr);
+    assert!(
+        apply.stderr.contains("bad.yaml:7: Model \"m\": pricing.input: prices must not be negative"),
+        "{}",
+        apply.stderr
+    );
+    assert!(
+        apply.stderr.contains("bad.yaml:15: Model \"m2\": pricing.output: prices must not be negative"),
+        "{}",
+        apply.stderr
+    );
+    assert_eq!(cp.call("GET", "/models/m", None).await.0, 404);
+
     // YAML that does not parse.
     std::fs::write(&file, "kind: Model\nspec:\n  name: [m\n").unwrap();
     let apply = gatewayctl(&cp, &["apply", "-f", arg(&file)]).await;

@@ -57,7 +57,7 @@ impl Resource {
                         .iter()
                         .any(|p| line.contains(p.as_str()))
             };
-            match lines.iter().skip(from).position(|line| is_key(line)) {
+            match lines.iter().skip(from).position(is_key) {
                 Some(offset) => at = Some(from + offset),
                 None => break,
             }

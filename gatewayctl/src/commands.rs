@@ -376,7 +376,7 @@ pub async fn audit(client: &AdminClient, args: AuditArgs) -> anyhow::Result<u8> 
     Ok(0)
 }
 
-pub async fn policy_test(client: &AdminClient, paths: &[PathBuf], live: bool) -> anyhow::Result<u8> {
+pub async fn policy_test(client: &AdminClient, paths: &[PathBuf], live: bool, output: Output) -> anyhow::Result<u8> {
     let manifest = load(paths)?;
     if manifest.tests.is_empty() {
         anyhow::bail!("no `kind: PolicyTest` documents under the given paths");
@@ -415,10 +415,19 @@ pub async fn policy_test(client: &AdminClient, paths: &[PathBuf], live: bool) ->
         Engine::Local(Box::new(router))
     };
     let report = policy_test::run(&engine, &manifest.tests).await.context("policy test")?;
-    for failure in &report.failures {
-        emit(failure);
-    }
     let where_ = if live { "live control plane" } else { "files" };
-    emit(&format!("{} passed, {} failed ({where_})", report.passed, report.failures.len()));
+    match output {
+        Output::Table => {
+            for failure in &report.failures {
+                emit(&failure.to_string());
+            }
+            emit(&format!("{} passed, {} failed ({where_})", report.passed, report.failures.len()));
+        }
+        other => {
+            let summary = json!({"passed": report.passed, "failed": report.failures.len(), "against": where_,
+                                 "failures": report.failures});
+            output::print(other, &summary, &[], &[]);
+        }
+    }
     Ok(if report.failures.is_empty() { 0 } else { 1 })
 }

@@ -180,6 +180,9 @@ enum PolicyCommand {
         /// Evaluate through POST /admin/v1/evaluate on the control plane instead of the files' configuration.
         #[arg(long)]
         live: bool,
+        /// `table` prints each failure and a summary line; json and yaml a summary with every failure.
+        #[command(flatten)]
+        format: FormatArgs,
     },
 }
 
@@ -215,6 +218,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Fleet { format } => commands::fleet(&client, format.output).await,
         Command::Spend(args) => commands::spend(&client, args).await,
         Command::Audit(args) => commands::audit(&client, args).await,
-        Command::Policy(PolicyCommand::Test { paths, live }) => commands::policy_test(&client, &paths, live).await,
+        Command::Policy(PolicyCommand::Test { paths, live, format }) => {
+            commands::policy_test(&client, &paths, live, format.output).await
+        }
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::client::{AdminClient, ClientError};
-use crate::manifest::{Location, TestCase};
+use crate::manifest::TestCase;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -171,7 +171,24 @@ pub enum Engine<'a> {
 /// The result of a run.
 pub struct Report {
     pub passed: usize,
-    pub failures: Vec<String>,
+    pub failures: Vec<Failure>,
+}
+
+/// A case whose expectations did not hold.
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub case: String,
+    pub location: String,
+    /// Each expectation that did not hold: `expected X, got Y`.
+    pub mismatches: Vec<String>,
+    /// What routing decided, in one line.
+    pub got: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FAIL {} ({}): {}\n     got: {}", self.case, self.location, self.mismatches.join("; "), self.got)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,14 +218,15 @@ pub async fn run(engine: &Engine<'_>, cases: &[crate::manifest::TestCase]) -> Re
         if mismatches.is_empty() {
             report.passed += 1;
         } else {
-            report.failures.push(failure(&case.name, &location, &mismatches, &got));
+            report.failures.push(Failure {
+                case: case.name,
+                location: location.to_string(),
+                mismatches,
+                got: got.summary(),
+            });
         }
     }
     Ok(report)
-}
-
-fn failure(name: &str, location: &Location, mismatches: &[String], got: &Got) -> String {
-    format!("FAIL {name} ({location}): {}\n     got: {}", mismatches.join("; "), got.summary())
 }
 
 async fn evaluate(engine: &Engine<'_>, case: &Case) -> Result<Got, TestError> {

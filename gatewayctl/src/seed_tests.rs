@@ -64,7 +64,8 @@ fn the_seed_policy_tests_pass() {
     let engine = local_engine(&manifest);
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let report = runtime.block_on(policy_test::run(&engine, &manifest.tests)).unwrap();
-    assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
+    let failures: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(report.passed, manifest.tests.len());
 }
 
@@ -79,7 +80,8 @@ fn a_failing_case_names_itself_with_expected_and_got() {
     let engine = local_engine(&manifest);
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let report = runtime.block_on(policy_test::run(&engine, &manifest.tests)).unwrap();
-    let failure = report.failures.iter().find(|f| f.contains("code generation goes to the code model")).unwrap();
+    let failures: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
+    let failure = failures.iter().find(|f| f.contains("code generation goes to the code model")).unwrap();
     assert!(failure.contains("40-task-routing.yaml:18"), "{failure}");
     assert!(failure.contains("expected alias code-model-fast, got cheap"), "{failure}");
     assert!(failure.contains("expected backend mistral-eu, got groq-us"), "{failure}");

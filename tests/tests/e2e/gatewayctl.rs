@@ -260,6 +260,12 @@ async fn policy_tests_fail_when_a_policy_routes_elsewhere_locally_and_live(pool:
             run.stdout
         );
         assert!(run.stdout.contains("expected backend mistral-eu, got groq-us"), "{}", run.stdout);
+        let json = gatewayctl(&cp, &[args.as_slice(), &["-o", "json"]].concat()).await;
+        assert_eq!(json.code, 1, "{}{}", json.stdout, json.stderr);
+        let summary: Value = serde_json::from_str(&json.stdout).unwrap();
+        let failure = &summary["failures"][0];
+        assert_eq!(failure["case"], "code generation goes to the code model");
+        assert_eq!(failure["mismatches"][0], "expected alias code-model-fast, got cheap");
     }
 }
 

@@ -48,6 +48,7 @@ pub enum BackendAuth {
     Bearer,
     /// The secret in a header of this name (e.g. `api-key`, `x-api-key`).
     Header {
+        /// The header that carries the secret, as is (no `Bearer` prefix).
         #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]+$", min_length = 1, max_length = 256))]
         header: String,
     },
@@ -74,11 +75,15 @@ pub enum SecretSpec {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
+    /// Longest wait for the TCP (and TLS) connection to the backend, in ms (default 5000).
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub connect_ms: u64,
-    /// At most `total_ms`.
+    /// Longest wait from sending the request to the response headers, in ms (default 60000); at most `total_ms`. Past
+    /// it the attempt fails over.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub first_byte_ms: u64,
+    /// Longest exchange with the backend, from sending the request until the client has taken the last byte, in ms
+    /// (default 600000).
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub total_ms: u64,
 }
@@ -143,6 +148,7 @@ pub struct ErrorRateTrip {
     /// Failed attempts, in percent of all attempts in the window, that open the breaker (1 to 100).
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub percent: u32,
+    /// The sliding window the failure rate is measured over, in ms.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub window_ms: u64,
     /// Attempts the window must hold before the rate counts.
@@ -157,6 +163,7 @@ pub struct LatencyTrip {
     /// The p99 time to first byte (response headers) above which the breaker opens.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub p99_ms: u64,
+    /// The sliding window the p99 is measured over, in ms.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub window_ms: u64,
     /// Measured attempts the window must hold before the p99 counts.
@@ -170,8 +177,10 @@ pub struct LatencyTrip {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// How often each data plane checks the backend, in ms.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::duration_ms))]
     pub interval_ms: u64,
+    /// Path appended to `base_url` for the check (default `/models`).
     #[serde(default = "default_health_path")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub path: String,
@@ -203,6 +212,7 @@ fn default_health_path() -> String {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AzureSettings {
+    /// The `api-version` query parameter sent with every request (e.g. `2024-10-21`).
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub api_version: String,
 }
@@ -212,29 +222,39 @@ pub struct AzureSettings {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
+    /// Unique name; models refer to it.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
+    /// The provider protocol: `openai`, `azure_openai` or `anthropic`.
     pub kind: BackendKind,
     /// http(s) URL; normalised on write (a trailing slash never matters).
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::url))]
     pub base_url: String,
+    /// How the secret is sent upstream (default `{"type": "bearer"}`).
     #[serde(default)]
     pub auth: BackendAuth,
     /// Write-only: `{"value": "..."}` or `{"ref": "env:NAME"}`. Omitted on update keeps the stored secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretSpec>,
+    /// Free-form region label (e.g. `eu`), readable by policies as `backend.region`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_label))]
     pub region: Option<String>,
+    /// Free-form labels (default none), readable by policies as `backend.tags`.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::labels))]
     pub tags: Vec<String>,
+    /// Connection, first-byte and total time limits of one attempt; every field has a default (`{"connect_ms": 5000,
+    /// "first_byte_ms": 60000, "total_ms": 600000}`).
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Requests and tokens this backend accepts, shared across data planes (absent: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<ProviderRateLimit>,
+    /// When to stop sending to a failing backend and when to try it again (absent: no breaker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// An active health check each data plane runs (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
     /// Required for `azure_openai`.
@@ -246,12 +266,19 @@ pub struct BackendSpec {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Capabilities {
+    /// Serves `/v1/chat/completions` (default false).
     pub chat: bool,
+    /// Serves the legacy `/v1/completions` (default false).
     pub completions: bool,
+    /// Serves `/v1/embeddings` (default false).
     pub embeddings: bool,
+    /// Accepts requests that declare tools (default false).
     pub tools: bool,
+    /// Accepts `response_format` JSON output (default false).
     pub json_mode: bool,
+    /// Accepts image input (default false).
     pub vision: bool,
+    /// Most tokens of prompt plus `max_tokens`; requests that do not fit skip this model (absent: no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub context_window: Option<u32>,
@@ -266,12 +293,15 @@ pub struct Capabilities {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Pricing {
+    /// USD per million prompt tokens.
     #[serde(deserialize_with = "money::required")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::price))]
     pub input: Decimal,
+    /// USD per million prompt tokens served from the provider's cache; `input` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_price))]
     pub cached_input: Option<Decimal>,
+    /// USD per million completion tokens.
     #[serde(deserialize_with = "money::required")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::price))]
     pub output: Decimal,
@@ -287,15 +317,19 @@ pub struct Pricing {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// Unique name; aliases, route policies and apps (as `model`) refer to it.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
+    /// The backend that serves it.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub backend: String,
     /// The model name the provider expects.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub upstream_model: String,
+    /// What the model can serve; routing skips it for requests it cannot (every flag defaults to false).
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// Prices in USD per million tokens, as decimal strings.
     pub pricing: Pricing,
 }
 
@@ -319,6 +353,7 @@ pub enum Strategy {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Candidate {
+    /// A model's name.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub model: String,
     /// At least 1 under the `weighted` strategy.
@@ -335,11 +370,14 @@ fn default_weight() -> u32 {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AliasSpec {
+    /// The public name apps send as `model`.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
+    /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_text))]
     pub description: Option<String>,
+    /// How candidates are ordered: `failover` (default), `weighted`, `least_latency`, `lowest_cost`.
     #[serde(default)]
     pub strategy: Strategy,
     /// At least one, each model once.
@@ -363,9 +401,11 @@ pub enum PolicyAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_name))]
         alias: Option<String>,
+        /// Explicit candidate models, instead of `alias`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[cfg_attr(feature = "openapi", schema(min_items = 1))]
         candidates: Option<Vec<Candidate>>,
+        /// Orders the candidates; unset: the alias's strategy (or `failover`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         strategy: Option<Strategy>,
         /// Attempts sent after the first one fails (0 to 10), going round the candidates; unset: each candidate
@@ -383,11 +423,15 @@ pub enum PolicyAction {
     },
     /// Refuse the request with this message (HTTP 403 naming the policy).
     Deny {
+        /// Sent to the caller in the error.
         #[cfg_attr(feature = "openapi", schema(schema_with = schema::message))]
         message: String,
     },
     /// Filter candidates of whatever route serves the request. Every matching constraint applies.
-    Constrain { require: String },
+    Constrain {
+        /// CEL over `backend` and `model`: candidates for which it is not true are dropped.
+        require: String,
+    },
 }
 
 /// A routing or access rule: `when` (CEL over request and key) selects the requests it applies to.
@@ -395,19 +439,24 @@ pub enum PolicyAction {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RoutePolicySpec {
+    /// Unique name; reported in `x-gateway-policy` and spend events.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
+    /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_text))]
     pub description: Option<String>,
     /// Higher first; ties are broken by name.
     #[serde(default)]
     pub priority: i32,
+    /// A disabled policy is kept but never evaluated (default true).
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// CEL, must evaluate to a bool.
     #[serde(default = "default_when")]
     pub when: String,
+    /// `{"type": "route", "alias": ...}` or `{"type": "route", "candidates": [...]}`, `{"type": "deny", "message":
+    /// ...}`, or `{"type": "constrain", "require": ...}`.
     pub action: PolicyAction,
 }
 
@@ -424,8 +473,10 @@ fn default_when() -> String {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolSchemaSpec {
+    /// The tool's name, as requests declare it.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
+    /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_text))]
     pub description: Option<String>,
@@ -460,10 +511,13 @@ pub enum OnInvalidToolCall {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolPolicySpec {
+    /// Unique name.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
+    /// Higher first; the highest-priority matching policy applies (ties by name). Default 0.
     #[serde(default)]
     pub priority: i32,
+    /// CEL over `request` and `key` selecting the requests it applies to (default `true`).
     #[serde(default = "default_when")]
     pub when: String,
     /// Tool names callers matching `when` may declare; `*` or an empty list allows any (see `docs/tools.md`).
@@ -474,10 +528,13 @@ pub struct ToolPolicySpec {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::tool_names))]
     pub deny: Vec<String>,
+    /// `enforce` (default): violations act as `on_invalid` says; `audit`: only recorded.
     #[serde(default)]
     pub mode: ToolPolicyMode,
+    /// What an invalid tool call does: `reject` (default), `retry` (ask the model again), `annotate`.
     #[serde(default)]
     pub on_invalid: OnInvalidToolCall,
+    /// Retries under `on_invalid: retry` (0 to 5, default 1).
     #[serde(default = "default_max_retries")]
     #[cfg_attr(feature = "openapi", schema(maximum = 5))]
     pub max_retries: u32,
@@ -497,6 +554,7 @@ pub enum BudgetScope {
         key: String,
     },
     Team {
+        /// The team name, as on keys.
         #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
         team: String,
     },
@@ -532,13 +590,19 @@ pub enum BudgetAction {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSpec {
+    /// Unique name; refusals name it.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
+    /// What is counted: `{"type": "key", "key"}`, `{"type": "team", "team"}`, `{"type": "model", "model"}` or
+    /// `{"type": "global"}`.
     pub scope: BudgetScope,
+    /// `day`, `week` (ISO, from Monday), `month` or `total`, calendar periods in UTC.
     pub period: BudgetPeriod,
+    /// The limit in USD, a decimal string.
     #[serde(deserialize_with = "money::required")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::budget_limit))]
     pub limit_usd: Decimal,
+    /// `block` (default): refuse requests once spent; `alert`: only report.
     #[serde(default)]
     pub action: BudgetAction,
     /// Fraction of the limit (0 < x < 1) at which an alert fires before the limit.

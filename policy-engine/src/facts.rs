@@ -34,8 +34,12 @@ pub struct RequestFacts {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct KeyFacts {
+    /// The key's id.
     pub id: String,
+    /// The key's name.
     pub name: String,
+    /// The key's team.
     pub team: Option<String>,
+    /// The key's tags.
     pub tags: Vec<String>,
 }

@@ -198,7 +198,7 @@ pub mod schema {
             .max_length(Some(MAX_NAME_CHARS))
             .description(Some("A tool name, or `*` for any."))
             .build();
-        Schema::Array(ArrayBuilder::new().items(item).build())
+        Schema::Array(ArrayBuilder::new().items(item).description(Some("Tool names; `*` names any tool.")).build())
     }
 
     pub fn label() -> Schema {
@@ -210,7 +210,8 @@ pub mod schema {
     }
 
     pub fn labels() -> Schema {
-        Schema::Array(ArrayBuilder::new().items(RefOr::T(label())).build())
+        let labels = ArrayBuilder::new().items(RefOr::T(label())).description(Some("Free-form labels (default none)."));
+        Schema::Array(labels.build())
     }
 
     pub fn optional_text() -> Schema {

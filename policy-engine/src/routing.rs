@@ -42,9 +42,13 @@ struct CompiledPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedCandidate {
+    /// The model's name.
     pub model: String,
+    /// The backend that serves it.
     pub backend: String,
+    /// The model name sent to the backend.
     pub upstream_model: String,
+    /// Its weight under the `weighted` strategy.
     pub weight: u32,
 }
 
@@ -52,7 +56,9 @@ pub struct PlannedCandidate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejectedCandidate {
+    /// The model's name.
     pub model: String,
+    /// The backend that serves it.
     pub backend: String,
     /// The policy whose `require` was false.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,37 +105,52 @@ pub enum Decision {
     Route {
         /// The route policy that matched; `None` when the request's model was used as is.
         policy: Option<String>,
+        /// The alias served, when the request or the policy named one.
         alias: Option<String>,
+        /// The strategy the candidates were ordered by.
         strategy: Strategy,
+        /// The route policy's `retries` (absent: each candidate once).
         retries: Option<u32>,
+        /// The route policy's `timeout_ms` (absent: none).
         timeout_ms: Option<u64>,
+        /// The candidates to try, in order.
         candidates: Vec<PlannedCandidate>,
+        /// Candidates dropped, with why.
         rejected: Vec<RejectedCandidate>,
         /// Constraint policies that applied.
         constraints: Vec<String>,
     },
     Deny {
+        /// The deny policy that matched.
         policy: String,
+        /// Its message, as the caller gets it.
         message: String,
     },
     /// `request.model` names no alias or model and no policy routed the request.
     UnknownModel {
+        /// The name the request asked for.
         model: String,
     },
     /// A policy's `when` or `require` failed to evaluate for this request (a missing metadata key, a null, a
     /// value of the wrong type): the request is refused. Policies fail closed: routing on as if the policy did
     /// not exist could skip a residency rule or a deny.
     PolicyError {
+        /// The policy whose expression failed.
         policy: String,
         /// Which expression failed: `when` or `require`.
         field: String,
+        /// The evaluation error.
         error: String,
     },
     /// Every candidate was filtered out by constraints.
     NoEligibleCandidate {
+        /// The route policy that matched, if any.
         policy: Option<String>,
+        /// The alias served, if any.
         alias: Option<String>,
+        /// Every candidate, with why it was dropped.
         rejected: Vec<RejectedCandidate>,
+        /// Constraint policies that applied.
         constraints: Vec<String>,
     },
 }
@@ -138,8 +159,11 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyTrace {
+    /// The policy's name.
     pub policy: String,
+    /// Its priority.
     pub priority: i32,
+    /// Whether its `when` was true.
     pub matched: bool,
     /// An evaluation error, which refuses the request (`Decision::PolicyError`).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -14,6 +14,7 @@ use crate::store::audit::{AuditEntry, AuditFilter, AuditVerification};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditPage {
+    /// Entries, newest first.
     pub items: Vec<AuditEntry>,
     /// Pass as `before_id` for the next (older) page; absent on the last page.
     pub next_before_id: Option<i64>,

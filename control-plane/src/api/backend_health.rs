@@ -15,6 +15,7 @@ use crate::store::health::NodeBackendHealth;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BackendHealth {
+    /// The backend's name.
     pub backend: String,
     /// One entry per data plane that reported the backend (per model, when it tracks the backend per model), by
     /// node id. Empty: no data plane has reported it.

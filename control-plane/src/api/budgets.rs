@@ -28,8 +28,10 @@ pub(crate) struct BudgetStatus {
     pub period_start: Option<DateTime<Utc>>,
     /// Exclusive, UTC: the period resets exactly then; absent for `total`.
     pub period_end: Option<DateTime<Utc>>,
+    /// The budget's limit in USD.
     #[schema(value_type = String)]
     pub limit_usd: Decimal,
+    /// Spent in the current period, in USD.
     #[schema(value_type = String)]
     pub spent_usd: Decimal,
     /// `limit_usd - spent_usd`, never below zero.
@@ -40,9 +42,11 @@ pub(crate) struct BudgetStatus {
     /// `limit_usd * soft_threshold`, when the budget has one.
     #[schema(value_type = Option<String>)]
     pub soft_threshold_usd: Option<Decimal>,
+    /// `spent_usd >= soft_threshold_usd`: the alert threshold is crossed.
     pub soft_threshold_reached: bool,
     /// block | alert
     pub action: &'static str,
+    /// When the spend was read.
     pub as_of: DateTime<Utc>,
 }
 

@@ -85,10 +85,14 @@ pub(crate) struct EvaluateRequest {
 pub struct EvaluateResponse {
     /// The config version evaluated.
     pub config_version: i64,
+    /// The prompt's estimated tokens (as the data plane would count them).
     pub prompt_tokens: u64,
+    /// The key as policies saw it.
     pub key: KeyFacts,
     /// False when the key's allowed aliases exclude the requested model: the data plane answers 403 before routing.
     pub key_allows_model: bool,
+    /// What the data plane would do: `outcome` says which (`route`, `deny`, `unknown_model`, `policy_error`,
+    /// `no_eligible_candidate`).
     pub decision: Decision,
     /// Every policy evaluated, in order.
     pub trace: Vec<PolicyTrace>,

@@ -30,9 +30,11 @@ pub(crate) struct FleetNode {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Fleet {
+    /// The store's current config version.
     pub config_version: i64,
     /// The store's configuration lineage: `config_version` counts in it (docs/lineage.md).
     pub lineage: uuid::Uuid,
+    /// Every data plane ever connected, by node id.
     pub nodes: Vec<FleetNode>,
 }
 

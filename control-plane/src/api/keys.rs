@@ -38,6 +38,7 @@ pub(crate) struct KeyListParams {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct KeyPage {
+    /// Keys, by name.
     pub items: Vec<KeyView>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,

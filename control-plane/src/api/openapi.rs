@@ -238,7 +238,10 @@ fn add_view_schemas(schemas: &mut Map<String, Value>, spec: &str, view: &str) {
     if let Some(properties) = read.get_mut("properties").and_then(Value::as_object_mut) {
         // Write-only: never part of a read.
         properties.remove("secret");
-        properties.insert("meta".into(), schema_ref("ResourceMeta"));
+        properties.insert(
+            "meta".into(),
+            json!({"$ref": "#/components/schemas/ResourceMeta", "description": "Bookkeeping: id, revision, who and when."}),
+        );
     }
     if let Some(required) = read.get_mut("required").and_then(Value::as_array_mut) {
         required.push(json!("meta"));
@@ -250,7 +253,7 @@ fn add_view_schemas(schemas: &mut Map<String, Value>, spec: &str, view: &str) {
             "type": "object",
             "required": ["items"],
             "properties": {
-                "items": {"type": "array", "items": schema_ref(view)},
+                "items": {"type": "array", "items": schema_ref(view), "description": "This page's resources, by name."},
                 "next_after": {
                     "type": ["string", "null"],
                     "description": "Pass as `after` for the next page; absent on the last page.",
@@ -282,7 +285,10 @@ pub fn document() -> Value {
     resource_paths::<BudgetSpec>(&mut paths, &mut schemas);
     // A budget read also shows its current period's spend.
     if let Some(mut budget_view) = schemas.get("Budget").cloned() {
-        budget_view["properties"]["status"] = schema_ref("BudgetStatus");
+        budget_view["properties"]["status"] = json!({
+            "$ref": "#/components/schemas/BudgetStatus",
+            "description": "The current period and its spend so far.",
+        });
         if let Some(required) = budget_view["required"].as_array_mut() {
             required.push(json!("status"));
         }
@@ -467,6 +473,7 @@ pub fn document() -> Value {
     );
 
     constrain(&mut schemas);
+    schemas.values_mut().for_each(describe_properties);
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -560,6 +567,38 @@ fn constrain(schemas: &mut Map<String, Value>) {
     }
 }
 
+/// Descriptions the derives leave out, on every property that has none: an optional reference's (which utoipa
+/// puts inside its `oneOf`) moved up to the property, and a tagged enum's tag (`type`, `outcome`) named as such.
+fn describe_properties(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Object(properties)) = map.get_mut("properties") {
+                for property in properties.values_mut() {
+                    if property.get("description").is_none()
+                        && let Some(description) = inner_description(property)
+                    {
+                        property["description"] = json!(description);
+                    }
+                }
+            }
+            map.values_mut().for_each(describe_properties);
+        }
+        Value::Array(items) => items.iter_mut().for_each(describe_properties),
+        _ => {}
+    }
+}
+
+fn inner_description(property: &Value) -> Option<String> {
+    if let Some([Value::String(tag)]) = property.get("enum").and_then(Value::as_array).map(Vec::as_slice) {
+        return Some(format!("Always `{tag}` here: names this variant."));
+    }
+    ["oneOf", "anyOf", "allOf"]
+        .iter()
+        .filter_map(|combinator| property.get(*combinator).and_then(Value::as_array))
+        .flatten()
+        .find_map(|member| member.get("description").and_then(Value::as_str).map(str::to_owned))
+}
+
 /// `u32` and `u64` fields as `uint32`/`uint64` with their maximum, so out-of-range numbers are refused by the
 /// document as the server refuses them. (utoipa spells these formats `u-int32` and `u-int64`.)
 fn bound_unsigned(schema: &mut Value) {
@@ -588,14 +627,19 @@ fn bound_unsigned(schema: &mut Value) {
 #[schema(as = Error)]
 #[expect(dead_code, reason = "a schema only: errors are rendered by ApiError")]
 struct ErrorBody {
+    /// What went wrong.
     error: ErrorDetail,
 }
 
 #[derive(ToSchema)]
 #[expect(dead_code, reason = "a schema only")]
 struct ErrorDetail {
+    /// For humans.
     message: String,
+    /// The OpenAI error type (`invalid_request_error`, ...).
     r#type: String,
+    /// The field at fault, when one is.
     param: Option<String>,
+    /// A fixed code per failure, for programs.
     code: String,
 }

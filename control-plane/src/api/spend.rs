@@ -75,9 +75,13 @@ pub(crate) struct EventParams {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SpendReport {
+    /// Start of the report, inclusive.
     pub from: DateTime<Utc>,
+    /// End of the report, exclusive.
     pub to: DateTime<Utc>,
+    /// The dimensions rows are grouped by.
     pub group_by: Vec<Dimension>,
+    /// One row per group.
     pub rows: Vec<SpendRow>,
     /// The sum of every row.
     pub total: SpendTotals,
@@ -85,6 +89,7 @@ pub(crate) struct SpendReport {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SpendEventPage {
+    /// The events of this page, oldest first.
     pub items: Vec<SpendEventRow>,
     /// Pass as `cursor` for the next page; absent on the last page. Events are ordered by (occurred_at, id).
     pub next_cursor: Option<String>,

@@ -14,16 +14,26 @@ use crate::store::error::StoreError;
 
 #[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
 pub struct AuditEntry {
+    /// Ascending with time; `before_id` pages by it.
     pub id: i64,
+    /// When the change was committed.
     pub at: DateTime<Utc>,
+    /// The principal that made it.
     pub actor: String,
+    /// `create`, `update`, `delete`, `revoke`, ...
     pub action: String,
+    /// `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `budget`, `api_key`, `principal`.
     pub resource_kind: String,
+    /// The resource's name.
     pub resource_name: String,
+    /// The config version the change produced.
     pub config_version: i64,
+    /// The admin request's `x-request-id`.
     pub request_id: Option<String>,
+    /// The resource as read before the change (absent on create); secrets appear only as their source.
     #[schema(value_type = Option<Object>)]
     pub before: Option<sqlx::types::Json<serde_json::Value>>,
+    /// The resource as read after the change (absent on delete).
     #[schema(value_type = Option<Object>)]
     pub after: Option<sqlx::types::Json<serde_json::Value>>,
     /// This row's link in the hash chain (hex SHA-256); the latest row's is the head `GET /audit/verify` reports.
@@ -36,10 +46,12 @@ pub struct AuditEntry {
 pub struct AuditVerification {
     /// True when every row matches its hash and links to the row before it.
     pub intact: bool,
+    /// How many rows were checked.
     pub rows_checked: i64,
     /// The newest row and its hash. Record them elsewhere: a chain can only show that rows were removed from its
     /// end by comparison with a head recorded earlier.
     pub last_id: Option<i64>,
+    /// The newest row's hash (hex SHA-256).
     #[schema(pattern = "^[0-9a-f]{64}$")]
     pub head_hash: Option<String>,
     /// The first broken link, by id; absent when intact.
@@ -53,9 +65,11 @@ pub struct BrokenLink {
     pub id: i64,
     /// `row_hash` or `prev_hash`.
     pub field: String,
+    /// What is wrong, in words.
     pub reason: String,
     /// What the column holds, and what it should hold (hex SHA-256).
     pub stored: String,
+    /// What the column should hold (hex SHA-256).
     pub expected: String,
 }
 

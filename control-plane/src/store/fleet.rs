@@ -27,21 +27,30 @@ pub struct KeyRecord {
 /// One data plane in the fleet view.
 #[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
 pub struct NodeState {
+    /// The data plane's name (`GATEWAY_NODE_ID`).
     pub node_id: String,
     /// The control-plane replica it is (or was last) connected to.
     pub replica: String,
+    /// The data plane's version.
     pub software_version: String,
+    /// Connected to some replica now.
     pub connected: bool,
+    /// When the current connection began (absent: not connected).
     pub connected_since: Option<DateTime<Utc>>,
+    /// The last message from it.
     pub last_seen: DateTime<Utc>,
     /// The version the node holds: said in its hello, or acknowledged since.
     pub acked_version: Option<i64>,
+    /// When it acknowledged `acked_version`.
     pub acked_at: Option<DateTime<Utc>>,
     /// The configuration lineage of the snapshot the node holds (`None`: unknown, or a snapshot from before
     /// lineages). `acked_version` counts in it.
     pub lineage: Option<uuid::Uuid>,
+    /// The last version it refused (absent: none).
     pub last_nack_version: Option<i64>,
+    /// Why it refused it.
     pub last_nack_error: Option<String>,
+    /// When it refused it.
     pub last_nack_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub adopted_from_lineage: Option<uuid::Uuid>,
@@ -90,7 +99,9 @@ pub struct Adoption {
 pub struct AdoptedFrom {
     /// The lineage it held (`null`: a snapshot from before lineages).
     pub lineage: Option<uuid::Uuid>,
+    /// The version it held.
     pub version: i64,
+    /// `lineage_changed` or `store_behind`.
     pub reason: AdoptionReason,
     /// When it acknowledged this store's snapshot.
     pub at: Option<DateTime<Utc>>,

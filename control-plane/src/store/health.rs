@@ -13,6 +13,7 @@ use crate::store::error::StoreError;
 /// One backend (or backend and model) as one data plane sees it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BackendHealthView {
+    /// The backend's name.
     pub backend: String,
     /// Set when the data plane tracks this backend per model.
     pub model: Option<String>,
@@ -32,7 +33,9 @@ pub struct BackendHealthView {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HealthCheckView {
+    /// When it ran.
     pub at: DateTime<Utc>,
+    /// Whether it succeeded.
     pub ok: bool,
     /// What failed; `null` when ok.
     pub error: Option<String>,
@@ -41,9 +44,11 @@ pub struct HealthCheckView {
 /// One data plane's view of one backend, and whether that view is current (the node is connected).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NodeBackendHealth {
+    /// The data plane that reported it.
     pub node_id: String,
     /// `false`: the node is gone and this is the last it reported (stale).
     pub connected: bool,
+    /// The last message from that data plane.
     pub last_seen: DateTime<Utc>,
     #[serde(flatten)]
     pub health: BackendHealthView,

@@ -43,21 +43,35 @@ pub struct KeySpec {
 /// An API key as shown to readers: never its secret.
 #[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
 pub struct KeyView {
+    /// The key's stable id (spend events carry it as `key_id`).
     pub id: Uuid,
+    /// Unique name.
     pub name: String,
     /// The first characters of the secret, to recognise it.
     pub prefix: String,
+    /// The team it belongs to (budgets and spend group by it; policies read `key.team`).
     pub team: Option<String>,
+    /// Free-form labels policies read as `key.tags`.
     pub tags: Vec<String>,
+    /// Aliases (or models) it may use; empty: any.
     pub allowed_aliases: Vec<String>,
+    /// Requests per minute it may make (absent: unlimited).
     pub rpm_limit: Option<i32>,
+    /// Tokens per minute it may use (absent: unlimited).
     pub tpm_limit: Option<i64>,
+    /// When it stops working (absent: never).
     pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked (absent: active).
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The config version of its last write: the `ETag`, what `If-Match` takes.
     pub revision: i64,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was last written.
     pub updated_at: DateTime<Utc>,
+    /// The principal that created it.
     pub created_by: String,
+    /// The principal that last wrote it.
     pub updated_by: String,
 }
 
@@ -66,6 +80,7 @@ pub struct KeyView {
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
+    /// The key itself (`Authorization: Bearer` on the data plane). Shown only here: store it now.
     pub secret: String,
 }
 

@@ -24,11 +24,17 @@ pub struct PrincipalSpec {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PrincipalView {
+    /// The principal's stable id.
     pub id: Uuid,
+    /// Unique name; the audit log's `actor`.
     pub name: String,
+    /// `admin`, `author` or `auditor`.
     pub role: Role,
+    /// When it was revoked (absent: active).
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The principal that created it.
     pub created_by: String,
 }
 
@@ -37,6 +43,7 @@ pub struct PrincipalView {
 pub struct CreatedPrincipal {
     #[serde(flatten)]
     pub principal: PrincipalView,
+    /// Its bearer token for the admin API. Shown only here: store it now.
     pub token: String,
 }
 

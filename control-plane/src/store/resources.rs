@@ -259,13 +259,16 @@ impl Resource for BudgetSpec {
 pub enum SecretSource {
     /// Resolved by the data plane from its environment.
     Reference {
+        /// The reference as written, e.g. `env:PROVIDER_OPENAI_API_KEY`.
         #[serde(rename = "ref")]
         reference: String,
     },
     /// Stored encrypted. The fingerprint changes with every new secret (a rotation), so the audit log shows one
     /// happened; it is computed from the ciphertext (fresh nonce each time) and says nothing about the secret.
     Encrypted {
+        /// Always true: the secret is stored sealed and never shown.
         encrypted: bool,
+        /// `sha256:` and 16 hex digits; changes with every new secret.
         #[schema(pattern = "^sha256:[0-9a-f]{16}$")]
         fingerprint: String,
     },
@@ -280,14 +283,19 @@ fn fingerprint(sealed: &str) -> String {
 /// The read-only bookkeeping every resource read carries as `meta` (ignored when a read is written back).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct ResourceMeta {
+    /// The resource's stable id.
     pub id: Uuid,
     /// The resource's kind: `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `budget`.
     pub kind: String,
     /// The config version of the last write: the read's `ETag`, and what `If-Match` takes.
     pub revision: i64,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was last written.
     pub updated_at: DateTime<Utc>,
+    /// The principal that created it.
     pub created_by: String,
+    /// The principal that last wrote it.
     pub updated_by: String,
     /// Backends with a secret: where it comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -70,20 +70,26 @@ pub struct SpendFilter {
 /// One group of a report: the grouped dimensions are set, the others `None`.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, ToSchema)]
 pub struct SpendRow {
+    /// The key's id (grouped by `key`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     /// The key's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[sqlx(rename = "key_name")]
     pub key: Option<String>,
+    /// The team (grouped by `team`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// The alias requested (grouped by `alias`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// The backend (grouped by `backend`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// The model served (grouped by `model`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The UTC day (grouped by `day`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Date)]
     pub day: Option<NaiveDate>,
@@ -94,14 +100,19 @@ pub struct SpendRow {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, FromRow, Serialize, ToSchema)]
 pub struct SpendTotals {
+    /// Metered requests.
     pub requests: i64,
     /// Requests whose outcome was not `ok`.
     pub errors: i64,
     /// Requests whose token counts were estimated by the gateway.
     pub estimated: i64,
+    /// Prompt tokens.
     pub prompt_tokens: i64,
+    /// Prompt tokens served from a provider cache.
     pub cached_prompt_tokens: i64,
+    /// Completion tokens.
     pub completion_tokens: i64,
+    /// Prompt tokens written to a provider cache.
     pub cache_creation_tokens: i64,
     /// USD, exact.
     #[schema(value_type = String, example = "12.345678")]
@@ -124,38 +135,70 @@ impl SpendTotals {
 /// A stored spend event, as auditors read it.
 #[derive(Debug, Clone, PartialEq, FromRow, Serialize, ToSchema)]
 pub struct SpendEventRow {
+    /// The event's id, unique (a resent event is stored once).
     pub id: Uuid,
+    /// When the request ended, by the data plane's clock.
     pub occurred_at: DateTime<Utc>,
+    /// When the ledger stored it.
     pub ingested_at: DateTime<Utc>,
+    /// The data plane that served it.
     pub node_id: String,
+    /// The caller's key id.
     pub key_id: String,
+    /// The caller's key name.
     pub key_name: String,
+    /// The key's team (empty: none).
     pub team: String,
+    /// The `model` the caller asked for.
     pub alias: String,
+    /// The route policy that routed it (empty: none).
     pub policy: String,
+    /// The config version it was served with.
     pub snapshot_version: i64,
+    /// The backend that answered last.
     pub backend: String,
+    /// That backend's region (empty: none).
     pub backend_region: String,
+    /// The gateway model that answered.
     pub model: String,
+    /// The model name the backend was sent.
     pub upstream_model: String,
+    /// `chat.completions`, `completions` or `embeddings`.
     pub endpoint: String,
+    /// The HTTP status served (0: none).
     pub status: i32,
+    /// `ok`, `upstream_error`, `interrupted`, `rejected`, `timeout`, `client_closed`, `client_stalled` or `shutdown`
+    /// (docs/spend.md).
     pub outcome: String,
+    /// A streamed response.
     pub streamed: bool,
+    /// A stream that ended early (metered for what went by).
     pub interrupted: bool,
+    /// Prompt tokens.
     pub prompt_tokens: i64,
+    /// Prompt tokens served from a provider cache.
     pub cached_prompt_tokens: i64,
+    /// Completion tokens.
     pub completion_tokens: i64,
+    /// Prompt tokens written to a provider cache.
     pub cache_creation_tokens: i64,
+    /// Token counts come from the gateway's tokenizer (the upstream gave none).
     pub usage_estimated: bool,
+    /// The cost in USD, exact, as a decimal string.
     #[schema(value_type = String, example = "0.000125")]
     pub cost_usd: Decimal,
+    /// From arrival to the last byte, in ms.
     pub latency_ms: i64,
+    /// From arrival to the first byte, in ms (streams).
     pub ttft_ms: Option<i64>,
+    /// The request's `x-request-id`.
     pub request_id: String,
+    /// Upstream attempts, failover included.
     pub attempts: i32,
+    /// The request's metadata (body `metadata` and `x-gateway-meta-*` headers).
     #[schema(value_type = Object)]
     pub metadata: sqlx::types::Json<serde_json::Value>,
+    /// Tool-call validation outcomes: `{tool, outcome, violations}`.
     #[schema(value_type = Vec<Object>)]
     pub tool_calls: sqlx::types::Json<serde_json::Value>,
 }

@@ -72,6 +72,8 @@ async fn the_openapi_document_passes_an_openapi_3_1_validator(pool: PgPool) {
 const EXCLUDED_CHECKS: &str = "positive_data_acceptance";
 /// Test cases per operation and phase: about a minute on two cores, a few minutes on a loaded CI machine.
 const MAX_EXAMPLES: &str = "50";
+/// The message of a CPython 3.11 interpreter bug that hypothesis can trip over, whatever the server answered.
+const INTERPRETER_BUG: &str = "AST constructor recursion depth mismatch";
 
 #[sqlx::test(migrations = false)]
 async fn a_bounded_fuzz_of_the_admin_api_finds_no_server_error_and_no_schema_violation(pool: PgPool) {
@@ -84,19 +86,30 @@ async fn a_bounded_fuzz_of_the_admin_api_finds_no_server_error_and_no_schema_vio
     })
     .await;
     let base = format!("http://{}", cp.admin);
-    let mut command = tokio::process::Command::new(venv_tool("schemathesis"));
-    command
-        .args(["run", &format!("{base}/admin/v1/openapi.json"), "--url", &base])
-        .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-        .args(["--checks", "all", "--exclude-checks", EXCLUDED_CHECKS])
-        .args(["--max-examples", MAX_EXAMPLES, "--workers", "2", "--request-timeout", "20", "--no-color"])
-        .current_dir(scratch(test))
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(600), command.output())
-        .await
-        .expect("schemathesis ran for more than 10 minutes")
-        .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let run = || async {
+        let mut command = tokio::process::Command::new(venv_tool("schemathesis"));
+        command
+            .args(["run", &format!("{base}/admin/v1/openapi.json"), "--url", &base])
+            .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .args(["--checks", "all", "--exclude-checks", EXCLUDED_CHECKS])
+            .args(["--max-examples", MAX_EXAMPLES, "--workers", "2", "--request-timeout", "20", "--no-color"])
+            .current_dir(scratch(test))
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(600), command.output())
+            .await
+            .expect("schemathesis ran for more than 10 minutes")
+            .unwrap();
+        let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output, report)
+    };
+    let (mut output, mut report) = run().await;
+    if !output.status.success() && report.contains(INTERPRETER_BUG) {
+        // This machine's Python 3.11.7 can raise this inside hypothesis itself (a CPython bug, gh-106905, seen once
+        // in many runs); it says nothing about the gateway, so the run is repeated once, loudly, and a second
+        // occurrence fails the test.
+        eprintln!("schemathesis hit the CPython bug {INTERPRETER_BUG:?}; running it once more:\n{report}");
+        (output, report) = run().await;
+    }
     std::fs::write(scratch(test).join("schemathesis.log"), &report).unwrap();
     assert!(
         output.status.success(),

@@ -103,6 +103,7 @@ async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response 
     let mut response = match pipeline::handle(proxy, endpoint, request, &id).await {
         Ok(response) => response,
         Err(error) => {
+            metrics::counter!(crate::metrics::ERRORS, "code" => error.code()).increment(1);
             if let Some(reason) = error.refusal_reason() {
                 metrics::counter!(crate::metrics::REFUSALS, "reason" => reason, "code" => error.code()).increment(1);
             }

@@ -221,6 +221,8 @@ async fn both_planes_count_the_requests_tokens_cost_and_failovers_they_served(po
     assert!(metrics.matching("gateway_time_to_first_token_seconds_count", &up1).is_empty());
     assert_eq!(metrics.value("gateway_refusals_total", &[("reason", "auth"), ("code", "invalid_api_key")]), 1.0);
     assert_eq!(metrics.value("gateway_refusals_total", &[("reason", "bad_request"), ("code", "model_not_found")]), 1.0);
+    assert_eq!(metrics.value("gateway_request_errors_total", &[("code", "invalid_api_key")]), 1.0);
+    assert_eq!(metrics.sum("gateway_request_errors_total", &[]), 2.0, "the two refusals; the failover was served");
     assert_eq!(metrics.value("gateway_snapshot_version", &[]), version as f64);
     assert!(!metrics.0.iter().any(|s| s.labels.values().any(|v| v.contains("no-such-model"))), "caller's names");
     assert!(!metrics.0.iter().any(|s| s.labels.values().any(|v| v.contains(&key))), "no key secret");

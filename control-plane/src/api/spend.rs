@@ -294,7 +294,7 @@ fn report_csv(group_by: &[Dimension], rows: &[SpendRow]) -> Result<Vec<u8>, ApiE
     writer.into_inner().map_err(csv_error)
 }
 
-const EVENT_COLUMNS: [&str; 31] = [
+const EVENT_COLUMNS: [&str; 32] = [
     "id",
     "occurred_at",
     "ingested_at",
@@ -324,6 +324,7 @@ const EVENT_COLUMNS: [&str; 31] = [
     "ttft_ms",
     "request_id",
     "attempts",
+    "trace_id",
     "metadata",
     "tool_calls",
 ];
@@ -364,6 +365,7 @@ fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
                 e.ttft_ms.map(|t| t.to_string()).unwrap_or_default(),
                 e.request_id.clone(),
                 e.attempts.to_string(),
+                e.trace_id.clone().unwrap_or_default(),
                 e.metadata.0.to_string(),
                 e.tool_calls.0.to_string(),
             ])

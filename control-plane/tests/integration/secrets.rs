@@ -58,8 +58,7 @@ async fn secrets_are_sealed_and_never_returned(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn literal_secrets_need_an_encryption_key(pool: PgPool) {
-    let context =
-        WriteContext { sealer: None, ..WriteContext::default() };
+    let context = WriteContext { sealer: None, ..WriteContext::default() };
     let app = TestApp::with(pool, context, 64 * 1024).await;
     let mut body = backend("b1");
     body["secret"] = json!({"value": SECRET});

@@ -52,7 +52,7 @@ pub fn record_alias(span: &Span, operation: &str, alias: &str) {
     if span.is_disabled() {
         return;
     }
-    span.record("otel.name", format!("{operation} {alias}"));
+    gateway_telemetry::rename(span, format!("{operation} {alias}"));
     span.record("gen_ai.request.model", alias);
     span.record("gateway.alias", alias);
 }

@@ -64,13 +64,20 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
     let settings = Settings::from_env()?;
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // One global filter: RUST_LOG's directives for the logs, plus the exported spans' target when exporting. (The
+    // same EnvFilter as a per-layer filter beside the exporter's lost every exported span as soon as RUST_LOG named a
+    // target of its own, e.g. `info,control_plane=debug`.)
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if settings.export.is_some()
+        && let Ok(directive) = format!("{TARGET}=info").parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
     let logs = match settings.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -78,7 +85,6 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
             .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
-            .with_filter(filter)
             .boxed(),
     };
     layers.push(logs);
@@ -103,7 +109,7 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
             Some(provider)
         }
     };
-    tracing_subscriber::registry().with(layers).try_init()?;
+    tracing_subscriber::registry().with(layers).with(filter).try_init()?;
     EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     SPANS.store(provider.is_some() || settings.log_format == LogFormat::Json, Ordering::Relaxed);
     if let Some(protocol) = settings.export {
@@ -123,6 +129,15 @@ fn exporter(protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, Init
         }
     };
     built.map_err(|e| InitError::Exporter(e.to_string()))
+}
+
+/// Rename `span` (its name once more is known than when it started, e.g. the alias after the body is read).
+pub fn rename(span: &tracing::Span, name: String) {
+    if exporting() && !span.is_disabled() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        span.context().span().update_name(name);
+    }
 }
 
 /// How long the last export may take on shutdown.

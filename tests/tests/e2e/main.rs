@@ -16,3 +16,4 @@ mod snapshots;
 mod spend;
 mod spend_edges;
 mod tools;
+mod traces;

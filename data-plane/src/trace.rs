@@ -30,7 +30,6 @@ pub fn request_span(operation: &'static str, request_id: &str) -> Span {
         gen_ai.response.model = Empty,
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
-        gen_ai.response.finish_reasons = Empty,
         http.response.status_code = Empty,
         error.type = Empty,
         gateway.policy = Empty,
@@ -67,7 +66,7 @@ pub fn record_status(span: &Span, status: u16, error: Option<&str>) {
 }
 
 /// The request's spend event, made when the request is over: what served it and what it cost.
-pub fn record_event(span: &Span, event: &v1::SpendEvent, kind: Option<BackendKind>, finish_reasons: &[String]) {
+pub fn record_event(span: &Span, event: &v1::SpendEvent, kind: Option<BackendKind>) {
     if span.is_disabled() {
         return;
     }
@@ -77,9 +76,6 @@ pub fn record_event(span: &Span, event: &v1::SpendEvent, kind: Option<BackendKin
     span.record("gen_ai.response.model", event.upstream_model.as_str());
     span.record("gen_ai.usage.input_tokens", event.prompt_tokens);
     span.record("gen_ai.usage.output_tokens", event.completion_tokens);
-    if !finish_reasons.is_empty() {
-        span.record("gen_ai.response.finish_reasons", tracing::field::debug(finish_reasons));
-    }
     if !event.policy.is_empty() {
         span.record("gateway.policy", event.policy.as_str());
     }

@@ -37,6 +37,13 @@ impl Injector for Inject<'_> {
     }
 }
 
+/// W3C's lengths (the propagator also takes a 16-digit trace id, which the recommendation does not): version,
+/// 32-digit trace id, 16-digit parent id, flags; a future version may append fields after a dash.
+fn well_formed(value: &[u8]) -> bool {
+    let parts: Vec<usize> = value.split(|b| *b == b'-').map(<[u8]>::len).collect();
+    parts.len() >= 4 && parts[..4] == [2, 32, 16, 2]
+}
+
 /// One request's trace: its span (disabled unless spans are on) and the caller's context.
 #[derive(Clone, Debug)]
 pub struct RequestTrace {
@@ -51,7 +58,7 @@ impl RequestTrace {
     pub fn new(span: Span, headers: &HeaderMap) -> RequestTrace {
         let mut caller = None;
         let mut trace_id = None;
-        if let Some(traceparent) = headers.get(TRACEPARENT) {
+        if let Some(traceparent) = headers.get(TRACEPARENT).filter(|v| well_formed(v.as_bytes())) {
             let context = TraceContextPropagator::new().extract(&Extract(headers));
             let span_context = context.span().span_context().clone();
             if span_context.is_valid() {

@@ -57,8 +57,11 @@ async fn bench() {
     println!("{REQUESTS} requests per target in {SLICES} interleaved slices, after {WARMUP} warm-up each");
     for (concurrency, stream) in [(1, false), (1, true), (8, false), (8, true)] {
         let body = json!({"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream});
-        let targets = [(direct.as_str(), None), (&*off.url("/v1/chat/completions"), Some(key.as_str())),
-            (&*on.url("/v1/chat/completions"), Some(key.as_str()))];
+        let targets = [
+            (direct.as_str(), None),
+            (&*off.url("/v1/chat/completions"), Some(key.as_str())),
+            (&*on.url("/v1/chat/completions"), Some(key.as_str())),
+        ];
         let mut samples = [Vec::new(), Vec::new(), Vec::new()];
         for (url, key) in targets {
             load(&client, url, key, &body, concurrency, WARMUP).await;

@@ -324,9 +324,10 @@ const EVENT_COLUMNS: [&str; 32] = [
     "ttft_ms",
     "request_id",
     "attempts",
-    "trace_id",
     "metadata",
     "tool_calls",
+    // Appended, so columns that readers locate by position keep their place.
+    "trace_id",
 ];
 
 fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
@@ -365,9 +366,9 @@ fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
                 e.ttft_ms.map(|t| t.to_string()).unwrap_or_default(),
                 e.request_id.clone(),
                 e.attempts.to_string(),
-                e.trace_id.clone().unwrap_or_default(),
                 e.metadata.0.to_string(),
                 e.tool_calls.0.to_string(),
+                e.trace_id.clone().unwrap_or_default(),
             ])
             .map_err(csv_error)?;
     }

@@ -428,7 +428,7 @@ impl Drop for RequestSpend {
         let contributions = event_contributions(&self.snapshot.config.budgets, &event);
         metrics::counter!("gateway_spend_events_total", "outcome" => event.outcome.clone()).increment(1);
         let kind = self.snapshot.config.backends.get(&event.backend).map(|b| b.kind);
-        crate::trace::record_event(self.trace.span(), &event, kind, &[]);
+        crate::trace::record_event(self.trace.span(), &event, kind);
         self.reporter.record(event, contributions);
     }
 }

@@ -98,6 +98,7 @@ fn batch(n: usize, day: DateTime<Utc>, seed: usize, spread: Spread) -> v1::Spend
                 metadata: [("task".to_owned(), "summarise".to_owned())].into(),
                 tool_calls: vec![],
                 attempts: 1,
+                trace_id: String::new(),
             }
         })
         .collect();

@@ -60,6 +60,8 @@ pub struct SpendRecord {
     pub ttft_ms: Option<i64>,
     pub request_id: String,
     pub attempts: i32,
+    /// The request's W3C trace id (32 lowercase hex digits); `None`: the event carries none.
+    pub trace_id: Option<String>,
     /// JSON object text.
     pub metadata: String,
     /// JSON array text of `{tool, outcome, violations}`.
@@ -219,9 +221,23 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
         request_id: text("request_id", &event.request_id, MAX_TEXT)?,
         attempts: i32::try_from(event.attempts)
             .map_err(|_| ("attempts", format!("{} is out of range", event.attempts)))?,
+        trace_id: trace_id(&event.trace_id)?,
         metadata: serde_json::to_string(&metadata).unwrap_or_else(|_| "{}".to_owned()),
         tool_calls: serde_json::Value::Array(tool_calls).to_string(),
     })
+}
+
+/// A trace id: empty (none), or W3C's form, 32 lowercase hex digits not all zero.
+fn trace_id(text: &str) -> Result<Option<String>, Invalid> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let hex = text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex || text.bytes().all(|b| b == b'0') {
+        let shown: String = text.chars().take(64).collect();
+        return Err(("trace_id", format!("{shown:?} is not a W3C trace id (32 lowercase hex digits, not all zero)")));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 /// A cost: a plain non-negative decimal (`"0.000123"`), at most 18 decimal places, below 1e9. Checked as text
@@ -304,6 +320,12 @@ mod tests {
         check(|e| e.outcome = String::new(), Some("outcome"));
         check(|e| e.status = 1000, Some("status"));
         check(|e| e.attempts = u32::MAX, Some("attempts"));
+        check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into(), None);
+        check(|e| e.trace_id = "4BF92F3577B34DA6A3CE929D0E0E4736".into(), Some("trace_id"));
+        check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e473".into(), Some("trace_id"));
+        check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e47360".into(), Some("trace_id"));
+        check(|e| e.trace_id = "0".repeat(32), Some("trace_id"));
+        check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e473g".into(), Some("trace_id"));
     }
 
     #[test]

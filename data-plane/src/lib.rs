@@ -31,6 +31,7 @@ mod spend;
 mod stream;
 mod subscription;
 mod tools;
+mod trace;
 
 // The surface other crates use (the binary, the end-to-end harness, the benchmarks); everything else is private to
 // this crate. `run`/`serve` with `settings` start a data plane; `state`, `persist` and `snapshot` let a harness

@@ -7,6 +7,7 @@
 
 mod background;
 pub mod mock;
+pub mod otlp;
 pub mod pipeline;
 
 use std::net::SocketAddr;

@@ -224,6 +224,8 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
         "x_api_key": header("x-api-key"),
         "anthropic_version": header("anthropic-version"),
         "request_id": header("x-request-id"),
+        "traceparent": header("traceparent"),
+        "tracestate": header("tracestate"),
         "body": request,
     }));
     let scripted = mock.script.lock().await.pop_front();

@@ -15,6 +15,7 @@ pub mod openapi;
 mod resources;
 mod spend;
 mod store_error;
+mod trace;
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/spend/events", get(spend::events))
         .route("/evaluate", post(evaluate::evaluate))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn(trace::admin_write))
         .route("/openapi.json", get(openapi::serve));
 
     Router::new()

@@ -299,7 +299,7 @@ fn report_csv(group_by: &[Dimension], rows: &[SpendRow]) -> Result<Vec<u8>, ApiE
     writer.into_inner().map_err(csv_error)
 }
 
-const EVENT_COLUMNS: [&str; 31] = [
+const EVENT_COLUMNS: [&str; 32] = [
     "id",
     "occurred_at",
     "ingested_at",
@@ -331,6 +331,8 @@ const EVENT_COLUMNS: [&str; 31] = [
     "attempts",
     "metadata",
     "tool_calls",
+    // Appended, so columns that readers locate by position keep their place.
+    "trace_id",
 ];
 
 fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
@@ -371,6 +373,7 @@ fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
                 e.attempts.to_string(),
                 e.metadata.0.to_string(),
                 e.tool_calls.0.to_string(),
+                e.trace_id.clone().unwrap_or_default(),
             ])
             .map_err(csv_error)?;
     }

@@ -85,6 +85,7 @@ pub fn message(e: &Ev) -> v1::SpendEvent {
         metadata: [("task".to_owned(), "code, \"quoted\"".to_owned())].into(),
         tool_calls: vec![v1::ToolCallOutcome { tool: "search".into(), outcome: "valid".into(), violations: 0 }],
         attempts: 1,
+        trace_id: String::new(),
     }
 }
 

@@ -34,16 +34,26 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
-    /// A fixed class for `gateway_upstream_errors_total{class}`: `rate_limited` (429), `status` (another error
-    /// status), `connect`, `timeout`, `redirect`, `not_sent` (unsupported or refused here).
+    /// The upstream's status, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AttemptError::Status { status, .. } | AttemptError::Redirect { status, .. } => Some(*status),
+            AttemptError::Connect(_) | AttemptError::Timeout(_) | AttemptError::Unsupported(_) => None,
+            AttemptError::Refused(_) => None,
+        }
+    }
+
+    /// A fixed name of the failure's class: a trace's `error.type` and `gateway_upstream_errors_total{class}`.
     pub fn class(&self) -> &'static str {
         match self {
-            AttemptError::Status { status: 429, .. } => "rate_limited",
-            AttemptError::Status { .. } => "status",
             AttemptError::Connect(_) => "connect",
             AttemptError::Timeout(_) => "timeout",
+            AttemptError::Status { status: 429, .. } => "rate_limited",
+            AttemptError::Status { status, .. } if *status >= 500 => "server_error",
+            AttemptError::Status { .. } => "client_error",
             AttemptError::Redirect { .. } => "redirect",
-            AttemptError::Unsupported(_) | AttemptError::Refused(_) => "not_sent",
+            AttemptError::Unsupported(_) => "unsupported",
+            AttemptError::Refused(_) => "refused",
         }
     }
 
@@ -82,6 +92,8 @@ pub struct SendOptions<'a> {
     pub request_id: &'a str,
     /// Leave out the `stream_options.include_usage` the gateway added (the backend refuses it).
     pub omit_usage_option: bool,
+    /// W3C trace context for the upstream (`traceparent`, `tracestate`), possibly none.
+    pub trace_headers: &'a reqwest::header::HeaderMap,
 }
 
 impl Upstreams {
@@ -141,6 +153,7 @@ impl Upstreams {
             .authorized(backend, reqwest::Method::POST, &url, native_key_header, headers)?
             .header("content-type", "application/json")
             .header("x-request-id", request_id)
+            .headers(options.trace_headers.clone())
             .body(payload);
         let first_byte = backend.timeouts.first_byte_ms;
         let response = self.send_within(backend, request, Duration::from_millis(first_byte)).await?;

@@ -97,7 +97,8 @@ fn backend(base_url: &str, auth: BackendAuth, secret: Option<SecretSpec>) -> Bac
 
 async fn send(upstreams: &Upstreams, backend: &BackendSpec) -> Result<reqwest::Response, AttemptError> {
     let body = json!({"messages": [{"role": "user", "content": "hi"}]});
-    let options = SendOptions { request_id: "test", omit_usage_option: false };
+    let no_trace = reqwest::header::HeaderMap::new();
+    let options = SendOptions { request_id: "test", omit_usage_option: false, trace_headers: &no_trace };
     upstreams.send(backend, "m", Endpoint::ChatCompletions, body.as_object().unwrap(), options).await
 }
 

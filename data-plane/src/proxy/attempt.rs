@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use policy_engine::config::BackendSpec;
 use policy_engine::routing::PlannedCandidate;
 use policy_engine::tool_policy::InvalidCallAction;
+use tracing::Instrument;
 
 use super::Proxy;
 use crate::control::snapshot::CompiledSnapshot;
@@ -29,6 +30,7 @@ use crate::stream::metered::MeteredStream;
 use crate::stream::sse;
 use crate::tools::governance::{self, ToolGovernance, ToolReport};
 use crate::tools::stream::ToolStream;
+use crate::trace;
 
 /// One request's forwarding, shared by its attempts (and by the retries of invalid tool calls).
 pub struct Attempts<'a> {
@@ -179,10 +181,32 @@ impl Attempts<'_> {
         deadline: tokio::time::Instant,
     ) -> Result<reqwest::Response, AttemptError> {
         let (upstreams, parsed) = (&self.proxy.upstreams, self.parsed);
+        let trace = self.spend.trace();
+        let span =
+            trace::attempt_span(trace.span(), backend.kind, &backend.name, &candidate.model, &candidate.upstream_model);
+        let trace_headers = trace.upstream_headers(&span);
         let send = |omit_usage_option: bool| {
-            let options = SendOptions { request_id: self.id, omit_usage_option };
+            let options = SendOptions { request_id: self.id, omit_usage_option, trace_headers: &trace_headers };
             upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, options)
         };
+        let attempt = self.send_once(backend, candidate, deadline, send).instrument(span.clone()).await;
+        let (status, error) = match &attempt {
+            Ok(response) => (Some(response.status().as_u16()), None),
+            Err(error) => (error.status(), Some(error.class())),
+        };
+        trace::record_attempt(&span, status, error);
+        attempt
+    }
+
+    /// [`Attempts::send`] with its span and trace headers in `send`.
+    async fn send_once<F: Future<Output = Result<reqwest::Response, AttemptError>>>(
+        &self,
+        backend: &BackendSpec,
+        candidate: &PlannedCandidate,
+        deadline: tokio::time::Instant,
+        send: impl Fn(bool) -> F,
+    ) -> Result<reqwest::Response, AttemptError> {
+        let upstreams = &self.proxy.upstreams;
         let omitted = self.strip_usage && upstreams.refuses_usage_option(&backend.name);
         let previous = self.spend.attempt(candidate);
         self.spend.exchange().set_deadline(deadline);

@@ -14,7 +14,9 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use gateway_telemetry::RequestTrace;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::control::snapshot::CompiledSnapshot;
 use crate::control::state::Current;
@@ -26,6 +28,7 @@ use crate::providers::upstream::Upstreams;
 use crate::ratelimit::limiter::RateLimiter;
 use crate::spend::budgets::BudgetLedger;
 use crate::spend::reporter::Reporter;
+use crate::trace;
 
 /// What the proxy shares across requests.
 pub struct Proxy {
@@ -100,9 +103,15 @@ async fn embeddings(State(proxy): State<Arc<Proxy>>, request: Request) -> Respon
 
 async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response {
     let id = request_id(request.headers());
-    let mut response = match pipeline::handle(proxy, endpoint, request, &id).await {
-        Ok(response) => response,
+    let trace = RequestTrace::new(trace::request_span(operation(endpoint), &id), request.headers());
+    let span = trace.span().clone();
+    let mut response = match pipeline::handle(proxy, endpoint, request, &id, &trace).instrument(span.clone()).await {
+        Ok(response) => {
+            trace::record_status(&span, response.status().as_u16(), None);
+            response
+        }
         Err(error) => {
+            trace::record_status(&span, error.status().as_u16(), Some(error.code()));
             metrics::counter!(crate::metrics::ERRORS, "code" => error.code()).increment(1);
             if let Some(reason) = error.refusal_reason() {
                 metrics::counter!(crate::metrics::REFUSALS, "reason" => reason, "code" => error.code()).increment(1);
@@ -114,6 +123,15 @@ async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response 
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// `gen_ai.operation.name` of an endpoint (the GenAI semantic conventions' values).
+pub(crate) fn operation(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "chat",
+        Endpoint::Completions => "text_completion",
+        Endpoint::Embeddings => "embeddings",
+    }
 }
 
 /// The aliases (and models) a key may use.

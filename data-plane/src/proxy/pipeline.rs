@@ -29,6 +29,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::Response;
+use gateway_telemetry::RequestTrace;
 use policy_engine::config::Strategy;
 use policy_engine::facts::KeyFacts;
 use policy_engine::routing::{Decision, PlannedCandidate, weighted_order};
@@ -47,9 +48,16 @@ use crate::spend::estimate::{self, Admitting};
 use crate::spend::metering;
 use crate::spend::record::{RequestSpend, SpendContext};
 use crate::tools::governance;
+use crate::trace;
 
 /// Serve one request of `endpoint` (see the module documentation for the steps).
-pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &str) -> Result<Response, GatewayError> {
+pub async fn handle(
+    proxy: &Proxy,
+    endpoint: Endpoint,
+    request: Request,
+    id: &str,
+    trace: &RequestTrace,
+) -> Result<Response, GatewayError> {
     let arrived = Instant::now();
     let occurred_at = chrono::Utc::now();
     let snapshot = proxy.snapshot()?;
@@ -58,6 +66,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
     let key = authenticate(&parts.headers, &snapshot, occurred_at.timestamp())?;
     let bytes = read_body(body, proxy.max_body_bytes).await?;
     let mut parsed = request::parse(endpoint, &bytes)?;
+    trace::record_alias(trace.span(), super::operation(endpoint), &parsed.model);
     if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
         return Err(GatewayError::ModelNotAllowed { model: parsed.model });
     }
@@ -114,6 +123,7 @@ pub async fn handle(proxy: &Proxy, endpoint: Endpoint, request: Request, id: &st
         arrived,
         occurred_at,
         exchange,
+        trace: trace.clone(),
     };
     let spend = RequestSpend::start(context, proxy.reporter.clone());
     // Breakers and observed latency last: skipping an open backend must not change what was admitted or reserved.

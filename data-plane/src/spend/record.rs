@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use gateway_proto::v1;
+use gateway_telemetry::RequestTrace;
 use policy_engine::routing::PlannedCandidate;
 use policy_engine::tool_policy::ToolCallOutcome;
 use rust_decimal::Decimal;
@@ -99,6 +100,8 @@ pub struct SpendContext<'a> {
     pub occurred_at: DateTime<Utc>,
     /// The request's handle on its connection.
     pub exchange: Exchange,
+    /// The request's span, ended with what was metered when the event is made, and its trace id.
+    pub trace: RequestTrace,
 }
 
 struct SpendState {
@@ -128,6 +131,7 @@ pub struct RequestSpend {
     state: Mutex<SpendState>,
     exchange: Exchange,
     rates: RequestRates,
+    trace: RequestTrace,
     /// Released after the event is recorded (fields drop after `Drop::drop`), so the budget never sees neither.
     _reservation: Reservation,
     /// Closed after the event is recorded: the reporter's last cut on shutdown waits for it.
@@ -152,6 +156,7 @@ impl RequestSpend {
             streamed: context.request.stream,
             request_id: context.request_id.to_owned(),
             metadata: metadata_tags(context.metadata),
+            trace_id: context.trace.trace_id().unwrap_or_default().to_owned(),
             ..v1::SpendEvent::default()
         };
         let prompt_estimate = OnceLock::new();
@@ -180,6 +185,7 @@ impl RequestSpend {
             }),
             exchange: context.exchange,
             rates: context.rates,
+            trace: context.trace,
             _reservation: context.reservation,
             _open: open,
         })
@@ -212,6 +218,11 @@ impl RequestSpend {
     /// The request's rate-limit charges: backends are admitted per attempt, the key's headers go on the response.
     pub fn rates(&self) -> &RequestRates {
         &self.rates
+    }
+
+    /// The request's trace: its span (the parent of each attempt's) and the headers attempts carry.
+    pub fn trace(&self) -> &RequestTrace {
+        &self.trace
     }
 
     /// The request's handle on its connection (where the proxy sets the exchange's deadline).
@@ -443,6 +454,8 @@ impl Drop for RequestSpend {
         let contributions = event_contributions(&self.snapshot.config.budgets, &event);
         metrics::counter!("gateway_spend_events_total", "outcome" => event.outcome.clone()).increment(1);
         self.record_metrics(&event);
+        let kind = self.snapshot.config.backends.get(&event.backend).map(|b| b.kind);
+        crate::trace::record_event(self.trace.span(), &event, kind);
         self.reporter.record(event, contributions);
     }
 }

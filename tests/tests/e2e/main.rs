@@ -18,3 +18,4 @@ mod snapshots;
 mod spend;
 mod spend_edges;
 mod tools;
+mod traces;

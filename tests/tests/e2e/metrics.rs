@@ -212,7 +212,7 @@ async fn both_planes_count_the_requests_tokens_cost_and_failovers_they_served(po
     assert_eq!(metrics.value("gateway_cost_nano_usd_total", &up0), 7_290_000.0);
     assert_eq!(metrics.value("gateway_cost_nano_usd_total", &up1), 80_000.0);
     assert_eq!(metrics.value("gateway_failovers_total", &[("alias", "chat"), ("backend", "up1")]), 1.0);
-    assert_eq!(metrics.value("gateway_upstream_errors_total", &[("backend", "up0"), ("class", "status")]), 1.0);
+    assert_eq!(metrics.value("gateway_upstream_errors_total", &[("backend", "up0"), ("class", "server_error")]), 1.0);
     assert_eq!(metrics.sum("gateway_upstream_errors_total", &[]), 1.0);
     assert_eq!(metrics.value("gateway_request_duration_seconds_count", &up0), 2.0);
     assert_eq!(metrics.value("gateway_request_duration_seconds_count", &up1), 1.0);

@@ -1,0 +1,146 @@
+//! W3C trace context on HTTP headers: the caller's `traceparent` (and `tracestate`) read once per request, the trace
+//! id a request is recorded under, and the headers each upstream attempt carries.
+//!
+//! The rule (docs/observability.md): with traces exported, a request's span continues the caller's trace and each
+//! attempt sends its own span's context; with traces off, the caller's valid `traceparent` and `tracestate` are
+//! passed on unchanged. Either way the request's trace id is the caller's when it sent a valid one.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+struct Extract<'a>(&'a HeaderMap);
+
+impl Extractor for Extract<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct Inject<'a>(&'a mut HeaderMap);
+
+impl Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// W3C's lengths (the propagator also takes a 16-digit trace id, which the recommendation does not): version,
+/// 32-digit trace id, 16-digit parent id, flags; a future version may append fields after a dash.
+fn well_formed(value: &[u8]) -> bool {
+    let parts: Vec<usize> = value.split(|b| *b == b'-').map(<[u8]>::len).collect();
+    parts.len() >= 4 && parts[..4] == [2, 32, 16, 2]
+}
+
+/// One request's trace: its span (disabled unless spans are on) and the caller's context.
+#[derive(Clone, Debug)]
+pub struct RequestTrace {
+    span: Span,
+    /// The caller's `traceparent` and `tracestate`, when its `traceparent` is valid.
+    caller: Option<(HeaderValue, Option<HeaderValue>)>,
+    trace_id: Option<String>,
+}
+
+impl RequestTrace {
+    /// `span` made a child of the caller's context in `headers` (when traces are exported).
+    pub fn new(span: Span, headers: &HeaderMap) -> RequestTrace {
+        let mut caller = None;
+        let mut trace_id = None;
+        if let Some(traceparent) = headers.get(TRACEPARENT).filter(|v| well_formed(v.as_bytes())) {
+            let context = TraceContextPropagator::new().extract(&Extract(headers));
+            let span_context = context.span().span_context().clone();
+            if span_context.is_valid() {
+                trace_id = Some(span_context.trace_id().to_string());
+                caller = Some((traceparent.clone(), headers.get(TRACESTATE).cloned()));
+                if crate::exporting() {
+                    // Fails only for a span already started or disabled, neither of which has a parent to take.
+                    let _ = span.set_parent(context);
+                }
+            }
+        }
+        if crate::exporting() {
+            let own = span.context().span().span_context().clone();
+            if own.is_valid() {
+                trace_id = Some(own.trace_id().to_string());
+            }
+        }
+        if let Some(id) = &trace_id {
+            span.record("trace_id", id.as_str());
+        }
+        RequestTrace { span, caller, trace_id }
+    }
+
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The request's trace id (32 lowercase hex digits): its span's when exported, else the caller's, if any.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    /// The trace headers an upstream attempt sends: `attempt`'s context when traces are exported, else the
+    /// caller's headers as they came.
+    pub fn upstream_headers(&self, attempt: &Span) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if crate::exporting() {
+            TraceContextPropagator::new().inject_context(&attempt.context(), &mut Inject(&mut headers));
+        } else if let Some((traceparent, tracestate)) = &self.caller {
+            headers.insert(TRACEPARENT, traceparent.clone());
+            if let Some(tracestate) = tracestate {
+                headers.insert(TRACESTATE, tracestate.clone());
+            }
+        }
+        headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(traceparent: &str) -> RequestTrace {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_str(traceparent).unwrap_or(HeaderValue::from_static("x")));
+        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        RequestTrace::new(Span::none(), &headers)
+    }
+
+    #[test]
+    fn the_callers_trace_id_when_not_exporting() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = trace(valid);
+        assert_eq!(trace.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let sent = trace.upstream_headers(&Span::none());
+        assert_eq!(sent.get(TRACEPARENT).and_then(|v| v.to_str().ok()), Some(valid));
+        assert_eq!(sent.get(TRACESTATE).and_then(|v| v.to_str().ok()), Some("vendor=1"));
+    }
+
+    #[test]
+    fn invalid_traceparents_are_ignored() {
+        for invalid in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let trace = trace(invalid);
+            assert_eq!(trace.trace_id(), None, "{invalid}");
+            assert!(trace.upstream_headers(&Span::none()).is_empty(), "{invalid}");
+        }
+        assert_eq!(RequestTrace::new(Span::none(), &HeaderMap::new()).trace_id(), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! What both planes share to be observed: the process's `tracing` subscriber (text or JSON log lines, and
+//! OpenTelemetry traces exported over OTLP when an endpoint is configured), its flush on shutdown, and W3C trace
+//! context on HTTP headers ([`RequestTrace`]). Described in `docs/observability.md`.
+//!
+//! Off costs nothing: without an endpoint no exporter, processor or OpenTelemetry layer exists, and the planes build
+//! their spans only when [`spans_on`] says so (else they hold [`tracing::Span::none`]).
+
+mod context;
+mod settings;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithHttpConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+pub use context::{RequestTrace, TRACEPARENT, TRACESTATE};
+pub use settings::{LogFormat, Protocol, Settings, SettingsError};
+
+/// The target of the spans that are exported: the planes create theirs with `target: gateway_telemetry::TARGET`.
+/// Other spans and events stay in the logs only.
+pub const TARGET: &str = "gateway_trace";
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+static SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Whether traces are exported.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Whether the planes build their request spans: when traces are exported, and for JSON logs (whose lines carry the
+/// request's id and trace id from its span).
+pub fn spans_on() -> bool {
+    SPANS.load(Ordering::Relaxed)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("could not build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("a tracing subscriber is already installed: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// The installed telemetry; [`Telemetry::shutdown`] flushes the spans not exported yet.
+#[must_use = "shut it down to export the last spans"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Install the process's subscriber from the environment; `service` names the process in traces unless
+/// `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) does. Must run inside a Tokio runtime.
+pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
+    let settings = Settings::from_env()?;
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+    // One global filter: RUST_LOG's directives for the logs, plus the exported spans' target when exporting. (The
+    // same EnvFilter as a per-layer filter beside the exporter's lost every exported span as soon as RUST_LOG named a
+    // target of its own, e.g. `info,control_plane=debug`.)
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if settings.export.is_some()
+        && let Ok(directive) = format!("{TARGET}=info").parse()
+    {
+        filter = filter.add_directive(directive);
+    }
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    let logs = match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    layers.push(logs);
+    let provider = match settings.export {
+        None => None,
+        Some(protocol) => {
+            let resource =
+                if named { Resource::builder() } else { Resource::builder().with_service_name(service) }.build();
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(
+                    BatchSpanProcessor::builder(exporter(protocol)?, opentelemetry_sdk::runtime::Tokio).build(),
+                )
+                .with_resource(resource)
+                .build();
+            let tracer = provider.tracer(service);
+            layers.push(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO))
+                    .boxed(),
+            );
+            Some(provider)
+        }
+    };
+    tracing_subscriber::registry().with(layers).with(filter).try_init()?;
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
+    SPANS.store(provider.is_some() || settings.log_format == LogFormat::Json, Ordering::Relaxed);
+    if let Some(protocol) = settings.export {
+        tracing::info!(?protocol, "exporting traces over OTLP");
+    }
+    Ok(Telemetry { provider })
+}
+
+fn exporter(protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
+    let built = match protocol {
+        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+        Protocol::HttpProtobuf => {
+            // The workspace's reqwest brings no TLS provider of its own: ring, as the planes' other clients use.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::Client::builder().build().map_err(|e| InitError::Exporter(e.to_string()))?;
+            opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(client).build()
+        }
+    };
+    built.map_err(|e| InitError::Exporter(e.to_string()))
+}
+
+/// Rename `span` (its name once more is known than when it started, e.g. the alias after the body is read).
+pub fn rename(span: &tracing::Span, name: String) {
+    if exporting() && !span.is_disabled() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        span.context().span().update_name(name);
+    }
+}
+
+/// How long the last export may take on shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Telemetry {
+    /// Export the spans still buffered, within a few seconds (a collector that is down must not hold a shutdown).
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else { return };
+        // The processor answers from its own task: wait for it off the async workers.
+        let flushed =
+            tokio::time::timeout(FLUSH_TIMEOUT, tokio::task::spawn_blocking(move || provider.shutdown())).await;
+        match flushed {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the last traces could not be exported"),
+            Ok(Err(error)) => tracing::warn!(%error, "the trace exporter's shutdown failed"),
+            Err(_) => tracing::warn!("the last traces were not exported within {FLUSH_TIMEOUT:?}"),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! What exporting traces costs a whole request: two data-plane processes (the release binary) on one snapshot and
+//! one mock upstream, one with tracing off and one exporting every request's spans over OTLP/gRPC to a receiver in
+//! this process (`gateway_e2e::otlp`, decoding every batch), measured in interleaved slices of the same run so drift
+//! hits both alike; the mock straight gives the gateway's own share. Concurrency 1 and 8, non-streaming and streaming.
+//!
+//! `cargo build --release --bin data-plane && cargo bench -p gateway-e2e --bench trace_load` (no database: the
+//! data planes serve a snapshot file).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use gateway_e2e::otlp::OtlpReceiver;
+use gateway_e2e::pipeline::Snapshot;
+use gateway_e2e::{DataPlane, DataPlaneConfig, MockUpstream};
+use serde_json::{Value, json};
+
+const SLICES: usize = 8;
+const REQUESTS: usize = 3200;
+const WARMUP: usize = 400;
+
+fn main() {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let mock = MockUpstream::start("trace_load", "mock").await;
+    let mut snapshot = Snapshot::new();
+    snapshot.backend(json!({"name": "mock", "kind": "openai", "base_url": mock.base_url(), "auth": {"type": "none"}}));
+    snapshot.model(json!({"name": "m", "backend": "mock", "upstream_model": "mock-model",
+                          "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "2"}}));
+    snapshot.alias(json!({"name": "gpt", "candidates": [{"model": "m"}]}));
+    let key = snapshot.key(json!({"name": "bench"}));
+    let dir = std::env::temp_dir().join(format!("gateway-bench-traces-{}", std::process::id()));
+    let file = data_plane::persist::write(&dir, &snapshot.build()).unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let plane = |name: &str, env: Vec<(String, String)>| {
+        let mut config = DataPlaneConfig::new("trace_load", name, "http://127.0.0.1:1");
+        config.snapshot = Some(file.clone());
+        config.env = env;
+        config.env.push(("RUST_LOG".into(), "warn".into()));
+        DataPlane::start(&config)
+    };
+    let off = plane("off", Vec::new());
+    let on = plane("on", receiver.env("grpc", "bench"));
+    for dp in [&off, &on] {
+        while dp.readyz().await.is_none_or(|(status, _)| status != 200) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let client = reqwest::Client::builder().pool_max_idle_per_host(32).build().unwrap();
+    let direct = format!("{}/chat/completions", mock.base_url());
+    println!("{REQUESTS} requests per target in {SLICES} interleaved slices, after {WARMUP} warm-up each");
+    for (concurrency, stream) in [(1, false), (1, true), (8, false), (8, true)] {
+        let body = json!({"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream});
+        let targets = [
+            (direct.as_str(), None),
+            (&*off.url("/v1/chat/completions"), Some(key.as_str())),
+            (&*on.url("/v1/chat/completions"), Some(key.as_str())),
+        ];
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        for (url, key) in targets {
+            load(&client, url, key, &body, concurrency, WARMUP).await;
+        }
+        for _ in 0..SLICES {
+            for (i, (url, key)) in targets.iter().enumerate() {
+                samples[i].extend(load(&client, url, *key, &body, concurrency, REQUESTS / SLICES).await);
+            }
+        }
+        let [base, off, on] = samples.map(percentiles);
+        let label = format!("c={concurrency} {}", if stream { "streaming" } else { "non-streaming" });
+        println!(
+            "{label:>17}: direct p50 {:.3} p99 {:.3} | tracing off p50 {:.3} p99 {:.3} | exporting p50 {:.3} p99 {:.3} ms",
+            base.0, base.1, off.0, off.1, on.0, on.1
+        );
+        let own = off.0 - base.0;
+        println!(
+            "{label:>17}: exporting adds p50 {:+.3} ms, p99 {:+.3} ms; p50 {:+.1} % of the gateway's own share ({own:.3} ms)",
+            on.0 - off.0,
+            on.1 - off.1,
+            (on.0 - off.0) / own * 100.0
+        );
+    }
+    println!("spans received: {}", receiver.spans().len());
+    drop((off, on));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `count` requests at `concurrency`; each one's latency (the whole answer read).
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &Value,
+    concurrency: usize,
+    count: usize,
+) -> Vec<Duration> {
+    let worker = || async {
+        let mut taken = Vec::with_capacity(count / concurrency);
+        for _ in 0..count / concurrency {
+            let started = Instant::now();
+            let mut request = client.post(url).json(body);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success(), "{url}: {}", response.status());
+            response.bytes().await.unwrap();
+            taken.push(started.elapsed());
+        }
+        taken
+    };
+    futures::future::join_all((0..concurrency).map(|_| worker())).await.into_iter().flatten().collect()
+}
+
+/// p50 and p99 in milliseconds.
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort_unstable();
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3;
+    (at(0.5), at(0.99))
+}

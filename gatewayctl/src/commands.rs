@@ -150,7 +150,7 @@ pub struct KeyCreateArgs {
     #[arg(long)]
     expires_at: Option<String>,
     #[command(flatten)]
-    format: crate::FormatArgs,
+    format: output::FormatArgs,
 }
 
 const KEY_COLUMNS: &[Column] = &[
@@ -347,7 +347,7 @@ pub struct AuditArgs {
     #[arg(long, default_value_t = 50)]
     limit: u32,
     #[command(flatten)]
-    format: crate::FormatArgs,
+    format: output::FormatArgs,
 }
 
 pub async fn audit(client: &AdminClient, args: AuditArgs) -> anyhow::Result<u8> {

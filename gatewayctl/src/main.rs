@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::kinds::Kind;
-use crate::output::Output;
+use crate::output::FormatArgs;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -78,13 +78,6 @@ struct Files {
     /// A YAML file or a directory of them (walked recursively, `*.yaml`/`*.yml`); repeatable.
     #[arg(short = 'f', long = "file", required = true)]
     files: Vec<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct FormatArgs {
-    /// How to print: table, json or yaml.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
-    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,14 @@ pub enum Output {
     Yaml,
 }
 
+/// The `-o/--output` flag every read command takes.
+#[derive(Debug, clap::Args)]
+pub struct FormatArgs {
+    /// How to print: table, json or yaml.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
 /// A table column: its header and the JSON pointer of its value in each row.
 pub type Column = (&'static str, &'static str);
 

@@ -64,13 +64,13 @@ impl RequestTrace {
             if span_context.is_valid() {
                 trace_id = Some(span_context.trace_id().to_string());
                 caller = Some((traceparent.clone(), headers.get(TRACESTATE).cloned()));
-                if crate::exporting() {
+                if crate::switches::exporting() {
                     // Fails only for a span already started or disabled, neither of which has a parent to take.
                     let _ = span.set_parent(context);
                 }
             }
         }
-        if crate::exporting() {
+        if crate::switches::exporting() {
             let own = span.context().span().span_context().clone();
             if own.is_valid() {
                 trace_id = Some(own.trace_id().to_string());
@@ -95,7 +95,7 @@ impl RequestTrace {
     /// caller's headers as they came.
     pub fn upstream_headers(&self, attempt: &Span) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        if crate::exporting() {
+        if crate::switches::exporting() {
             TraceContextPropagator::new().inject_context(&attempt.context(), &mut Inject(&mut headers));
         } else if let Some((traceparent, tracestate)) = &self.caller {
             headers.insert(TRACEPARENT, traceparent.clone());

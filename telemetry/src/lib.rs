@@ -7,8 +7,8 @@
 
 mod context;
 mod settings;
+mod switches;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -23,24 +23,11 @@ use tracing_subscriber::{Layer, Registry};
 
 pub use context::{RequestTrace, TRACEPARENT, TRACESTATE};
 pub use settings::{LogFormat, Protocol, Settings, SettingsError};
+pub use switches::{exporting, spans_on};
 
 /// The target of the spans that are exported: the planes create theirs with `target: gateway_telemetry::TARGET`.
 /// Other spans and events stay in the logs only.
 pub const TARGET: &str = "gateway_trace";
-
-static EXPORTING: AtomicBool = AtomicBool::new(false);
-static SPANS: AtomicBool = AtomicBool::new(false);
-
-/// Whether traces are exported.
-pub fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
-}
-
-/// Whether the planes build their request spans: when traces are exported, and for JSON logs (whose lines carry the
-/// request's id and trace id from its span).
-pub fn spans_on() -> bool {
-    SPANS.load(Ordering::Relaxed)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -110,8 +97,7 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
         }
     };
     tracing_subscriber::registry().with(layers).with(filter).try_init()?;
-    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
-    SPANS.store(provider.is_some() || settings.log_format == LogFormat::Json, Ordering::Relaxed);
+    switches::set(provider.is_some(), provider.is_some() || settings.log_format == LogFormat::Json);
     if let Some(protocol) = settings.export {
         tracing::info!(?protocol, "exporting traces over OTLP");
     }

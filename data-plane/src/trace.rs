@@ -66,10 +66,11 @@ pub fn record_status(span: &Span, status: u16, error: Option<&str>) {
 }
 
 /// The request's spend event, made when the request is over: what served it and what it cost.
-pub fn record_event(span: &Span, event: &v1::SpendEvent, kind: Option<BackendKind>) {
+pub fn record_event(span: &Span, event: &v1::SpendEvent, kind: Option<BackendKind>, finish_reasons: &[String]) {
     if span.is_disabled() {
         return;
     }
+    gateway_telemetry::set_strings(span, "gen_ai.response.finish_reasons", finish_reasons);
     if let Some(kind) = kind {
         span.record("gen_ai.system", system(kind));
     }

@@ -86,6 +86,11 @@ impl RequestTrace {
         &self.span
     }
 
+    /// Whether the span is exported: worth computing what only the trace shows.
+    pub fn exported(&self) -> bool {
+        crate::switches::exporting() && !self.span.is_disabled()
+    }
+
     /// The request's trace id (32 lowercase hex digits): its span's when exported, else the caller's, if any.
     pub fn trace_id(&self) -> Option<&str> {
         self.trace_id.as_deref()

@@ -126,6 +126,16 @@ pub fn rename(span: &tracing::Span, name: String) {
     }
 }
 
+/// Set an attribute whose value is a list of strings (a `tracing` field cannot hold one), e.g.
+/// `gen_ai.response.finish_reasons`.
+pub fn set_strings(span: &tracing::Span, key: &'static str, values: &[String]) {
+    if exporting() && !span.is_disabled() && !values.is_empty() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let values = values.iter().map(|value| opentelemetry::StringValue::from(value.clone())).collect();
+        span.set_attribute(key, opentelemetry::Value::Array(opentelemetry::Array::String(values)));
+    }
+}
+
 /// How long the last export may take on shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -106,6 +106,40 @@ pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
     RawUsage::from_object(answer.usage?)?.into_usage(endpoint)
 }
 
+/// The most finish reasons kept for a request's span (one per choice; `n` is not bounded by the gateway).
+const MAX_FINISH_REASONS: usize = 16;
+/// Longer than any real reason (`stop`, `length`, `tool_calls`, `content_filter`...): a longer one is not kept.
+const MAX_FINISH_REASON_BYTES: usize = 64;
+
+fn push_finish_reason(reasons: &mut Vec<String>, reason: &str) {
+    if reasons.len() < MAX_FINISH_REASONS && reason.len() <= MAX_FINISH_REASON_BYTES {
+        reasons.push(reason.to_owned());
+    }
+}
+
+#[derive(Deserialize)]
+struct FinishedAnswer<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<FinishedChoice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct FinishedChoice<'a> {
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+/// Each choice's `finish_reason` in a non-streamed answer (none for a body that is not a chat or completions answer).
+/// A second parse of the body, so only asked for when the request's span is exported.
+pub fn finish_reasons_from_body(body: &[u8]) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let Ok(answer) = serde_json::from_slice::<FinishedAnswer<'_>>(body) else { return reasons };
+    for reason in answer.choices.iter().flatten().filter_map(|choice| choice.finish_reason.as_deref()) {
+        push_finish_reason(&mut reasons, reason);
+    }
+    reasons
+}
+
 /// Completion tokens of a non-streamed answer that carries no usage, counted with the tokenizer over what it
 /// generated: message content, refusals, reasoning, tool-call names and arguments, legacy completions' `text`.
 /// Embeddings generate nothing. A body that is not JSON counts as nothing generated (never panics).
@@ -174,6 +208,8 @@ struct StreamChunk<'a> {
 struct StreamChoice<'a> {
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
     /// Legacy completions stream `choices[].text`.
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
@@ -224,6 +260,8 @@ pub struct StreamMeter {
     text: String,
     counted: u64,
     saw_done: bool,
+    /// Each choice's `finish_reason` as it ended, for the request's span (at most [`MAX_FINISH_REASONS`]).
+    finish_reasons: Vec<String>,
 }
 
 impl StreamMeter {
@@ -237,7 +275,13 @@ impl StreamMeter {
             text: String::new(),
             counted: 0,
             saw_done: false,
+            finish_reasons: Vec::new(),
         }
+    }
+
+    /// The `finish_reason` of each choice that ended, in the order they ended.
+    pub fn take_finish_reasons(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.finish_reasons)
     }
 
     /// Whether the terminating `data: [DONE]` event went by.
@@ -298,6 +342,9 @@ impl StreamMeter {
         let mut has_choices = false;
         for choice in chunk.choices.iter().flatten() {
             has_choices = true;
+            if let Some(reason) = &choice.finish_reason {
+                push_finish_reason(&mut self.finish_reasons, reason);
+            }
             self.push_text(choice.text.as_deref());
             if let Some(delta) = &choice.delta {
                 self.push_text(delta.content.as_deref());

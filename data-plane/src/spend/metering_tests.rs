@@ -299,3 +299,30 @@ proptest! {
         let _ = cost(&usage, &pricing);
     }
 }
+
+#[test]
+fn finish_reasons_are_read_per_choice_and_bounded() {
+    // Streams: each choice's reason as it ends, however the bytes are cut; `null` ones are not reasons.
+    let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n\
+                  data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n\
+                  data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n\
+                  data: [DONE]\n\n";
+    let mut meter = StreamMeter::new(false);
+    let (head, tail) = stream.as_bytes().split_at(70);
+    meter.feed(Bytes::copy_from_slice(head));
+    meter.feed(Bytes::copy_from_slice(tail));
+    assert_eq!(meter.take_finish_reasons(), ["length", "tool_calls"]);
+
+    // Answers: one per choice; a body that is not an answer has none.
+    let answer = json!({"choices": [{"finish_reason": "stop"}, {"finish_reason": "content_filter"}, {}]});
+    assert_eq!(finish_reasons_from_body(answer.to_string().as_bytes()), ["stop", "content_filter"]);
+    assert!(finish_reasons_from_body(b"not json").is_empty());
+    assert!(finish_reasons_from_body(br#"{"choices": 3}"#).is_empty());
+
+    // A caller asking for many choices, or an upstream sending odd reasons, cannot grow what the span carries.
+    let many: Vec<_> = (0..100).map(|_| json!({"finish_reason": "stop"})).collect();
+    let reasons = finish_reasons_from_body(json!({"choices": many}).to_string().as_bytes());
+    assert_eq!(reasons.len(), MAX_FINISH_REASONS);
+    let odd = json!({"choices": [{"finish_reason": "x".repeat(65)}, {"finish_reason": "stop"}]});
+    assert_eq!(finish_reasons_from_body(odd.to_string().as_bytes()), ["stop"]);
+}

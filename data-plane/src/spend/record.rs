@@ -117,6 +117,8 @@ struct SpendState {
     stream_end: Option<StreamEnd>,
     first_byte: Option<Duration>,
     tool_calls: Vec<v1::ToolCallOutcome>,
+    /// The answer's finish reasons, kept only while the span is exported (`gen_ai.response.finish_reasons`).
+    finish_reasons: Vec<String>,
 }
 
 /// A request's spend, shared by whoever serves it (see the module documentation).
@@ -182,6 +184,7 @@ impl RequestSpend {
                 stream_end: None,
                 first_byte: None,
                 tool_calls: Vec::new(),
+                finish_reasons: Vec::new(),
             }),
             exchange: context.exchange,
             rates: context.rates,
@@ -264,6 +267,16 @@ impl RequestSpend {
             ..Usage::default()
         });
         self.add_usage(model, usage);
+        if self.trace.exported() {
+            self.set_finish_reasons(metering::finish_reasons_from_body(body));
+        }
+    }
+
+    /// How the served answer's choices ended (the last answer's win: a retried answer's are replaced).
+    pub fn set_finish_reasons(&self, reasons: Vec<String>) {
+        if !reasons.is_empty() {
+            self.lock().finish_reasons = reasons;
+        }
     }
 
     /// The request is answered with `status`; `outcome` as the ledger records it (`ok`, `upstream_error`, ...).
@@ -455,7 +468,8 @@ impl Drop for RequestSpend {
         metrics::counter!("gateway_spend_events_total", "outcome" => event.outcome.clone()).increment(1);
         self.record_metrics(&event);
         let kind = self.snapshot.config.backends.get(&event.backend).map(|b| b.kind);
-        crate::trace::record_event(self.trace.span(), &event, kind);
+        let finish_reasons = std::mem::take(&mut self.lock().finish_reasons);
+        crate::trace::record_event(self.trace.span(), &event, kind, &finish_reasons);
         self.reporter.record(event, contributions);
     }
 }

@@ -103,7 +103,8 @@ where
 
 impl<S> Drop for MeteredStream<S> {
     fn drop(&mut self) {
-        if let Some(meter) = self.meter.take() {
+        if let Some(mut meter) = self.meter.take() {
+            self.spend.set_finish_reasons(meter.take_finish_reasons());
             let usage = meter.finish(|| self.spend.prompt_estimate());
             self.spend.add_usage(&self.model, usage);
         }

@@ -125,6 +125,7 @@ async fn the_data_plane_exports_a_failover_with_genai_attributes_under_the_calle
     ] {
         assert_eq!(request.attr(key).as_deref(), Some(expected), "{key} in {:?}", request.attributes);
     }
+    assert_eq!(request.attributes.get("gen_ai.response.finish_reasons"), Some(&json!(["stop"])), "a list of strings");
     let version = gw.cp.fleet().await["config_version"].as_u64().unwrap();
     assert_eq!(request.attr("gateway.snapshot_version"), Some(version.to_string()));
     let attributes = format!("{:?}", request.attributes);
@@ -179,6 +180,7 @@ async fn the_data_plane_exports_a_failover_with_genai_attributes_under_the_calle
     assert_eq!(streamed.attr("gateway.streamed").as_deref(), Some("true"));
     assert_eq!(streamed.attr("gateway.outcome").as_deref(), Some("ok"));
     assert_eq!(streamed.attr("gen_ai.usage.output_tokens").as_deref(), Some("5"));
+    assert_eq!(streamed.attributes.get("gen_ai.response.finish_reasons"), Some(&json!(["stop"])));
 }
 
 #[sqlx::test(migrations = false)]

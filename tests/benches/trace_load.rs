@@ -1,7 +1,8 @@
 //! What exporting traces costs a whole request: two data-plane processes (the release binary) on one snapshot and
 //! one mock upstream, one with tracing off and one exporting every request's spans over OTLP/gRPC to a receiver in
 //! this process (`gateway_e2e::otlp`, decoding every batch), measured in interleaved slices of the same run so drift
-//! hits both alike; the mock straight gives the gateway's own share. Concurrency 1 and 8, non-streaming and streaming.
+//! hits both alike; the mock straight gives the gateway's own share. A third process samples one trace in a hundred
+//! (`parentbased_traceidratio`, 0.01). Concurrency 1 and 8, non-streaming and streaming.
 //!
 //! `cargo build --release --bin data-plane && cargo bench -p gateway-e2e --bench trace_load` (no database: the
 //! data planes serve a snapshot file).
@@ -47,7 +48,12 @@ async fn bench() {
     };
     let off = plane("off", Vec::new());
     let on = plane("on", receiver.env("grpc", "bench"));
-    for dp in [&off, &on] {
+    // What production would run: one trace in a hundred sampled (the others build their spans but export nothing).
+    let mut ratio = receiver.env("grpc", "bench-sampled");
+    ratio.push(("OTEL_TRACES_SAMPLER".into(), "parentbased_traceidratio".into()));
+    ratio.push(("OTEL_TRACES_SAMPLER_ARG".into(), "0.01".into()));
+    let sampled = plane("sampled", ratio);
+    for dp in [&off, &on, &sampled] {
         while dp.readyz().await.is_none_or(|(status, _)| status != 200) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -61,8 +67,9 @@ async fn bench() {
             (direct.as_str(), None),
             (&*off.url("/v1/chat/completions"), Some(key.as_str())),
             (&*on.url("/v1/chat/completions"), Some(key.as_str())),
+            (&*sampled.url("/v1/chat/completions"), Some(key.as_str())),
         ];
-        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for (url, key) in targets {
             load(&client, url, key, &body, concurrency, WARMUP).await;
         }
@@ -71,7 +78,7 @@ async fn bench() {
                 samples[i].extend(load(&client, url, *key, &body, concurrency, REQUESTS / SLICES).await);
             }
         }
-        let [base, off, on] = samples.map(percentiles);
+        let [base, off, on, ratio] = samples.map(percentiles);
         let label = format!("c={concurrency} {}", if stream { "streaming" } else { "non-streaming" });
         println!(
             "{label:>17}: direct p50 {:.3} p99 {:.3} | tracing off p50 {:.3} p99 {:.3} | exporting p50 {:.3} p99 {:.3} ms",
@@ -84,9 +91,16 @@ async fn bench() {
             on.1 - off.1,
             (on.0 - off.0) / own * 100.0
         );
+        println!(
+            "{label:>17}: 1 % sampled p50 {:.3} p99 {:.3} ms, adds p50 {:+.3} ms; {:+.1} % of the gateway's own share",
+            ratio.0,
+            ratio.1,
+            ratio.0 - off.0,
+            (ratio.0 - off.0) / own * 100.0
+        );
     }
     println!("spans received: {}", receiver.spans().len());
-    drop((off, on));
+    drop((off, on, sampled));
     let _ = std::fs::remove_dir_all(dir);
 }
 

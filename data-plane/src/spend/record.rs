@@ -432,9 +432,10 @@ impl RequestSpend {
     /// The request's Prometheus series (`crate::metrics`), names bounded by the snapshot it was served with.
     fn record_metrics(&self, event: &v1::SpendEvent) {
         let config = &self.snapshot.config;
-        let cost = event.cost_usd.parse::<Decimal>().ok().and_then(|usd| {
+        // The summed Decimal itself, not the event's text of it (no second parse per request).
+        let cost = self.lock().cost.as_ref().ok().and_then(|usd| {
             use rust_decimal::prelude::ToPrimitive;
-            (usd * Decimal::from(1_000_000_000u64)).round().to_u64()
+            usd.checked_mul(Decimal::from(1_000_000_000u64))?.round().to_u64()
         });
         crate::metrics::record_request(&crate::metrics::RequestFigures {
             alias: crate::metrics::known_or_placeholder(&event.alias, config.has_alias_or_model(&event.alias)),

@@ -6,11 +6,15 @@
 //! passed on unchanged. Either way the request's trace id is the caller's when it sent a valid one.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
+
+use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::spans::TraceSpan;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -44,51 +48,61 @@ fn well_formed(value: &[u8]) -> bool {
     parts.len() >= 4 && parts[..4] == [2, 32, 16, 2]
 }
 
-/// One request's trace: its span (disabled unless spans are on) and the caller's context.
+/// One request's trace: its exported span (none unless traces are exported), the span its log lines carry (disabled
+/// unless the logs are JSON) and the caller's context.
 #[derive(Clone, Debug)]
 pub struct RequestTrace {
-    span: Span,
+    span: TraceSpan,
+    log_span: Span,
     /// The caller's `traceparent` and `tracestate`, when its `traceparent` is valid.
     caller: Option<(HeaderValue, Option<HeaderValue>)>,
     trace_id: Option<String>,
 }
 
 impl RequestTrace {
-    /// `span` made a child of the caller's context in `headers` (when traces are exported).
-    pub fn new(span: Span, headers: &HeaderMap) -> RequestTrace {
+    /// The request's span `name` (kind `kind`), a child of the caller's context in `headers`; `log_span` gets the
+    /// trace id in its `trace_id` field.
+    pub fn start(
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        log_span: Span,
+        headers: &HeaderMap,
+    ) -> RequestTrace {
         let mut caller = None;
         let mut trace_id = None;
+        let mut parent = Context::new();
         if let Some(traceparent) = headers.get(TRACEPARENT).filter(|v| well_formed(v.as_bytes())) {
             let context = TraceContextPropagator::new().extract(&Extract(headers));
             let span_context = context.span().span_context().clone();
             if span_context.is_valid() {
                 trace_id = Some(span_context.trace_id().to_string());
                 caller = Some((traceparent.clone(), headers.get(TRACESTATE).cloned()));
-                if crate::switches::exporting() {
-                    // Fails only for a span already started or disabled, neither of which has a parent to take.
-                    let _ = span.set_parent(context);
-                }
+                parent = context;
             }
         }
-        if crate::switches::exporting() {
-            let own = span.context().span().span_context().clone();
-            if own.is_valid() {
-                trace_id = Some(own.trace_id().to_string());
-            }
+        let span = TraceSpan::start(name, kind, &parent);
+        if let Some(own) = span.span_context().filter(SpanContext::is_valid) {
+            trace_id = Some(own.trace_id().to_string());
         }
         if let Some(id) = &trace_id {
-            span.record("trace_id", id.as_str());
+            log_span.record("trace_id", id.as_str());
         }
-        RequestTrace { span, caller, trace_id }
+        RequestTrace { span, log_span, caller, trace_id }
     }
 
-    pub fn span(&self) -> &Span {
+    /// The exported span.
+    pub fn span(&self) -> &TraceSpan {
         &self.span
+    }
+
+    /// The span the request's log lines carry.
+    pub fn log_span(&self) -> &Span {
+        &self.log_span
     }
 
     /// Whether the span is exported: worth computing what only the trace shows.
     pub fn exported(&self) -> bool {
-        crate::switches::exporting() && !self.span.is_disabled()
+        self.span.is_recording()
     }
 
     /// The request's trace id (32 lowercase hex digits): its span's when exported, else the caller's, if any.
@@ -98,10 +112,10 @@ impl RequestTrace {
 
     /// The trace headers an upstream attempt sends: `attempt`'s context when traces are exported, else the
     /// caller's headers as they came.
-    pub fn upstream_headers(&self, attempt: &Span) -> HeaderMap {
+    pub fn upstream_headers(&self, attempt: &TraceSpan) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        if crate::switches::exporting() {
-            TraceContextPropagator::new().inject_context(&attempt.context(), &mut Inject(&mut headers));
+        if let Some(context) = attempt.context() {
+            TraceContextPropagator::new().inject_context(context, &mut Inject(&mut headers));
         } else if let Some((traceparent, tracestate)) = &self.caller {
             headers.insert(TRACEPARENT, traceparent.clone());
             if let Some(tracestate) = tracestate {
@@ -120,7 +134,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(TRACEPARENT, HeaderValue::from_str(traceparent).unwrap_or(HeaderValue::from_static("x")));
         headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
-        RequestTrace::new(Span::none(), &headers)
+        RequestTrace::start("test", SpanKind::Server, Span::none(), &headers)
     }
 
     #[test]
@@ -128,7 +142,7 @@ mod tests {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let trace = trace(valid);
         assert_eq!(trace.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        let sent = trace.upstream_headers(&Span::none());
+        let sent = trace.upstream_headers(&TraceSpan::none());
         assert_eq!(sent.get(TRACEPARENT).and_then(|v| v.to_str().ok()), Some(valid));
         assert_eq!(sent.get(TRACESTATE).and_then(|v| v.to_str().ok()), Some("vendor=1"));
     }
@@ -144,8 +158,8 @@ mod tests {
         ] {
             let trace = trace(invalid);
             assert_eq!(trace.trace_id(), None, "{invalid}");
-            assert!(trace.upstream_headers(&Span::none()).is_empty(), "{invalid}");
+            assert!(trace.upstream_headers(&TraceSpan::none()).is_empty(), "{invalid}");
         }
-        assert_eq!(RequestTrace::new(Span::none(), &HeaderMap::new()).trace_id(), None);
+        assert_eq!(RequestTrace::start("test", SpanKind::Server, Span::none(), &HeaderMap::new()).trace_id(), None);
     }
 }

@@ -2,11 +2,16 @@
 //! OpenTelemetry traces exported over OTLP when an endpoint is configured), its flush on shutdown, and W3C trace
 //! context on HTTP headers ([`RequestTrace`]). Described in `docs/observability.md`.
 //!
-//! Off costs nothing: without an endpoint no exporter, processor or OpenTelemetry layer exists, and the planes build
-//! their spans only when [`spans_on`] says so (else they hold [`tracing::Span::none`]).
+//! Off costs nothing: without an endpoint no exporter, processor or tracer exists and every exported span is
+//! [`TraceSpan::none`]; the spans log lines carry are built only for JSON logs ([`log_spans_on`]).
+//!
+//! Exported spans are built with the OpenTelemetry SDK directly ([`TraceSpan`]), not through `tracing`: the sampler
+//! decides when a span starts and a span sampled out records nothing, where a `tracing` layer would record every
+//! field of every span first.
 
 mod context;
 mod settings;
+mod spans;
 mod switches;
 
 use std::time::Duration;
@@ -16,18 +21,21 @@ use opentelemetry_otlp::WithHttpConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
 pub use context::{RequestTrace, TRACEPARENT, TRACESTATE};
+pub use opentelemetry::trace::SpanKind;
+pub use opentelemetry::{KeyValue, Value};
 pub use settings::{LogFormat, Protocol, Settings, SettingsError};
-pub use switches::{exporting, spans_on};
+pub use spans::{TraceSpan, strings};
+pub use switches::{exporting, log_spans_on};
 
-/// The target of the spans that are exported: the planes create theirs with `target: gateway_telemetry::TARGET`.
-/// Other spans and events stay in the logs only.
-pub const TARGET: &str = "gateway_trace";
+/// The target of the spans a request's log lines carry (its id and trace id, in JSON logs): the planes create them
+/// with `target: gateway_telemetry::LOG_SPAN_TARGET`, and the filter lets them through at any `RUST_LOG` level.
+pub const LOG_SPAN_TARGET: &str = "gateway_request";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -51,17 +59,13 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
     let settings = Settings::from_env()?;
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
-    // One global filter: RUST_LOG's directives for the logs, plus the exported spans' target when exporting. (The
-    // same EnvFilter as a per-layer filter beside the exporter's lost every exported span as soon as RUST_LOG named a
-    // target of its own, e.g. `info,control_plane=debug`.)
+    // RUST_LOG's directives, plus the request spans' target for JSON logs (their lines carry its fields).
+    let json = settings.log_format == LogFormat::Json;
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if settings.export.is_some()
-        && let Ok(directive) = format!("{TARGET}=info").parse()
-    {
+    if json && let Ok(directive) = format!("{LOG_SPAN_TARGET}=info").parse() {
         filter = filter.add_directive(directive);
     }
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-    let logs = match settings.log_format {
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -74,7 +78,6 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    layers.push(logs);
     let provider = match settings.export {
         None => None,
         Some(protocol) => {
@@ -86,18 +89,12 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
                 )
                 .with_resource(resource)
                 .build();
-            let tracer = provider.tracer(service);
-            layers.push(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO))
-                    .boxed(),
-            );
+            spans::install(provider.tracer(service));
             Some(provider)
         }
     };
-    tracing_subscriber::registry().with(layers).with(filter).try_init()?;
-    switches::set(provider.is_some(), provider.is_some() || settings.log_format == LogFormat::Json);
+    tracing_subscriber::registry().with(logs).with(filter).try_init()?;
+    switches::set(provider.is_some(), json);
     if let Some(protocol) = settings.export {
         tracing::info!(?protocol, "exporting traces over OTLP");
     }
@@ -115,25 +112,6 @@ fn exporter(protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, Init
         }
     };
     built.map_err(|e| InitError::Exporter(e.to_string()))
-}
-
-/// Rename `span` (its name once more is known than when it started, e.g. the alias after the body is read).
-pub fn rename(span: &tracing::Span, name: String) {
-    if exporting() && !span.is_disabled() {
-        use opentelemetry::trace::TraceContextExt as _;
-        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        span.context().span().update_name(name);
-    }
-}
-
-/// Set an attribute whose value is a list of strings (a `tracing` field cannot hold one), e.g.
-/// `gen_ai.response.finish_reasons`.
-pub fn set_strings(span: &tracing::Span, key: &'static str, values: &[String]) {
-    if exporting() && !span.is_disabled() && !values.is_empty() {
-        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        let values = values.iter().map(|value| opentelemetry::StringValue::from(value.clone())).collect();
-        span.set_attribute(key, opentelemetry::Value::Array(opentelemetry::Array::String(values)));
-    }
 }
 
 /// How long the last export may take on shutdown.

@@ -1,5 +1,5 @@
-//! What `init` turned on, read on every request: whether traces are exported, and whether the planes build their
-//! request spans. Below everything else in the crate, so the header handling can ask without importing `init`.
+//! What `init` turned on, read on every request: whether traces are exported, and whether the planes build the
+//! spans their log lines carry. Below everything else in the crate, so any module can ask without importing `init`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,9 +11,9 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
-/// Whether the planes build their request spans: when traces are exported, and for JSON logs (whose lines carry the
-/// request's id and trace id from its span).
-pub fn spans_on() -> bool {
+/// Whether the planes build the spans their log lines carry: for JSON logs (whose lines carry the request's id and
+/// trace id from its span).
+pub fn log_spans_on() -> bool {
     SPANS.load(Ordering::Relaxed)
 }
 

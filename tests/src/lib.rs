@@ -481,6 +481,8 @@ pub struct DataPlaneConfig {
     pub snapshot: Option<PathBuf>,
     pub port: u16,
     pub env: Vec<(String, String)>,
+    /// A program the binary runs under, with its arguments (e.g. `valgrind --tool=callgrind`); empty: none.
+    pub launcher: Vec<String>,
 }
 
 impl DataPlaneConfig {
@@ -496,6 +498,7 @@ impl DataPlaneConfig {
             snapshot: None,
             port: free_port(),
             env: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 }
@@ -503,7 +506,14 @@ impl DataPlaneConfig {
 impl DataPlane {
     pub fn start(config: &DataPlaneConfig) -> DataPlane {
         let log = log_path(&config.test, &config.node_id);
-        let mut command = Command::new(binary("data-plane"));
+        let mut command = match config.launcher.split_first() {
+            None => Command::new(binary("data-plane")),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("data-plane"));
+                command
+            }
+        };
         command
             .arg("serve")
             .env("GATEWAY_LISTEN_ADDR", format!("127.0.0.1:{}", config.port))

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use gateway_proto::convert;
 use gateway_proto::v1;
+use gateway_telemetry::{KeyValue, SpanKind, TraceSpan};
 use policy_engine::config::SecretSpec;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::secrets::Sealer;
 use crate::store::fleet::KeyRecord;
@@ -105,14 +105,12 @@ pub async fn build_if_changed(
     if current == Some(store.config_head().await?) {
         return Ok(None);
     }
-    let span = build_span();
-    let (ConfigHead { lineage, version }, config, keys) = store.snapshot_source().instrument(span.clone()).await?;
-    span.record("gateway.config_version", version);
-    span.record("gateway.lineage", tracing::field::display(lineage));
+    let span = TraceSpan::root("snapshot build", SpanKind::Internal);
+    let (ConfigHead { lineage, version }, config, keys) = store.snapshot_source().await?;
+    span.set("gateway.config_version", version);
+    span.set_with(|attributes| attributes.push(KeyValue::new("gateway.lineage", lineage.to_string())));
     let sealer = sealer.cloned();
-    let building = span.clone();
     let published = tokio::task::spawn_blocking(move || {
-        let _building = building.enter();
         let content = convert::encode(&config, keys.iter().map(key_message).collect(), |backend| {
             secret_message(&backend.name, backend.secret.as_ref(), sealer.as_ref())
         });
@@ -132,23 +130,11 @@ pub async fn build_if_changed(
     })
     .await
     .map_err(|e| StoreError::Internal(e.to_string()))?;
-    span.record("gateway.snapshot.content_hash", published.content_hash.as_str());
+    span.set_with(|attributes| {
+        attributes.push(KeyValue::new("gateway.snapshot.content_hash", published.content_hash.clone()));
+    });
+    span.end();
     Ok(Some(published))
-}
-
-/// The span of one snapshot build (docs/observability.md, "Traces"), when spans are on.
-fn build_span() -> tracing::Span {
-    if !gateway_telemetry::spans_on() {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
-        target: gateway_telemetry::TARGET,
-        "snapshot build",
-        otel.kind = "internal",
-        gateway.config_version = tracing::field::Empty,
-        gateway.lineage = tracing::field::Empty,
-        gateway.snapshot.content_hash = tracing::field::Empty,
-    )
 }
 
 fn secret_message(backend: &str, secret: Option<&SecretSpec>, sealer: Option<&Sealer>) -> Option<v1::backend::Secret> {

@@ -13,7 +13,6 @@ use futures_util::StreamExt;
 use policy_engine::config::BackendSpec;
 use policy_engine::routing::PlannedCandidate;
 use policy_engine::tool_policy::InvalidCallAction;
-use tracing::Instrument;
 
 use super::Proxy;
 use crate::control::snapshot::CompiledSnapshot;
@@ -189,7 +188,7 @@ impl Attempts<'_> {
             let options = SendOptions { request_id: self.id, omit_usage_option, trace_headers: &trace_headers };
             upstreams.send(backend, &candidate.upstream_model, parsed.endpoint, &parsed.body, options)
         };
-        let attempt = self.send_once(backend, candidate, deadline, send).instrument(span.clone()).await;
+        let attempt = self.send_once(backend, candidate, deadline, send).await;
         let (status, error) = match &attempt {
             Ok(response) => (Some(response.status().as_u16()), None),
             Err(error) => (error.status(), Some(error.class())),

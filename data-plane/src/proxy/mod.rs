@@ -14,7 +14,6 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use gateway_telemetry::RequestTrace;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -103,9 +102,10 @@ async fn embeddings(State(proxy): State<Arc<Proxy>>, request: Request) -> Respon
 
 async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response {
     let id = request_id(request.headers());
-    let trace = RequestTrace::new(trace::request_span(operation(endpoint), &id), request.headers());
+    let trace = trace::request_trace(operation(endpoint), &id, request.headers());
     let span = trace.span().clone();
-    let mut response = match pipeline::handle(proxy, endpoint, request, &id, &trace).instrument(span.clone()).await {
+    let log_span = trace.log_span().clone();
+    let mut response = match pipeline::handle(proxy, endpoint, request, &id, &trace).instrument(log_span).await {
         Ok(response) => {
             trace::record_status(&span, response.status().as_u16(), None);
             response

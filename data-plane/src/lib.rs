@@ -17,6 +17,7 @@
 //! and the proxy's routes), `server.rs` (connections: accept, serve, cut stalled and overdue ones, drain on
 //! shutdown), `settings.rs` (flags and environment), `metrics.rs` (the Prometheus recorder).
 
+mod apis;
 mod control;
 mod health;
 mod http;

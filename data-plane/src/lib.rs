@@ -46,6 +46,10 @@ pub use crate::subscription::Subscription;
 
 /// The request-path stages the criterion benchmarks (`data-plane/benches`) measure one at a time.
 pub mod stages {
+    pub use crate::apis::InboundFormat;
+    pub use crate::apis::messages::Messages;
+    pub use crate::apis::responses::Responses;
+    pub use crate::apis::stream::Translation;
     pub use crate::health::breaker::Outcome;
     pub use crate::health::tracker::Tracker;
     pub use crate::metrics::{RequestFigures, builder as metrics_builder, known_or_placeholder, record_request};

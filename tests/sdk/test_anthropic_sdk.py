@@ -173,6 +173,8 @@ def test_a_bad_key_is_an_authentication_error():
         stranger.messages.create(model="chain", max_tokens=10, messages=MESSAGES)
     assert raised.value.body == {"type": "error",
                                  "error": {"type": "authentication_error", "message": "incorrect API key provided"}}
+    # Refused before the chat pipeline, yet with the request id every answer carries.
+    assert raised.value.response.headers["x-request-id"]
 
 
 def test_a_bad_request_names_what_is_wrong(client):

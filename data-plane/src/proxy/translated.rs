@@ -31,7 +31,12 @@ struct Translated<F>(PhantomData<F>);
 
 impl<F: InboundFormat> Translated<F> {
     async fn serve(&self, proxy: &Proxy, request: Request) -> Response {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // The id `serve` will use, fixed now so that a refusal before it carries the same.
+        let id = super::request_id(&parts.headers);
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            parts.headers.insert(super::REQUEST_ID, value);
+        }
         let prepared = async {
             let snapshot = proxy.snapshot()?;
             auth::authenticate(&parts.headers, &snapshot, now_unix())?;
@@ -42,7 +47,11 @@ impl<F: InboundFormat> Translated<F> {
             Ok(prepared) => prepared,
             Err(error) => {
                 super::count_error(&error);
-                return self.error(error.into_response()).await;
+                let mut response = self.error(error.into_response()).await;
+                if let Some(value) = parts.headers.get(super::REQUEST_ID) {
+                    response.headers_mut().insert(super::REQUEST_ID, value.clone());
+                }
+                return response;
             }
         };
         let stream = chat.get("stream") == Some(&Value::Bool(true));
@@ -52,7 +61,6 @@ impl<F: InboundFormat> Translated<F> {
                 return self.error(GatewayError::InvalidRequest(error.to_string()).into_response()).await;
             }
         };
-        let mut parts = parts;
         parts.headers.remove(header::CONTENT_LENGTH);
         let response = serve(proxy, Endpoint::ChatCompletions, Request::from_parts(parts, Body::from(body))).await;
         if !response.status().is_success() {

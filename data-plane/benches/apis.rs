@@ -44,7 +44,8 @@ fn streams(c: &mut Criterion) {
             black_box(total)
         })
     });
-    let request = br#"{"model": "m", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "hi"}]}"#;
+    let request =
+        br#"{"model": "m", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "hi"}]}"#;
     group.bench_function("to_anthropic_messages_events", |b| {
         b.iter(|| {
             let (_, context) = Messages::to_chat(request).unwrap();

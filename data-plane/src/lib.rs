@@ -17,6 +17,7 @@
 //! and the proxy's routes), `server.rs` (connections: accept, serve, cut stalled and overdue ones, drain on
 //! shutdown), `settings.rs` (flags and environment), `metrics.rs` (the Prometheus recorder).
 
+mod apis;
 mod control;
 mod health;
 mod http;
@@ -45,6 +46,10 @@ pub use crate::subscription::Subscription;
 
 /// The request-path stages the criterion benchmarks (`data-plane/benches`) measure one at a time.
 pub mod stages {
+    pub use crate::apis::InboundFormat;
+    pub use crate::apis::messages::Messages;
+    pub use crate::apis::responses::Responses;
+    pub use crate::apis::stream::Translation;
     pub use crate::health::breaker::Outcome;
     pub use crate::health::tracker::Tracker;
     pub use crate::metrics::{RequestFigures, builder as metrics_builder, known_or_placeholder, record_request};

@@ -186,7 +186,8 @@ impl ParsedRequest {
                 }
                 metadata.insert(key.to_owned(), Value::String(value.to_owned()));
             }
-            if reads.headers && name != "authorization" {
+            // The caller's key never reaches policies, in either header it may come in.
+            if reads.headers && name != "authorization" && name != "x-api-key" {
                 header_map.insert(name.to_owned(), value.to_owned());
             }
         }

@@ -7,22 +7,34 @@ use sha2::{Digest, Sha256};
 use crate::control::snapshot::CompiledSnapshot;
 use crate::openai::error::GatewayError;
 
-/// The caller's key, if the `Authorization: Bearer` secret is known, not revoked and not expired.
+/// The header Anthropic's SDKs send their key in; accepted when there is no `Authorization` header.
+pub const X_API_KEY: &str = "x-api-key";
+
+/// The caller's key, if the `Authorization: Bearer` secret (or, without that header, the `x-api-key` one) is known,
+/// not revoked and not expired.
 pub fn authenticate<'a>(
     headers: &HeaderMap,
     snapshot: &'a CompiledSnapshot,
     now_unix: i64,
 ) -> Result<&'a v1::ApiKey, GatewayError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(GatewayError::InvalidApiKey("missing API key: send `Authorization: Bearer <key>`"))?;
-    let secret = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or(GatewayError::InvalidApiKey("the Authorization header must be `Bearer <key>`"))?;
+    let secret = match headers.get(axum::http::header::AUTHORIZATION) {
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| GatewayError::InvalidApiKey("the Authorization header must be `Bearer <key>`"))?;
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .ok_or(GatewayError::InvalidApiKey("the Authorization header must be `Bearer <key>`"))?
+        }
+        None => {
+            headers.get(X_API_KEY).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).ok_or(
+                GatewayError::InvalidApiKey("missing API key: send `Authorization: Bearer <key>` or `x-api-key`"),
+            )?
+        }
+    };
     let hash = hex::encode(Sha256::digest(secret.as_bytes()));
     let key = snapshot.keys.get(&hash).ok_or(GatewayError::InvalidApiKey("incorrect API key provided"))?;
     if key.revoked {

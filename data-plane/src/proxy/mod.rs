@@ -1,10 +1,12 @@
-//! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`. The routes
+//! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`, and the
+//! APIs served through chat, `/v1/messages` and `/v1/responses` ([`translated`]). The routes
 //! and what every request shares are here; one request's steps are in [`pipeline`], its attempts (candidates,
 //! failover, tool-call retries) in [`attempt`], the virtual key in [`auth`].
 
 mod attempt;
 pub mod auth;
 mod pipeline;
+mod translated;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +58,8 @@ pub fn routes(proxy: Arc<Proxy>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .with_state(proxy)
@@ -100,6 +104,22 @@ async fn embeddings(State(proxy): State<Arc<Proxy>>, request: Request) -> Respon
     serve(&proxy, Endpoint::Embeddings, request).await
 }
 
+async fn messages(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    translated::handle::<crate::apis::messages::Messages>(&proxy, request).await
+}
+
+async fn responses(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    translated::handle::<crate::apis::responses::Responses>(&proxy, request).await
+}
+
+/// Count a refused or failed request in the error metrics.
+fn count_error(error: &GatewayError) {
+    metrics::counter!(crate::metrics::ERRORS, "code" => error.code()).increment(1);
+    if let Some(reason) = error.refusal_reason() {
+        metrics::counter!(crate::metrics::REFUSALS, "reason" => reason, "code" => error.code()).increment(1);
+    }
+}
+
 async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response {
     let id = request_id(request.headers());
     let trace = trace::request_trace(operation(endpoint), &id, request.headers());
@@ -112,10 +132,7 @@ async fn serve(proxy: &Proxy, endpoint: Endpoint, request: Request) -> Response 
         }
         Err(error) => {
             trace::record_status(&span, error.status().as_u16(), Some(error.code()));
-            metrics::counter!(crate::metrics::ERRORS, "code" => error.code()).increment(1);
-            if let Some(reason) = error.refusal_reason() {
-                metrics::counter!(crate::metrics::REFUSALS, "reason" => reason, "code" => error.code()).increment(1);
-            }
+            count_error(&error);
             error.into_response()
         }
     };

@@ -214,7 +214,7 @@ fn keep_pinned_dimensions(
 }
 
 /// The body, up to `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     axum::body::to_bytes(body, limit).await.map_err(|error| {
         let too_large = std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
         if too_large {

@@ -383,7 +383,7 @@ async fn bad_requests_get_openai_shaped_errors() {
             gw.dp.post("/v1/chat/completions", None, &json!({"model": "chain"})).await,
             401,
             "invalid_api_key",
-            "missing API key: send `Authorization: Bearer <key>`",
+            "missing API key: send `Authorization: Bearer <key>` or `x-api-key`",
         ),
         (
             gw.dp.post("/v1/chat/completions", Some("gwk_wrong"), &json!({"model": "chain"})).await,
@@ -462,11 +462,56 @@ async fn models_lists_what_the_key_may_use() {
     assert_eq!(hidden.status(), 404);
 }
 
-/// The SDK conformance suite (`tests/sdk/`) with the official `openai` Python package, in the venv that
-/// `scripts/test.sh` prepares.
+/// The SDK conformance suite (`tests/sdk/test_openai_sdk.py`) with the official `openai` Python package, in the
+/// venv that `scripts/test.sh` prepares.
 #[tokio::test]
 async fn the_official_python_sdk_works_unchanged() {
-    let gw = Gateway::start("sdk").await;
+    sdk_suite("sdk", "tests/sdk/test_openai_sdk.py", 25).await;
+}
+
+/// `/v1/messages` with the official `anthropic` Python package (`tests/sdk/test_anthropic_sdk.py`).
+#[tokio::test]
+async fn the_official_anthropic_sdk_works_unchanged() {
+    sdk_suite("sdk_anthropic", "tests/sdk/test_anthropic_sdk.py", 18).await;
+}
+
+/// `/v1/responses` with the official `openai` Python package (`tests/sdk/test_openai_responses.py`).
+#[tokio::test]
+async fn the_official_python_sdk_speaks_the_responses_api() {
+    sdk_suite("sdk_responses", "tests/sdk/test_openai_responses.py", 13).await;
+}
+
+/// The official `openai` Node SDK's smoke suite (`tests/node/smoke.test.mjs`: chat, stream, tools, embeddings,
+/// errors), installed by `scripts/test.sh` with `npm ci`.
+#[tokio::test]
+async fn the_official_node_sdk_works_unchanged() {
+    let gw = Gateway::start("sdk_node").await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    assert!(
+        root.join("tests/node/node_modules/openai").exists(),
+        "the openai Node SDK is missing: scripts/test.sh installs it (cd tests/node && npm ci)"
+    );
+    let output = tokio::process::Command::new("node")
+        .args(["--test", "--test-reporter=tap", "tests/node/smoke.test.mjs"])
+        .current_dir(&root)
+        .env("GATEWAY_BASE_URL", gw.dp.url("/v1"))
+        .env("GATEWAY_KEY", &gw.key)
+        .env("GATEWAY_BROKE_KEY", &gw.broke_key)
+        .output()
+        .await
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the Node SDK suite failed:\n{report}");
+    assert!(report.contains("# pass 8") && report.contains("# fail 0"), "every Node SDK test ran:\n{report}");
+    assert!(
+        report.contains("# skipped 0") && report.contains("# todo 0"),
+        "no Node SDK test may be skipped:\n{report}"
+    );
+}
+
+/// Run one pytest file of `tests/sdk/` against a fresh gateway; every one of its `tests` must pass, none skipped.
+async fn sdk_suite(test: &str, file: &str, tests: usize) {
+    let gw = Gateway::start(test).await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let python = root.join(".venv/bin/python");
     assert!(
@@ -476,7 +521,7 @@ async fn the_official_python_sdk_works_unchanged() {
     );
     let mocks: Vec<String> = gw.mocks.iter().map(|m| format!("http://{}", m.addr)).collect();
     let output = tokio::process::Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/sdk"])
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", file])
         .current_dir(&root)
         .env("GATEWAY_BASE_URL", gw.dp.url("/v1"))
         .env("GATEWAY_KEY", &gw.key)
@@ -488,7 +533,7 @@ async fn the_official_python_sdk_works_unchanged() {
         .await
         .unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "the SDK suite failed:\n{report}");
-    assert!(report.contains("25 passed"), "every SDK test ran:\n{report}");
+    assert!(output.status.success(), "the SDK suite {file} failed:\n{report}");
+    assert!(report.contains(&format!("{tests} passed")), "every SDK test of {file} ran:\n{report}");
     assert!(!report.contains("skipped"), "no SDK test may be skipped:\n{report}");
 }

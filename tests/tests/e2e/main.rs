@@ -7,6 +7,7 @@
 
 mod admin_api;
 mod anthropic;
+mod bedrock;
 mod gatewayctl;
 mod hardening;
 mod health_report;

@@ -7,6 +7,7 @@
 
 mod admin_api;
 mod anthropic;
+mod azure;
 mod bedrock;
 mod gatewayctl;
 mod hardening;

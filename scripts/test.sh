@@ -8,11 +8,11 @@ source scripts/lib/postgres.sh
 ensure_database_url
 
 # A local venv for the Python tools the end-to-end tests run: the SDK conformance suites (the official `openai`
-# and `anthropic` packages) and the admin API's fuzz run and document validator (schemathesis, openapi-spec-validator); deploy/'s
-# validators.
-requirements=(tests/sdk/requirements.txt tests/admin_api/requirements.txt deploy/requirements.txt)
+# and `anthropic` packages), the admin API's fuzz run and document validator (schemathesis, openapi-spec-validator),
+# deploy/'s validators, and botocore, with which the Bedrock mock (tests/providers/) checks SigV4 signatures.
+requirements=(tests/sdk/requirements.txt tests/admin_api/requirements.txt deploy/requirements.txt tests/providers/requirements.txt)
 if [ ! -x .venv/bin/python ] \
-    || ! .venv/bin/python -c 'import openai, anthropic, pytest, schemathesis, openapi_spec_validator, kubernetes_validate, check_jsonschema' 2>/dev/null \
+    || ! .venv/bin/python -c 'import openai, anthropic, pytest, schemathesis, openapi_spec_validator, kubernetes_validate, check_jsonschema, botocore' 2>/dev/null \
     || ! cat "${requirements[@]}" | cmp -s - .venv/requirements.installed; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check "${requirements[@]/#/--requirement=}"

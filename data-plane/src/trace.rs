@@ -138,5 +138,6 @@ fn system(kind: BackendKind) -> &'static str {
         BackendKind::Openai => "openai",
         BackendKind::AzureOpenai => "az.ai.openai",
         BackendKind::Anthropic => "anthropic",
+        BackendKind::Bedrock => "aws.bedrock",
     }
 }

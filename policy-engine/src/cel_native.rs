@@ -113,6 +113,7 @@ impl CandidateFacts {
                 BackendKind::Openai => "openai",
                 BackendKind::AzureOpenai => "azure_openai",
                 BackendKind::Anthropic => "anthropic",
+                BackendKind::Bedrock => "bedrock",
             },
             backend_region: backend.region.clone(),
             backend_tags: backend.tags.clone(),

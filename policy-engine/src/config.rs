@@ -36,6 +36,8 @@ pub enum BackendKind {
     AzureOpenai,
     /// Anthropic's native Messages API, translated both ways.
     Anthropic,
+    /// Amazon Bedrock's Converse API, translated both ways, requests signed with SigV4.
+    Bedrock,
 }
 
 /// How the gateway presents the backend's secret upstream.
@@ -217,6 +219,16 @@ pub struct AzureSettings {
     pub api_version: String,
 }
 
+/// AWS settings of a `bedrock` backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// The AWS region requests are signed for (e.g. `us-east-1`).
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
+    pub region: String,
+}
+
 /// A provider endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -225,7 +237,7 @@ pub struct BackendSpec {
     /// Unique name; models refer to it.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
-    /// The provider protocol: `openai`, `azure_openai` or `anthropic`.
+    /// The provider protocol: `openai`, `azure_openai`, `anthropic` or `bedrock`.
     pub kind: BackendKind,
     /// http(s) URL; normalised on write (a trailing slash never matters).
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::url))]
@@ -260,6 +272,9 @@ pub struct BackendSpec {
     /// Required for `azure_openai`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureSettings>,
+    /// Required for `bedrock`: the region its requests are signed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -19,6 +19,7 @@
 //! - [`budget_period`]: UTC calendar budget periods.
 //! - [`tokens`]: prompt-token estimates with a real tokenizer.
 
+pub mod aws_secret;
 pub mod base_url;
 pub mod budget_period;
 mod cel_check;

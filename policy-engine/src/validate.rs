@@ -100,11 +100,45 @@ pub fn backend(
             }
         }
         Some(SecretSpec::Value(value)) if value.is_empty() => errors.push("secret.value", "must not be empty"),
+        Some(SecretSpec::Value(value)) if spec.kind == BackendKind::Bedrock => {
+            if let Err(error) = crate::aws_secret::AwsKeys::parse(value) {
+                errors.push("secret.value", error.to_string());
+            }
+        }
         Some(SecretSpec::Sealed(_)) => errors.push("secret", "use {\"value\": ...} or {\"ref\": \"env:NAME\"}"),
         Some(SecretSpec::Value(_)) | None => {}
     }
     backend_settings_into(&mut errors, spec);
     errors.finish()
+}
+
+/// What a `bedrock` backend needs: a region to sign for, its secret as SigV4 keys (not a header), and no health check
+/// (Bedrock's runtime endpoint answers no `GET`).
+fn bedrock_settings(errors: &mut Errors, spec: &BackendSpec) {
+    match &spec.aws {
+        None => errors.push("aws", "bedrock backends need aws.region (e.g. {\"region\": \"us-east-1\"})"),
+        Some(aws) => {
+            let valid = !aws.region.is_empty()
+                && aws.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid {
+                errors.push("aws.region", format!("{:?} is not an AWS region name (e.g. us-east-1)", aws.region));
+            }
+        }
+    }
+    if spec.auth != BackendAuth::Bearer {
+        errors.push(
+            "auth",
+            "bedrock requests are signed with SigV4 from the backend's secret (or the data plane's AWS environment); \
+             leave auth out",
+        );
+    }
+    if spec.health_check.is_some() {
+        errors.push(
+            "health_check",
+            "bedrock's runtime endpoint answers no GET to check; use a circuit_breaker to take a failing bedrock \
+             backend out of rotation",
+        );
+    }
 }
 
 /// A backend's settings that need no operator policy (everything but the base URL's allowlist and the secret
@@ -129,6 +163,11 @@ fn backend_settings_into(errors: &mut Errors, spec: &BackendSpec) {
     }
     if spec.kind != BackendKind::AzureOpenai && spec.azure.is_some() {
         errors.push("azure", "only azure_openai backends take azure settings");
+    }
+    if spec.kind == BackendKind::Bedrock {
+        bedrock_settings(errors, spec);
+    } else if spec.aws.is_some() {
+        errors.push("aws", "only bedrock backends take aws settings");
     }
     let t = spec.timeouts;
     if t.connect_ms == 0 || t.first_byte_ms == 0 || t.total_ms == 0 {
@@ -206,6 +245,9 @@ fn backend_settings_into(errors: &mut Errors, spec: &BackendSpec) {
     }
     if let Some(azure) = &spec.azure {
         errors.label("azure.api_version", &azure.api_version);
+    }
+    if let Some(aws) = &spec.aws {
+        errors.label("aws.region", &aws.region);
     }
     errors.at_most("base_url", &spec.base_url, MAX_URL_CHARS);
     if let BackendAuth::Header { header } = &spec.auth {

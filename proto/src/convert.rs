@@ -112,6 +112,7 @@ pub fn encode(
             health_check_interval_ms: b.health_check.as_ref().map(|h| h.interval_ms),
             health_check_path: b.health_check.as_ref().map(|h| h.path.clone()).unwrap_or_default(),
             azure_api_version: b.azure.as_ref().map(|a| a.api_version.clone()).unwrap_or_default(),
+            aws_region: b.aws.as_ref().map(|a| a.region.clone()).unwrap_or_default(),
             breaker_max_open_ms: b.circuit_breaker.and_then(|c| c.max_open_ms),
             breaker_error_rate: b.circuit_breaker.and_then(|c| c.error_rate).map(|t| v1::BreakerTrip {
                 limit: u64::from(t.percent),
@@ -245,6 +246,7 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
                 "openai" => BackendKind::Openai,
                 "azure_openai" => BackendKind::AzureOpenai,
                 "anthropic" => BackendKind::Anthropic,
+                "bedrock" => BackendKind::Bedrock,
                 other => {
                     d.fail("kind", format!("unknown value {other:?}"));
                     BackendKind::Openai
@@ -294,6 +296,7 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
                 failure_threshold: b.health_check_failure_threshold.unwrap_or(1),
             }),
             azure: non_empty(&b.azure_api_version).map(|api_version| AzureSettings { api_version }),
+            aws: non_empty(&b.aws_region).map(|region| AwsSettings { region }),
         };
         config.backends.insert(spec.name.clone(), spec);
     }

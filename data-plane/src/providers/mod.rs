@@ -5,15 +5,25 @@
 //!
 //! - [`openai`]: `openai` and `azure_openai` (the same wire format, different URLs).
 //! - [`anthropic`]: the Messages API, translated both ways.
+//! - [`bedrock`]: Amazon Bedrock's Converse API, translated both ways ([`bedrock_stream`]: its binary event stream),
+//!   signed with SigV4 ([`sigv4`]).
 //! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects.
+//!
+//! Credentials a static header cannot carry (a signature over the request, a token fetched from an endpoint) are a
+//! kind's own: it says so ([`Provider::per_request_credentials`]) and computes them from the request as it will be
+//! sent ([`Provider::authorize`]); the upstream stage then adds them instead of the static secret.
 //! - [`egress`]: this data plane's egress rules, checked on resolved addresses.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod bedrock_stream;
 pub mod egress;
 pub mod openai;
+pub mod sigv4;
 pub mod upstream;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use policy_engine::config::{BackendKind, BackendSpec};
 use serde_json::{Map, Value};
@@ -54,10 +64,39 @@ pub struct Inbound<'a> {
     pub omit_usage_option: bool,
 }
 
+/// Headers that carry a request's credentials, computed for that request.
+pub type Credentials = Vec<(http::HeaderName, http::HeaderValue)>;
+
+/// A request as it will be sent, for a kind whose credentials are computed per request.
+pub struct Unsigned<'a> {
+    pub backend: &'a BackendSpec,
+    /// The backend's secret as this data plane resolved it (`None`: it has none).
+    pub secret: Option<&'a str>,
+    /// Method, URL, headers and body, all final: a signature over them stays valid.
+    pub request: &'a reqwest::Request,
+}
+
 /// One backend kind (see the module documentation).
 pub trait Provider: Sync {
     /// The request this kind wants; `AttemptError::Unsupported` when it cannot serve it (another candidate may).
     fn request(&self, request: &Inbound<'_>) -> Result<Outbound, AttemptError>;
+
+    /// Whether this kind's credentials are computed per request by [`Provider::authorize`] (then the static secret
+    /// is not presented as a header: it is the kind's to use).
+    fn per_request_credentials(&self) -> bool {
+        false
+    }
+
+    /// The credential headers for `request` (a signature, a token), for kinds with per-request credentials;
+    /// `AttemptError::Refused` when they cannot be had (a malformed secret: nothing is sent).
+    fn authorize<'a>(&'a self, _request: Unsigned<'a>) -> BoxFuture<'a, Result<Credentials, AttemptError>> {
+        Box::pin(async { Ok(Credentials::new()) })
+    }
+
+    /// Whether an answer with this content type is a stream this kind translates (default: server-sent events).
+    fn streams(&self, content_type: &str) -> bool {
+        content_type.starts_with("text/event-stream")
+    }
 
     /// Whether answers are translated (they are then always JSON, whatever content type the upstream sent).
     fn translates(&self) -> bool {
@@ -107,5 +146,6 @@ pub fn of(kind: BackendKind) -> &'static dyn Provider {
         BackendKind::Openai => &openai::OpenAi,
         BackendKind::AzureOpenai => &openai::AzureOpenAi,
         BackendKind::Anthropic => &anthropic::Anthropic,
+        BackendKind::Bedrock => &bedrock::Bedrock,
     }
 }

@@ -28,6 +28,10 @@ impl Provider for AzureOpenAi {
         Outbound { url, body: Vec::new(), native_key_header: None, headers: &[] }
     }
 
+    fn error_body(&self, body: String) -> String {
+        content_filter_error(&body).unwrap_or(body)
+    }
+
     fn request(&self, request: &Inbound<'_>) -> Result<Outbound, AttemptError> {
         let Inbound { backend, upstream_model, endpoint, .. } = *request;
         let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();
@@ -38,6 +42,33 @@ impl Provider for AzureOpenAi {
         );
         openai_request(url, request)
     }
+}
+
+/// Azure's content-filter refusal (`code` `content_filter`, the categories in `innererror.content_filter_result`) as
+/// an OpenAI error that says what happened and which categories were filtered (Azure's own leaves `type` null);
+/// `None` for any other error, passed on as it came.
+pub fn content_filter_error(body: &str) -> Option<String> {
+    let parsed: Value = serde_json::from_str(body).ok()?;
+    let error = parsed.get("error")?;
+    if error.get("code").and_then(Value::as_str) != Some("content_filter") {
+        return None;
+    }
+    let results = error.pointer("/innererror/content_filter_result").and_then(Value::as_object);
+    let filtered: Vec<&str> = results
+        .into_iter()
+        .flatten()
+        .filter(|(_, result)| result.get("filtered").and_then(Value::as_bool) == Some(true))
+        .map(|(category, _)| category.as_str())
+        .collect();
+    let said = error.get("message").and_then(Value::as_str).unwrap_or_default();
+    let categories = if filtered.is_empty() { String::new() } else { format!(" (filtered: {})", filtered.join(", ")) };
+    let message = format!("Azure OpenAI's content filter refused the request{categories}: {said}");
+    let param = error.get("param").filter(|p| p.is_string()).cloned().unwrap_or(Value::Null);
+    Some(
+        serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                     "code": "content_filter"}})
+        .to_string(),
+    )
 }
 
 /// The caller's body as it came, `model` set to the upstream's name, to `url`.

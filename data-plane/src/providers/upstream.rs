@@ -11,7 +11,7 @@ use policy_engine::config::{BackendAuth, BackendSpec};
 use serde_json::{Map, Value};
 
 use super::egress::{self, Egress};
-use super::{Inbound, Outbound};
+use super::{Inbound, Outbound, Unsigned};
 use crate::openai::request::Endpoint;
 
 /// Why an attempt did not produce a usable response.
@@ -155,6 +155,7 @@ impl Upstreams {
             .header("x-request-id", request_id)
             .headers(options.trace_headers.clone())
             .body(payload);
+        let request = self.with_credentials(backend, request).await?;
         let first_byte = backend.timeouts.first_byte_ms;
         let response = self.send_within(backend, request, Duration::from_millis(first_byte)).await?;
         if response.status().is_success() {
@@ -185,6 +186,7 @@ impl Upstreams {
     pub async fn check(&self, backend: &BackendSpec, path: &str, timeout: Duration) -> Result<(), AttemptError> {
         let Outbound { url, native_key_header, headers, .. } = super::of(backend.kind).health_check(backend, path);
         let request = self.authorized(backend, reqwest::Method::GET, &url, native_key_header, headers)?;
+        let request = self.with_credentials(backend, request).await?;
         let response = self.send_within(backend, request, timeout).await?;
         let status = response.status();
         if status.is_success() {
@@ -214,7 +216,8 @@ impl Upstreams {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        if let Some(secret) = secret {
+        let per_request = super::of(backend.kind).per_request_credentials();
+        if let Some(secret) = secret.filter(|_| !per_request) {
             request = match (&backend.auth, native_key_header) {
                 (BackendAuth::Bearer, None) => request.bearer_auth(secret),
                 (BackendAuth::Bearer, Some(header)) => request.header(header, secret),
@@ -223,6 +226,26 @@ impl Upstreams {
             };
         }
         Ok(request)
+    }
+
+    /// `request` with the credentials its backend's kind computes for it, for kinds that do
+    /// ([`super::Provider::authorize`]); others' requests as they are.
+    async fn with_credentials(
+        &self,
+        backend: &BackendSpec,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, AttemptError> {
+        let provider = super::of(backend.kind);
+        if !provider.per_request_credentials() {
+            return Ok(request);
+        }
+        let secret = self.egress.secret(backend).map_err(|reason| AttemptError::Refused(reason.0))?;
+        let (client, request) = request.build_split();
+        let mut request = request.map_err(|e| AttemptError::Connect(error_chain(&e)))?;
+        let credentials =
+            provider.authorize(Unsigned { backend, secret: secret.as_deref(), request: &request }).await?;
+        request.headers_mut().extend(credentials);
+        Ok(reqwest::RequestBuilder::from_parts(client, request))
     }
 
     /// Send `request`, its response head due within `timeout`; connection failures and egress refusals as the

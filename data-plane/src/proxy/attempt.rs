@@ -444,8 +444,7 @@ impl Attempts<'_> {
         let stream = self.parsed.stream;
         let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
         let content_type = upstream.headers().get("content-type").cloned();
-        let is_sse =
-            content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+        let is_sse = content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| provider.streams(v));
         let mut validation = None;
         let body = if stream && is_sse {
             let meter = StreamMeter::new(self.strip_usage);
@@ -511,6 +510,9 @@ impl Attempts<'_> {
         *response.status_mut() = status;
         if provider.translates() && !is_sse {
             response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        } else if provider.translates() && stream {
+            // A translated stream is server-sent events whatever the upstream's framing (Bedrock's event stream).
+            response.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
         } else if let Some(content_type) = content_type {
             response.headers_mut().insert("content-type", content_type);
         }

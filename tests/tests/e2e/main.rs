@@ -7,6 +7,8 @@
 
 mod admin_api;
 mod anthropic;
+mod azure;
+mod bedrock;
 mod gatewayctl;
 mod hardening;
 mod health_report;

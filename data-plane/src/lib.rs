@@ -18,6 +18,7 @@
 //! shutdown), `settings.rs` (flags and environment), `metrics.rs` (the Prometheus recorder).
 
 mod control;
+mod guardrails;
 mod health;
 mod http;
 mod metrics;

@@ -8,6 +8,7 @@
 mod admin_api;
 mod anthropic;
 mod gatewayctl;
+mod guardrails;
 mod hardening;
 mod health_report;
 mod metrics;

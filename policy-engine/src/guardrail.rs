@@ -133,7 +133,10 @@ impl Scanner {
                     }
                     if let Some(j) = list.iter().position(|t| t.trim().is_empty() || t.chars().count() > MAX_TERM_CHARS)
                     {
-                        fail(at(&format!("terms[{j}]")), format!("must be 1 to {MAX_TERM_CHARS} characters, not blank"));
+                        fail(
+                            at(&format!("terms[{j}]")),
+                            format!("must be 1 to {MAX_TERM_CHARS} characters, not blank"),
+                        );
                         continue;
                     }
                     match AhoCorasickBuilder::new()
@@ -336,7 +339,11 @@ impl GuardrailSet {
             let when = match cel_env::compile(&spec.when, ExpressionScope::Request) {
                 Ok(when) => when,
                 Err(error) => {
-                    errors.push(CompileError { resource: format!("guardrail/{}", spec.name), field: "when".to_owned(), error });
+                    errors.push(CompileError {
+                        resource: format!("guardrail/{}", spec.name),
+                        field: "when".to_owned(),
+                        error,
+                    });
                     continue;
                 }
             };
@@ -500,11 +507,8 @@ impl GuardrailSet {
 /// start of any finding it would cut (a match still growing into the window is held whole).
 pub fn safe_release_point(text: &str, findings: &[Finding], window: usize) -> usize {
     let chars = text.chars().count();
-    let mut point = if chars <= window {
-        0
-    } else {
-        text.char_indices().nth(chars - window).map_or(text.len(), |(i, _)| i)
-    };
+    let mut point =
+        if chars <= window { 0 } else { text.char_indices().nth(chars - window).map_or(text.len(), |(i, _)| i) };
     // Findings are sorted by start: walking back over them settles every overlap.
     for finding in findings.iter().rev() {
         if finding.start < point && point < finding.end {

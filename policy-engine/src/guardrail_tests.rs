@@ -41,17 +41,41 @@ fn built_in_detectors_find_what_they_name_and_leave_the_rest() {
         (json!({"type": "iban"}), "to DE89 3704 0044 0532 0130 01 please", "to DE89 3704 0044 0532 0130 01 please"),
         (json!({"type": "us_ssn"}), "ssn 123-45-6789", "ssn [REDACTED:us_ssn]"),
         (json!({"type": "us_ssn"}), "ssn 666-45-6789", "ssn 666-45-6789"),
-        (json!({"type": "ip_address"}), "host 10.1.2.3 and ::1 or 2001:db8::1", "host [REDACTED:ip_address] and ::1 or [REDACTED:ip_address]"),
+        (
+            json!({"type": "ip_address"}),
+            "host 10.1.2.3 and ::1 or 2001:db8::1",
+            "host [REDACTED:ip_address] and ::1 or [REDACTED:ip_address]",
+        ),
         (json!({"type": "ip_address"}), "version 1.2.3.999 at 10:30", "version 1.2.3.999 at 10:30"),
-        (json!({"type": "phone"}), "call +44 20 7946 0958 or (415) 555-0132", "call [REDACTED:phone] or [REDACTED:phone]"),
+        (
+            json!({"type": "phone"}),
+            "call +44 20 7946 0958 or (415) 555-0132",
+            "call [REDACTED:phone] or [REDACTED:phone]",
+        ),
         (json!({"type": "credential"}), "key sk-proj-abcdefghijklmnopqrstuvwx end", "key [REDACTED:credential] end"),
         (json!({"type": "credential"}), "AKIAIOSFODNN7EXAMPLE", "[REDACTED:credential]"),
         (json!({"type": "credential"}), "tok ghp_0123456789abcdefghijklmnopqrstuvwxyzAB", "tok [REDACTED:credential]"),
         (json!({"type": "credential"}), "slack xoxb-1234567890-abcdefghij", "slack [REDACTED:credential]"),
-        (json!({"type": "credential"}), "commit 3f786850e387550fdab836ed7e6dc881de23001b", "commit 3f786850e387550fdab836ed7e6dc881de23001b"),
-        (json!({"type": "regex", "name": "ticket", "pattern": "PRJ-[0-9]{4}"}), "see PRJ-1234", "see [REDACTED:ticket]"),
-        (json!({"type": "terms", "name": "codename", "terms": ["Bluebird", "night owl"]}), "the bluebird and NIGHT OWL, not bluebirds", "the [REDACTED:codename] and [REDACTED:codename], not bluebirds"),
-        (json!({"type": "terms", "name": "codename", "terms": ["Bluebird"], "case_sensitive": true}), "bluebird Bluebird", "bluebird [REDACTED:codename]"),
+        (
+            json!({"type": "credential"}),
+            "commit 3f786850e387550fdab836ed7e6dc881de23001b",
+            "commit 3f786850e387550fdab836ed7e6dc881de23001b",
+        ),
+        (
+            json!({"type": "regex", "name": "ticket", "pattern": "PRJ-[0-9]{4}"}),
+            "see PRJ-1234",
+            "see [REDACTED:ticket]",
+        ),
+        (
+            json!({"type": "terms", "name": "codename", "terms": ["Bluebird", "night owl"]}),
+            "the bluebird and NIGHT OWL, not bluebirds",
+            "the [REDACTED:codename] and [REDACTED:codename], not bluebirds",
+        ),
+        (
+            json!({"type": "terms", "name": "codename", "terms": ["Bluebird"], "case_sensitive": true}),
+            "bluebird Bluebird",
+            "bluebird [REDACTED:codename]",
+        ),
     ];
     for (detector, text, expected) in cases {
         assert_eq!(&redacted(detector.clone(), text), expected, "{detector} over {text:?}");
@@ -91,7 +115,8 @@ fn sides_when_and_disabled_guardrails_select_what_applies() {
 
 #[test]
 fn audits_count_and_outcomes_carry_names_not_content() {
-    let set = set_of(vec![json!({"name": "pii", "action": "audit", "detectors": [{"type": "email"}, {"type": "us_ssn"}]})]);
+    let set =
+        set_of(vec![json!({"name": "pii", "action": "audit", "detectors": [{"type": "email"}, {"type": "us_ssn"}]})]);
     let applied = applied_all(&set);
     let text = "a@b.io c@d.io 123-45-6789";
     let mut findings = Vec::new();
@@ -120,7 +145,9 @@ fn the_release_point_never_cuts_a_finding_and_keeps_the_window() {
 fn refusals(value: serde_json::Value) -> Vec<String> {
     match serde_json::from_value::<GuardrailSpec>(value) {
         Err(error) => vec![error.to_string()],
-        Ok(spec) => crate::validate::guardrail(&spec).err().unwrap_or_default().iter().map(ToString::to_string).collect(),
+        Ok(spec) => {
+            crate::validate::guardrail(&spec).err().unwrap_or_default().iter().map(ToString::to_string).collect()
+        }
     }
 }
 
@@ -130,16 +157,34 @@ fn hostile_or_unsupported_detectors_are_refused_with_their_place() {
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (base(json!([])), "detectors: list at least one detector"),
         (base(json!(vec![json!({"type": "email"}); 33])), "at most 32 detectors"),
-        (base(json!([{"type": "regex", "name": "x", "pattern": "a{1000}{1000}"}])), "detectors[0].pattern: does not compile"),
+        (
+            base(json!([{"type": "regex", "name": "x", "pattern": "a{1000}{1000}"}])),
+            "detectors[0].pattern: does not compile",
+        ),
         (base(json!([{"type": "regex", "name": "x", "pattern": "a*"}])), "must not match the empty string"),
-        (base(json!([{"type": "regex", "name": "x", "pattern": "a".repeat(1025)}])), "detectors[0].pattern: must be 1 to 1024"),
+        (
+            base(json!([{"type": "regex", "name": "x", "pattern": "a".repeat(1025)}])),
+            "detectors[0].pattern: must be 1 to 1024",
+        ),
         (base(json!([{"type": "terms", "name": "x", "terms": vec!["t"; 1001]}])), "detectors[0].terms: list 1 to 1000"),
         (base(json!([{"type": "terms", "name": "x", "terms": ["ok", " "]}])), "detectors[0].terms[1]"),
-        (base(json!([{"type": "moderation", "backend": "openai"}])), "detectors[0].type: 'moderation' (an external classifier) is not supported"),
-        (base(json!([{"type": "webhook", "url": "http://x"}])), "detectors[0].type: 'webhook' (an external classifier) is not supported"),
+        (
+            base(json!([{"type": "moderation", "backend": "openai"}])),
+            "detectors[0].type: 'moderation' (an external classifier) is not supported",
+        ),
+        (
+            base(json!([{"type": "webhook", "url": "http://x"}])),
+            "detectors[0].type: 'webhook' (an external classifier) is not supported",
+        ),
         (base(json!([{"type": "email", "extra": 1}])), "unknown field"),
-        (json!({"name": "g", "action": "block", "when": "request.nope", "detectors": [{"type": "email"}]}), "when: CEL"),
-        (json!({"name": "g", "action": "block", "stream_window_chars": 8, "detectors": [{"type": "email"}]}), "stream_window_chars"),
+        (
+            json!({"name": "g", "action": "block", "when": "request.nope", "detectors": [{"type": "email"}]}),
+            "when: CEL",
+        ),
+        (
+            json!({"name": "g", "action": "block", "stream_window_chars": 8, "detectors": [{"type": "email"}]}),
+            "stream_window_chars",
+        ),
     ];
     for (value, expected) in cases {
         let errors = refusals(value.clone());

@@ -238,11 +238,7 @@ pub fn encode(
             when: g.when.clone(),
             side: enum_name(&g.side),
             action: enum_name(&g.action),
-            detectors_json: g
-                .detectors
-                .iter()
-                .map(|d| serde_json::to_string(d).unwrap_or_default())
-                .collect(),
+            detectors_json: g.detectors.iter().map(|d| serde_json::to_string(d).unwrap_or_default()).collect(),
             stream_window_chars: g.stream_window_chars,
         })
         .collect();

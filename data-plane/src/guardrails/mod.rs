@@ -37,7 +37,12 @@ pub fn prepare(
         return Ok(None);
     }
     let applied = snapshot.guardrails.applicable(facts, key, chrono::Utc::now()).map_err(|failed| {
-        GatewayError::PolicyFailed { kind: "guardrail", policy: failed.guardrail, field: "when".to_owned(), error: failed.error }
+        GatewayError::PolicyFailed {
+            kind: "guardrail",
+            policy: failed.guardrail,
+            field: "when".to_owned(),
+            error: failed.error,
+        }
     })?;
     Ok((!applied.is_empty()).then(|| Guard { snapshot: snapshot.clone(), applied }))
 }
@@ -168,7 +173,11 @@ impl Guard {
 }
 
 fn blocked_error(blocked: Blocked) -> GatewayError {
-    GatewayError::ContentBlocked { guardrail: blocked.guardrail, category: blocked.category, side: blocked.side.as_str() }
+    GatewayError::ContentBlocked {
+        guardrail: blocked.guardrail,
+        category: blocked.category,
+        side: blocked.side.as_str(),
+    }
 }
 
 /// A string, or an array of strings (a completion's `prompt`, an embedding's `input`); token arrays are left alone.

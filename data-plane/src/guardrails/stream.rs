@@ -111,7 +111,9 @@ impl<S> GuardedStream<S> {
                     if !rest.is_empty() {
                         self.held.insert(index, rest);
                     }
-                    if let Some(delta) = choices.get_mut(position).and_then(|c| c.get_mut("delta")).and_then(Value::as_object_mut) {
+                    if let Some(delta) =
+                        choices.get_mut(position).and_then(|c| c.get_mut("delta")).and_then(Value::as_object_mut)
+                    {
                         delta.insert("content".to_owned(), Value::String(released));
                         rewritten = true;
                     }

@@ -89,7 +89,8 @@ fn a_secret_split_across_two_chunks_is_redacted_in_what_the_client_assembles() {
 
 #[test]
 fn a_block_mid_stream_ends_with_an_error_event_and_never_sends_the_match() {
-    let input = sse(&["Hello there, a long enough opening to release some text early on. Write to jo", "e@example.com now"]);
+    let input =
+        sse(&["Hello there, a long enough opening to release some text early on. Write to jo", "e@example.com now"]);
     let output = run(guard("block", 32), &input, &[]);
     let (text, error) = assembled(&output);
     assert!(error, "{output}");

@@ -43,6 +43,7 @@ use super::Proxy;
 use super::attempt::{Attempts, RouteLimits};
 use super::auth::authenticate;
 use crate::control::snapshot::CompiledSnapshot;
+use crate::guardrails;
 use crate::openai::error::GatewayError;
 use crate::openai::request::{self, Endpoint, ParsedRequest};
 use crate::ratelimit::limiter::KeyLimits;
@@ -50,7 +51,6 @@ use crate::server::Exchange;
 use crate::spend::estimate::{self, Admitting};
 use crate::spend::metering;
 use crate::spend::record::{RequestSpend, SpendContext};
-use crate::guardrails;
 use crate::tools::governance;
 use crate::trace;
 

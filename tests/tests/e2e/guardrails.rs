@@ -40,24 +40,40 @@ async fn prompts_are_redacted_or_blocked_streams_redacted_and_outcomes_recorded_
     let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
     let mock = MockUpstream::start(test, "m0").await;
     cp.create("backends", json!({"name": "up", "kind": "openai", "base_url": mock.base_url()})).await;
-    cp.create("models", json!({"name": "m", "backend": "up", "upstream_model": "upstream-m",
-        "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "2"}}))
-        .await;
+    cp.create(
+        "models",
+        json!({"name": "m", "backend": "up", "upstream_model": "upstream-m",
+        "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "2"}}),
+    )
+    .await;
     cp.create("aliases", json!({"name": "chat", "candidates": [{"model": "m"}]})).await;
     let when = |case: &str| format!("has(request.metadata.case) && request.metadata.case == '{case}'");
-    cp.create("guardrails", json!({"name": "pii", "when": when("redact"), "side": "prompt", "action": "redact",
-        "detectors": [{"type": "email"}, {"type": "payment_card"}]}))
-        .await;
-    cp.create("guardrails", json!({"name": "secrets", "when": when("block"), "side": "prompt", "action": "block",
-        "detectors": [{"type": "credential"}]}))
-        .await;
-    cp.create("guardrails", json!({"name": "answer-secrets", "when": when("stream"), "side": "completion",
-        "action": "redact", "stream_window_chars": 64, "detectors": [{"type": "credential"}]}))
-        .await;
+    cp.create(
+        "guardrails",
+        json!({"name": "pii", "when": when("redact"), "side": "prompt", "action": "redact",
+        "detectors": [{"type": "email"}, {"type": "payment_card"}]}),
+    )
+    .await;
+    cp.create(
+        "guardrails",
+        json!({"name": "secrets", "when": when("block"), "side": "prompt", "action": "block",
+        "detectors": [{"type": "credential"}]}),
+    )
+    .await;
+    cp.create(
+        "guardrails",
+        json!({"name": "answer-secrets", "when": when("stream"), "side": "completion",
+        "action": "redact", "stream_window_chars": 64, "detectors": [{"type": "credential"}]}),
+    )
+    .await;
     // Refused at write, never silently accepted: external classifiers are not built yet.
     let (status, refused) = cp
-        .call("POST", "/guardrails", Some(json!({"name": "mod", "action": "block",
-            "detectors": [{"type": "moderation", "backend": "up"}]})))
+        .call(
+            "POST",
+            "/guardrails",
+            Some(json!({"name": "mod", "action": "block",
+            "detectors": [{"type": "moderation", "backend": "up"}]})),
+        )
         .await;
     assert_eq!(status, 400, "{refused}");
     assert!(refused.to_string().contains("not supported"), "{refused}");
@@ -69,8 +85,12 @@ async fn prompts_are_redacted_or_blocked_streams_redacted_and_outcomes_recorded_
 
     // The dry run names the guardrails that apply.
     let (status, dry) = cp
-        .call("POST", "/evaluate", Some(json!({"request": {"model": "chat", "metadata": {"case": "redact"},
-            "messages": [{"role": "user", "content": "hi"}]}})))
+        .call(
+            "POST",
+            "/evaluate",
+            Some(json!({"request": {"model": "chat", "metadata": {"case": "redact"},
+            "messages": [{"role": "user", "content": "hi"}]}})),
+        )
         .await;
     assert_eq!(status, 200, "{dry}");
     assert_eq!(dry["guardrails"], json!({"prompt": ["pii"], "completion": []}));
@@ -87,15 +107,21 @@ async fn prompts_are_redacted_or_blocked_streams_redacted_and_outcomes_recorded_
 
     // 2. Blocked: content_blocked naming the guardrail and the category, never the text; nothing sent upstream.
     let blocked = sdk(&dp, &key, "chat", "block", &format!("deploy with {AWS_KEY} please")).await;
-    assert_eq!((blocked["status"].clone(), blocked["code"].clone()), (json!(400), json!("content_blocked")), "{blocked}");
+    assert_eq!(
+        (blocked["status"].clone(), blocked["code"].clone()),
+        (json!(400), json!("content_blocked")),
+        "{blocked}"
+    );
     let message = blocked["message"].as_str().unwrap();
     assert!(message.contains("'secrets'") && message.contains("credential"), "{message}");
     assert!(!message.contains(AWS_KEY), "{message}");
     assert_eq!(mock.requests().await.len(), 1, "the blocked prompt never reached the upstream");
 
     // 3. A secret split across two streamed chunks is redacted in what the client assembles.
-    mock.script(json!([{"pieces": [format!("Your key is {STREAM_KEY_HEAD}"), format!("{STREAM_KEY_TAIL}, keep it safe.")]}]))
-        .await;
+    mock.script(
+        json!([{"pieces": [format!("Your key is {STREAM_KEY_HEAD}"), format!("{STREAM_KEY_TAIL}, keep it safe.")]}]),
+    )
+    .await;
     let streamed = sdk(&dp, &key, "stream", "stream", "what is my key?").await;
     assert_eq!(streamed["content"], json!("Your key is [REDACTED:credential], keep it safe."), "{streamed}");
 

@@ -299,7 +299,7 @@ fn report_csv(group_by: &[Dimension], rows: &[SpendRow]) -> Result<Vec<u8>, ApiE
     writer.into_inner().map_err(csv_error)
 }
 
-const EVENT_COLUMNS: [&str; 32] = [
+const EVENT_COLUMNS: [&str; 33] = [
     "id",
     "occurred_at",
     "ingested_at",

@@ -344,6 +344,16 @@ mod tests {
         check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e47360".into(), Some("trace_id"));
         check(|e| e.trace_id = "0".repeat(32), Some("trace_id"));
         check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e473g".into(), Some("trace_id"));
+        let outcome = |guardrail: &str| v1::GuardrailOutcome {
+            guardrail: guardrail.into(),
+            detector: "email".into(),
+            action: "redact".into(),
+            side: "prompt".into(),
+            count: 2,
+        };
+        check(|e| e.guardrails = vec![outcome("pii")], None);
+        check(|e| e.guardrails = vec![outcome("pii"); MAX_GUARDRAIL_OUTCOMES + 1], Some("guardrails"));
+        check(|e| e.guardrails = vec![outcome("p\0ii")], Some("guardrails.guardrail"));
     }
 
     #[test]

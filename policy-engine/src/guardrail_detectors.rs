@@ -74,7 +74,7 @@ pub(crate) fn luhn(candidate: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// ISO 13616: the country and check digits moved to the end, letters as 10..35, the number mod 97 is 1.

@@ -5,8 +5,8 @@
 //! 4. the key's allowed aliases, then routing (policies, constraints, alias resolution, strategy order);
 //! 5. tool governance, only when the request declares tools ([`crate::tools::governance`]): the tool policy (after
 //!    routing, so a route policy's deny wins), registered schemas put in place of the caller's;
-//! 5b. guardrails ([`crate::guardrails`]): the prompt inspected, redacted or refused (`content_blocked`) before
-//!    anything is counted or sent; the answer is inspected in [`super::attempt`];
+//!    then guardrails ([`crate::guardrails`]): the prompt inspected, redacted or refused (`content_blocked`)
+//!    before anything is counted or sent (the answer is inspected in [`super::attempt`]);
 //! 6. rate limits ([`crate::ratelimit`]): the key's RPM and TPM (429 `rate_limit_exceeded`), its tokens estimated as
 //!    the prompt plus the most output; after routing because the estimate is only counted when the key or a
 //!    candidate's backend limits tokens, before budgets so a refused request reserves nothing. Backends' own limits

@@ -99,6 +99,7 @@ fn batch(n: usize, day: DateTime<Utc>, seed: usize, spread: Spread) -> v1::Spend
                 tool_calls: vec![],
                 attempts: 1,
                 trace_id: String::new(),
+                guardrails: vec![],
             }
         })
         .collect();

@@ -20,6 +20,8 @@ const MAX_METADATA_ENTRIES: usize = 64;
 const MAX_METADATA_KEY: usize = 128;
 const MAX_METADATA_VALUE: usize = 1024;
 const MAX_TOOL_CALLS: usize = 128;
+/// Guardrail outcomes per event (the data plane sends at most as many).
+const MAX_GUARDRAIL_OUTCOMES: usize = 128;
 /// Costs keep at most this many decimal places...
 pub(crate) const MAX_COST_SCALE: usize = 18;
 /// ...and at most this many integer digits (below 1e9 USD, far beyond any request), so a cost has at most 27
@@ -66,6 +68,8 @@ pub struct SpendRecord {
     pub metadata: String,
     /// JSON array text of `{tool, outcome, violations}`.
     pub tool_calls: String,
+    /// What the request's guardrails found, as a JSON array of `{guardrail, detector, action, side, count}`.
+    pub guardrails: String,
 }
 
 /// An event that failed validation.
@@ -185,6 +189,19 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
             "violations": call.violations,
         }));
     }
+    if event.guardrails.len() > MAX_GUARDRAIL_OUTCOMES {
+        return Err(("guardrails", format!("more than {MAX_GUARDRAIL_OUTCOMES} guardrail outcomes")));
+    }
+    let mut guardrails = Vec::with_capacity(event.guardrails.len());
+    for found in &event.guardrails {
+        guardrails.push(serde_json::json!({
+            "guardrail": text("guardrails.guardrail", &found.guardrail, MAX_TEXT)?,
+            "detector": text("guardrails.detector", &found.detector, MAX_TEXT)?,
+            "action": text("guardrails.action", &found.action, 64)?,
+            "side": text("guardrails.side", &found.side, 64)?,
+            "count": found.count,
+        }));
+    }
     let outcome = text("outcome", &event.outcome, 64)?;
     if outcome.is_empty() {
         return Err(("outcome", "must not be empty (ok, upstream_error, interrupted, rejected, ...)".to_owned()));
@@ -224,6 +241,7 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
         trace_id: trace_id(&event.trace_id)?,
         metadata: serde_json::to_string(&metadata).unwrap_or_else(|_| "{}".to_owned()),
         tool_calls: serde_json::Value::Array(tool_calls).to_string(),
+        guardrails: serde_json::Value::Array(guardrails).to_string(),
     })
 }
 
@@ -326,6 +344,16 @@ mod tests {
         check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e47360".into(), Some("trace_id"));
         check(|e| e.trace_id = "0".repeat(32), Some("trace_id"));
         check(|e| e.trace_id = "4bf92f3577b34da6a3ce929d0e0e473g".into(), Some("trace_id"));
+        let outcome = |guardrail: &str| v1::GuardrailOutcome {
+            guardrail: guardrail.into(),
+            detector: "email".into(),
+            action: "redact".into(),
+            side: "prompt".into(),
+            count: 2,
+        };
+        check(|e| e.guardrails = vec![outcome("pii")], None);
+        check(|e| e.guardrails = vec![outcome("pii"); MAX_GUARDRAIL_OUTCOMES + 1], Some("guardrails"));
+        check(|e| e.guardrails = vec![outcome("p\0ii")], Some("guardrails.guardrail"));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 mod apis;
 mod control;
+mod guardrails;
 mod health;
 mod http;
 mod metrics;

@@ -26,6 +26,7 @@ pub const FAILOVERS: &str = "gateway_failovers_total";
 pub const REFUSALS: &str = "gateway_refusals_total";
 pub const ERRORS: &str = "gateway_request_errors_total";
 pub const SNAPSHOT_VERSION: &str = "gateway_snapshot_version";
+pub const GUARDRAIL_MATCHES: &str = "gateway_guardrail_matches_total";
 
 /// The label value for a name the snapshot does not know (the caller's spelling never becomes a label).
 pub const UNKNOWN: &str = "_other";
@@ -74,6 +75,7 @@ pub fn describe() {
     describe_counter!(FAILOVERS, "Attempts sent to a candidate after an earlier one of the same request failed.");
     describe_counter!(REFUSALS, "Requests the gateway refused before or instead of serving, by reason and code.");
     describe_counter!(ERRORS, "Requests answered with the gateway's own error, by its code.");
+    describe_counter!(GUARDRAIL_MATCHES, "Guardrail matches by guardrail, detector, action and side (never content).");
     describe_gauge!(SNAPSHOT_VERSION, "The configuration snapshot version served.");
     describe_gauge!("gateway_spend_spool_bytes", Unit::Bytes, "Bytes of spend batches spooled, not acknowledged.");
     describe_gauge!("gateway_spend_queued_batches", "Spend batches waiting for the control plane's acknowledgement.");

@@ -91,6 +91,7 @@ fn columns(kind: Kind) -> Vec<Column> {
         Kind::Alias => &[("STRATEGY", "/strategy"), ("CANDIDATES", "/candidates")][..],
         Kind::RoutePolicy => &[("PRIORITY", "/priority"), ("ACTION", "/action/type"), ("ENABLED", "/enabled")][..],
         Kind::ToolPolicy => &[("PRIORITY", "/priority")][..],
+        Kind::Guardrail => &[("SIDE", "/side"), ("ACTION", "/action"), ("ENABLED", "/enabled")][..],
         Kind::ToolSchema | Kind::Budget => &[][..],
     });
     columns.extend_from_slice(&NAME_COLUMNS[1..]);

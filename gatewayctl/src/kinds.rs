@@ -27,11 +27,21 @@ pub enum Kind {
     RoutePolicy,
     #[value(alias = "budgets")]
     Budget,
+    #[value(alias = "guardrails")]
+    Guardrail,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] =
-        [Kind::Backend, Kind::Model, Kind::Alias, Kind::ToolSchema, Kind::ToolPolicy, Kind::RoutePolicy, Kind::Budget];
+    pub const ALL: [Kind; 8] = [
+        Kind::Backend,
+        Kind::Model,
+        Kind::Alias,
+        Kind::ToolSchema,
+        Kind::ToolPolicy,
+        Kind::RoutePolicy,
+        Kind::Budget,
+        Kind::Guardrail,
+    ];
 
     /// The `kind:` of a document.
     pub fn document_name(self) -> &'static str {
@@ -43,6 +53,7 @@ impl Kind {
             Kind::ToolPolicy => "ToolPolicy",
             Kind::RoutePolicy => "RoutePolicy",
             Kind::Budget => "Budget",
+            Kind::Guardrail => "Guardrail",
         }
     }
 
@@ -60,6 +71,7 @@ impl Kind {
             Kind::ToolPolicy => "tool-policies",
             Kind::RoutePolicy => "route-policies",
             Kind::Budget => "budgets",
+            Kind::Guardrail => "guardrails",
         }
     }
 
@@ -82,6 +94,7 @@ impl Kind {
             Kind::ToolPolicy => round_trip::<ToolPolicySpec>(spec),
             Kind::RoutePolicy => round_trip::<RoutePolicySpec>(spec),
             Kind::Budget => round_trip::<BudgetSpec>(spec),
+            Kind::Guardrail => round_trip::<GuardrailSpec>(spec),
         }
     }
 }
@@ -114,6 +127,7 @@ pub fn check(kind: Kind, spec: &Value) -> Result<(), Vec<SpecError>> {
         Kind::ToolPolicy => validate::tool_policy(&parse(spec).map_err(invalid)?),
         Kind::RoutePolicy => validate::route_policy(&parse(spec).map_err(invalid)?),
         Kind::Budget => validate::budget(&parse(spec).map_err(invalid)?),
+        Kind::Guardrail => validate::guardrail(&parse(spec).map_err(invalid)?),
     }
 }
 
@@ -144,6 +158,7 @@ pub fn config_set(resources: &[(Kind, Value)]) -> Result<ConfigSet, String> {
             Kind::ToolPolicy => insert(&mut config.tool_policies, parse::<ToolPolicySpec>(spec)?, |s| &s.name),
             Kind::RoutePolicy => insert(&mut config.route_policies, parse::<RoutePolicySpec>(spec)?, |s| &s.name),
             Kind::Budget => insert(&mut config.budgets, parse::<BudgetSpec>(spec)?, |s| &s.name),
+            Kind::Guardrail => insert(&mut config.guardrails, parse::<GuardrailSpec>(spec)?, |s| &s.name),
         }
     }
     Ok(config)

@@ -35,6 +35,7 @@ fn the_yaml_holds_the_same_configuration_as_the_bundle() {
         (Kind::ToolSchema, "tool_schemas"),
         (Kind::ToolPolicy, "tool_policies"),
         (Kind::Budget, "budgets"),
+        (Kind::Guardrail, "guardrails"),
     ];
     for (kind, section) in sections {
         let mut from_bundle: Vec<Value> = bundle[section]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "openapi")]
 use crate::fields::schema;
 use crate::fields::{MAX_NAME_CHARS, money};
+pub use crate::guardrail_spec::{DetectorSpec, GuardrailAction, GuardrailSide, GuardrailSpec};
 
 /// Resource names appear in URLs, CEL strings and policy files, so they keep to a URL-safe alphabet
 /// ([`crate::fields::NAME_PATTERN`]).
@@ -681,6 +682,7 @@ pub struct ConfigSet {
     pub tool_schemas: BTreeMap<String, ToolSchemaSpec>,
     pub tool_policies: BTreeMap<String, ToolPolicySpec>,
     pub budgets: BTreeMap<String, BudgetSpec>,
+    pub guardrails: BTreeMap<String, GuardrailSpec>,
 }
 
 /// A reference from one resource to another that does not resolve, or a cross-resource rule broken.

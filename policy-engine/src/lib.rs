@@ -14,6 +14,7 @@
 //! - [`routing`]: policy matching, constraints, candidate ordering.
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
 //! - [`tool_policy`]: tool policies (who may declare which tools) and tool-call validation.
+//! - [`guardrail`]: guardrails (content safety, data protection): detectors compiled once, scanning and redaction.
 //! - [`base_url`]: backend URL normalisation, the SSRF allowlist and the always-refused addresses.
 //! - [`secret_ref`]: which environment variables a backend's secret reference may name.
 //! - [`budget_period`]: UTC calendar budget periods.
@@ -30,6 +31,9 @@ mod cel_native;
 pub mod config;
 pub mod facts;
 pub mod fields;
+pub mod guardrail;
+mod guardrail_detectors;
+pub mod guardrail_spec;
 pub mod routing;
 pub mod secret_ref;
 pub mod tokens;

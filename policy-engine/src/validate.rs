@@ -9,6 +9,7 @@ use crate::cel_decls::ExpressionScope;
 use crate::cel_env;
 use crate::config::*;
 use crate::fields::*;
+use crate::guardrail_spec::{MAX_STREAM_WINDOW_CHARS, MIN_STREAM_WINDOW_CHARS};
 use crate::secret_ref::SecretEnvPolicy;
 use crate::tool_schema;
 
@@ -402,6 +403,29 @@ pub fn tool_policy(spec: &ToolPolicySpec) -> Result<(), Vec<SpecError>> {
     }
     if spec.max_retries > 5 {
         errors.push("max_retries", "at most 5 retries");
+    }
+    errors.finish()
+}
+
+/// A guardrail: its `when`, bounds, and its detectors compiled (bounded regexes, term lists) exactly as the data
+/// plane compiles them.
+pub fn guardrail(spec: &GuardrailSpec) -> Result<(), Vec<SpecError>> {
+    let mut errors = Errors::default();
+    errors.name("name", &spec.name);
+    if let Some(description) = &spec.description {
+        errors.at_most("description", description, MAX_TEXT_CHARS);
+    }
+    errors.cel("when", &spec.when, ExpressionScope::Request);
+    if !(MIN_STREAM_WINDOW_CHARS..=MAX_STREAM_WINDOW_CHARS).contains(&spec.stream_window_chars) {
+        errors.push(
+            "stream_window_chars",
+            format!("must be from {MIN_STREAM_WINDOW_CHARS} to {MAX_STREAM_WINDOW_CHARS} characters"),
+        );
+    }
+    if let Err(detector_errors) = crate::guardrail::Scanner::compile(&spec.detectors) {
+        for error in detector_errors {
+            errors.push(error.field, error.message);
+        }
     }
     errors.finish()
 }

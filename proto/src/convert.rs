@@ -229,9 +229,33 @@ pub fn encode(
             soft_threshold: b.soft_threshold.map(|d| d.to_string()).unwrap_or_default(),
         })
         .collect();
+    let guardrails = config
+        .guardrails
+        .values()
+        .map(|g| v1::Guardrail {
+            name: g.name.clone(),
+            description: g.description.clone().unwrap_or_default(),
+            enabled: g.enabled,
+            when: g.when.clone(),
+            side: enum_name(&g.side),
+            action: enum_name(&g.action),
+            detectors_json: g.detectors.iter().map(|d| serde_json::to_string(d).unwrap_or_default()).collect(),
+            stream_window_chars: g.stream_window_chars,
+        })
+        .collect();
     let mut api_keys = api_keys;
     api_keys.sort_by(|a, b| a.name.cmp(&b.name));
-    v1::SnapshotContent { backends, models, aliases, route_policies, tool_schemas, tool_policies, budgets, api_keys }
+    v1::SnapshotContent {
+        backends,
+        models,
+        aliases,
+        route_policies,
+        tool_schemas,
+        tool_policies,
+        budgets,
+        api_keys,
+        guardrails,
+    }
 }
 
 /// Decode the configuration part of a snapshot, reporting every field that does not decode.
@@ -420,6 +444,27 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
         };
         config.budgets.insert(spec.name.clone(), spec);
     }
+    for g in &content.guardrails {
+        let mut d = Decoder { resource: format!("guardrail/{}", g.name), errors: &mut errors };
+        let mut detectors = Vec::with_capacity(g.detectors_json.len());
+        for (i, json) in g.detectors_json.iter().enumerate() {
+            match serde_json::from_str::<DetectorSpec>(json) {
+                Ok(detector) => detectors.push(detector),
+                Err(e) => d.fail(&format!("detectors_json[{i}]"), format!("not a detector: {e}")),
+            }
+        }
+        let spec = GuardrailSpec {
+            name: g.name.clone(),
+            description: non_empty(&g.description),
+            enabled: g.enabled,
+            when: g.when.clone(),
+            side: d.parse_enum("side", &g.side),
+            action: d.parse_enum("action", &g.action),
+            detectors,
+            stream_window_chars: g.stream_window_chars,
+        };
+        config.guardrails.insert(spec.name.clone(), spec);
+    }
     if errors.is_empty() { Ok(config) } else { Err(errors) }
 }
 
@@ -486,6 +531,15 @@ mod tests {
                 soft_threshold: Some(Decimal::new(8, 1)),
             },
         );
+        let guardrail: GuardrailSpec = serde_json::from_value(serde_json::json!({
+            "name": "pii", "description": "no personal data upstream", "when": "key.team != 'legal'",
+            "side": "prompt", "action": "redact", "stream_window_chars": 64,
+            "detectors": [{"type": "email"}, {"type": "payment_card"},
+                          {"type": "regex", "name": "ticket", "pattern": "PRJ-[0-9]+"},
+                          {"type": "terms", "name": "codename", "terms": ["bluebird"], "case_sensitive": true}]
+        }))
+        .expect("guardrail");
+        config.guardrails.insert(guardrail.name.clone(), guardrail);
         config
     }
 

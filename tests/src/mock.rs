@@ -6,7 +6,8 @@
 //! `{"status": 500, "body": {...}, "delay_ms": 0, "retry_after": "1", "chunks": 3, "chunk_delay_ms": 0,
 //!   "cut_after": 2, "pad_bytes": 65536, "omit_usage": true, "usage": {"prompt_tokens": 9, ...},
 //!   "tool_arguments": "{bad json", "dimensions": 8,
-//!   "tool_calls": [{"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}], "text": "Let me check."}`.
+//!   "tool_calls": [{"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}], "text": "Let me check.",
+//!   "pieces": ["Hello ", "world"]}` (`pieces`: the answer's text, one content delta each when streamed).
 //! `{"status": 307, "location": "http://elsewhere/v1/chat/completions"}` answers with a redirect there.
 //! `tool_calls` answers with exactly those calls (parallel, in order, whatever the request declared); streamed, each
 //! call's arguments are split into three deltas. `text` is sent as content before them.
@@ -59,6 +60,8 @@ struct Behaviour {
     usage: Option<Value>,
     /// A `Location` header on a non-2xx answer (a redirect with a 3xx status).
     location: Option<String>,
+    /// The answer's text in exactly these pieces: one content delta each when streamed, joined when not.
+    pieces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,7 +301,8 @@ fn chat(name: &str, request: &Value, model: &str, behaviour: &Behaviour, complet
     } else {
         let calls = calls_for(request, behaviour);
         let message = if calls.is_empty() {
-            json!({"role": "assistant", "content": content_for(name, request)})
+            let content = behaviour.pieces.as_ref().map_or_else(|| content_for(name, request), |p| p.concat());
+            json!({"role": "assistant", "content": content})
         } else {
             let calls: Vec<Value> = calls
                 .iter()
@@ -374,6 +378,11 @@ fn stream(mock: Arc<Mock>, request: Value, model: String, behaviour: Behaviour) 
                     }
                 }
                 events.push(chunk(json!({}), json!("tool_calls")));
+            } else if let Some(pieces) = &behaviour.pieces {
+                for piece in pieces {
+                    events.push(chunk(json!({"content": piece}), Value::Null));
+                }
+                events.push(chunk(json!({}), json!("stop")));
             } else {
                 let content = content_for(&mock.name, &request);
                 let words: Vec<&str> = content.split(' ').collect();

@@ -1,4 +1,5 @@
-//! `POST /admin/v1/evaluate`: a dry run of routing for a sample request, with the data plane's engine code.
+//! `POST /admin/v1/evaluate`: a dry run of routing (and of which guardrails apply) for a sample request, with the
+//! data plane's engine code.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use policy_engine::facts::{KeyFacts, RequestFacts};
+use policy_engine::guardrail::{GuardrailSet, Side};
 use policy_engine::routing::{Decision, PolicyTrace, Router};
 use policy_engine::tokens;
 use serde::{Deserialize, Serialize};
@@ -96,6 +98,50 @@ pub struct EvaluateResponse {
     pub decision: Decision,
     /// Every policy evaluated, in order.
     pub trace: Vec<PolicyTrace>,
+    /// The guardrails that would inspect this request (`docs/guardrails.md`).
+    pub guardrails: GuardrailsApplied,
+}
+
+/// The enabled guardrails whose `when` holds for the sample, by side, in the order they run.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct GuardrailsApplied {
+    /// Inspecting the prompt (before anything is sent upstream).
+    pub prompt: Vec<String>,
+    /// Inspecting the answer (non-streamed or streamed).
+    pub completion: Vec<String>,
+    /// A guardrail whose `when` failed to evaluate: the data plane would refuse the request (guardrails fail closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Which guardrails of the latest configuration apply to `facts` for `key` at `now`.
+async fn applied_guardrails(
+    state: &AppState,
+    facts: RequestFacts,
+    key: KeyFacts,
+    now: DateTime<Utc>,
+) -> Result<GuardrailsApplied, ApiError> {
+    let (_, config) = state.store.current_config().await?;
+    if config.guardrails.is_empty() {
+        return Ok(GuardrailsApplied::default());
+    }
+    // Regex and CEL compilation are CPU-bound: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let set = GuardrailSet::compile(&config).map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            ApiError::Internal(format!("stored guardrails do not compile: {}", text.join("; ")))
+        })?;
+        Ok(match set.applicable(&facts, &key, now) {
+            Ok(applied) => GuardrailsApplied {
+                prompt: set.names(&applied, Side::Prompt),
+                completion: set.names(&applied, Side::Completion),
+                error: None,
+            },
+            Err(error) => GuardrailsApplied { error: Some(error.to_string()), ..GuardrailsApplied::default() },
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 pub async fn evaluate(
@@ -148,8 +194,18 @@ pub async fn evaluate(
         headers: sample.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
     };
     let mut trace = Vec::new();
-    let decision = router.route(&facts, &key, input.now.unwrap_or_else(Utc::now), Some(&mut trace));
-    Ok(Json(EvaluateResponse { config_version: version, prompt_tokens, key, key_allows_model, decision, trace }))
+    let now = input.now.unwrap_or_else(Utc::now);
+    let decision = router.route(&facts, &key, now, Some(&mut trace));
+    let guardrails = applied_guardrails(&state, facts, key.clone(), now).await?;
+    Ok(Json(EvaluateResponse {
+        config_version: version,
+        prompt_tokens,
+        key,
+        key_allows_model,
+        decision,
+        trace,
+        guardrails,
+    }))
 }
 
 /// The compiled router of the latest version, compiled at most once per version.

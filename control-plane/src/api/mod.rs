@@ -66,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .merge(resources::routes::<RoutePolicySpec>())
         .merge(resources::routes::<ToolSchemaSpec>())
         .merge(resources::routes::<ToolPolicySpec>())
+        .merge(resources::routes::<GuardrailSpec>())
         .merge(resources::routes_with_read::<BudgetSpec>(get(budgets::read)))
         .merge(keys::routes())
         .route("/audit", get(audit::list))

@@ -282,6 +282,7 @@ pub fn document() -> Value {
     resource_paths::<RoutePolicySpec>(&mut paths, &mut schemas);
     resource_paths::<ToolSchemaSpec>(&mut paths, &mut schemas);
     resource_paths::<ToolPolicySpec>(&mut paths, &mut schemas);
+    resource_paths::<GuardrailSpec>(&mut paths, &mut schemas);
     resource_paths::<BudgetSpec>(&mut paths, &mut schemas);
     // A budget read also shows its current period's spend.
     if let Some(mut budget_view) = schemas.get("Budget").cloned() {
@@ -499,6 +500,7 @@ fn component_schemas() -> Map<String, Value> {
     let components = with_schema::<RoutePolicySpec>(components);
     let components = with_schema::<ToolSchemaSpec>(components);
     let components = with_schema::<ToolPolicySpec>(components);
+    let components = with_schema::<GuardrailSpec>(components);
     let components = with_schema::<BudgetSpec>(components);
     let components = with_schema::<ResourceMeta>(components);
     let components = with_schema::<KeySpec>(components);

@@ -22,7 +22,8 @@ pub struct AuditEntry {
     pub actor: String,
     /// `create`, `update`, `delete`, `revoke`, ...
     pub action: String,
-    /// `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `budget`, `api_key`, `principal`.
+    /// `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `guardrail`, `budget`, `api_key`,
+    /// `principal`.
     pub resource_kind: String,
     /// The resource's name.
     pub resource_name: String,

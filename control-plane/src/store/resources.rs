@@ -1,4 +1,5 @@
-//! Configuration resources (backends, models, aliases, route policies, tool schemas, tool policies, budgets):
+//! Configuration resources (backends, models, aliases, route policies, tool schemas, tool policies, guardrails,
+//! budgets):
 //! one generic create / read / update / delete / list over tables of the same shape.
 
 use std::collections::BTreeMap;
@@ -235,6 +236,24 @@ impl Resource for ToolPolicySpec {
     }
 }
 
+impl Resource for GuardrailSpec {
+    const KIND: &'static str = "guardrail";
+    const COLLECTION: &'static str = "guardrails";
+    const TABLE: &'static str = "guardrails";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&mut self, _ctx: &WriteContext) -> Result<(), Vec<SpecError>> {
+        validate::guardrail(self)
+    }
+
+    fn slot(config: &mut ConfigSet) -> &mut BTreeMap<String, Self> {
+        &mut config.guardrails
+    }
+}
+
 impl Resource for BudgetSpec {
     const KIND: &'static str = "budget";
     const COLLECTION: &'static str = "budgets";
@@ -285,7 +304,8 @@ fn fingerprint(sealed: &str) -> String {
 pub(crate) struct ResourceMeta {
     /// The resource's stable id.
     pub id: Uuid,
-    /// The resource's kind: `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `budget`.
+    /// The resource's kind: `backend`, `model`, `alias`, `route_policy`, `tool_schema`, `tool_policy`, `guardrail`,
+    /// `budget`.
     pub kind: String,
     /// The config version of the last write: the read's `ETag`, and what `If-Match` takes.
     pub revision: i64,
@@ -381,6 +401,7 @@ pub(crate) async fn load_config(conn: &mut PgConnection) -> Result<ConfigSet, St
     load_all::<RoutePolicySpec>(conn, &mut config).await?;
     load_all::<ToolSchemaSpec>(conn, &mut config).await?;
     load_all::<ToolPolicySpec>(conn, &mut config).await?;
+    load_all::<GuardrailSpec>(conn, &mut config).await?;
     load_all::<BudgetSpec>(conn, &mut config).await?;
     Ok(config)
 }

@@ -63,6 +63,7 @@ async fn the_readme_shows_every_field_of_every_resource_and_each_example_is_acce
             "route-policies",
             "tool-schemas",
             "tool-policies",
+            "guardrails",
             "budgets",
             "keys",
             "principals"

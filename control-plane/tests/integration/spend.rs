@@ -86,6 +86,7 @@ pub fn message(e: &Ev) -> v1::SpendEvent {
         tool_calls: vec![v1::ToolCallOutcome { tool: "search".into(), outcome: "valid".into(), violations: 0 }],
         attempts: 1,
         trace_id: String::new(),
+        guardrails: vec![],
     }
 }
 

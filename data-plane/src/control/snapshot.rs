@@ -1,5 +1,5 @@
 //! Compiling a received snapshot into what serving needs: decoded config, the compiled router, tool-schema
-//! validators, the compiled tool policies and the key index. Everything the control plane validated is validated
+//! validators, the compiled tool policies, the compiled guardrails and the key index. Everything the control plane validated is validated
 //! again here with the same engine, so version skew shows up as a NACK instead of a broken data plane.
 
 use std::collections::HashMap;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use gateway_proto::convert;
 use gateway_proto::v1;
 use policy_engine::config::ConfigSet;
+use policy_engine::guardrail::GuardrailSet;
 use policy_engine::routing::Router;
 use policy_engine::tool_policy::ToolPolicies;
 use policy_engine::{tool_schema, validate};
@@ -24,6 +25,8 @@ pub struct CompiledSnapshot {
     /// Registered tool schemas by tool name; shared with the requests (and streams) that validate against them.
     pub tool_validators: HashMap<String, Arc<jsonschema::Validator>>,
     pub tool_policies: ToolPolicies,
+    /// The enabled guardrails, their detectors compiled once here (`docs/guardrails.md`).
+    pub guardrails: GuardrailSet,
     /// API keys by the hex SHA-256 of their secret.
     pub keys: HashMap<String, v1::ApiKey>,
 }
@@ -78,6 +81,11 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
             spec_errors("tool_policy", &spec.name, errors, &mut rejections);
         }
     }
+    for spec in config.guardrails.values() {
+        if let Err(errors) = validate::guardrail(spec) {
+            spec_errors("guardrail", &spec.name, errors, &mut rejections);
+        }
+    }
     for spec in config.budgets.values() {
         if let Err(errors) = validate::budget(spec) {
             spec_errors("budget", &spec.name, errors, &mut rejections);
@@ -110,10 +118,17 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
             None
         }
     };
+    let guardrails = match GuardrailSet::compile(&config) {
+        Ok(guardrails) => Some(guardrails),
+        Err(errors) => {
+            rejections.extend(errors.into_iter().map(|e| rejection(e.resource, e.field, e.error.to_string())));
+            None
+        }
+    };
     let keys: HashMap<String, v1::ApiKey> =
         content.api_keys.iter().map(|k| (k.secret_sha256.clone(), k.clone())).collect();
-    match (router, tool_policies) {
-        (Some(router), Some(tool_policies)) if rejections.is_empty() => Ok(CompiledSnapshot {
+    match (router, tool_policies, guardrails) {
+        (Some(router), Some(tool_policies), Some(guardrails)) if rejections.is_empty() => Ok(CompiledSnapshot {
             lineage: snapshot.lineage.clone(),
             version: snapshot.version,
             content_hash: snapshot.content_hash.clone(),
@@ -121,6 +136,7 @@ pub fn compile(snapshot: &v1::Snapshot) -> Result<CompiledSnapshot, Vec<v1::Reje
             router,
             tool_validators,
             tool_policies,
+            guardrails,
             keys,
         }),
         _ => Err(rejections),

@@ -53,6 +53,9 @@ pub enum GatewayError {
     ToolNotAllowed { policy: String, tools: Vec<String> },
     #[error("{}", invalid_tool_call_message(violations))]
     InvalidToolCall { violations: Vec<ToolViolation> },
+    /// A guardrail's `block` matched (`docs/guardrails.md`): names the guardrail and the category, never the text.
+    #[error("content blocked by guardrail '{guardrail}' ({category} found in the {side})")]
+    ContentBlocked { guardrail: String, category: String, side: &'static str },
     #[error("{}", budget_exceeded_message(.0))]
     BudgetExceeded(Refusal),
     /// An API key over its rate limit, or every candidate's backend at its own (`docs/rate-limits.md`).
@@ -196,9 +199,10 @@ fn invalid_tool_call_message(violations: &[ToolViolation]) -> String {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::InvalidRequest(_) | GatewayError::InvalidField { .. } | GatewayError::Unsupported(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::InvalidRequest(_)
+            | GatewayError::InvalidField { .. }
+            | GatewayError::Unsupported(_)
+            | GatewayError::ContentBlocked { .. } => StatusCode::BAD_REQUEST,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidToolCall { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -241,6 +245,7 @@ impl GatewayError {
             GatewayError::Unsupported(_) => "unsupported_request",
             GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
             GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
+            GatewayError::ContentBlocked { .. } => "content_blocked",
             GatewayError::BudgetExceeded(_) => "budget_exceeded",
             GatewayError::RateLimited(_) => "rate_limit_exceeded",
             GatewayError::SpendSpoolFull { .. } => "spend_spool_full",
@@ -258,7 +263,9 @@ impl GatewayError {
             | GatewayError::PolicyFailed { .. }
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::NoEligibleCandidate(_) => Some("policy"),
-            GatewayError::ToolNotAllowed { .. } | GatewayError::InvalidToolCall { .. } => Some("guard"),
+            GatewayError::ToolNotAllowed { .. }
+            | GatewayError::InvalidToolCall { .. }
+            | GatewayError::ContentBlocked { .. } => Some("guard"),
             GatewayError::InvalidRequest(_)
             | GatewayError::InvalidField { .. }
             | GatewayError::TooLarge { .. }

@@ -10,18 +10,22 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use policy_engine::config::BackendSpec;
+use policy_engine::guardrail::{Side, Tally};
 use policy_engine::routing::PlannedCandidate;
 use policy_engine::tool_policy::InvalidCallAction;
 
 use super::Proxy;
 use crate::control::snapshot::CompiledSnapshot;
+use crate::guardrails::Guard;
+use crate::guardrails::stream::GuardedStream;
 use crate::health::breaker::Outcome;
 use crate::health::tracker::Ticket;
 use crate::openai::error::GatewayError;
 use crate::openai::request::ParsedRequest;
 use crate::providers::upstream::{AttemptError, SendOptions};
-use crate::providers::{self, StatusClass, UpstreamBytes};
+use crate::providers::{self, StatusClass};
 use crate::ratelimit::limiter::now_ms;
 use crate::spend::metering::StreamMeter;
 use crate::spend::record::SpendHandle;
@@ -47,6 +51,8 @@ pub struct Attempts<'a> {
     pub force_breakers: bool,
     /// The route policy's deadline for the whole request, set when its first attempt is sent.
     pub request_deadline: OnceLock<tokio::time::Instant>,
+    /// The guardrails that apply to the request; their completion side inspects every answer.
+    pub guard: Option<&'a Guard>,
 }
 
 /// What the route policy that chose the candidates set on their attempts (`docs/providers.md`, "How a failure
@@ -450,6 +456,11 @@ impl Attempts<'_> {
             let meter = StreamMeter::new(self.strip_usage);
             let bytes = provider.stream(upstream.bytes_stream().boxed());
             let metered = MeteredStream::new(bytes, meter, self.spend.clone(), candidate.model.clone());
+            // After metering (the upstream's tokens are billed whatever a guardrail does), before the client stages.
+            let metered = match self.guard.filter(|guard| guard.covers(Side::Completion)) {
+                Some(guard) => Either::Right(GuardedStream::new(metered, guard.clone(), Some(self.spend.clone()))),
+                None => Either::Left(metered),
+            };
             match tools {
                 None => {
                     self.spend.streaming();
@@ -503,6 +514,15 @@ impl Attempts<'_> {
                     return Err(GatewayError::InvalidToolCall { violations });
                 }
             }
+            let bytes = match self.guard.filter(|guard| guard.covers(Side::Completion)) {
+                Some(guard) => {
+                    let mut found = Tally::default();
+                    let checked = guard.answer(&bytes, &mut found);
+                    guard.record(&found, Some(self.spend));
+                    checked?.unwrap_or(bytes)
+                }
+                None => bytes,
+            };
             self.spend.finish(status.as_u16(), "ok");
             Body::from(bytes)
         };
@@ -529,14 +549,17 @@ impl Attempts<'_> {
     /// read ahead (nothing sent) until text or a validated call is ready to go out; an invalid call before that
     /// point returns `None` so the caller asks again (the abandoned stream is metered for what it produced). Once
     /// the client has received something, an invalid call ends the stream with an error event instead.
-    async fn governed_stream(
+    async fn governed_stream<S>(
         &self,
-        upstream: MeteredStream<UpstreamBytes>,
+        upstream: S,
         deadline: tokio::time::Instant,
         total: Duration,
         tools: ToolCheck<'_>,
         candidate: &PlannedCandidate,
-    ) -> Result<Option<Body>, GatewayError> {
+    ) -> Result<Option<Body>, GatewayError>
+    where
+        S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + Send + 'static,
+    {
         let declared = tools.governance.declared.clone();
         let mut stage = ToolStream::new(declared.clone(), tools.governance.decision.action.blocks());
         let mut upstream = upstream.fuse();

@@ -5,6 +5,8 @@
 //! 4. the key's allowed aliases, then routing (policies, constraints, alias resolution, strategy order);
 //! 5. tool governance, only when the request declares tools ([`crate::tools::governance`]): the tool policy (after
 //!    routing, so a route policy's deny wins), registered schemas put in place of the caller's;
+//!    then guardrails ([`crate::guardrails`]): the prompt inspected, redacted or refused (`content_blocked`)
+//!    before anything is counted or sent (the answer is inspected in [`super::attempt`]);
 //! 6. rate limits ([`crate::ratelimit`]): the key's RPM and TPM (429 `rate_limit_exceeded`), its tokens estimated as
 //!    the prompt plus the most output; after routing because the estimate is only counted when the key or a
 //!    candidate's backend limits tokens, before budgets so a refused request reserves nothing. Backends' own limits
@@ -32,6 +34,7 @@ use axum::response::Response;
 use gateway_telemetry::RequestTrace;
 use policy_engine::config::Strategy;
 use policy_engine::facts::KeyFacts;
+use policy_engine::guardrail::Tally;
 use policy_engine::routing::{Decision, PlannedCandidate, weighted_order};
 use policy_engine::tool_policy::InvalidCallAction;
 use rand::RngExt;
@@ -40,6 +43,7 @@ use super::Proxy;
 use super::attempt::{Attempts, RouteLimits};
 use super::auth::authenticate;
 use crate::control::snapshot::CompiledSnapshot;
+use crate::guardrails;
 use crate::openai::error::GatewayError;
 use crate::openai::request::{self, Endpoint, ParsedRequest};
 use crate::ratelimit::limiter::KeyLimits;
@@ -70,7 +74,7 @@ pub async fn handle(
     if !key.allowed_aliases.is_empty() && !key.allowed_aliases.contains(&parsed.model) {
         return Err(GatewayError::ModelNotAllowed { model: parsed.model });
     }
-    let facts = parsed.facts(&parts.headers, snapshot.router.reads())?;
+    let facts = parsed.facts(&parts.headers, snapshot.router.reads().union(snapshot.guardrails.reads()))?;
     let key_facts = KeyFacts {
         id: key.id.clone(),
         name: key.name.clone(),
@@ -81,6 +85,13 @@ pub async fn handle(
         route(snapshot.router.route(&facts, &key_facts, occurred_at, None))?;
     keep_pinned_dimensions(&snapshot, &parsed, &mut candidates)?;
     let governance = governance::prepare(&snapshot, &mut parsed, &facts, &key_facts)?;
+    // Guardrails after the policies (a deny wins) and before anything is counted, reserved or sent: a blocked
+    // prompt costs nothing, and a redacted one is what the upstream, the estimates and the limits see.
+    let guard = guardrails::prepare(&snapshot, &facts, &key_facts)?;
+    let prompt_findings = match &guard {
+        Some(guard) => guard.prompt(parsed.endpoint, &mut parsed.body)?,
+        None => Tally::default(),
+    };
     if strategy == Strategy::Weighted {
         weighted_order(&mut candidates, rand::rng().random::<f64>());
     }
@@ -126,6 +137,9 @@ pub async fn handle(
         trace: trace.clone(),
     };
     let spend = RequestSpend::start(context, proxy.reporter.clone());
+    if let Some(guard) = &guard {
+        guard.record(&prompt_findings, Some(&spend));
+    }
     // Breakers and observed latency last: skipping an open backend must not change what was admitted or reserved.
     proxy.tracker.sync(&snapshot.config, snapshot.version, &snapshot.content_hash, true);
     let force_breakers = proxy.tracker.plan(&mut candidates, strategy);
@@ -141,6 +155,7 @@ pub async fn handle(
         limits,
         force_breakers,
         request_deadline: OnceLock::new(),
+        guard: guard.as_ref(),
     };
     let served = match governance {
         None => attempts.plain().await,
@@ -149,8 +164,11 @@ pub async fn handle(
     let mut response = match served {
         Ok(response) => response,
         Err(error) => {
-            let outcome =
-                if matches!(error, GatewayError::InvalidToolCall { .. }) { "rejected" } else { "upstream_error" };
+            let outcome = match error {
+                GatewayError::InvalidToolCall { .. } => "rejected",
+                GatewayError::ContentBlocked { .. } => "blocked",
+                _ => "upstream_error",
+            };
             spend.finish(error.status().as_u16(), outcome);
             return Err(error);
         }

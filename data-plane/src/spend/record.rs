@@ -49,6 +49,8 @@ const MAX_TAG_VALUE: usize = 1024;
 /// Tool-call outcomes an event may carry, and the longest tool name the ledger takes (bytes).
 const MAX_TOOL_CALLS: usize = 128;
 const MAX_TOOL_NAME: usize = 256;
+/// Guardrail outcomes an event may carry (the ledger refuses more).
+const MAX_GUARDRAIL_OUTCOMES: usize = 128;
 
 /// `text` without NUL characters and cut to at most `max` bytes at a character boundary: what the ledger takes.
 fn bounded(text: &str, max: usize) -> String {
@@ -117,6 +119,8 @@ struct SpendState {
     stream_end: Option<StreamEnd>,
     first_byte: Option<Duration>,
     tool_calls: Vec<v1::ToolCallOutcome>,
+    /// What the request's guardrails found (names and counts).
+    guardrails: Vec<v1::GuardrailOutcome>,
     /// The answer's finish reasons, kept only while the span is exported (`gen_ai.response.finish_reasons`).
     finish_reasons: Vec<String>,
 }
@@ -184,6 +188,7 @@ impl RequestSpend {
                 stream_end: None,
                 first_byte: None,
                 tool_calls: Vec::new(),
+                guardrails: Vec::new(),
                 finish_reasons: Vec::new(),
             }),
             exchange: context.exchange,
@@ -342,6 +347,14 @@ impl RequestSpend {
         }
     }
 
+    /// Guardrail outcomes of one side (names and counts, bounded by the snapshot's guardrails and detectors); past
+    /// the ledger's limit of entries the rest are left out rather than risk the billing record.
+    pub fn guardrail_outcomes(&self, outcomes: Vec<v1::GuardrailOutcome>) {
+        let mut state = self.lock();
+        let room = MAX_GUARDRAIL_OUTCOMES.saturating_sub(state.guardrails.len());
+        state.guardrails.extend(outcomes.into_iter().take(room));
+    }
+
     /// The cost so far, plus `extra` of `model` (a stream's usage before it is final); `None` on overflow.
     pub fn cost_with(&self, model: &str, extra: &Usage) -> Option<(Decimal, bool)> {
         let extra_cost = self.priced(model, extra).ok()?;
@@ -422,6 +435,7 @@ impl RequestSpend {
             latency_ms: self.arrived.elapsed().as_millis() as u64,
             ttft_ms: state.first_byte.map(|d| d.as_millis() as u64),
             tool_calls: std::mem::take(&mut state.tool_calls),
+            guardrails: std::mem::take(&mut state.guardrails),
             attempts: state.attempts,
             ..self.template.clone()
         }

@@ -10,6 +10,7 @@ mod anthropic;
 mod azure;
 mod bedrock;
 mod gatewayctl;
+mod guardrails;
 mod hardening;
 mod health_report;
 mod metrics;

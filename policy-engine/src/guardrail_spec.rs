@@ -1,0 +1,239 @@
+//! The `guardrail` resource as governance teams write it: where it applies (a CEL `when`), on which side of the
+//! exchange, which detectors look at the content, and what a match does. Compiled by [`crate::guardrail`];
+//! semantics in `docs/guardrails.md`.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use crate::fields::schema;
+
+/// Most detectors one guardrail may list.
+pub const MAX_DETECTORS: usize = 32;
+/// Longest custom regular expression, in characters, before it is compiled.
+pub const MAX_PATTERN_CHARS: usize = 1024;
+/// The compiled size a custom expression may reach (the `regex` crate's `size_limit`, bytes of program).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// The lazy DFA cache each compiled expression may grow to (bytes).
+pub const REGEX_DFA_SIZE_LIMIT: usize = 2 << 20;
+/// Most terms in one term list, the longest term (characters) and all of a list's terms together (characters).
+pub const MAX_TERMS: usize = 1000;
+pub const MAX_TERM_CHARS: usize = 256;
+pub const MAX_TERMS_TOTAL_CHARS: usize = 65_536;
+/// The streamed-answer window (characters of text held back per choice, see `docs/guardrails.md`).
+pub const MIN_STREAM_WINDOW_CHARS: u32 = 32;
+pub const MAX_STREAM_WINDOW_CHARS: u32 = 4096;
+pub const DEFAULT_STREAM_WINDOW_CHARS: u32 = 256;
+
+/// Which side of the exchange a guardrail inspects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum GuardrailSide {
+    /// The request: message contents, tool-call arguments and tool results, before anything is sent upstream.
+    Prompt,
+    /// The answer, non-streamed or streamed, before it reaches the caller.
+    Completion,
+    /// Both.
+    #[default]
+    Both,
+}
+
+impl GuardrailSide {
+    pub fn covers_prompt(self) -> bool {
+        matches!(self, GuardrailSide::Prompt | GuardrailSide::Both)
+    }
+
+    pub fn covers_completion(self) -> bool {
+        matches!(self, GuardrailSide::Completion | GuardrailSide::Both)
+    }
+}
+
+/// What a match does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum GuardrailAction {
+    /// Refuse: a prompt gets 400 `content_blocked` and the upstream receives nothing; an answer is replaced by the
+    /// error (a stream ends with an error event). The error names the guardrail and the category, never the text.
+    #[default]
+    Block,
+    /// Replace each match with `[REDACTED:<category>]` before the request leaves the gateway, or before the answer
+    /// reaches the caller.
+    Redact,
+    /// Only record the matches (spend event and metrics).
+    Audit,
+}
+
+impl GuardrailAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardrailAction::Block => "block",
+            GuardrailAction::Redact => "redact",
+            GuardrailAction::Audit => "audit",
+        }
+    }
+}
+
+/// One detector. Built-in ones need no settings; the category a match is reported under is the detector's type,
+/// or its `name` for custom ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "wire::DetectorSpec")]
+pub enum DetectorSpec {
+    /// E-mail addresses.
+    Email,
+    /// Phone numbers: international (`+` and 8 to 15 digits) and North American with separators.
+    Phone,
+    /// Payment card numbers: 13 to 19 digits (spaces or dashes between them) passing the Luhn check.
+    PaymentCard,
+    /// IBANs passing the ISO 13616 mod-97 check.
+    Iban,
+    /// US social security numbers written `AAA-GG-SSSS`, outside the never-issued ranges.
+    UsSsn,
+    /// IPv4 and IPv6 addresses.
+    IpAddress,
+    /// Credentials: well-known token prefixes (`sk-`, `AKIA`, `ghp_`, `xox?-`, `glpat-`, `AIza`, JWTs, private
+    /// key headers) and long high-entropy tokens.
+    Credential,
+    /// A custom regular expression (the linear-time `regex` syntax), reported under `name`.
+    Regex {
+        /// The category matches are reported under.
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
+        name: String,
+        /// At most 1024 characters; compiled with a 1 MiB size limit.
+        #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
+        pattern: String,
+    },
+    /// Whole words or phrases from a list, reported under `name`.
+    Terms {
+        /// The category matches are reported under.
+        #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
+        name: String,
+        /// 1 to 1000 terms of at most 256 characters each (65536 in all).
+        #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 1000))]
+        terms: Vec<String>,
+        /// Match ASCII letters case-sensitively (default false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        case_sensitive: bool,
+    },
+    /// An OpenAI-compatible `/v1/moderations` classifier. Not supported yet: refused at validation.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    Moderation(serde_json::Map<String, serde_json::Value>),
+    /// A generic HTTP classifier. Not supported yet: refused at validation.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    Webhook(serde_json::Map<String, serde_json::Value>),
+}
+
+impl DetectorSpec {
+    /// The category a match of this detector is reported under.
+    pub fn category(&self) -> &str {
+        match self {
+            DetectorSpec::Email => "email",
+            DetectorSpec::Phone => "phone",
+            DetectorSpec::PaymentCard => "payment_card",
+            DetectorSpec::Iban => "iban",
+            DetectorSpec::UsSsn => "us_ssn",
+            DetectorSpec::IpAddress => "ip_address",
+            DetectorSpec::Credential => "credential",
+            DetectorSpec::Regex { name, .. } | DetectorSpec::Terms { name, .. } => name,
+            DetectorSpec::Moderation(_) => "moderation",
+            DetectorSpec::Webhook(_) => "webhook",
+        }
+    }
+}
+
+/// Content safety and data protection applied to every backend alike (`docs/guardrails.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailSpec {
+    /// Unique name; errors, spend events and metrics name it.
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
+    pub name: String,
+    /// Free text for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_text))]
+    pub description: Option<String>,
+    /// A disabled guardrail is kept but never applied (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// CEL over `request` and `key` selecting the requests it applies to (default `true`). Every matching
+    /// guardrail applies, in name order.
+    #[serde(default = "default_when")]
+    pub when: String,
+    /// `prompt`, `completion` or `both` (default).
+    #[serde(default)]
+    pub side: GuardrailSide,
+    /// `block`, `redact` or `audit`.
+    pub action: GuardrailAction,
+    /// 1 to 32 detectors.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 32))]
+    pub detectors: Vec<DetectorSpec>,
+    /// Characters of a streamed answer held back per choice so a match split across chunks is still caught
+    /// (32 to 4096, default 256). The longest match caught whole in a stream.
+    #[serde(default = "default_stream_window")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 32, maximum = 4096))]
+    pub stream_window_chars: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_when() -> String {
+    "true".to_owned()
+}
+
+fn default_stream_window() -> u32 {
+    DEFAULT_STREAM_WINDOW_CHARS
+}
+
+/// The detectors read through struct-variant twins: serde ignores unknown fields next to the tag of a unit variant
+/// even under `deny_unknown_fields` (see `config::wire`).
+mod wire {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+    pub enum DetectorSpec {
+        Email {},
+        Phone {},
+        PaymentCard {},
+        Iban {},
+        UsSsn {},
+        IpAddress {},
+        Credential {},
+        Regex {
+            name: String,
+            pattern: String,
+        },
+        Terms {
+            name: String,
+            terms: Vec<String>,
+            #[serde(default)]
+            case_sensitive: bool,
+        },
+        Moderation(serde_json::Map<String, serde_json::Value>),
+        Webhook(serde_json::Map<String, serde_json::Value>),
+    }
+
+    impl From<DetectorSpec> for super::DetectorSpec {
+        fn from(wire: DetectorSpec) -> Self {
+            match wire {
+                DetectorSpec::Email {} => super::DetectorSpec::Email,
+                DetectorSpec::Phone {} => super::DetectorSpec::Phone,
+                DetectorSpec::PaymentCard {} => super::DetectorSpec::PaymentCard,
+                DetectorSpec::Iban {} => super::DetectorSpec::Iban,
+                DetectorSpec::UsSsn {} => super::DetectorSpec::UsSsn,
+                DetectorSpec::IpAddress {} => super::DetectorSpec::IpAddress,
+                DetectorSpec::Credential {} => super::DetectorSpec::Credential,
+                DetectorSpec::Regex { name, pattern } => super::DetectorSpec::Regex { name, pattern },
+                DetectorSpec::Terms { name, terms, case_sensitive } => {
+                    super::DetectorSpec::Terms { name, terms, case_sensitive }
+                }
+                DetectorSpec::Moderation(settings) => super::DetectorSpec::Moderation(settings),
+                DetectorSpec::Webhook(settings) => super::DetectorSpec::Webhook(settings),
+            }
+        }
+    }
+}

@@ -122,10 +122,10 @@ done
 key=$(admin POST /keys '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 version=$(admin GET /fleet | python3 -c 'import json,sys; print(json.load(sys.stdin)["config_version"])')
 for _ in $(seq 300); do
-    curl -sf "http://127.0.0.1:$dp_port/readyz" | grep -q "\"version\":$version" && break
+    curl -sf "http://127.0.0.1:$dp_port/readyz" | grep -q "\"snapshot_version\":$version" && break
     sleep 0.2
 done
-curl -sf "http://127.0.0.1:$dp_port/readyz" | grep -q "\"version\":$version" \
+curl -sf "http://127.0.0.1:$dp_port/readyz" | grep -q "\"snapshot_version\":$version" \
     || { echo "the data plane never served version $version" >&2; tail "$work/data-plane.log" >&2; exit 1; }
 
 body() { echo "{\"model\":\"$1\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hello\"}],\"stream\":$2}"; }

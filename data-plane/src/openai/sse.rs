@@ -18,17 +18,15 @@ const DONE_DATA: &[u8] = b"[DONE]";
 pub fn event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     let mut line_start = 0;
-    while i < buf.len() {
+    // From one line break to the next with memchr: a stream's bytes are scanned on every chunk, mostly inside lines.
+    while let Some(found) = memchr::memchr2(b'\n', b'\r', &buf[i..]) {
+        i += found;
         let terminator = match buf[i] {
             b'\n' => 1,
             // A lone `\r` at the end may be the first half of `\r\n`: wait for the next byte.
-            b'\r' if i + 1 == buf.len() => return None,
-            b'\r' if buf[i + 1] == b'\n' => 2,
-            b'\r' => 1,
-            _ => {
-                i += 1;
-                continue;
-            }
+            _ if i + 1 == buf.len() => return None,
+            _ if buf[i + 1] == b'\n' => 2,
+            _ => 1,
         };
         if i == line_start {
             return Some(i + terminator);
@@ -39,11 +37,29 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// The lines of `raw`, split at every `\n` and every `\r` as `split` would (the last, possibly empty, included).
+fn lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(raw);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match memchr::memchr2(b'\n', b'\r', current) {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
 /// The event's `data` (its `data:` lines joined by `\n`), borrowed when it has a single line; `None` for an event
 /// without data (a comment, a keep-alive).
 pub fn event_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mut data: Option<Cow<'_, [u8]>> = None;
-    for line in raw.split(|b| *b == b'\n' || *b == b'\r') {
+    for line in lines(raw) {
         let Some(value) = line.strip_prefix(b"data:") else { continue };
         let value = value.strip_prefix(b" ").unwrap_or(value);
         match &mut data {
@@ -83,9 +99,8 @@ pub fn done_line_position(chunk: &[u8], byte_before: Option<u8>) -> Option<usize
         0 => byte_before.is_none_or(|b| b == b'\n' || b == b'\r'),
         i => matches!(chunk[i - 1], b'\n' | b'\r'),
     };
-    (0..=chunk.len().checked_sub(DONE_LINE.len())?)
-        .rev()
-        .find(|&i| chunk[i..].starts_with(DONE_LINE) && at_line_start(i))
+    // The line has no overlap with itself, so the non-overlapping occurrences memmem finds are all of them.
+    memchr::memmem::rfind_iter(chunk, DONE_LINE).find(|&i| at_line_start(i))
 }
 
 /// Watches a byte stream, however it is chunked, for a `data: [DONE]` line, without parsing events.

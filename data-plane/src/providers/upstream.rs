@@ -83,8 +83,15 @@ pub struct Upstreams {
     clients: Mutex<HashMap<u64, reqwest::Client>>,
     /// Backends that answered 400 to the `stream_options` the gateway adds for metering.
     usage_option_refused: Mutex<std::collections::HashSet<String>>,
+    /// Upstream URLs already parsed and passed by the egress rules: the same few on every request of a snapshot, so
+    /// each is parsed (host IDNA included) and checked once rather than per attempt.
+    checked_urls: Mutex<HashMap<String, reqwest::Url>>,
     egress: Egress,
 }
+
+/// The most upstream URLs [`Upstreams`] keeps parsed; past it the cache starts over (a snapshot's backends,
+/// endpoints and Azure deployments are far fewer).
+const MAX_CHECKED_URLS: usize = 4096;
 
 /// How one attempt is sent.
 #[derive(Debug, Clone, Copy)]
@@ -208,9 +215,7 @@ impl Upstreams {
         native_key_header: Option<&'static str>,
         headers: &[(&'static str, &'static str)],
     ) -> Result<reqwest::RequestBuilder, AttemptError> {
-        let url = reqwest::Url::parse(url)
-            .map_err(|e| refused(backend, egress::Refused(format!("invalid URL {url}: {e}"))))?;
-        self.egress.check_url(&url).map_err(|reason| refused(backend, reason))?;
+        let url = self.checked_url(backend, url)?;
         let secret = self.egress.secret(backend).map_err(|reason| AttemptError::Refused(reason.0))?;
         let mut request = self.client(backend.timeouts.connect_ms)?.request(method, url);
         for (name, value) in headers {
@@ -246,6 +251,23 @@ impl Upstreams {
             provider.authorize(Unsigned { backend, secret: secret.as_deref(), request: &request }).await?;
         request.headers_mut().extend(credentials);
         Ok(reqwest::RequestBuilder::from_parts(client, request))
+    }
+
+    /// `url` parsed and passed by the egress rules (which depend on the URL alone), from the cache when seen before.
+    fn checked_url(&self, backend: &BackendSpec, url: &str) -> Result<reqwest::Url, AttemptError> {
+        if let Some(checked) = self.checked_urls.lock().ok().and_then(|urls| urls.get(url).cloned()) {
+            return Ok(checked);
+        }
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| refused(backend, egress::Refused(format!("invalid URL {url}: {e}"))))?;
+        self.egress.check_url(&parsed).map_err(|reason| refused(backend, reason))?;
+        if let Ok(mut urls) = self.checked_urls.lock() {
+            if urls.len() >= MAX_CHECKED_URLS {
+                urls.clear();
+            }
+            urls.insert(url.to_owned(), parsed.clone());
+        }
+        Ok(parsed)
     }
 
     /// Send `request`, its response head due within `timeout`; connection failures and egress refusals as the

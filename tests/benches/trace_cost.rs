@@ -6,7 +6,7 @@
 //! request, without the process's start and shutdown.
 //!
 //! `cargo build --release --bin data-plane --bin mock-upstream && cargo bench -p gateway-e2e --bench trace_cost`
-//! (needs valgrind; no database).
+//! (needs valgrind; no database); `-- sampled` runs only tracing off and the modes whose name holds `sampled`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -54,9 +54,14 @@ async fn bench() {
         ("exporting every request", receiver.env("grpc", "all")),
         ("exporting, 1 % sampled", ratio),
     ];
+    // `cargo bench ... -- WORD`: only the modes whose name holds WORD (and tracing off, the baseline).
+    let only: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
     println!("instructions per request (callgrind), one request at a time, {EXTRA} extra requests per difference");
     let mut off = None;
     for (mode, env) in modes {
+        if mode != "tracing off" && !only.is_empty() && !only.iter().any(|word| mode.contains(word.as_str())) {
+            continue;
+        }
         let mut totals = Vec::new();
         for (plain, streamed) in [(BASE, BASE), (BASE + EXTRA, BASE), (BASE, BASE + EXTRA)] {
             let out = dir.join(format!("callgrind-{}-{plain}-{streamed}.out", mode.replace([' ', ','], "_")));

@@ -52,7 +52,7 @@ async fn bad_bodies_get_clear_errors(pool: PgPool) {
     )
     .await;
     check(&app, raw("POST", "/admin/v1/backends", json, json!({"name": "b", "kind": "openai", "base_url": "https://x.example", "colour": "red"}).to_string()),
-        bad, "invalid_body", "colour: unknown field `colour`, expected one of `name`, `kind`, `base_url`, `auth`, `secret`, `region`, `tags`, `timeouts`, `rate_limit`, `circuit_breaker`, `health_check`, `azure`").await;
+        bad, "invalid_body", "colour: unknown field `colour`, expected one of `name`, `kind`, `base_url`, `auth`, `secret`, `region`, `tags`, `timeouts`, `rate_limit`, `circuit_breaker`, `health_check`, `azure`, `aws`").await;
     check(
         &app,
         raw(
@@ -86,11 +86,11 @@ async fn bad_bodies_get_clear_errors(pool: PgPool) {
             "POST",
             "/admin/v1/backends",
             json,
-            json!({"name": "b", "kind": "bedrock", "base_url": "https://x.example"}).to_string(),
+            json!({"name": "b", "kind": "gemini", "base_url": "https://x.example"}).to_string(),
         ),
         bad,
         "invalid_body",
-        "kind: unknown variant `bedrock`, expected one of `openai`, `azure_openai`, `anthropic`",
+        "kind: unknown variant `gemini`, expected one of `openai`, `azure_openai`, `anthropic`, `bedrock`",
     )
     .await;
     check(

@@ -64,7 +64,10 @@ async fn bench() {
         }
         let mut totals = Vec::new();
         for (plain, streamed) in [(BASE, BASE), (BASE + EXTRA, BASE), (BASE, BASE + EXTRA)] {
-            let out = dir.join(format!("callgrind-{}-{plain}-{streamed}.out", mode.replace([' ', ','], "_")));
+            let out = dir.join(format!(
+                "callgrind-{}-{plain}-{streamed}.out",
+                mode.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            ));
             let mut config = DataPlaneConfig::new("trace_cost", "dp", "http://127.0.0.1:1");
             config.snapshot = Some(file.clone());
             config.env = env.clone();
@@ -72,7 +75,9 @@ async fn bench() {
             config.launcher =
                 vec!["valgrind".into(), "--tool=callgrind".into(), format!("--callgrind-out-file={}", out.display())];
             let dp = DataPlane::start(&config);
+            let deadline = std::time::Instant::now() + Duration::from_secs(600);
             while dp.readyz().await.is_none_or(|(status, _)| status != 200) {
+                assert!(std::time::Instant::now() < deadline, "the data plane under callgrind never got ready");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let client = reqwest::Client::new();

@@ -15,7 +15,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use super::UpstreamBytes;
-use super::bedrock::{completion_id, finish_reason, openai_error_of, usage};
+use super::bedrock_shapes::{completion_id, finish_reason, openai_error_of, usage};
 use crate::openai::sse::{DONE_EVENT, data_event};
 
 /// The content type of a ConverseStream answer.

@@ -16,6 +16,7 @@
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod bedrock_shapes;
 pub mod bedrock_stream;
 pub mod egress;
 pub mod openai;

@@ -8,7 +8,7 @@ use policy_engine::cel_limits::MAX_COLLECTION_ENTRIES;
 use serde_json::{Map, Value, json};
 
 use super::stream::{EventTranslator, named_event};
-use super::{InboundFormat, error_message, json_object, kind};
+use super::{InboundFormat, error_message, invalid, json_object, kind, unsupported};
 use crate::openai::error::GatewayError;
 
 /// The most messages one request may carry.
@@ -30,14 +30,6 @@ const TRANSLATED: &[&str] = &[
     "tool_choice",
     "metadata",
 ];
-
-fn invalid(param: &'static str, message: impl Into<String>) -> GatewayError {
-    GatewayError::InvalidField { message: message.into(), param }
-}
-
-fn unsupported(message: impl Into<String>) -> GatewayError {
-    GatewayError::Unsupported(message.into())
-}
 
 /// The Messages API.
 pub struct Messages;

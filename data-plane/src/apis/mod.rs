@@ -13,6 +13,16 @@ use serde_json::{Map, Value};
 
 use crate::openai::error::GatewayError;
 
+/// A field of the inbound request that is wrong: `param` names it.
+fn invalid(param: &'static str, message: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidField { message: message.into(), param }
+}
+
+/// A feature of the inbound format the translation to chat cannot carry.
+fn unsupported(message: impl Into<String>) -> GatewayError {
+    GatewayError::Unsupported(message.into())
+}
+
 /// One inbound format: its requests into chat, chat's answers, streams and errors out of it.
 pub trait InboundFormat {
     /// What the answer's translation needs to know of the request (echoed fields, the model asked for).

@@ -7,7 +7,7 @@ use policy_engine::cel_limits::MAX_COLLECTION_ENTRIES;
 use serde_json::{Map, Value, json};
 
 use super::stream::{EventTranslator, named_event};
-use super::{InboundFormat, json_object, kind};
+use super::{InboundFormat, invalid, json_object, kind, unsupported};
 use crate::openai::error::GatewayError;
 
 /// The most input items one request may carry.
@@ -33,14 +33,6 @@ const TRANSLATED: &[&str] = &[
     "text",
     "truncation",
 ];
-
-fn invalid(param: &'static str, message: impl Into<String>) -> GatewayError {
-    GatewayError::InvalidField { message: message.into(), param }
-}
-
-fn unsupported(message: impl Into<String>) -> GatewayError {
-    GatewayError::Unsupported(message.into())
-}
 
 /// The Responses API.
 pub struct Responses;

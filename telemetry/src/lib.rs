@@ -17,7 +17,7 @@ mod switches;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithHttpConfig;
+use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
@@ -29,7 +29,7 @@ use tracing_subscriber::{Layer, Registry};
 pub use context::{RequestTrace, TRACEPARENT, TRACESTATE};
 pub use opentelemetry::trace::SpanKind;
 pub use opentelemetry::{KeyValue, Value};
-pub use settings::{LogFormat, Protocol, Settings, SettingsError};
+pub use settings::{ExportTls, LogFormat, Protocol, Settings, SettingsError};
 pub use spans::{TraceSpan, strings};
 pub use switches::{exporting, log_spans_on};
 
@@ -85,7 +85,8 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
                 if named { Resource::builder() } else { Resource::builder().with_service_name(service) }.build();
             let provider = SdkTracerProvider::builder()
                 .with_span_processor(
-                    BatchSpanProcessor::builder(exporter(protocol)?, opentelemetry_sdk::runtime::Tokio).build(),
+                    BatchSpanProcessor::builder(exporter(protocol, &settings.tls)?, opentelemetry_sdk::runtime::Tokio)
+                        .build(),
                 )
                 .with_resource(resource)
                 .build();
@@ -101,13 +102,45 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
     Ok(Telemetry { provider })
 }
 
-fn exporter(protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
+fn exporter(protocol: Protocol, tls: &ExportTls) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
+    let pem = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| InitError::Exporter(format!("cannot read {}: {e}", path.display())))
+    };
+    let ca = tls.ca.as_deref().map(pem).transpose()?;
+    let identity = match &tls.client_identity {
+        Some((cert, key)) => Some((pem(cert)?, pem(key)?)),
+        None => None,
+    };
     let built = match protocol {
+        Protocol::Grpc if tls.https => {
+            // The system's roots as well as the configured CA: the SDK's own default for https has no roots.
+            let mut config = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = ca {
+                config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().with_tls_config(config).build()
+        }
         Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
         Protocol::HttpProtobuf => {
             // The workspace's reqwest brings no TLS provider of its own: ring, as the planes' other clients use.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = reqwest::Client::builder().build().map_err(|e| InitError::Exporter(e.to_string()))?;
+            let invalid = |what: &str, e: reqwest::Error| InitError::Exporter(format!("{what}: {e}"));
+            let mut client = reqwest::Client::builder();
+            if let Some(ca) = ca {
+                let certs = reqwest::Certificate::from_pem_bundle(&ca).map_err(|e| invalid("the OTLP CA", e))?;
+                client = client.tls_certs_merge(certs);
+            }
+            if let Some((mut cert, key)) = identity {
+                cert.extend_from_slice(b"\n");
+                cert.extend_from_slice(&key);
+                let identity =
+                    reqwest::Identity::from_pem(&cert).map_err(|e| invalid("the OTLP client identity", e))?;
+                client = client.identity(identity);
+            }
+            let client = client.build().map_err(|e| invalid("the OTLP HTTP client", e))?;
             opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(client).build()
         }
     };

@@ -1,9 +1,9 @@
 //! What tracing costs a request in instructions, counted by `valgrind --tool=callgrind` (repeatable on this noisy
 //! machine, which has no hardware counters): the data-plane binary runs under callgrind on a snapshot file, in front
 //! of the mock upstream, and serves a fixed number of requests, one at a time; the OTLP receiver is in this
-//! process, so its decoding is not counted. Each mode runs three times (a base load, then more non-streamed
-//! requests, then more streamed ones), and the differences divided by the extra requests are the instructions per
-//! request, without the process's start and shutdown.
+//! process, so its decoding is not counted; exporting planes batch as in production (the SDK's defaults). Each mode
+//! runs three times (a base load, then more non-streamed requests, then more streamed ones), and the differences
+//! divided by the extra requests are the instructions per request, without the process's start and shutdown.
 //!
 //! `cargo build --release --bin data-plane --bin mock-upstream && cargo bench -p gateway-e2e --bench trace_cost`
 //! (needs valgrind; no database); `-- sampled` runs only tracing off and the modes whose name holds `sampled`.
@@ -45,13 +45,13 @@ async fn bench() {
     let dir = std::env::temp_dir().join(format!("gateway-bench-trace-cost-{}", std::process::id()));
     let file = data_plane::persist::write(&dir, &snapshot.build()).unwrap();
     let receiver = OtlpReceiver::start().await;
-    let mut ratio = receiver.env("grpc", "sampled");
+    let mut ratio = receiver.production_env("grpc", "sampled");
     ratio.push(("OTEL_TRACES_SAMPLER".into(), "parentbased_traceidratio".into()));
     ratio.push(("OTEL_TRACES_SAMPLER_ARG".into(), "0.01".into()));
     let modes: [(&str, Vec<(String, String)>); 4] = [
         ("tracing off", Vec::new()),
         ("JSON logs, no export", vec![("GATEWAY_LOG_FORMAT".into(), "json".into())]),
-        ("exporting every request", receiver.env("grpc", "all")),
+        ("exporting every request", receiver.production_env("grpc", "all")),
         ("exporting, 1 % sampled", ratio),
     ];
     // `cargo bench ... -- WORD`: only the modes whose name holds WORD (and tracing off, the baseline).

@@ -1,8 +1,9 @@
 //! What exporting traces costs a whole request: two data-plane processes (the release binary) on one snapshot and
 //! one mock upstream, one with tracing off and one exporting every request's spans over OTLP/gRPC to a receiver in
-//! this process (`gateway_e2e::otlp`, decoding every batch), measured in interleaved slices of the same run so drift
-//! hits both alike; the mock straight gives the gateway's own share. A third process samples one trace in a hundred
-//! (`parentbased_traceidratio`, 0.01). Concurrency 1 and 8, non-streaming and streaming.
+//! this process (`gateway_e2e::otlp`, decoding every batch; the SDK's default batching, as in production), measured
+//! in interleaved slices of the same run so drift hits both alike; the mock straight gives the gateway's own share.
+//! A third process samples one trace in a hundred (`parentbased_traceidratio`, 0.01). Concurrency 1 and 8,
+//! non-streaming and streaming.
 //!
 //! `cargo build --release --bin data-plane && cargo bench -p gateway-e2e --bench trace_load` (no database: the
 //! data planes serve a snapshot file).
@@ -47,9 +48,9 @@ async fn bench() {
         DataPlane::start(&config)
     };
     let off = plane("off", Vec::new());
-    let on = plane("on", receiver.env("grpc", "bench"));
+    let on = plane("on", receiver.production_env("grpc", "bench"));
     // What production would run: one trace in a hundred sampled (the others build their spans but export nothing).
-    let mut ratio = receiver.env("grpc", "bench-sampled");
+    let mut ratio = receiver.production_env("grpc", "bench-sampled");
     ratio.push(("OTEL_TRACES_SAMPLER".into(), "parentbased_traceidratio".into()));
     ratio.push(("OTEL_TRACES_SAMPLER_ARG".into(), "0.01".into()));
     let sampled = plane("sampled", ratio);

@@ -9,6 +9,7 @@ mod background;
 pub mod mock;
 pub mod otlp;
 pub mod pipeline;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! A real OTLP trace receiver for the tests: the collector's `TraceService` over gRPC (tonic, the generated server
 //! of `opentelemetry-proto`) and `POST /v1/traces` over HTTP (protobuf, decoded with prost), on free loopback ports
-//! of this process. Every span it receives is kept, flattened, for the test to look for.
+//! of this process, in plain text or over mutual TLS. Every span it receives is kept, flattened, for the test to look for.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +16,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message;
 use serde_json::Value;
 use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::tls::Certificates;
 
 /// One received span.
 #[derive(Debug, Clone)]
@@ -115,35 +117,64 @@ async fn http_export(State(received): State<Received>, body: Bytes) -> (StatusCo
 pub struct OtlpReceiver {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// `https` when started with [`OtlpReceiver::start_tls`].
+    scheme: &'static str,
     received: Received,
 }
 
 impl OtlpReceiver {
     /// Serve both transports on the current Tokio runtime.
     pub async fn start() -> OtlpReceiver {
+        OtlpReceiver::serve(None).await
+    }
+
+    /// Serve both transports over TLS with `certificates`' server certificate, requiring a client certificate
+    /// signed by their CA (mutual TLS, as a collector that authenticates its senders does).
+    pub async fn start_tls(certificates: &Certificates) -> OtlpReceiver {
+        OtlpReceiver::serve(Some(certificates)).await
+    }
+
+    async fn serve(tls: Option<&Certificates>) -> OtlpReceiver {
         let received = Received::default();
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(received.clone());
+        let mut server = tonic::transport::Server::builder();
+        if let Some(certificates) = tls {
+            let pem = |path: &std::path::Path| std::fs::read(path).unwrap();
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(
+                    pem(&certificates.server_cert),
+                    pem(&certificates.server_key),
+                ))
+                .client_ca_root(tonic::transport::Certificate::from_pem(pem(&certificates.ca)));
+            server = server.tls_config(config).unwrap();
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
+            server
+                .add_service(TraceServiceServer::new(received.clone()))
                 .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
         );
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = http_listener.local_addr().unwrap();
         let app =
             axum::Router::new().route("/v1/traces", axum::routing::post(http_export)).with_state(received.clone());
-        tokio::spawn(async move { axum::serve(http_listener, app).await });
-        OtlpReceiver { grpc, http, received }
+        match tls {
+            None => drop(tokio::spawn(async move { axum::serve(http_listener, app).await })),
+            Some(certificates) => {
+                let listener = TlsListener { tcp: http_listener, acceptor: mutual_tls_acceptor(certificates) };
+                drop(tokio::spawn(async move { axum::serve(listener, app).await }));
+            }
+        }
+        OtlpReceiver { grpc, http, scheme: if tls.is_some() { "https" } else { "http" }, received }
     }
 
     /// The environment that makes a plane export to this receiver over `protocol` (`grpc` or `http/protobuf`),
     /// in batches of at most 100 ms.
     pub fn env(&self, protocol: &str, service: &str) -> Vec<(String, String)> {
+        let scheme = self.scheme;
         let endpoint = match protocol {
-            "grpc" => format!("http://{}", self.grpc),
-            _ => format!("http://{}", self.http),
+            "grpc" => format!("{scheme}://{}", self.grpc),
+            _ => format!("{scheme}://{}", self.http),
         };
         [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
@@ -154,6 +185,14 @@ impl OtlpReceiver {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+
+    /// [`OtlpReceiver::env`] with the SDK's own batching (a batch every 5 s or every 512 spans), as a production
+    /// plane exports: for benchmarks, where the tests' 100 ms batches would cost an export call per request or two.
+    pub fn production_env(&self, protocol: &str, service: &str) -> Vec<(String, String)> {
+        let mut env = self.env(protocol, service);
+        env.retain(|(name, _)| name != "OTEL_BSP_SCHEDULE_DELAY");
+        env
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
@@ -174,5 +213,49 @@ impl OtlpReceiver {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A TLS acceptor with `certificates`' server identity that requires a client certificate from their CA.
+fn mutual_tls_acceptor(certificates: &Certificates) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&certificates.ca).unwrap()).unwrap();
+    let clients =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+    let chain = vec![CertificateDer::from_pem_file(&certificates.server_cert).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(&certificates.server_key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// The HTTP receiver's listener over TLS: a connection whose handshake fails is dropped, as a collector would.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(stream)).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
     }
 }

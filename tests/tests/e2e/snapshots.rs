@@ -200,38 +200,12 @@ fn tokio_stream_once(
     tonic::codegen::tokio_stream::iter(vec![message])
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM files into `dir`.
-fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let mut server_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    server_params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-    let server_key = KeyPair::generate().unwrap();
-    let server = server_params.signed_by(&server_key, &ca).unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["data-plane".to_owned()]).unwrap().signed_by(&client_key, &ca).unwrap();
-    let files = [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server.key", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", client_key.serialize_pem()),
-    ];
-    files.map(|(name, pem)| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    })
-}
-
 #[sqlx::test(migrations = false)]
 async fn data_planes_can_be_required_to_present_a_client_certificate(pool: PgPool) {
     let test = "mtls";
     let dir = std::env::temp_dir().join(format!("gateway-e2e-mtls-{}", std::process::id()));
-    let [ca, server_cert, server_key, client_cert, client_key] = certificates(&dir);
+    let gateway_e2e::tls::Certificates { ca, server_cert, server_key, client_cert, client_key } =
+        gateway_e2e::tls::certificates(&dir);
     let path = |p: &std::path::PathBuf| p.display().to_string();
     let mut config = ControlPlaneConfig::new(test, "cp", &test_database_url(&pool));
     config.env = vec![

@@ -252,3 +252,44 @@ async fn the_control_plane_traces_admin_writes_and_snapshot_builds(pool: PgPool)
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!receiver.spans().iter().any(|s| s.name.starts_with("GET ")));
 }
+
+#[sqlx::test(migrations = false)]
+async fn both_planes_export_to_a_collector_that_requires_mutual_tls(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!("gateway-e2e-otlp-tls-{}", std::process::id()));
+    let certificates = gateway_e2e::tls::certificates(&dir);
+    let receiver = OtlpReceiver::start_tls(&certificates).await;
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let tls = |mut env: Vec<(String, String)>| {
+        env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), path(&certificates.ca)));
+        env.push(("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(), path(&certificates.client_cert)));
+        env.push(("OTEL_EXPORTER_OTLP_CLIENT_KEY".into(), path(&certificates.client_key)));
+        env
+    };
+    // The data plane over gRPC, the control plane over HTTP: both transports' TLS.
+    let gw = start(&pool, "traces_tls", tls(receiver.env("grpc", "dp-tls"))).await;
+    let (status, _) = gw.chat("tls-1", false).await;
+    assert_eq!(status, 200);
+    let request =
+        receiver.wait_for("the request's span over TLS", |s| s.attr("request_id").as_deref() == Some("tls-1")).await;
+    assert_eq!(request.service, "dp-tls");
+    assert_eq!(request.trace_id, TRACE);
+
+    let mut config = ControlPlaneConfig::new("traces_tls", "cp-tls", &test_database_url(&pool));
+    config.env = tls(receiver.env("http/protobuf", "cp-tls"));
+    let cp = ControlPlane::start(config).await;
+    cp.create("backends", json!({"name": "b", "kind": "openai", "base_url": "https://api.openai.com/v1"})).await;
+    let write = receiver
+        .wait_for("the admin write's span over TLS", |s| s.service == "cp-tls" && s.name.starts_with("POST /admin/v1/"))
+        .await;
+    assert_eq!(write.attr("http.response.status_code").as_deref(), Some("201"));
+
+    // A TLS setting with a plain endpoint would do nothing: the plane refuses to start, naming it.
+    let mut plain = DataPlaneConfig::new("traces_tls", "dp-plain", &gw.cp.grpc_url());
+    plain.env = OtlpReceiver::start().await.env("grpc", "dp-plain");
+    plain.env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), path(&certificates.ca)));
+    let refused = DataPlane::start(&plain);
+    let log = refused.log.clone();
+    assert!(!refused.wait_exit().await.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("OTEL_EXPORTER_OTLP_CERTIFICATE is set but the OTLP endpoint"), "{text}");
+}

@@ -56,6 +56,7 @@ pub mod stages {
     pub use crate::metrics::{RequestFigures, builder as metrics_builder, known_or_placeholder, record_request};
     pub use crate::openai::request::Endpoint;
     pub use crate::providers::anthropic::StreamTranslator;
+    pub use crate::providers::{Inbound, of as provider};
     pub use crate::ratelimit::limiter::{KeyLimits, RateLimiter, RequestRates};
     pub use crate::spend::budgets::{Admission, AdmissionRequest, BudgetLedger, Scope, contributions};
     pub use crate::spend::metering::{StreamMeter, cost, usage_from_body};

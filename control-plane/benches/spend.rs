@@ -100,6 +100,7 @@ fn batch(n: usize, day: DateTime<Utc>, seed: usize, spread: Spread) -> v1::Spend
                 attempts: 1,
                 trace_id: String::new(),
                 guardrails: vec![],
+                attempt_log: vec![],
             }
         })
         .collect();

@@ -22,6 +22,8 @@ const MAX_METADATA_VALUE: usize = 1024;
 const MAX_TOOL_CALLS: usize = 128;
 /// Guardrail outcomes per event (the data plane sends at most as many).
 const MAX_GUARDRAIL_OUTCOMES: usize = 128;
+/// Attempts named per event (the data plane names at most as many).
+const MAX_ATTEMPT_RECORDS: usize = 64;
 /// Costs keep at most this many decimal places...
 pub(crate) const MAX_COST_SCALE: usize = 18;
 /// ...and at most this many integer digits (below 1e9 USD, far beyond any request), so a cost has at most 27
@@ -70,6 +72,8 @@ pub struct SpendRecord {
     pub tool_calls: String,
     /// What the request's guardrails found, as a JSON array of `{guardrail, detector, action, side, count}`.
     pub guardrails: String,
+    /// The upstream attempts in order, as a JSON array of `{backend, model, outcome, status}`.
+    pub attempt_log: String,
 }
 
 /// An event that failed validation.
@@ -202,6 +206,21 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
             "count": found.count,
         }));
     }
+    if event.attempt_log.len() > MAX_ATTEMPT_RECORDS {
+        return Err(("attempt_log", format!("more than {MAX_ATTEMPT_RECORDS} attempts")));
+    }
+    let mut attempt_log = Vec::with_capacity(event.attempt_log.len());
+    for attempt in &event.attempt_log {
+        if attempt.status > 999 {
+            return Err(("attempt_log.status", format!("{} is not an HTTP status", attempt.status)));
+        }
+        attempt_log.push(serde_json::json!({
+            "backend": text("attempt_log.backend", &attempt.backend, MAX_TEXT)?,
+            "model": text("attempt_log.model", &attempt.model, MAX_TEXT)?,
+            "outcome": text("attempt_log.outcome", &attempt.outcome, 64)?,
+            "status": attempt.status,
+        }));
+    }
     let outcome = text("outcome", &event.outcome, 64)?;
     if outcome.is_empty() {
         return Err(("outcome", "must not be empty (ok, upstream_error, interrupted, rejected, ...)".to_owned()));
@@ -242,6 +261,7 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
         metadata: serde_json::to_string(&metadata).unwrap_or_else(|_| "{}".to_owned()),
         tool_calls: serde_json::Value::Array(tool_calls).to_string(),
         guardrails: serde_json::Value::Array(guardrails).to_string(),
+        attempt_log: serde_json::Value::Array(attempt_log).to_string(),
     })
 }
 

@@ -139,5 +139,7 @@ fn system(kind: BackendKind) -> &'static str {
         BackendKind::AzureOpenai => "az.ai.openai",
         BackendKind::Anthropic => "anthropic",
         BackendKind::Bedrock => "aws.bedrock",
+        BackendKind::Gemini => "gcp.gemini",
+        BackendKind::Vertex => "gcp.vertex_ai",
     }
 }

@@ -114,6 +114,8 @@ impl CandidateFacts {
                 BackendKind::AzureOpenai => "azure_openai",
                 BackendKind::Anthropic => "anthropic",
                 BackendKind::Bedrock => "bedrock",
+                BackendKind::Gemini => "gemini",
+                BackendKind::Vertex => "vertex",
             },
             backend_region: backend.region.clone(),
             backend_tags: backend.tags.clone(),

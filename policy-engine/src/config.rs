@@ -39,6 +39,11 @@ pub enum BackendKind {
     Anthropic,
     /// Amazon Bedrock's Converse API, translated both ways, requests signed with SigV4.
     Bedrock,
+    /// Google's Gemini API (`generateContent`), translated both ways, the API key in `x-goog-api-key`.
+    Gemini,
+    /// Gemini models on Google Cloud's Vertex AI, translated both ways, authenticated with a service account's
+    /// OAuth tokens.
+    Vertex,
 }
 
 /// How the gateway presents the backend's secret upstream.
@@ -230,6 +235,19 @@ pub struct AwsSettings {
     pub region: String,
 }
 
+/// Google Cloud settings of a `vertex` backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct VertexSettings {
+    /// The Google Cloud project id requests are billed to (e.g. `my-project-123`).
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
+    pub project: String,
+    /// The Vertex AI location (e.g. `us-central1`, `europe-west4`, `global`).
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
+    pub location: String,
+}
+
 /// A provider endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -238,7 +256,7 @@ pub struct BackendSpec {
     /// Unique name; models refer to it.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
     pub name: String,
-    /// The provider protocol: `openai`, `azure_openai`, `anthropic` or `bedrock`.
+    /// The provider protocol: `openai`, `azure_openai`, `anthropic`, `bedrock`, `gemini` or `vertex`.
     pub kind: BackendKind,
     /// http(s) URL; normalised on write (a trailing slash never matters).
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::url))]
@@ -276,6 +294,9 @@ pub struct BackendSpec {
     /// Required for `bedrock`: the region its requests are signed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSettings>,
+    /// Required for `vertex`: the project and location its requests name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -31,6 +31,7 @@ mod cel_native;
 pub mod config;
 pub mod facts;
 pub mod fields;
+pub mod google_secret;
 pub mod guardrail;
 mod guardrail_detectors;
 pub mod guardrail_spec;

@@ -106,6 +106,11 @@ pub fn backend(
                 errors.push("secret.value", error.to_string());
             }
         }
+        Some(SecretSpec::Value(value)) if spec.kind == BackendKind::Vertex => {
+            if let Err(error) = crate::google_secret::ServiceAccount::parse(value) {
+                errors.push("secret.value", error.to_string());
+            }
+        }
         Some(SecretSpec::Sealed(_)) => errors.push("secret", "use {\"value\": ...} or {\"ref\": \"env:NAME\"}"),
         Some(SecretSpec::Value(_)) | None => {}
     }
@@ -142,6 +147,39 @@ fn bedrock_settings(errors: &mut Errors, spec: &BackendSpec) {
     }
 }
 
+/// What a `vertex` backend needs: the project and location its URLs name, and its secret used as a service account
+/// (not a header).
+fn vertex_settings(errors: &mut Errors, spec: &BackendSpec) {
+    match &spec.vertex {
+        None => errors.push(
+            "vertex",
+            "vertex backends need vertex.project and vertex.location (e.g. {\"project\": \"my-project\", \"location\": \"us-central1\"})",
+        ),
+        Some(vertex) => {
+            // Project ids: lowercase letters, digits and hyphens; older domain-scoped ones add `.` and `:`.
+            let project_ok = !vertex.project.is_empty()
+                && vertex.project.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
+            if !project_ok {
+                errors.push("vertex.project", format!("{:?} is not a Google Cloud project id", vertex.project));
+            }
+            let location_ok = !vertex.location.is_empty()
+                && vertex.location.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !location_ok {
+                errors.push(
+                    "vertex.location",
+                    format!("{:?} is not a Vertex AI location (e.g. us-central1, global)", vertex.location),
+                );
+            }
+        }
+    }
+    if spec.auth != BackendAuth::Bearer {
+        errors.push(
+            "auth",
+            "vertex requests carry OAuth tokens obtained with the backend's service account secret; leave auth out",
+        );
+    }
+}
+
 /// A backend's settings that need no operator policy (everything but the base URL's allowlist and the secret
 /// reference's prefixes): the data plane checks them again on every snapshot, so a snapshot written behind the API's
 /// back cannot serve zero timeouts or a breaker that never closes.
@@ -169,6 +207,11 @@ fn backend_settings_into(errors: &mut Errors, spec: &BackendSpec) {
         bedrock_settings(errors, spec);
     } else if spec.aws.is_some() {
         errors.push("aws", "only bedrock backends take aws settings");
+    }
+    if spec.kind == BackendKind::Vertex {
+        vertex_settings(errors, spec);
+    } else if spec.vertex.is_some() {
+        errors.push("vertex", "only vertex backends take vertex settings");
     }
     let t = spec.timeouts;
     if t.connect_ms == 0 || t.first_byte_ms == 0 || t.total_ms == 0 {
@@ -249,6 +292,10 @@ fn backend_settings_into(errors: &mut Errors, spec: &BackendSpec) {
     }
     if let Some(aws) = &spec.aws {
         errors.label("aws.region", &aws.region);
+    }
+    if let Some(vertex) = &spec.vertex {
+        errors.label("vertex.project", &vertex.project);
+        errors.label("vertex.location", &vertex.location);
     }
     errors.at_most("base_url", &spec.base_url, MAX_URL_CHARS);
     if let BackendAuth::Header { header } = &spec.auth {

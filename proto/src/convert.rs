@@ -113,6 +113,8 @@ pub fn encode(
             health_check_path: b.health_check.as_ref().map(|h| h.path.clone()).unwrap_or_default(),
             azure_api_version: b.azure.as_ref().map(|a| a.api_version.clone()).unwrap_or_default(),
             aws_region: b.aws.as_ref().map(|a| a.region.clone()).unwrap_or_default(),
+            vertex_project: b.vertex.as_ref().map(|v| v.project.clone()).unwrap_or_default(),
+            vertex_location: b.vertex.as_ref().map(|v| v.location.clone()).unwrap_or_default(),
             breaker_max_open_ms: b.circuit_breaker.and_then(|c| c.max_open_ms),
             breaker_error_rate: b.circuit_breaker.and_then(|c| c.error_rate).map(|t| v1::BreakerTrip {
                 limit: u64::from(t.percent),
@@ -271,6 +273,8 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
                 "azure_openai" => BackendKind::AzureOpenai,
                 "anthropic" => BackendKind::Anthropic,
                 "bedrock" => BackendKind::Bedrock,
+                "gemini" => BackendKind::Gemini,
+                "vertex" => BackendKind::Vertex,
                 other => {
                     d.fail("kind", format!("unknown value {other:?}"));
                     BackendKind::Openai
@@ -321,6 +325,8 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
             }),
             azure: non_empty(&b.azure_api_version).map(|api_version| AzureSettings { api_version }),
             aws: non_empty(&b.aws_region).map(|region| AwsSettings { region }),
+            vertex: non_empty(&b.vertex_project)
+                .map(|project| VertexSettings { project, location: b.vertex_location.clone() }),
         };
         config.backends.insert(spec.name.clone(), spec);
     }

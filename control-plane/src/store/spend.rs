@@ -208,6 +208,9 @@ pub struct SpendEventRow {
     /// What the request's guardrails found: `{guardrail, detector, action, side, count}`, never content.
     #[schema(value_type = Vec<Object>)]
     pub guardrails: sqlx::types::Json<serde_json::Value>,
+    /// The upstream attempts in order: `{backend, model, outcome, status}`, `outcome` `answered` or the failure's class.
+    #[schema(value_type = Vec<Object>)]
+    pub attempt_log: sqlx::types::Json<serde_json::Value>,
 }
 
 /// A budget's scope and period as days, for [`Store::budget_spend`].
@@ -228,7 +231,7 @@ const FILTERS_DAILY: &str = "($3::TEXT IS NULL OR key_name = $3) AND ($4::TEXT I
 const EVENT_COLUMNS: &str = "id, occurred_at, ingested_at, node_id, key_id, key_name, team, alias, policy,
     snapshot_version, backend, backend_region, model, upstream_model, endpoint, status, outcome, streamed, interrupted,
     prompt_tokens, cached_prompt_tokens, completion_tokens, cache_creation_tokens, usage_estimated, cost_usd,
-    latency_ms, ttft_ms, request_id, attempts, trace_id, metadata, tool_calls, guardrails";
+    latency_ms, ttft_ms, request_id, attempts, trace_id, metadata, tool_calls, guardrails, attempt_log";
 
 const INGEST: &str = "
 WITH input AS (
@@ -236,21 +239,22 @@ WITH input AS (
                          $9::BIGINT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::INT[],
                          $16::TEXT[], $17::BOOL[], $18::BOOL[], $19::BIGINT[], $20::BIGINT[], $21::BIGINT[],
                          $22::BIGINT[], $23::BOOL[], $24::NUMERIC[], $25::BIGINT[], $26::BIGINT[], $27::TEXT[],
-                         $28::INT[], $29::TEXT[], $30::TEXT[], $31::TEXT[], $32::TEXT[])
+                         $28::INT[], $29::TEXT[], $30::TEXT[], $31::TEXT[], $32::TEXT[], $33::TEXT[])
         AS t(id, occurred_at, key_id, key_name, team, alias, policy, snapshot_version, backend, backend_region, model,
              upstream_model, endpoint, status, outcome, streamed, interrupted, prompt_tokens, cached_prompt_tokens,
              completion_tokens, cache_creation_tokens, usage_estimated, cost_usd, latency_ms, ttft_ms, request_id,
-             attempts, metadata, tool_calls, trace_id, guardrails)
+             attempts, metadata, tool_calls, trace_id, guardrails, attempt_log)
 ), inserted AS (
     INSERT INTO spend_events (id, occurred_at, node_id, key_id, key_name, team, alias, policy, snapshot_version,
                               backend, backend_region, model, upstream_model, endpoint, status, outcome, streamed,
                               interrupted, prompt_tokens, cached_prompt_tokens, completion_tokens,
                               cache_creation_tokens, usage_estimated, cost_usd, latency_ms, ttft_ms, request_id,
-                              attempts, metadata, tool_calls, trace_id, guardrails)
+                              attempts, metadata, tool_calls, trace_id, guardrails, attempt_log)
     SELECT id, occurred_at, $1, key_id, key_name, team, alias, policy, snapshot_version, backend, backend_region,
            model, upstream_model, endpoint, status, outcome, streamed, interrupted, prompt_tokens,
            cached_prompt_tokens, completion_tokens, cache_creation_tokens, usage_estimated, cost_usd, latency_ms,
-           ttft_ms, request_id, attempts, metadata::JSONB, tool_calls::JSONB, trace_id, guardrails::JSONB
+           ttft_ms, request_id, attempts, metadata::JSONB, tool_calls::JSONB, trace_id, guardrails::JSONB,
+           attempt_log::JSONB
     FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING occurred_at, key_id, key_name, team, alias, backend, model, outcome, usage_estimated, prompt_tokens,
@@ -377,6 +381,7 @@ impl Store {
                 .bind(column!(tool_calls))
                 .bind(column!(trace_id))
                 .bind(column!(guardrails))
+                .bind(column!(attempt_log))
                 .fetch_one(&mut *tx)
                 .await?;
             accepted = inserted;

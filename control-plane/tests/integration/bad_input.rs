@@ -86,11 +86,12 @@ async fn bad_bodies_get_clear_errors(pool: PgPool) {
             "POST",
             "/admin/v1/backends",
             json,
-            json!({"name": "b", "kind": "gemini", "base_url": "https://x.example"}).to_string(),
+            json!({"name": "b", "kind": "palm", "base_url": "https://x.example"}).to_string(),
         ),
         bad,
         "invalid_body",
-        "kind: unknown variant `gemini`, expected one of `openai`, `azure_openai`, `anthropic`, `bedrock`",
+        "kind: unknown variant `palm`, expected one of `openai`, `azure_openai`, `anthropic`, `bedrock`, `gemini`, \
+         `vertex`",
     )
     .await;
     check(

@@ -87,6 +87,7 @@ pub fn message(e: &Ev) -> v1::SpendEvent {
         attempts: 1,
         trace_id: String::new(),
         guardrails: vec![],
+        attempt_log: vec![],
     }
 }
 

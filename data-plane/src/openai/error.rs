@@ -56,6 +56,9 @@ pub enum GatewayError {
     /// A guardrail's `block` matched (`docs/guardrails.md`): names the guardrail and the category, never the text.
     #[error("content blocked by guardrail '{guardrail}' ({category} found in the {side})")]
     ContentBlocked { guardrail: String, category: String, side: &'static str },
+    /// The provider's own safety system refused the prompt or withheld the answer (e.g. Gemini's `blockReason`).
+    #[error("{0}")]
+    ContentFiltered(String),
     #[error("{}", budget_exceeded_message(.0))]
     BudgetExceeded(Refusal),
     /// An API key over its rate limit, or every candidate's backend at its own (`docs/rate-limits.md`).
@@ -202,7 +205,8 @@ impl GatewayError {
             GatewayError::InvalidRequest(_)
             | GatewayError::InvalidField { .. }
             | GatewayError::Unsupported(_)
-            | GatewayError::ContentBlocked { .. } => StatusCode::BAD_REQUEST,
+            | GatewayError::ContentBlocked { .. }
+            | GatewayError::ContentFiltered(_) => StatusCode::BAD_REQUEST,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidToolCall { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -246,6 +250,8 @@ impl GatewayError {
             GatewayError::ToolNotAllowed { .. } => "tool_not_allowed",
             GatewayError::InvalidToolCall { .. } => "invalid_tool_call",
             GatewayError::ContentBlocked { .. } => "content_blocked",
+            // Azure OpenAI's code for its own filter's refusals, which OpenAI-shaped clients already know.
+            GatewayError::ContentFiltered(_) => "content_filter",
             GatewayError::BudgetExceeded(_) => "budget_exceeded",
             GatewayError::RateLimited(_) => "rate_limit_exceeded",
             GatewayError::SpendSpoolFull { .. } => "spend_spool_full",
@@ -277,6 +283,7 @@ impl GatewayError {
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
+            | GatewayError::ContentFiltered(_)
             | GatewayError::BackendMisconfigured(_) => None,
         }
     }

@@ -480,8 +480,8 @@ impl Provider for Anthropic {
         true
     }
 
-    fn answer(&self, body: Bytes) -> Result<Bytes, String> {
-        answer(&body).map(Bytes::from)
+    fn answer(&self, body: Bytes) -> Result<Bytes, super::AnswerError> {
+        answer(&body).map(Bytes::from).map_err(super::AnswerError::Malformed)
     }
 
     fn stream(&self, upstream: UpstreamBytes) -> UpstreamBytes {

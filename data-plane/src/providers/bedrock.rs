@@ -304,8 +304,8 @@ impl Provider for Bedrock {
         true
     }
 
-    fn answer(&self, body: Bytes) -> Result<Bytes, String> {
-        answer(&body).map(Bytes::from)
+    fn answer(&self, body: Bytes) -> Result<Bytes, super::AnswerError> {
+        answer(&body).map(Bytes::from).map_err(super::AnswerError::Malformed)
     }
 
     fn streams(&self, content_type: &str) -> bool {

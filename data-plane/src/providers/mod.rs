@@ -7,6 +7,8 @@
 //! - [`anthropic`]: the Messages API, translated both ways.
 //! - [`bedrock`]: Amazon Bedrock's Converse API, translated both ways ([`bedrock_stream`]: its binary event stream),
 //!   signed with SigV4 ([`sigv4`]).
+//! - [`gemini`]: Google's `generateContent` (the Gemini API), translated both ways ([`gemini_stream`]: its event
+//!   stream); [`vertex`]: the same on Vertex AI, with service-account OAuth tokens ([`oauth`]: the token cache).
 //! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects.
 //!
 //! Credentials a static header cannot carry (a signature over the request, a token fetched from an endpoint) are a
@@ -19,9 +21,14 @@ pub mod bedrock;
 pub mod bedrock_shapes;
 pub mod bedrock_stream;
 pub mod egress;
+pub mod gemini;
+pub mod gemini_stream;
+pub mod google_embeddings;
+pub mod oauth;
 pub mod openai;
 pub mod sigv4;
 pub mod upstream;
+pub mod vertex;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -34,6 +41,17 @@ use crate::openai::request::Endpoint;
 
 /// An upstream's response body as it arrives.
 pub type UpstreamBytes = BoxStream<'static, reqwest::Result<Bytes>>;
+
+/// Why a successful status's body is not served as an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The body is not an answer of this kind: the upstream misbehaved (a bad gateway).
+    #[error("{0}")]
+    Malformed(String),
+    /// The provider's safety system refused the prompt or withheld the answer (says why, never the text).
+    #[error("{0}")]
+    Filtered(String),
+}
 
 /// One request as a backend kind wants it.
 pub struct Outbound {
@@ -75,6 +93,8 @@ pub struct Unsigned<'a> {
     pub secret: Option<&'a str>,
     /// Method, URL, headers and body, all final: a signature over them stays valid.
     pub request: &'a reqwest::Request,
+    /// This data plane's OAuth token cache, for kinds whose credentials are fetched tokens.
+    pub tokens: &'a oauth::Tokens,
 }
 
 /// One backend kind (see the module documentation).
@@ -104,8 +124,8 @@ pub trait Provider: Sync {
         false
     }
 
-    /// A successful non-streamed answer in OpenAI's shape; `Err` (why) for an answer that is not one.
-    fn answer(&self, body: Bytes) -> Result<Bytes, String> {
+    /// A successful non-streamed answer in OpenAI's shape; `Err` for an answer that is not one.
+    fn answer(&self, body: Bytes) -> Result<Bytes, AnswerError> {
         Ok(body)
     }
 
@@ -148,5 +168,7 @@ pub fn of(kind: BackendKind) -> &'static dyn Provider {
         BackendKind::AzureOpenai => &openai::AzureOpenAi,
         BackendKind::Anthropic => &anthropic::Anthropic,
         BackendKind::Bedrock => &bedrock::Bedrock,
+        BackendKind::Gemini => &gemini::Gemini,
+        BackendKind::Vertex => &vertex::Vertex,
     }
 }

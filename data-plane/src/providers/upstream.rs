@@ -11,6 +11,7 @@ use policy_engine::config::{BackendAuth, BackendSpec};
 use serde_json::{Map, Value};
 
 use super::egress::{self, Egress};
+use super::oauth::Tokens;
 use super::{Inbound, Outbound, Unsigned};
 use crate::openai::request::Endpoint;
 
@@ -31,6 +32,9 @@ pub enum AttemptError {
     /// This data plane's egress rules refuse the backend (its host, its addresses, its secret reference), or its
     /// secret is missing here: nothing was sent. The message names the backend.
     Refused(String),
+    /// The backend's short-lived credentials could not be had (its token endpoint failed or refused): nothing was
+    /// sent to the model. Fails over like a connection failure. The message names the backend.
+    Credentials(String),
 }
 
 impl AttemptError {
@@ -39,8 +43,13 @@ impl AttemptError {
         match self {
             AttemptError::Status { status, .. } | AttemptError::Redirect { status, .. } => Some(*status),
             AttemptError::Connect(_) | AttemptError::Timeout(_) | AttemptError::Unsupported(_) => None,
-            AttemptError::Refused(_) => None,
+            AttemptError::Refused(_) | AttemptError::Credentials(_) => None,
         }
+    }
+
+    /// Whether the attempt reached the upstream (else it was refused or unservable here, or lacked credentials).
+    pub fn was_sent(&self) -> bool {
+        !matches!(self, AttemptError::Unsupported(_) | AttemptError::Refused(_) | AttemptError::Credentials(_))
     }
 
     /// A fixed name of the failure's class: a trace's `error.type` and `gateway_upstream_errors_total{class}`.
@@ -54,6 +63,7 @@ impl AttemptError {
             AttemptError::Redirect { .. } => "redirect",
             AttemptError::Unsupported(_) => "unsupported",
             AttemptError::Refused(_) => "refused",
+            AttemptError::Credentials(_) => "credentials",
         }
     }
 
@@ -72,7 +82,7 @@ impl AttemptError {
                      backend's base_url to the final address)"
                 )
             }
-            AttemptError::Unsupported(e) | AttemptError::Refused(e) => e.clone(),
+            AttemptError::Unsupported(e) | AttemptError::Refused(e) | AttemptError::Credentials(e) => e.clone(),
         }
     }
 }
@@ -87,6 +97,8 @@ pub struct Upstreams {
     /// each is parsed (host IDNA included) and checked once rather than per attempt.
     checked_urls: Mutex<HashMap<String, reqwest::Url>>,
     egress: Egress,
+    /// Short-lived tokens of backends whose secret is a way to get them (Vertex's service accounts).
+    tokens: Tokens,
 }
 
 /// The most upstream URLs [`Upstreams`] keeps parsed; past it the cache starts over (a snapshot's backends,
@@ -105,7 +117,7 @@ pub struct SendOptions<'a> {
 
 impl Upstreams {
     pub fn new(egress: Egress) -> Upstreams {
-        Upstreams { egress, ..Upstreams::default() }
+        Upstreams { tokens: Tokens::new(egress.clone()), egress, ..Upstreams::default() }
     }
 
     fn client(&self, connect_ms: u64) -> Result<reqwest::Client, AttemptError> {
@@ -247,8 +259,9 @@ impl Upstreams {
         let secret = self.egress.secret(backend).map_err(|reason| AttemptError::Refused(reason.0))?;
         let (client, request) = request.build_split();
         let mut request = request.map_err(|e| AttemptError::Connect(error_chain(&e)))?;
-        let credentials =
-            provider.authorize(Unsigned { backend, secret: secret.as_deref(), request: &request }).await?;
+        let credentials = provider
+            .authorize(Unsigned { backend, secret: secret.as_deref(), request: &request, tokens: &self.tokens })
+            .await?;
         request.headers_mut().extend(credentials);
         Ok(reqwest::RequestBuilder::from_parts(client, request))
     }

@@ -25,7 +25,7 @@ use crate::health::tracker::Ticket;
 use crate::openai::error::GatewayError;
 use crate::openai::request::ParsedRequest;
 use crate::providers::upstream::{AttemptError, SendOptions};
-use crate::providers::{self, StatusClass};
+use crate::providers::{self, AnswerError, StatusClass};
 use crate::ratelimit::limiter::now_ms;
 use crate::spend::metering::StreamMeter;
 use crate::spend::record::SpendHandle;
@@ -216,9 +216,9 @@ impl Attempts<'_> {
         let previous = self.spend.attempt(candidate);
         self.spend.exchange().set_deadline(deadline);
         let attempt = send(omitted).await;
-        if let Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)) = &attempt {
+        if let Err(AttemptError::Unsupported(_) | AttemptError::Refused(_) | AttemptError::Credentials(_)) = &attempt {
             // Refused before anything was sent: a backend kind that cannot serve the endpoint, a secret or an
-            // address the egress rules refuse.
+            // address the egress rules refuse, credentials that could not be had.
             self.spend.not_sent(previous);
             return attempt;
         }
@@ -228,6 +228,7 @@ impl Attempts<'_> {
             {
                 tracing::info!(backend = %backend.name, "the backend refuses stream_options; its streams are metered by the tokenizer");
                 upstreams.remember_usage_option_refused(&backend.name);
+                self.spend.attempt_failed("client_error", Some(400));
                 self.spend.attempt(candidate);
                 send(true).await
             }
@@ -263,7 +264,10 @@ impl Attempts<'_> {
                 .map_err(|_| PastDeadline)?,
             None => self.send(backend, candidate, deadline).await,
         };
-        let sent = !matches!(attempt, Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)));
+        let sent = !matches!(
+            attempt,
+            Err(AttemptError::Unsupported(_) | AttemptError::Refused(_) | AttemptError::Credentials(_))
+        );
         walk.record(position, sent);
         Ok((attempt, deadline))
     }
@@ -391,6 +395,9 @@ impl Attempts<'_> {
                     metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "backend" => candidate.backend.clone(),
                         "class" => error.class())
                     .increment(1);
+                    if error.was_sent() {
+                        self.spend.attempt_failed(error.class(), error.status());
+                    }
                     tracing::warn!(model = %candidate.model, backend = %candidate.backend, error = %error.describe(), "candidate failed");
                     failures.push((candidate.model.clone(), error));
                 }
@@ -493,7 +500,10 @@ impl Attempts<'_> {
                 Err(error) => {
                     // The upstream read the prompt whatever came back: metered as estimated.
                     self.spend.add_answer(&candidate.model, &bytes);
-                    return Err(GatewayError::UpstreamFailed(error));
+                    return Err(match error {
+                        AnswerError::Malformed(why) => GatewayError::UpstreamFailed(why),
+                        AnswerError::Filtered(why) => GatewayError::ContentFiltered(why),
+                    });
                 }
             };
             // Metered before the tool check: an answer that is rejected or retried was still billed.
@@ -603,7 +613,10 @@ fn outcome_of(attempt: &Result<reqwest::Response, AttemptError>, backend: &Backe
             StatusClass::CallersMistake => Some(Outcome::Answered { ttfb_ms: ms }),
             StatusClass::FailOver => Some(Outcome::Failed { ttfb_ms: None }),
         },
-        Err(AttemptError::Redirect { .. } | AttemptError::Connect(_)) => Some(Outcome::Failed { ttfb_ms: None }),
+        // A token endpoint that fails makes the backend unusable as surely as a refused connection.
+        Err(AttemptError::Redirect { .. } | AttemptError::Connect(_) | AttemptError::Credentials(_)) => {
+            Some(Outcome::Failed { ttfb_ms: None })
+        }
         Err(AttemptError::Timeout(_)) => Some(Outcome::Failed { ttfb_ms: Some(ms) }),
         Err(AttemptError::Unsupported(_) | AttemptError::Refused(_)) => None,
     }
@@ -632,7 +645,9 @@ fn all_failed(failures: &[(String, AttemptError)]) -> GatewayError {
     } else if all(|e| matches!(e, AttemptError::Unsupported(_))) {
         // No candidate can take this request at all: the caller's to change, not an outage.
         GatewayError::Unsupported(message)
-    } else if all(|e| matches!(e, AttemptError::Connect(_) | AttemptError::Unsupported(_))) {
+    } else if all(|e| {
+        matches!(e, AttemptError::Connect(_) | AttemptError::Credentials(_) | AttemptError::Unsupported(_))
+    }) {
         GatewayError::UpstreamUnavailable(message)
     } else {
         GatewayError::UpstreamFailed(message)

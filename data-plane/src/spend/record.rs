@@ -19,6 +19,9 @@ use policy_engine::tool_policy::ToolCallOutcome;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
+/// The most attempts a spend event names (the control plane accepts as many).
+const MAX_ATTEMPT_RECORDS: usize = 64;
+
 use super::budgets::{Reservation, event_contributions};
 use super::reporter::{OpenRecord, Reporter};
 use crate::control::snapshot::CompiledSnapshot;
@@ -121,6 +124,8 @@ struct SpendState {
     tool_calls: Vec<v1::ToolCallOutcome>,
     /// What the request's guardrails found (names and counts).
     guardrails: Vec<v1::GuardrailOutcome>,
+    /// The attempts sent, in order, each `answered` until it fails (at most [`MAX_ATTEMPT_RECORDS`]).
+    attempt_log: Vec<v1::AttemptRecord>,
     /// The answer's finish reasons, kept only while the span is exported (`gen_ai.response.finish_reasons`).
     finish_reasons: Vec<String>,
 }
@@ -189,6 +194,7 @@ impl RequestSpend {
                 first_byte: None,
                 tool_calls: Vec::new(),
                 guardrails: Vec::new(),
+                attempt_log: Vec::new(),
                 finish_reasons: Vec::new(),
             }),
             exchange: context.exchange,
@@ -213,14 +219,36 @@ impl RequestSpend {
     pub fn attempt(&self, candidate: &PlannedCandidate) -> Option<PlannedCandidate> {
         let mut state = self.lock();
         state.attempts += 1;
+        if state.attempt_log.len() < MAX_ATTEMPT_RECORDS {
+            state.attempt_log.push(v1::AttemptRecord {
+                backend: candidate.backend.clone(),
+                model: candidate.model.clone(),
+                outcome: "answered".to_owned(),
+                status: 0,
+            });
+        }
         state.candidate.replace(candidate.clone())
     }
 
     /// The attempt just counted was not sent after all (the backend cannot take the request).
     pub fn not_sent(&self, previous: Option<PlannedCandidate>) {
         let mut state = self.lock();
+        if state.attempt_log.len() == state.attempts as usize {
+            state.attempt_log.pop();
+        }
         state.attempts = state.attempts.saturating_sub(1);
         state.candidate = previous;
+    }
+
+    /// The last attempt sent failed over: `class` names how (`AttemptError::class`), `status` the upstream's answer.
+    pub fn attempt_failed(&self, class: &str, status: Option<u16>) {
+        let mut state = self.lock();
+        if state.attempt_log.len() == state.attempts as usize
+            && let Some(last) = state.attempt_log.last_mut()
+        {
+            last.outcome = class.to_owned();
+            last.status = u32::from(status.unwrap_or(0));
+        }
     }
 
     /// The request's rate-limit charges: backends are admitted per attempt, the key's headers go on the response.
@@ -436,6 +464,7 @@ impl RequestSpend {
             ttft_ms: state.first_byte.map(|d| d.as_millis() as u64),
             tool_calls: std::mem::take(&mut state.tool_calls),
             guardrails: std::mem::take(&mut state.guardrails),
+            attempt_log: std::mem::take(&mut state.attempt_log),
             attempts: state.attempts,
             ..self.template.clone()
         }

@@ -13,19 +13,19 @@ use sqlx::PgPool;
 use tokio::io::AsyncBufReadExt;
 
 const ACCESS_KEY: &str = "AKIDGATEWAYTEST";
-const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+pub(crate) const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 const SESSION_TOKEN: &str = "FwoGZXIvYXdzEXAMPLESESSION";
-const REGION: &str = "us-west-2";
+pub(crate) const REGION: &str = "us-west-2";
 const MODEL_ID: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 /// The Python mock, stopped when dropped.
-struct BedrockMock {
+pub(crate) struct BedrockMock {
     _child: tokio::process::Child,
     port: u16,
 }
 
 impl BedrockMock {
-    async fn start() -> BedrockMock {
+    pub(crate) async fn start() -> BedrockMock {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let python = root.join(".venv/bin/python");
         assert!(python.exists(), "{} is missing: scripts/test.sh creates it", python.display());
@@ -41,11 +41,11 @@ impl BedrockMock {
         BedrockMock { _child: child, port }
     }
 
-    fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    async fn requests(&self) -> Vec<Value> {
+    pub(crate) async fn requests(&self) -> Vec<Value> {
         let url = format!("{}/requests", self.base_url());
         http_client().get(url).send().await.unwrap().json::<Value>().await.unwrap().as_array().unwrap().clone()
     }
@@ -59,7 +59,7 @@ struct Gateway {
     key: String,
 }
 
-fn keys(secret: &str) -> String {
+pub(crate) fn keys(secret: &str) -> String {
     json!({"access_key_id": ACCESS_KEY, "secret_access_key": secret, "session_token": SESSION_TOKEN}).to_string()
 }
 

@@ -10,6 +10,7 @@ mod anthropic;
 mod azure;
 mod bedrock;
 mod gatewayctl;
+mod google;
 mod guardrails;
 mod hardening;
 mod health_report;

@@ -299,7 +299,7 @@ fn report_csv(group_by: &[Dimension], rows: &[SpendRow]) -> Result<Vec<u8>, ApiE
     writer.into_inner().map_err(csv_error)
 }
 
-const EVENT_COLUMNS: [&str; 33] = [
+const EVENT_COLUMNS: [&str; 34] = [
     "id",
     "occurred_at",
     "ingested_at",
@@ -334,6 +334,7 @@ const EVENT_COLUMNS: [&str; 33] = [
     // Appended, so columns that readers locate by position keep their place.
     "trace_id",
     "guardrails",
+    "images",
 ];
 
 fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
@@ -376,6 +377,7 @@ fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
                 e.tool_calls.0.to_string(),
                 e.trace_id.clone().unwrap_or_default(),
                 e.guardrails.0.to_string(),
+                e.images.to_string(),
             ])
             .map_err(csv_error)?;
     }

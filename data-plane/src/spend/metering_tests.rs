@@ -326,3 +326,16 @@ fn finish_reasons_are_read_per_choice_and_bounded() {
     let odd = json!({"choices": [{"finish_reason": "x".repeat(65)}, {"finish_reason": "stop"}]});
     assert_eq!(finish_reasons_from_body(odd.to_string().as_bytes()), ["stop"]);
 }
+
+#[test]
+fn image_answers_are_metered_by_the_images_they_hold() {
+    let answer = br#"{"created": 1, "data": [{"url": "a"}, {"b64_json": "aW1n"}],
+        "usage": {"input_tokens": 10, "output_tokens": 4000, "total_tokens": 4010}}"#;
+    let usage = usage_from_body(Endpoint::ImageGenerations, answer).unwrap();
+    assert_eq!((usage.images, usage.prompt_tokens, usage.completion_tokens, usage.estimated), (2, 0, 0, false));
+    assert_eq!(usage_from_body(Endpoint::ImageGenerations, br#"{"created": 1}"#), None, "estimated by the caller");
+    assert_eq!(usage_from_body(Endpoint::ImageGenerations, b"not json"), None);
+    assert_eq!(completion_estimate(Endpoint::ImageGenerations, answer), 0);
+    assert_eq!(image_cost(3, Decimal::new(4, 2)).unwrap().to_string(), "0.12");
+    assert_eq!(image_cost(u64::MAX, Decimal::MAX), Err(CostOverflow));
+}

@@ -13,6 +13,7 @@ mod gatewayctl;
 mod guardrails;
 mod hardening;
 mod health_report;
+mod images;
 mod metrics;
 mod outbound;
 mod rate_limits;

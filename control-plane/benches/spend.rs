@@ -101,6 +101,7 @@ fn batch(n: usize, day: DateTime<Utc>, seed: usize, spread: Spread) -> v1::Spend
                 trace_id: String::new(),
                 guardrails: vec![],
                 attempt_log: vec![],
+                images: 0,
             }
         })
         .collect();

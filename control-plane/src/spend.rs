@@ -64,6 +64,8 @@ pub struct SpendRecord {
     pub ttft_ms: Option<i64>,
     pub request_id: String,
     pub attempts: i32,
+    /// Images generated (priced per image).
+    pub images: i32,
     /// The request's W3C trace id (32 lowercase hex digits); `None`: the event carries none.
     pub trace_id: Option<String>,
     /// JSON object text.
@@ -257,6 +259,7 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
         request_id: text("request_id", &event.request_id, MAX_TEXT)?,
         attempts: i32::try_from(event.attempts)
             .map_err(|_| ("attempts", format!("{} is out of range", event.attempts)))?,
+        images: i32::try_from(event.images).map_err(|_| ("images", format!("{} is out of range", event.images)))?,
         trace_id: trace_id(&event.trace_id)?,
         metadata: serde_json::to_string(&metadata).unwrap_or_else(|_| "{}".to_owned()),
         tool_calls: serde_json::Value::Array(tool_calls).to_string(),

@@ -151,6 +151,7 @@ fn answers(c: &mut Criterion) {
         cached_input: Some("1.25".parse().unwrap()),
         output: "10".parse().unwrap(),
         cache_write: None,
+        per_image: Default::default(),
     };
     let mut group = c.benchmark_group("answer_metering");
     group.bench_function("baseline_json_parse_only", |b| {

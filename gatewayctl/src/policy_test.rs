@@ -44,6 +44,10 @@ struct Request {
     images: bool,
     #[serde(default)]
     json_output: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image_quality: Option<String>,
     #[serde(default)]
     metadata: serde_json::Map<String, Value>,
     #[serde(default)]
@@ -252,6 +256,8 @@ async fn evaluate(engine: &Engine<'_>, case: &Case) -> Result<Got, TestError> {
                 tools: request.tools.clone(),
                 images: request.images,
                 json_output: request.json_output,
+                image_size: request.image_size.clone(),
+                image_quality: request.image_quality.clone(),
                 metadata: request.metadata.clone(),
                 headers: request.headers.clone(),
             };

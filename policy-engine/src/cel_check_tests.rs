@@ -163,6 +163,8 @@ fn non_null_facts() -> (RequestFacts, KeyFacts, ModelSpec, BackendSpec) {
         tools: vec!["a".into(), "b".into()],
         images: false,
         json_output: false,
+        image_size: None,
+        image_quality: None,
         metadata: serde_json::Map::new(),
         headers: BTreeMap::from([("x-h".to_owned(), "v".to_owned())]),
     };

@@ -315,6 +315,8 @@ pub struct Capabilities {
     pub json_mode: bool,
     /// Accepts image input (default false).
     pub vision: bool,
+    /// Serves `/v1/images/generations` (default false); needs `pricing.per_image`.
+    pub images: bool,
     /// Most tokens of prompt plus `max_tokens`; requests that do not fit skip this model (absent: no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
@@ -325,8 +327,9 @@ pub struct Capabilities {
     pub embedding_dimensions: Option<u32>,
 }
 
-/// Prices in USD per one million tokens. Exact decimals; strings (`"2.50"`) are the canonical form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Prices in USD per one million tokens, and per generated image for image models. Exact decimals; strings
+/// (`"2.50"`) are the canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Pricing {
@@ -346,6 +349,23 @@ pub struct Pricing {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "money::optional")]
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_price))]
     pub cache_write: Option<Decimal>,
+    /// USD per generated image by the request's `size`, or `quality/size` where the quality changes the price;
+    /// `default` prices a request that names no size. Required with `capabilities.images`, refused without it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "money::by_name")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::image_prices))]
+    pub per_image: BTreeMap<String, Decimal>,
+}
+
+impl Pricing {
+    /// The price of one image of `size` (`None`: the request names none) at `quality`: the `quality/size` entry,
+    /// else the `size` one. `None` when neither is priced: such a request is never served (nor recorded as free).
+    pub fn image_price(&self, quality: Option<&str>, size: Option<&str>) -> Option<Decimal> {
+        let size = size.unwrap_or("default");
+        quality
+            .and_then(|quality| self.per_image.get(&format!("{quality}/{size}")))
+            .or_else(|| self.per_image.get(size))
+            .copied()
+    }
 }
 
 /// A deployable model on a backend. `pricing` is required: a model without a price is a configuration
@@ -728,8 +748,24 @@ impl ConfigSet {
             errors.push(IntegrityError { resource: format!("{kind}/{name}"), message })
         };
         for model in self.models.values() {
-            if !self.backends.contains_key(&model.backend) {
-                fail("model", &model.name, format!("backend {:?} does not exist", model.backend));
+            match self.backends.get(&model.backend) {
+                None => fail("model", &model.name, format!("backend {:?} does not exist", model.backend)),
+                // Only the OpenAI wire format has an image endpoint the gateway passes through.
+                Some(backend)
+                    if model.capabilities.images
+                        && !matches!(backend.kind, BackendKind::Openai | BackendKind::AzureOpenai) =>
+                {
+                    fail(
+                        "model",
+                        &model.name,
+                        format!(
+                            "capabilities.images: backend {:?} is of kind {:?}, which serves no image generation \
+                             (openai and azure_openai do)",
+                            model.backend, backend.kind
+                        ),
+                    )
+                }
+                Some(_) => {}
             }
         }
         for alias in self.aliases.values() {

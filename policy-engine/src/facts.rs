@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct RequestFacts {
     pub model: String,
-    /// `chat.completions`, `completions`, `embeddings`.
+    /// `chat.completions`, `completions`, `embeddings`, `images.generations`.
     pub endpoint: String,
     pub stream: bool,
     pub prompt_tokens: u64,
@@ -24,6 +24,10 @@ pub struct RequestFacts {
     pub images: bool,
     /// The request asks for JSON output with `response_format` (a candidate needs `capabilities.json_mode`).
     pub json_output: bool,
+    /// `images.generations`: the `size` asked for (a candidate needs a price for it, `pricing.per_image`).
+    pub image_size: Option<String>,
+    /// `images.generations`: the `quality` asked for (it may change the image's price).
+    pub image_quality: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub headers: BTreeMap<String, String>,

@@ -32,6 +32,12 @@ pub(crate) const MAX_MONEY_SCALE: u32 = 10;
 /// Highest price (USD per million tokens): far above any real model, low enough that no request's cost can leave
 /// the ledger's range.
 pub(crate) const MAX_PRICE_USD: u32 = 1_000_000;
+/// A key of `pricing.per_image`: a size (`1024x1024`, `auto`) or `default`, optionally after a quality (`hd/`).
+pub const IMAGE_PRICE_KEY_PATTERN: &str = r"^([a-z]{1,16}/)?([0-9]{1,5}x[0-9]{1,5}|auto|default)$";
+/// Most entries of `pricing.per_image`.
+pub const MAX_IMAGE_PRICES: usize = 64;
+/// Highest price of one generated image (USD).
+pub(crate) const MAX_IMAGE_PRICE_USD: u32 = 100;
 /// Budget limits stay below 10^10 USD: `NUMERIC(20, 10)` keeps ten digits before the point.
 pub(crate) const MAX_BUDGET_DIGITS: u32 = 10;
 
@@ -108,6 +114,14 @@ pub mod money {
 
     pub fn optional<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Decimal>, D::Error> {
         Option::<Money>::deserialize(deserializer).map(|m| m.map(|m| m.0))
+    }
+
+    /// Amounts by name (`{"1024x1024": "0.04"}`).
+    pub fn by_name<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<std::collections::BTreeMap<String, Decimal>, D::Error> {
+        std::collections::BTreeMap::<String, Money>::deserialize(deserializer)
+            .map(|m| m.into_iter().map(|(k, v)| (k, v.0)).collect())
     }
 }
 
@@ -232,6 +246,30 @@ pub mod schema {
 
     pub fn optional_price() -> Schema {
         money_schema(true, "USD per million tokens: 0 to 1000000, at most 10 decimal places.", "1.25")
+    }
+
+    /// Prices per generated image, by `size` or `quality/size`.
+    pub fn image_prices() -> Schema {
+        let price = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(MONEY_PATTERN))
+            .description(Some("USD per image: 0 to 100, at most 10 decimal places."));
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(price))
+                .property_names(Some(Schema::Object(
+                    ObjectBuilder::new().schema_type(Type::String).pattern(Some(IMAGE_PRICE_KEY_PATTERN)).build(),
+                )))
+                .max_properties(Some(MAX_IMAGE_PRICES))
+                .description(Some(
+                    "USD per generated image, by the request's `size` (`1024x1024`), or `quality/size` \
+                     (`hd/1024x1024`) where the quality changes the price; `default` prices a request that names \
+                     no size. Required with `capabilities.images`.",
+                ))
+                .examples([serde_json::json!({"1024x1024": "0.04", "hd/1024x1024": "0.08", "default": "0.04"})])
+                .build(),
+        )
     }
 
     pub fn budget_limit() -> Schema {

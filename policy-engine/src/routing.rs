@@ -63,8 +63,9 @@ pub struct RejectedCandidate {
     /// The policy whose `require` was false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// What the request needs that the model's `capabilities` lack: `chat`, `completions`, `embeddings`, `tools`,
-    /// `vision`, `json_mode`, or `context_window` (its prompt and `max_tokens` do not fit).
+    /// What the request needs that the model's `capabilities` lack: `chat`, `completions`, `embeddings`, `images`,
+    /// `tools`, `vision`, `json_mode`, `context_window` (its prompt and `max_tokens` do not fit), or `image_price`
+    /// (no price for the image size and quality asked for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missing: Option<&'static str>,
 }
@@ -77,10 +78,16 @@ pub fn missing_capability(model: &ModelSpec, request: &RequestFacts) -> Option<&
         "chat.completions" => Some(("chat", can.chat)),
         "completions" => Some(("completions", can.completions)),
         "embeddings" => Some(("embeddings", can.embeddings)),
+        "images.generations" => Some(("images", can.images)),
         _ => None,
     };
     if let Some((name, false)) = endpoint {
         return Some(name);
+    }
+    if request.endpoint == "images.generations"
+        && model.pricing.image_price(request.image_quality.as_deref(), request.image_size.as_deref()).is_none()
+    {
+        return Some("image_price");
     }
     if !request.tools.is_empty() && !can.tools {
         return Some("tools");

@@ -169,6 +169,8 @@ mod native_agrees_with_the_interpreter {
                         tools,
                         images: false,
                         json_output: false,
+                        image_size: None,
+                        image_quality: None,
                         metadata,
                         headers,
                     };
@@ -361,6 +363,43 @@ fn candidates_that_cannot_serve_the_request_are_dropped_with_what_they_lack() {
     assert_eq!(route(embeddings), "| basic:-:embeddings full:-:embeddings");
     let completions = RequestFacts { endpoint: "completions".into(), ..chat("basic") };
     assert_eq!(route(completions), "| basic:-:completions");
+}
+
+#[test]
+fn image_candidates_need_a_price_for_the_size_and_quality_asked_for() {
+    let mut config = small_config(json!([]));
+    for m in [
+        json!({"name": "small", "backend": "us", "upstream_model": "s", "capabilities": {"images": true},
+            "pricing": {"input": "0", "output": "0", "per_image": {"512x512": "0.02"}}}),
+        json!({"name": "large", "backend": "eu", "upstream_model": "l", "capabilities": {"images": true},
+            "pricing": {"input": "0", "output": "0", "per_image": {"1024x1024": "0.04", "hd/1792x1024": "0.12"}}}),
+    ] {
+        let m: ModelSpec = serde_json::from_value(m).unwrap();
+        config.models.insert(m.name.clone(), m);
+    }
+    let paint: AliasSpec = serde_json::from_value(
+        json!({"name": "paint", "candidates": [{"model": "small"}, {"model": "large"}, {"model": "basic"}]}),
+    )
+    .unwrap();
+    config.aliases.insert(paint.name.clone(), paint);
+    let router = Router::compile(&config).unwrap();
+    let key = KeyFacts::default();
+    let route = |size: Option<&str>, quality: Option<&str>| {
+        let request = RequestFacts {
+            model: "paint".into(),
+            endpoint: "images.generations".into(),
+            image_size: size.map(str::to_owned),
+            image_quality: quality.map(str::to_owned),
+            ..RequestFacts::default()
+        };
+        outcome(&router.route(&request, &key, Utc::now(), None))
+    };
+    assert_eq!(route(Some("512x512"), None), "small | large:-:image_price basic:-:images");
+    assert_eq!(route(Some("1024x1024"), Some("hd")), "large | small:-:image_price basic:-:images");
+    assert_eq!(route(Some("1792x1024"), Some("hd")), "large | small:-:image_price basic:-:images");
+    assert_eq!(route(Some("1792x1024"), None), "| small:-:image_price large:-:image_price basic:-:images");
+    // No size named and no `default` price: nobody may serve it unpriced.
+    assert_eq!(route(None, None), "| small:-:image_price large:-:image_price basic:-:images");
 }
 
 #[test]

@@ -311,7 +311,7 @@ pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
     errors.name("name", &spec.name);
     errors.name("backend", &spec.backend);
     errors.label("upstream_model", &spec.upstream_model);
-    let p = spec.pricing;
+    let p = &spec.pricing;
     for (field, price) in [
         ("pricing.input", Some(p.input)),
         ("pricing.output", Some(p.output)),
@@ -331,9 +331,10 @@ pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
             errors.push(field, format!("prices above {MAX_PRICE_USD} USD per million tokens are not plausible"));
         }
     }
+    image_prices(&mut errors, spec);
     let c = spec.capabilities;
-    if !(c.chat || c.completions || c.embeddings) {
-        errors.push("capabilities", "a model must serve at least one of chat, completions, embeddings");
+    if !(c.chat || c.completions || c.embeddings || c.images) {
+        errors.push("capabilities", "a model must serve at least one of chat, completions, embeddings, images");
     }
     match (c.embeddings, c.embedding_dimensions) {
         (true, None | Some(0)) => {
@@ -346,6 +347,56 @@ pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
         errors.push("capabilities.context_window", "must be greater than zero");
     }
     errors.finish()
+}
+
+/// `pricing.per_image`: required by `capabilities.images` (an image is never served free by omission), refused
+/// without it (it would price nothing).
+fn image_prices(errors: &mut Errors, spec: &ModelSpec) {
+    let prices = &spec.pricing.per_image;
+    match (spec.capabilities.images, prices.is_empty()) {
+        (true, true) => errors.push(
+            "pricing.per_image",
+            "image models must price their images, by size (e.g. {\"1024x1024\": \"0.04\", \"default\": \"0.04\"})",
+        ),
+        (false, false) => errors.push("pricing.per_image", "only image models (capabilities.images) price images"),
+        _ => {}
+    }
+    if prices.len() > MAX_IMAGE_PRICES {
+        errors.push("pricing.per_image", format!("at most {MAX_IMAGE_PRICES} image prices"));
+    }
+    for (key, price) in prices.iter().take(MAX_IMAGE_PRICES) {
+        let field = format!("pricing.per_image.{key}");
+        if !is_image_price_key(key) {
+            errors.push(
+                "pricing.per_image",
+                format!("{key:?} is not a size (`1024x1024`, `auto`, `default`), optionally after a quality (`hd/1024x1024`)"),
+            );
+            continue;
+        }
+        if *price < Decimal::ZERO {
+            errors.push(&field, "prices must not be negative");
+        }
+        if price.normalize().scale() > MAX_MONEY_SCALE {
+            errors.push(&field, format!("prices carry at most {MAX_MONEY_SCALE} decimal places"));
+        }
+        if *price > Decimal::from(MAX_IMAGE_PRICE_USD) {
+            errors.push(&field, format!("prices above {MAX_IMAGE_PRICE_USD} USD per image are not plausible"));
+        }
+    }
+}
+
+/// A key of `pricing.per_image` ([`IMAGE_PRICE_KEY_PATTERN`]): an optional lowercase quality and `/`, then a size
+/// (`WxH`, up to five digits each), `auto` or `default`.
+fn is_image_price_key(key: &str) -> bool {
+    let (quality, size) = match key.split_once('/') {
+        Some((quality, size)) => (Some(quality), size),
+        None => (None, key),
+    };
+    let quality_ok = quality.is_none_or(|q| (1..=16).contains(&q.len()) && q.bytes().all(|b| b.is_ascii_lowercase()));
+    let dimension = |d: &str| (1..=5).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit());
+    let size_ok =
+        matches!(size, "auto" | "default") || size.split_once('x').is_some_and(|(w, h)| dimension(w) && dimension(h));
+    quality_ok && size_ok
 }
 
 fn candidates(errors: &mut Errors, field: &str, list: &[Candidate], strategy: Strategy) {
@@ -505,6 +556,47 @@ pub fn budget(spec: &BudgetSpec) -> Result<(), Vec<SpecError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn image_prices_are_looked_up_by_quality_and_size_and_bounded() {
+        let spec: ModelSpec = serde_json::from_value(serde_json::json!({"name": "img", "backend": "b",
+            "upstream_model": "dall-e-3", "capabilities": {"images": true},
+            "pricing": {"input": "0", "output": "0",
+                "per_image": {"1024x1024": "0.04", "hd/1024x1024": "0.08", "default": "0.02"}}}))
+        .expect("a model");
+        assert!(model(&spec).is_ok());
+        let price = |quality: Option<&str>, size: Option<&str>| spec.pricing.image_price(quality, size);
+        assert_eq!(price(None, Some("1024x1024")), Some(Decimal::new(4, 2)));
+        assert_eq!(price(Some("hd"), Some("1024x1024")), Some(Decimal::new(8, 2)));
+        assert_eq!(price(Some("standard"), Some("1024x1024")), Some(Decimal::new(4, 2)), "the size's own price");
+        assert_eq!(price(Some("hd"), None), Some(Decimal::new(2, 2)), "no size named: the default");
+        assert_eq!(price(None, Some("256x256")), None, "never free by omission");
+
+        let refused = |prices: serde_json::Value| {
+            let mut spec = spec.clone();
+            spec.pricing.per_image = serde_json::from_value::<BTreeMap<String, String>>(prices)
+                .expect("prices")
+                .into_iter()
+                .map(|(k, v)| (k, v.parse().expect("a decimal")))
+                .collect();
+            model(&spec).err().unwrap_or_default().into_iter().map(|e| e.field).collect::<Vec<_>>()
+        };
+        assert_eq!(refused(serde_json::json!({"1024x1024": "-1"})), ["pricing.per_image.1024x1024"]);
+        assert_eq!(refused(serde_json::json!({"1024x1024": "101"})), ["pricing.per_image.1024x1024"]);
+        assert_eq!(refused(serde_json::json!({"1024x1024": "0.00000000001"})), ["pricing.per_image.1024x1024"]);
+        assert_eq!(refused(serde_json::json!({"HD/1024x1024": "1"})), ["pricing.per_image"]);
+        assert_eq!(refused(serde_json::json!({"1024*1024": "1"})), ["pricing.per_image"]);
+        assert_eq!(refused(serde_json::json!({"/1024x1024": "1"})), ["pricing.per_image"]);
+        assert_eq!(refused(serde_json::json!({"hd/hd/1024x1024": "1"})), ["pricing.per_image"]);
+        assert_eq!(refused(serde_json::json!({"123456x1": "1"})), ["pricing.per_image"]);
+        assert!(refused(serde_json::json!({"auto": "1", "hd/default": "2", "1x99999": "3"})).is_empty());
+        assert_eq!(refused(serde_json::json!({})), ["pricing.per_image"]);
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..=MAX_IMAGE_PRICES).map(|i| (format!("{i}x{i}"), serde_json::json!("1"))).collect();
+        assert_eq!(refused(serde_json::Value::Object(many)), ["pricing.per_image"]);
+    }
 
     /// The fields a route policy with this action is refused for (empty: accepted).
     fn refused_fields(action: serde_json::Value) -> Vec<String> {

@@ -150,6 +150,8 @@ pub fn encode(
             price_cached_input: m.pricing.cached_input.map(|d| d.to_string()).unwrap_or_default(),
             price_output: m.pricing.output.to_string(),
             price_cache_write: m.pricing.cache_write.map(|d| d.to_string()).unwrap_or_default(),
+            images: m.capabilities.images,
+            price_per_image: m.pricing.per_image.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
         })
         .collect();
     let aliases = config
@@ -337,6 +339,11 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
             cached_input: d.optional_decimal("price_cached_input", &m.price_cached_input),
             output: d.decimal("price_output", &m.price_output),
             cache_write: d.optional_decimal("price_cache_write", &m.price_cache_write),
+            per_image: m
+                .price_per_image
+                .iter()
+                .map(|(key, price)| (key.clone(), d.decimal(&format!("price_per_image.{key}"), price)))
+                .collect(),
         };
         let spec = ModelSpec {
             name: m.name.clone(),
@@ -349,6 +356,7 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
                 tools: m.tools,
                 json_mode: m.json_mode,
                 vision: m.vision,
+                images: m.images,
                 context_window: m.context_window,
                 embedding_dimensions: m.embedding_dimensions,
             },

@@ -15,6 +15,7 @@
 //! tokens, to fill a client's socket buffers).
 //! `POST /__mock/models` sets what `GET /v1/models` (a health check) answers (`status`, `delay_ms`); it is not listed
 //! with the requests, only counted (`models_requests` in the stats).
+//! `/images/generations` answers `n` images (URLs, or base64 for `response_format: b64_json`).
 //! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts requests per wall-clock second
 //! (`per_second`), streams finished and cancelled, and
 //! requests cancelled (the caller closed the connection) before the answer started.
@@ -266,6 +267,9 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
     if path.ends_with("/embeddings") {
         return Json(embeddings(&request, &behaviour)).into_response();
     }
+    if path.ends_with("/images/generations") {
+        return Json(images(&request, &behaviour)).into_response();
+    }
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
     if request["stream"].as_bool() == Some(true) {
         return stream(mock, request, model, behaviour);
@@ -320,6 +324,27 @@ fn chat(name: &str, request: &Value, model: &str, behaviour: &Behaviour, complet
     };
     if behaviour.omit_usage != Some(true) {
         body["usage"] = usage(behaviour);
+    }
+    body
+}
+
+/// `n` images (default 1), as URLs or as base64 (`response_format: b64_json`); with `usage` only when scripted
+/// (`gpt-image-1` reports tokens, `dall-e-3` none).
+fn images(request: &Value, behaviour: &Behaviour) -> Value {
+    let n = request["n"].as_u64().unwrap_or(1);
+    let b64 = request["response_format"].as_str() == Some("b64_json");
+    let data: Vec<Value> = (0..n)
+        .map(|i| {
+            if b64 {
+                json!({"b64_json": "aW1hZ2U=", "revised_prompt": request["prompt"]})
+            } else {
+                json!({"url": format!("https://images.example/{i}.png"), "revised_prompt": request["prompt"]})
+            }
+        })
+        .collect();
+    let mut body = json!({"created": 1_700_000_000, "data": data});
+    if let Some(usage) = &behaviour.usage {
+        body["usage"] = usage.clone();
     }
     body
 }

@@ -47,6 +47,14 @@ pub(crate) struct SampleRequest {
     /// The request asks for JSON output (candidates need `capabilities.json_mode`).
     #[serde(default)]
     pub json_output: bool,
+    /// `images.generations`: the `size` asked for (candidates need a price for it in `pricing.per_image`).
+    #[serde(default)]
+    #[schema(max_length = 32)]
+    pub image_size: Option<String>,
+    /// `images.generations`: the `quality` asked for (it may change the price).
+    #[serde(default)]
+    #[schema(max_length = 32)]
+    pub image_quality: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -190,6 +198,8 @@ pub async fn evaluate(
         tools: sample.tools,
         images: sample.images,
         json_output: sample.json_output,
+        image_size: sample.image_size,
+        image_quality: sample.image_quality,
         metadata: sample.metadata,
         headers: sample.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
     };

@@ -299,7 +299,7 @@ fn report_csv(group_by: &[Dimension], rows: &[SpendRow]) -> Result<Vec<u8>, ApiE
     writer.into_inner().map_err(csv_error)
 }
 
-const EVENT_COLUMNS: [&str; 34] = [
+const EVENT_COLUMNS: [&str; 35] = [
     "id",
     "occurred_at",
     "ingested_at",
@@ -335,6 +335,7 @@ const EVENT_COLUMNS: [&str; 34] = [
     "trace_id",
     "guardrails",
     "attempt_log",
+    "images",
 ];
 
 fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
@@ -378,6 +379,7 @@ fn events_csv(items: &[SpendEventRow]) -> Result<Vec<u8>, ApiError> {
                 e.trace_id.clone().unwrap_or_default(),
                 e.guardrails.0.to_string(),
                 e.attempt_log.0.to_string(),
+                e.images.to_string(),
             ])
             .map_err(csv_error)?;
     }

@@ -195,6 +195,8 @@ pub struct SpendEventRow {
     pub request_id: String,
     /// Upstream attempts, failover included.
     pub attempts: i32,
+    /// Images generated (`images.generations`, priced per image); 0 for other endpoints.
+    pub images: i32,
     /// The request's W3C trace id (32 lowercase hex digits), to find its trace: the data plane's span when it
     /// exports traces, else the caller's `traceparent`; null when there was none.
     #[schema(example = "4bf92f3577b34da6a3ce929d0e0e4736")]
@@ -231,7 +233,7 @@ const FILTERS_DAILY: &str = "($3::TEXT IS NULL OR key_name = $3) AND ($4::TEXT I
 const EVENT_COLUMNS: &str = "id, occurred_at, ingested_at, node_id, key_id, key_name, team, alias, policy,
     snapshot_version, backend, backend_region, model, upstream_model, endpoint, status, outcome, streamed, interrupted,
     prompt_tokens, cached_prompt_tokens, completion_tokens, cache_creation_tokens, usage_estimated, cost_usd,
-    latency_ms, ttft_ms, request_id, attempts, trace_id, metadata, tool_calls, guardrails, attempt_log";
+    latency_ms, ttft_ms, request_id, attempts, images, trace_id, metadata, tool_calls, guardrails, attempt_log";
 
 const INGEST: &str = "
 WITH input AS (
@@ -239,22 +241,22 @@ WITH input AS (
                          $9::BIGINT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::INT[],
                          $16::TEXT[], $17::BOOL[], $18::BOOL[], $19::BIGINT[], $20::BIGINT[], $21::BIGINT[],
                          $22::BIGINT[], $23::BOOL[], $24::NUMERIC[], $25::BIGINT[], $26::BIGINT[], $27::TEXT[],
-                         $28::INT[], $29::TEXT[], $30::TEXT[], $31::TEXT[], $32::TEXT[], $33::TEXT[])
+                         $28::INT[], $29::TEXT[], $30::TEXT[], $31::TEXT[], $32::TEXT[], $33::TEXT[], $34::INT[])
         AS t(id, occurred_at, key_id, key_name, team, alias, policy, snapshot_version, backend, backend_region, model,
              upstream_model, endpoint, status, outcome, streamed, interrupted, prompt_tokens, cached_prompt_tokens,
              completion_tokens, cache_creation_tokens, usage_estimated, cost_usd, latency_ms, ttft_ms, request_id,
-             attempts, metadata, tool_calls, trace_id, guardrails, attempt_log)
+             attempts, metadata, tool_calls, trace_id, guardrails, attempt_log, images)
 ), inserted AS (
     INSERT INTO spend_events (id, occurred_at, node_id, key_id, key_name, team, alias, policy, snapshot_version,
                               backend, backend_region, model, upstream_model, endpoint, status, outcome, streamed,
                               interrupted, prompt_tokens, cached_prompt_tokens, completion_tokens,
                               cache_creation_tokens, usage_estimated, cost_usd, latency_ms, ttft_ms, request_id,
-                              attempts, metadata, tool_calls, trace_id, guardrails, attempt_log)
+                              attempts, metadata, tool_calls, trace_id, guardrails, attempt_log, images)
     SELECT id, occurred_at, $1, key_id, key_name, team, alias, policy, snapshot_version, backend, backend_region,
            model, upstream_model, endpoint, status, outcome, streamed, interrupted, prompt_tokens,
            cached_prompt_tokens, completion_tokens, cache_creation_tokens, usage_estimated, cost_usd, latency_ms,
            ttft_ms, request_id, attempts, metadata::JSONB, tool_calls::JSONB, trace_id, guardrails::JSONB,
-           attempt_log::JSONB
+           attempt_log::JSONB, images
     FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING occurred_at, key_id, key_name, team, alias, backend, model, outcome, usage_estimated, prompt_tokens,
@@ -382,6 +384,7 @@ impl Store {
                 .bind(column!(trace_id))
                 .bind(column!(guardrails))
                 .bind(column!(attempt_log))
+                .bind(column!(images))
                 .fetch_one(&mut *tx)
                 .await?;
             accepted = inserted;

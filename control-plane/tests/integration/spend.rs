@@ -88,6 +88,7 @@ pub fn message(e: &Ev) -> v1::SpendEvent {
         trace_id: String::new(),
         guardrails: vec![],
         attempt_log: vec![],
+        images: 0,
     }
 }
 

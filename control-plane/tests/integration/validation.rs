@@ -259,6 +259,42 @@ async fn resource_rules_are_enforced(pool: PgPool) {
         "model \"e\" is invalid: capabilities.embedding_dimensions: embedding models must state their dimensions",
     )
     .await;
+    let mut unpriced_images = model("img", "b1");
+    unpriced_images["capabilities"] = json!({"images": true});
+    check(
+        &app,
+        "models",
+        unpriced_images,
+        bad,
+        "invalid_spec",
+        "model \"img\" is invalid: pricing.per_image: image models must price their images, by size (e.g. \
+         {\"1024x1024\": \"0.04\", \"default\": \"0.04\"})",
+    )
+    .await;
+    let mut stray_prices = model("chat-priced", "b1");
+    stray_prices["pricing"]["per_image"] = json!({"1024x1024": "0.04"});
+    check(
+        &app,
+        "models",
+        stray_prices,
+        bad,
+        "invalid_spec",
+        "model \"chat-priced\" is invalid: pricing.per_image: only image models (capabilities.images) price images",
+    )
+    .await;
+    let mut odd_size = model("img", "b1");
+    odd_size["capabilities"] = json!({"images": true});
+    odd_size["pricing"]["per_image"] = json!({"big": "0.04"});
+    check(
+        &app,
+        "models",
+        odd_size,
+        bad,
+        "invalid_spec",
+        "model \"img\" is invalid: pricing.per_image: \"big\" is not a size (`1024x1024`, `auto`, `default`), \
+         optionally after a quality (`hd/1024x1024`)",
+    )
+    .await;
     check(
         &app,
         "aliases",

@@ -99,6 +99,7 @@ impl Guard {
             },
             Endpoint::Completions => body.get_mut("prompt").map_or(Ok(()), |p| strings(p, &mut inspect)),
             Endpoint::Embeddings => body.get_mut("input").map_or(Ok(()), |i| strings(i, &mut inspect)),
+            Endpoint::ImageGenerations => body.get_mut("prompt").map_or(Ok(()), |p| strings(p, &mut inspect)),
         };
         match outcome {
             Ok(()) => Ok(tally),

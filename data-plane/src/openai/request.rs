@@ -17,6 +17,7 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    ImageGenerations,
 }
 
 impl Endpoint {
@@ -26,7 +27,13 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::ImageGenerations => "images.generations",
         }
+    }
+
+    /// Whether a stream of this endpoint can carry usage (`stream_options.include_usage`).
+    pub fn streams_usage(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
     }
 
     /// The path after the provider's base URL.
@@ -35,6 +42,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::ImageGenerations => "/images/generations",
         }
     }
 }
@@ -100,6 +108,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ParsedRequest, GatewayE
                 return Err(invalid("stream", "embeddings cannot be streamed"));
             }
         }
+        Endpoint::ImageGenerations => check_image_request(&body, stream)?,
     }
     for field in ["max_tokens", "max_completion_tokens"] {
         if let Some(value) = body.get(field).filter(|v| !v.is_null())
@@ -124,6 +133,37 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ParsedRequest, GatewayE
         check_metadata_sizes(metadata)?;
     }
     Ok(ParsedRequest { endpoint, body, model, stream })
+}
+
+/// The most images one request may ask for (OpenAI's own limit).
+pub const MAX_IMAGES_PER_REQUEST: u64 = 10;
+
+/// An image request's own fields: a prompt, `n` within bounds, `size` and `quality` as short strings (they decide
+/// the price), and no streaming (partial images are not metered by the gateway, so they are refused, not dropped).
+fn check_image_request(body: &Map<String, Value>, stream: bool) -> Result<(), GatewayError> {
+    match body.get("prompt") {
+        Some(Value::String(prompt)) if !prompt.is_empty() => {}
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(invalid("prompt", "you must provide a prompt parameter"));
+        }
+        Some(other) => return Err(invalid("prompt", format!("prompt must be a string, not {}", kind(other)))),
+    }
+    if let Some(n) = body.get("n").filter(|v| !v.is_null())
+        && !n.as_u64().is_some_and(|n| (1..=MAX_IMAGES_PER_REQUEST).contains(&n))
+    {
+        return Err(invalid("n", format!("n must be an integer from 1 to {MAX_IMAGES_PER_REQUEST}")));
+    }
+    for field in ["size", "quality"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(text)) if !text.is_empty() && text.len() <= 32 => {}
+            Some(_) => return Err(invalid(field, format!("{field} must be a string of 1 to 32 characters"))),
+        }
+    }
+    if stream {
+        return Err(invalid("stream", "streamed image generation (partial images) is not supported by this gateway"));
+    }
+    Ok(())
 }
 
 /// The most entries of the body's metadata object and of every list or object inside it, and of the
@@ -204,6 +244,7 @@ impl ParsedRequest {
             .unwrap_or_default();
         let max_tokens = self.max_output_tokens();
         let (images, json_output) = (self.has_images(), self.wants_json());
+        let (image_quality, image_size) = self.image_options();
         Ok(RequestFacts {
             model: self.model.clone(),
             endpoint: self.endpoint.cel_name().to_owned(),
@@ -213,6 +254,8 @@ impl ParsedRequest {
             tools,
             images,
             json_output,
+            image_size: image_size.map(str::to_owned),
+            image_quality: image_quality.map(str::to_owned),
             metadata,
             headers: header_map,
         })
@@ -234,6 +277,23 @@ impl ParsedRequest {
             self.body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str),
             Some("json_object" | "json_schema")
         )
+    }
+
+    /// An image request's `quality` and `size` (what its price depends on); `None`s for other endpoints.
+    pub fn image_options(&self) -> (Option<&str>, Option<&str>) {
+        if self.endpoint != Endpoint::ImageGenerations {
+            return (None, None);
+        }
+        let text = |field: &str| self.body.get(field).and_then(Value::as_str);
+        (text("quality"), text("size"))
+    }
+
+    /// How many images an image request asks for (`n`, default 1); 0 for other endpoints.
+    pub fn images_requested(&self) -> u64 {
+        match self.endpoint {
+            Endpoint::ImageGenerations => self.body.get("n").and_then(Value::as_u64).unwrap_or(1),
+            _ => 0,
+        }
     }
 
     /// The most output tokens the caller allows (`max_completion_tokens`, else `max_tokens`).
@@ -259,6 +319,7 @@ impl ParsedRequest {
             }
             Endpoint::Completions => collect_strings(self.body.get("prompt"), &mut texts),
             Endpoint::Embeddings => collect_strings(self.body.get("input"), &mut texts),
+            Endpoint::ImageGenerations => collect_strings(self.body.get("prompt"), &mut texts),
         }
         texts.iter().map(|t| tokens::count(t)).sum()
     }
@@ -339,7 +400,7 @@ mod tests {
         /// Nothing from the network panics the parser.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings] {
+            for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::ImageGenerations] {
                 let _ = parse(endpoint, &bytes);
             }
         }

@@ -446,10 +446,11 @@ pub fn google_request(inbound: &Inbound<'_>, vertex: bool) -> Result<(Vec<u8>, &
         Endpoint::ChatCompletions => (request(inbound.body), method(inbound.body)),
         Endpoint::Embeddings if vertex => (super::google_embeddings::vertex_request(inbound.body), ":predict"),
         Endpoint::Embeddings => (super::google_embeddings::gemini_request(inbound.body, model), ":batchEmbedContents"),
-        Endpoint::Completions => {
+        Endpoint::Completions | Endpoint::ImageGenerations => {
             let kind = if vertex { "vertex" } else { "gemini" };
             return Err(AttemptError::Unsupported(format!(
-                "{kind} backends serve chat completions and embeddings, not completions"
+                "{kind} backends serve chat completions and embeddings, not {}",
+                inbound.endpoint.cel_name()
             )));
         }
     };

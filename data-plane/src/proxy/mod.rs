@@ -1,4 +1,5 @@
-//! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`, and the
+//! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//! `/v1/images/generations`, `/v1/models`, and the
 //! APIs served through chat, `/v1/messages` and `/v1/responses` ([`translated`]). The routes
 //! and what every request shares are here; one request's steps are in [`pipeline`], its attempts (candidates,
 //! failover, tool-call retries) in [`attempt`], the virtual key in [`auth`].
@@ -58,6 +59,7 @@ pub fn routes(proxy: Arc<Proxy>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/images/generations", post(image_generations))
         .route("/v1/messages", post(messages))
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(list_models))
@@ -104,6 +106,10 @@ async fn embeddings(State(proxy): State<Arc<Proxy>>, request: Request) -> Respon
     serve(&proxy, Endpoint::Embeddings, request).await
 }
 
+async fn image_generations(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    serve(&proxy, Endpoint::ImageGenerations, request).await
+}
+
 async fn messages(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
     translated::handle::<crate::apis::messages::Messages>(&proxy, request).await
 }
@@ -148,6 +154,8 @@ pub(crate) fn operation(endpoint: Endpoint) -> &'static str {
         Endpoint::ChatCompletions => "chat",
         Endpoint::Completions => "text_completion",
         Endpoint::Embeddings => "embeddings",
+        // Not in the GenAI conventions' list yet; the name OpenAI's API gives it.
+        Endpoint::ImageGenerations => "image_generation",
     }
 }
 

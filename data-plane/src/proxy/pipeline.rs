@@ -119,7 +119,7 @@ pub async fn handle(
     let (admission, prompt_estimate) =
         estimate::admit(&proxy.budgets, proxy.reserve_output_tokens, &admitting, &mut candidates, prompt)?;
     let strip_usage =
-        parsed.stream && parsed.endpoint != Endpoint::Embeddings && metering::inject_include_usage(&mut parsed.body);
+        parsed.stream && parsed.endpoint.streams_usage() && metering::inject_include_usage(&mut parsed.body);
     let parsed = Arc::new(parsed);
     let context = SpendContext {
         key,
@@ -270,6 +270,9 @@ fn route(decision: Decision) -> Result<Routed, GatewayError> {
                 .map(|r| match (&r.policy, r.missing) {
                     (_, Some("context_window")) => {
                         format!("{} (the prompt and max_tokens exceed its context window)", r.model)
+                    }
+                    (_, Some("image_price")) => {
+                        format!("{} (has no price for the image size and quality asked for)", r.model)
                     }
                     (_, Some(missing)) => format!("{} (lacks the capability '{missing}')", r.model),
                     (Some(policy), None) => format!("{} (by '{policy}')", r.model),

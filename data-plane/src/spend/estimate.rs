@@ -59,14 +59,14 @@ pub fn admit(
 pub fn token_estimate(parsed: &ParsedRequest, prompt: u64, default_output: u64) -> u64 {
     let choices = parsed.body.get("n").and_then(serde_json::Value::as_u64).unwrap_or(1).clamp(1, 128);
     let output = match parsed.endpoint {
-        Endpoint::Embeddings => 0,
+        Endpoint::Embeddings | Endpoint::ImageGenerations => 0,
         Endpoint::ChatCompletions | Endpoint::Completions => parsed.max_output_tokens().unwrap_or(default_output),
     };
     prompt.saturating_add(output.saturating_mul(choices))
 }
 
 /// The most one answer may cost as far as the gateway can tell before it runs, at the highest figure among its
-/// candidates: the estimated prompt (at the dearer of the input and cache-write prices) and the most output it may
+/// candidates: every image asked for, and the estimated prompt (at the dearer of the input and cache-write prices) and the most output it may
 /// generate: `n` choices of `max_completion_tokens`/`max_tokens`, else of what the backend is sent by default
 /// (`default_output`, or what its backend kind requires, e.g. the anthropic translation's `max_tokens`), within the context window.
 fn reservation_estimate(
@@ -82,7 +82,7 @@ fn reservation_estimate(
         let kind_default =
             snapshot.config.backends.get(&candidate.backend).and_then(|b| providers::of(b.kind).default_max_tokens());
         let per_choice = match parsed.endpoint {
-            Endpoint::Embeddings => 0,
+            Endpoint::Embeddings | Endpoint::ImageGenerations => 0,
             Endpoint::ChatCompletions | Endpoint::Completions => {
                 parsed.max_output_tokens().unwrap_or(kind_default.unwrap_or(default_output))
             }
@@ -91,9 +91,19 @@ fn reservation_estimate(
         let output = per_choice.min(window.saturating_sub(prompt)).saturating_mul(choices);
         let pricing = &model.pricing;
         let dearest_input = pricing.cache_write.map_or(pricing.input, |write| write.max(pricing.input));
-        let worst = policy_engine::config::Pricing { input: dearest_input, ..*pricing };
+        let worst = policy_engine::config::Pricing { input: dearest_input, ..pricing.clone() };
         let usage = Usage { prompt_tokens: prompt, completion_tokens: output, ..Usage::default() };
-        metering::cost(&usage, &worst).ok()
+        let tokens = metering::cost(&usage, &worst).ok()?;
+        // Every image asked for, at this model's price for the size and quality asked for (routing kept only
+        // candidates that price it).
+        let images = match parsed.images_requested() {
+            0 => Decimal::ZERO,
+            n => {
+                let (quality, size) = parsed.image_options();
+                metering::image_cost(n, pricing.image_price(quality, size)?).ok()?
+            }
+        };
+        tokens.checked_add(images)
     });
     priced.max().unwrap_or_default()
 }

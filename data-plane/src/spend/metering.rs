@@ -11,6 +11,7 @@
 //!   typed and borrowing its strings: the estimate needs the text of every event, so a `"usage"` pre-filter would
 //!   save nothing (with `include_usage` every chunk carries `"usage":null` anyway). `[DONE]` and comments are not parsed.
 //! - [`cost`]: USD from the snapshot's per-million-token prices in `Decimal`, never `f64`; overflow is an error.
+//!   [`image_cost`]: generated images at the model's price for the size (and quality) asked for.
 
 use std::borrow::Cow;
 
@@ -34,6 +35,8 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// The part of `prompt_tokens` written to a provider cache (Anthropic; OpenAI never reports it).
     pub cache_creation_tokens: u64,
+    /// Images generated (`/v1/images/generations`), priced per image.
+    pub images: u64,
     /// The counts come from the gateway's tokenizer, not the upstream.
     pub estimated: bool,
 }
@@ -76,7 +79,7 @@ impl RawUsage {
             return None;
         }
         let completion_tokens = match endpoint {
-            Endpoint::Embeddings => 0,
+            Endpoint::Embeddings | Endpoint::ImageGenerations => 0,
             Endpoint::ChatCompletions | Endpoint::Completions => self.completion_tokens?,
         };
         let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
@@ -89,6 +92,7 @@ impl RawUsage {
             cached_prompt_tokens: cached,
             completion_tokens,
             cache_creation_tokens: created,
+            images: 0,
             estimated: false,
         })
     }
@@ -100,8 +104,19 @@ struct Answer {
     usage: Option<UsageObject>,
 }
 
+#[derive(Deserialize)]
+struct ImagesAnswer {
+    data: Vec<serde::de::IgnoredAny>,
+}
+
 /// The usage of a non-streamed answer of `endpoint`, or `None` when it is missing or malformed (never panics).
+/// An image answer's usage is the images it holds (`data`), whatever token counts it also reports: images are
+/// priced per image.
 pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
+    if endpoint == Endpoint::ImageGenerations {
+        let answer: ImagesAnswer = serde_json::from_slice(body).ok()?;
+        return Some(Usage { images: answer.data.len() as u64, ..Usage::default() });
+    }
     let answer: Answer = serde_json::from_slice(body).ok()?;
     RawUsage::from_object(answer.usage?)?.into_usage(endpoint)
 }
@@ -144,7 +159,7 @@ pub fn finish_reasons_from_body(body: &[u8]) -> Vec<String> {
 /// generated: message content, refusals, reasoning, tool-call names and arguments, legacy completions' `text`.
 /// Embeddings generate nothing. A body that is not JSON counts as nothing generated (never panics).
 pub fn completion_estimate(endpoint: Endpoint, body: &[u8]) -> u64 {
-    if endpoint == Endpoint::Embeddings {
+    if matches!(endpoint, Endpoint::Embeddings | Endpoint::ImageGenerations) {
         return 0;
     }
     let Ok(answer) = serde_json::from_slice::<Value>(body) else { return 0 };
@@ -427,6 +442,11 @@ pub fn cost(usage: &Usage, pricing: &Pricing) -> Result<Decimal, CostOverflow> {
         total = total.checked_add(part).ok_or(CostOverflow)?;
     }
     Ok(total.checked_div(Decimal::from(1_000_000u32)).ok_or(CostOverflow)?.normalize())
+}
+
+/// `images` at `unit` USD each.
+pub fn image_cost(images: u64, unit: Decimal) -> Result<Decimal, CostOverflow> {
+    Decimal::from(images).checked_mul(unit).map(|cost| cost.normalize()).ok_or(CostOverflow)
 }
 
 #[cfg(test)]

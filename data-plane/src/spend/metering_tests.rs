@@ -108,6 +108,7 @@ fn exact_costs() {
             cached_input: pricing.1.map(|p| p.parse().unwrap()),
             output: pricing.2.parse().unwrap(),
             cache_write: None,
+            per_image: Default::default(),
         };
         let cost = cost(&usage, &pricing).unwrap();
         assert_eq!(cost.to_string(), expected);
@@ -130,6 +131,7 @@ fn exact_costs() {
         cached_input: Some("0.30".parse().unwrap()),
         output: "15".parse().unwrap(),
         cache_write: Some("3.75".parse().unwrap()),
+        per_image: Default::default(),
     };
     assert_eq!(cost(&anthropic, &priced).unwrap().to_string(), "0.0010875");
     // Inconsistent parts: no negative remainder.
@@ -143,7 +145,13 @@ fn exact_costs() {
 
 #[test]
 fn absurd_costs_are_errors() {
-    let pricing = Pricing { input: Decimal::MAX, cached_input: None, output: Decimal::MAX, cache_write: None };
+    let pricing = Pricing {
+        input: Decimal::MAX,
+        cached_input: None,
+        output: Decimal::MAX,
+        cache_write: None,
+        per_image: Default::default(),
+    };
     assert_eq!(cost(&usage(u64::MAX, 0, u64::MAX), &pricing), Err(CostOverflow));
     assert_eq!(cost(&usage(2, 0, 0), &pricing), Err(CostOverflow));
 }
@@ -294,8 +302,8 @@ proptest! {
 
     #[test]
     fn costs_never_panic(prompt: u64, cached: u64, completion: u64, created: u64, input: i64, output: i64, scale in 0u32..=28) {
-        let usage = Usage { prompt_tokens: prompt, cached_prompt_tokens: cached, completion_tokens: completion, cache_creation_tokens: created, estimated: false };
-        let pricing = Pricing { input: Decimal::new(input, scale), cached_input: Some(Decimal::new(output, 0)), output: Decimal::new(output, scale), cache_write: Some(Decimal::new(input, 0)) };
+        let usage = Usage { prompt_tokens: prompt, cached_prompt_tokens: cached, completion_tokens: completion, cache_creation_tokens: created, images: 0, estimated: false };
+        let pricing = Pricing { input: Decimal::new(input, scale), cached_input: Some(Decimal::new(output, 0)), output: Decimal::new(output, scale), cache_write: Some(Decimal::new(input, 0)), per_image: Default::default() };
         let _ = cost(&usage, &pricing);
     }
 }
@@ -325,4 +333,17 @@ fn finish_reasons_are_read_per_choice_and_bounded() {
     assert_eq!(reasons.len(), MAX_FINISH_REASONS);
     let odd = json!({"choices": [{"finish_reason": "x".repeat(65)}, {"finish_reason": "stop"}]});
     assert_eq!(finish_reasons_from_body(odd.to_string().as_bytes()), ["stop"]);
+}
+
+#[test]
+fn image_answers_are_metered_by_the_images_they_hold() {
+    let answer = br#"{"created": 1, "data": [{"url": "a"}, {"b64_json": "aW1n"}],
+        "usage": {"input_tokens": 10, "output_tokens": 4000, "total_tokens": 4010}}"#;
+    let usage = usage_from_body(Endpoint::ImageGenerations, answer).unwrap();
+    assert_eq!((usage.images, usage.prompt_tokens, usage.completion_tokens, usage.estimated), (2, 0, 0, false));
+    assert_eq!(usage_from_body(Endpoint::ImageGenerations, br#"{"created": 1}"#), None, "estimated by the caller");
+    assert_eq!(usage_from_body(Endpoint::ImageGenerations, b"not json"), None);
+    assert_eq!(completion_estimate(Endpoint::ImageGenerations, answer), 0);
+    assert_eq!(image_cost(3, Decimal::new(4, 2)).unwrap().to_string(), "0.12");
+    assert_eq!(image_cost(u64::MAX, Decimal::MAX), Err(CostOverflow));
 }

@@ -267,11 +267,16 @@ impl RequestSpend {
     }
 
     fn priced(&self, model: &str, usage: &Usage) -> Result<Decimal, CostOverflow> {
-        match self.snapshot.config.models.get(model) {
-            Some(spec) => metering::cost(usage, &spec.pricing),
-            // Candidates come from the same snapshot, so this cannot happen; never price it as free.
-            None => Err(CostOverflow),
+        // Candidates come from the same snapshot, so an unknown model cannot happen; never price it as free.
+        let spec = self.snapshot.config.models.get(model).ok_or(CostOverflow)?;
+        let tokens = metering::cost(usage, &spec.pricing)?;
+        if usage.images == 0 {
+            return Ok(tokens);
         }
+        // Routing kept only candidates that price the size and quality asked for; never price an image as free.
+        let (quality, size) = self.request.image_options();
+        let unit = spec.pricing.image_price(quality, size).ok_or(CostOverflow)?;
+        tokens.checked_add(metering::image_cost(usage.images, unit)?).ok_or(CostOverflow)
     }
 
     /// One answer of `model` used `usage` (every answer is billed: retried ones and rejected ones too).
@@ -283,6 +288,7 @@ impl RequestSpend {
         total.cached_prompt_tokens = total.cached_prompt_tokens.saturating_add(usage.cached_prompt_tokens);
         total.completion_tokens = total.completion_tokens.saturating_add(usage.completion_tokens);
         total.cache_creation_tokens = total.cache_creation_tokens.saturating_add(usage.cache_creation_tokens);
+        total.images = total.images.saturating_add(usage.images);
         total.estimated |= usage.estimated;
         state.cost = match (state.cost, cost) {
             (Ok(sum), Ok(cost)) => sum.checked_add(cost).ok_or(CostOverflow),
@@ -296,6 +302,8 @@ impl RequestSpend {
         let usage = metering::usage_from_body(endpoint, body).unwrap_or_else(|| Usage {
             prompt_tokens: self.prompt_estimate(),
             completion_tokens: metering::completion_estimate(endpoint, body),
+            // An image answer that does not say what it holds is billed for every image asked for.
+            images: self.request.images_requested(),
             estimated: true,
             ..Usage::default()
         });
@@ -426,7 +434,9 @@ impl RequestSpend {
             && let Some(candidate) = state.candidate.clone()
         {
             drop(state);
-            let usage = Usage { prompt_tokens: self.prompt_estimate(), estimated: true, ..Usage::default() };
+            // An image request's images are generated (and billed by the provider) whether or not anyone waits.
+            let images = self.request.images_requested();
+            let usage = Usage { prompt_tokens: self.prompt_estimate(), images, estimated: true, ..Usage::default() };
             self.add_usage(&candidate.model, usage);
             state = self.lock();
         }
@@ -466,6 +476,7 @@ impl RequestSpend {
             guardrails: std::mem::take(&mut state.guardrails),
             attempt_log: std::mem::take(&mut state.attempt_log),
             attempts: state.attempts,
+            images: u32::try_from(usage.images).unwrap_or(u32::MAX),
             ..self.template.clone()
         }
     }

@@ -14,6 +14,7 @@ mod google;
 mod guardrails;
 mod hardening;
 mod health_report;
+mod images;
 mod metrics;
 mod outbound;
 mod rate_limits;

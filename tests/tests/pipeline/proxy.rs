@@ -85,6 +85,15 @@ impl Gateway {
         // Tool calls are held and validated when the request's metadata asks for it (the SDK suite's tool tests).
         config.tool_policy(json!({"name": "enforce-tools",
             "when": "has(request.metadata.tools) && request.metadata.tools == 'enforce'", "on_invalid": "reject"}));
+        // Image models (the images suite): `painter` prices 1024x1024 (standard and hd) and a request naming no
+        // size; `sketcher`, first in the alias, only 512x512, so other sizes skip it.
+        config.model(json!({"name": "painter", "backend": "up0", "upstream_model": "image-0",
+            "capabilities": {"images": true}, "pricing": {"input": "0", "output": "0",
+            "per_image": {"1024x1024": "0.04", "hd/1024x1024": "0.08", "default": "0.04"}}}));
+        config.model(json!({"name": "sketcher", "backend": "up1", "upstream_model": "image-1",
+            "capabilities": {"images": true}, "pricing": {"input": "0", "output": "0",
+            "per_image": {"512x512": "0.018"}}}));
+        config.alias(json!({"name": "paint", "candidates": candidates(&["sketcher", "painter"])}));
         let key = config.key(json!({"name": "app", "team": "search"}));
         let limited_key = config.key(json!({"name": "limited", "allowed_aliases": ["split"]}));
         let revoked_key = config.key(json!({"name": "gone"}));
@@ -473,6 +482,12 @@ async fn the_official_python_sdk_works_unchanged() {
 #[tokio::test]
 async fn the_official_anthropic_sdk_works_unchanged() {
     sdk_suite("sdk_anthropic", "tests/sdk/test_anthropic_sdk.py", 18).await;
+}
+
+/// `/v1/images/generations` with the official `openai` Python package (`tests/sdk/test_openai_images.py`).
+#[tokio::test]
+async fn the_official_python_sdk_generates_images() {
+    sdk_suite("sdk_images", "tests/sdk/test_openai_images.py", 9).await;
 }
 
 /// `/v1/responses` with the official `openai` Python package (`tests/sdk/test_openai_responses.py`).

@@ -6,6 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    // Snapshot content is hashed over its encoding: its maps must encode in one order (prost's default HashMap
+    // would not).
+    tonic_prost_build::configure()
+        .btree_map(".gateway.v1.Model.price_per_image")
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -52,7 +52,7 @@ async fn bad_bodies_get_clear_errors(pool: PgPool) {
     )
     .await;
     check(&app, raw("POST", "/admin/v1/backends", json, json!({"name": "b", "kind": "openai", "base_url": "https://x.example", "colour": "red"}).to_string()),
-        bad, "invalid_body", "colour: unknown field `colour`, expected one of `name`, `kind`, `base_url`, `auth`, `secret`, `region`, `tags`, `timeouts`, `rate_limit`, `circuit_breaker`, `health_check`, `azure`, `aws`").await;
+        bad, "invalid_body", "colour: unknown field `colour`, expected one of `name`, `kind`, `base_url`, `auth`, `secret`, `region`, `tags`, `timeouts`, `rate_limit`, `circuit_breaker`, `health_check`, `azure`, `aws`, `vertex`").await;
     check(
         &app,
         raw(

@@ -461,7 +461,7 @@ async fn models_lists_what_the_key_may_use() {
     };
     let all = list(gw.key.clone()).await;
     let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["chain", "claude", "embeddings", "paced", "pinned", "refused-first", "see", "split"]);
+    assert_eq!(ids, ["chain", "claude", "embeddings", "paced", "paint", "pinned", "refused-first", "see", "split"]);
     assert_eq!(all["object"], json!("list"));
     let limited = list(gw.limited_key.clone()).await;
     assert_eq!(limited["data"], json!([{"id": "split", "object": "model", "created": 0, "owned_by": "gateway"}]));

@@ -49,11 +49,11 @@ pub(crate) struct SampleRequest {
     pub json_output: bool,
     /// `images.generations`: the `size` asked for (candidates need a price for it in `pricing.per_image`).
     #[serde(default)]
-    #[schema(max_length = 32)]
+    #[schema(min_length = 1, max_length = 32)]
     pub image_size: Option<String>,
     /// `images.generations`: the `quality` asked for (it may change the price).
     #[serde(default)]
-    #[schema(max_length = 32)]
+    #[schema(min_length = 1, max_length = 32)]
     pub image_quality: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -70,6 +70,9 @@ pub(crate) struct SampleRequest {
     #[serde(default)]
     pub prompt_tokens: Option<u64>,
 }
+
+/// The longest `image_size` or `image_quality` (characters), as the data plane takes them.
+const MAX_IMAGE_OPTION_CHARS: usize = 32;
 
 fn default_endpoint() -> String {
     "chat.completions".to_owned()
@@ -158,6 +161,17 @@ pub async fn evaluate(
     JsonBody(body): JsonBody,
 ) -> Result<Json<EvaluateResponse>, ApiError> {
     let input: EvaluateRequest = parse(body)?;
+    // As the data plane bounds them (`data-plane/src/openai/request.rs`).
+    for (field, value) in
+        [("request.image_size", &input.request.image_size), ("request.image_quality", &input.request.image_quality)]
+    {
+        if value.as_ref().is_some_and(|v| v.is_empty() || v.chars().count() > MAX_IMAGE_OPTION_CHARS) {
+            return Err(ApiError::InvalidBody {
+                message: format!("{field} must be a string of 1 to {MAX_IMAGE_OPTION_CHARS} characters"),
+                param: Some(field.to_owned()),
+            });
+        }
+    }
     // A key's team and tags (and whether the name exists at all) are what `ReadKeys` protects.
     if input.key_name.is_some() && !crate::auth::allows(principal.role, Action::ReadKeys) {
         return Err(ApiError::Forbidden {

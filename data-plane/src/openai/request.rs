@@ -156,7 +156,7 @@ fn check_image_request(body: &Map<String, Value>, stream: bool) -> Result<(), Ga
     for field in ["size", "quality"] {
         match body.get(field) {
             None | Some(Value::Null) => {}
-            Some(Value::String(text)) if !text.is_empty() && text.len() <= 32 => {}
+            Some(Value::String(text)) if !text.is_empty() && text.chars().count() <= 32 => {}
             Some(_) => return Err(invalid(field, format!("{field} must be a string of 1 to 32 characters"))),
         }
     }

@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use super::UpstreamBytes;
-use super::gemini::{
+use super::gemini_shapes::{
     Parts, blocked_prompt, completion_id, failed_finish, finish_reason, openai_error, read_parts, usage,
 };
 use crate::openai::sse::{DONE_EVENT, data_event, data_json, event_data, event_end};

@@ -55,7 +55,7 @@ async fn events_become_chunks_in_any_cut_and_end_with_usage_and_done() {
         let call = chunks.iter().find_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0)).unwrap();
         assert_eq!(
             call,
-            &json!({"index": 0, "id": super::super::gemini::call_id(0, "f", &json!({"a": 1})), "type": "function",
+            &json!({"index": 0, "id": super::super::gemini_shapes::call_id(0, "f", &json!({"a": 1})), "type": "function",
                     "function": {"name": "f", "arguments": "{\"a\":1}"}})
         );
         let finish: Vec<&Value> =

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::providers::gemini_shapes::call_id;
 
 fn translated(body: Value) -> Result<Value, String> {
     request(body.as_object().unwrap())

@@ -8,7 +8,7 @@
 //! - [`bedrock`]: Amazon Bedrock's Converse API, translated both ways ([`bedrock_stream`]: its binary event stream),
 //!   signed with SigV4 ([`sigv4`]).
 //! - [`gemini`]: Google's `generateContent` (the Gemini API), translated both ways ([`gemini_stream`]: its event
-//!   stream); [`vertex`]: the same on Vertex AI, with service-account OAuth tokens ([`oauth`]: the token cache).
+//!   stream; [`gemini_shapes`]: what answers and events share); [`vertex`]: the same on Vertex AI, with service-account OAuth tokens ([`oauth`]: the token cache).
 //! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects.
 //!
 //! Credentials a static header cannot carry (a signature over the request, a token fetched from an endpoint) are a
@@ -22,6 +22,7 @@ pub mod bedrock_shapes;
 pub mod bedrock_stream;
 pub mod egress;
 pub mod gemini;
+pub mod gemini_shapes;
 pub mod gemini_stream;
 pub mod google_embeddings;
 pub mod oauth;

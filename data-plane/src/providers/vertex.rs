@@ -19,6 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::gemini::{self, google_request, model_segment};
+use super::gemini_shapes;
 use super::oauth::{TokenError, TokenRequest};
 use super::upstream::AttemptError;
 use super::{AnswerError, Credentials, Inbound, Outbound, Provider, StatusClass, Unsigned, UpstreamBytes};
@@ -142,7 +143,7 @@ impl Provider for Vertex {
     }
 
     fn error_body(&self, body: String) -> String {
-        gemini::openai_error(&body)
+        gemini_shapes::openai_error(&body)
     }
 
     fn classify(&self, status: u16) -> StatusClass {

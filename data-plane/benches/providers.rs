@@ -142,8 +142,39 @@ fn bedrock() -> Kind {
     }
 }
 
+fn gemini() -> Kind {
+    let answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text()}]},
+        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 40, "totalTokenCount": 160},
+        "responseId": "r1", "modelVersion": "gemini-2.5-flash"});
+    let mut stream: Vec<Bytes> = (0..WORDS)
+        .map(|i| {
+            sse(
+                None,
+                &json!({"candidates": [{"content": {"role": "model", "parts": [{"text": format!(" word{i}")}]},
+                "index": 0}], "responseId": "r1", "modelVersion": "gemini-2.5-flash"}),
+            )
+        })
+        .collect();
+    stream.push(sse(
+        None,
+        &json!({"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
+        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 40, "totalTokenCount": 160},
+        "responseId": "r1", "modelVersion": "gemini-2.5-flash"}),
+    ));
+    Kind {
+        name: "gemini (and vertex, the same translation)",
+        backend: backend(
+            json!({"name": "b", "kind": "gemini", "base_url": "https://generativelanguage.googleapis.com/v1beta"}),
+        ),
+        answer: Bytes::from(answer.to_string()),
+        stream,
+    }
+}
+
 fn kinds() -> Vec<Kind> {
-    vec![openai(), anthropic(), bedrock()]
+    vec![openai(), anthropic(), bedrock(), gemini()]
 }
 
 /// A chat request as the gateway has it: a system prompt, a tool call and its result in the history, one tool.

@@ -223,6 +223,51 @@ pub struct AzureSettings {
     /// The `api-version` query parameter sent with every request (e.g. `2024-10-21`).
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
     pub api_version: String,
+    /// Sign in with Microsoft Entra ID instead of a key (absent: the secret is the key, sent as `auth` says). The
+    /// backend's secret is then the app registration's client secret, never sent to Azure OpenAI itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<EntraSettings>,
+}
+
+/// Microsoft Entra ID's client-credentials sign-in for an `azure_openai` backend: each data plane exchanges the
+/// client id and the backend's secret for an access token at `token_url`, caches it and refreshes it before it expires,
+/// and sends it as `Authorization: Bearer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct EntraSettings {
+    /// The directory (tenant) id, a GUID or a domain such as `contoso.onmicrosoft.com`.
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
+    pub tenant_id: String,
+    /// The application (client) id of the app registration.
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::label))]
+    pub client_id: String,
+    /// The token endpoint (default `https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token`; sovereign clouds
+    /// have their own); it receives the client secret, so it passes the same allowlist as base URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_url))]
+    pub token_url: Option<String>,
+    /// The scope asked for (default `https://cognitiveservices.azure.com/.default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_label))]
+    pub scope: Option<String>,
+}
+
+/// The scope Azure OpenAI's Entra ID tokens are asked for unless a backend names another.
+pub const ENTRA_DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+
+impl EntraSettings {
+    /// The token endpoint asked: `token_url`, else the public cloud's for the tenant.
+    pub fn effective_token_url(&self) -> String {
+        match &self.token_url {
+            Some(url) => url.clone(),
+            None => format!("https://login.microsoftonline.com/{}/oauth2/v2.0/token", self.tenant_id),
+        }
+    }
+
+    pub fn effective_scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or(ENTRA_DEFAULT_SCOPE)
+    }
 }
 
 /// AWS settings of a `bedrock` backend.

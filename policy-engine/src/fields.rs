@@ -240,6 +240,10 @@ pub mod schema {
         text_schema(false, false, MAX_URL_CHARS, "An http(s) URL of up to 2048 characters; normalised on write.")
     }
 
+    pub fn optional_url() -> Schema {
+        text_schema(true, false, MAX_URL_CHARS, "An http(s) URL of up to 2048 characters; normalised on write.")
+    }
+
     pub fn price() -> Schema {
         money_schema(false, "USD per million tokens: 0 to 1000000, at most 10 decimal places.", "2.50")
     }

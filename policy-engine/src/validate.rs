@@ -94,6 +94,14 @@ pub fn backend(
         Ok(normalized) => spec.base_url = normalized,
         Err(error) => errors.push("base_url", error.to_string()),
     }
+    if let Some(entra) = spec.azure.as_mut().and_then(|azure| azure.entra.as_mut()) {
+        // The token endpoint receives the client secret: it is held to the base URLs' allowlist, default included.
+        match urls.normalize(&entra.effective_token_url()) {
+            Ok(normalized) if entra.token_url.is_some() => entra.token_url = Some(normalized),
+            Ok(_) => {}
+            Err(error) => errors.push("azure.entra.token_url", error.to_string()),
+        }
+    }
     match &spec.secret {
         Some(SecretSpec::Ref(reference)) => {
             if let Err(error) = secret_env.variable(reference) {
@@ -176,6 +184,34 @@ fn vertex_settings(errors: &mut Errors, spec: &BackendSpec) {
         errors.push(
             "auth",
             "vertex requests carry OAuth tokens obtained with the backend's service account secret; leave auth out",
+        );
+    }
+}
+
+/// What Entra ID sign-in needs: ids that go into a URL and a form as they are, a scope, and the token in
+/// `Authorization` (so no other `auth`).
+fn entra_settings(errors: &mut Errors, spec: &BackendSpec, entra: &EntraSettings) {
+    let id_ok = |id: &str| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    for (field, id) in [("azure.entra.tenant_id", &entra.tenant_id), ("azure.entra.client_id", &entra.client_id)] {
+        errors.label(field, id);
+        if !id_ok(id) {
+            errors.push(field, format!("{id:?} is not an Entra ID (a GUID or a domain name)"));
+        }
+    }
+    if let Some(scope) = &entra.scope {
+        errors.label("azure.entra.scope", scope);
+        if !scope.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push("azure.entra.scope", "one scope, printable ASCII without spaces");
+        }
+    }
+    if let Some(url) = &entra.token_url {
+        errors.at_most("azure.entra.token_url", url, MAX_URL_CHARS);
+    }
+    if spec.auth != BackendAuth::Bearer {
+        errors.push(
+            "auth",
+            "with azure.entra, requests carry Entra ID tokens as Authorization: Bearer (the secret is the client \
+             secret); leave auth out",
         );
     }
 }
@@ -289,6 +325,9 @@ fn backend_settings_into(errors: &mut Errors, spec: &BackendSpec) {
     }
     if let Some(azure) = &spec.azure {
         errors.label("azure.api_version", &azure.api_version);
+        if let Some(entra) = &azure.entra {
+            entra_settings(errors, spec, entra);
+        }
     }
     if let Some(aws) = &spec.aws {
         errors.label("aws.region", &aws.region);
@@ -697,5 +736,58 @@ mod backend_tests {
         let unknown: Result<BackendSpec, _> = serde_json::from_value(json!({"name": "b", "kind": "openai",
             "base_url": "https://x", "circuit_breaker": {"failure_threshold": 1, "open_ms": 1, "p50_ms": 3}}));
         assert!(unknown.is_err(), "unknown breaker fields are still refused");
+    }
+
+    /// The fields an `azure_openai` backend with these `entra` settings (and `auth`) is refused for under `allowlist`,
+    /// and the token URL it keeps.
+    fn entra(allowlist: &str, entra: serde_json::Value, auth: serde_json::Value) -> (Vec<String>, Option<String>) {
+        let mut spec: BackendSpec = serde_json::from_value(serde_json::json!({
+            "name": "b", "kind": "azure_openai", "base_url": "https://contoso.openai.azure.com", "auth": auth,
+            "azure": {"api_version": "2024-10-21", "entra": entra},
+        }))
+        .expect("a backend");
+        let urls = BaseUrlPolicy::from_list(allowlist).expect("an allowlist");
+        let secret_env = SecretEnvPolicy::from_list("").expect("no prefixes");
+        let refused = backend(&mut spec, &urls, &secret_env).err().unwrap_or_default();
+        let token_url = spec.azure.and_then(|azure| azure.entra).and_then(|entra| entra.token_url);
+        (refused.into_iter().map(|e| e.field).collect(), token_url)
+    }
+
+    #[test]
+    fn entra_sign_in_is_checked_and_its_token_endpoint_held_to_the_allowlist() {
+        use serde_json::json;
+        let bearer = json!({"type": "bearer"});
+        let ids = json!({"tenant_id": "contoso.onmicrosoft.com", "client_id": "0f8fad5b-d9cb-469f-a165-70867728950e"});
+        assert_eq!(entra("", ids.clone(), bearer.clone()), (vec![], None));
+        let allowlist = "*.openai.azure.com,login.microsoftonline.us";
+        assert_eq!(
+            entra(allowlist, ids.clone(), bearer.clone()).0,
+            ["azure.entra.token_url"],
+            "the default endpoint (login.microsoftonline.com) is not on this allowlist"
+        );
+        let mut sovereign = ids.clone();
+        sovereign["token_url"] = json!("HTTPS://Login.MicrosoftOnline.us/contoso/oauth2/v2.0/token");
+        sovereign["scope"] = json!("https://cognitiveservices.azure.us/.default");
+        assert_eq!(
+            entra(allowlist, sovereign, bearer.clone()),
+            (vec![], Some("https://login.microsoftonline.us/contoso/oauth2/v2.0/token".to_owned()))
+        );
+        let bad = json!({"tenant_id": "a/../b", "client_id": "", "scope": "two scopes",
+                         "token_url": "ftp://login.microsoftonline.com/x"});
+        assert_eq!(
+            entra("", bad, json!({"type": "header", "header": "api-key"})).0,
+            [
+                "azure.entra.token_url",
+                "azure.entra.tenant_id",
+                "azure.entra.client_id",
+                "azure.entra.client_id",
+                "azure.entra.scope",
+                "auth"
+            ]
+        );
+        let unknown: Result<BackendSpec, _> = serde_json::from_value(json!({"name": "b", "kind": "azure_openai",
+            "base_url": "https://x", "azure": {"api_version": "v", "entra": {"tenant_id": "t", "client_id": "c",
+            "managed_identity": true}}}));
+        assert!(unknown.is_err(), "settings not built are refused, not ignored");
     }
 }

@@ -115,6 +115,12 @@ pub fn encode(
             aws_region: b.aws.as_ref().map(|a| a.region.clone()).unwrap_or_default(),
             vertex_project: b.vertex.as_ref().map(|v| v.project.clone()).unwrap_or_default(),
             vertex_location: b.vertex.as_ref().map(|v| v.location.clone()).unwrap_or_default(),
+            azure_entra: b.azure.as_ref().and_then(|a| a.entra.as_ref()).map(|e| v1::EntraSignIn {
+                tenant_id: e.tenant_id.clone(),
+                client_id: e.client_id.clone(),
+                token_url: e.token_url.clone().unwrap_or_default(),
+                scope: e.scope.clone().unwrap_or_default(),
+            }),
             breaker_max_open_ms: b.circuit_breaker.and_then(|c| c.max_open_ms),
             breaker_error_rate: b.circuit_breaker.and_then(|c| c.error_rate).map(|t| v1::BreakerTrip {
                 limit: u64::from(t.percent),
@@ -325,7 +331,15 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
                 timeout_ms: b.health_check_timeout_ms.unwrap_or(DEFAULT_HEALTH_TIMEOUT_MS),
                 failure_threshold: b.health_check_failure_threshold.unwrap_or(1),
             }),
-            azure: non_empty(&b.azure_api_version).map(|api_version| AzureSettings { api_version }),
+            azure: non_empty(&b.azure_api_version).map(|api_version| AzureSettings {
+                api_version,
+                entra: b.azure_entra.as_ref().map(|e| EntraSettings {
+                    tenant_id: e.tenant_id.clone(),
+                    client_id: e.client_id.clone(),
+                    token_url: non_empty(&e.token_url),
+                    scope: non_empty(&e.scope),
+                }),
+            }),
             aws: non_empty(&b.aws_region).map(|region| AwsSettings { region }),
             vertex: non_empty(&b.vertex_project)
                 .map(|project| VertexSettings { project, location: b.vertex_location.clone() }),
@@ -554,6 +568,13 @@ mod tests {
         }))
         .expect("guardrail");
         config.guardrails.insert(guardrail.name.clone(), guardrail);
+        let entra: BackendSpec = serde_json::from_value(serde_json::json!({
+            "name": "azure-entra", "kind": "azure_openai", "base_url": "https://contoso.openai.azure.com",
+            "azure": {"api_version": "2024-10-21", "entra": {"tenant_id": "contoso.onmicrosoft.com",
+                "client_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "scope": "https://cognitiveservices.azure.us/.default"}}
+        }))
+        .expect("backend");
+        config.backends.insert(entra.name.clone(), entra);
         config
     }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod background;
+pub mod entra_mock;
 pub mod mock;
 pub mod otlp;
 pub mod pipeline;
@@ -700,6 +701,19 @@ impl MockUpstream {
 
     pub async fn stats(&self) -> Value {
         self.http.get(format!("http://{}/__mock/stats", self.addr)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The app registration its Entra ID token endpoint accepts ([`entra_mock`]).
+    pub async fn register_entra_app(&self, registration: Value) {
+        let url = format!("http://{}/__mock/entra", self.addr);
+        let response = self.http.post(url).json(&registration).send().await.unwrap();
+        assert!(response.status().is_success(), "entra registration refused: {}", response.text().await.unwrap());
+    }
+
+    /// The token requests its Entra ID endpoint received.
+    pub async fn entra_token_requests(&self) -> Vec<Value> {
+        let reply = self.http.get(format!("http://{}/__mock/entra/tokens", self.addr)).send().await.unwrap();
+        reply.json::<Value>().await.unwrap().as_array().cloned().unwrap_or_default()
     }
 }
 

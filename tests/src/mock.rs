@@ -21,6 +21,8 @@
 //! requests cancelled (the caller closed the connection) before the answer started.
 //! `POST .../messages` answers as Anthropic's Messages API does (errors, answers and event streams, tool calls as
 //! `tool_use` blocks; `usage` then is Anthropic's usage object), for the `anthropic` backend kind.
+//! `POST /{tenant}/oauth2/v2.0/token` is Entra ID's token endpoint ([`crate::entra_mock`]), for `azure_openai` backends
+//! that sign in with Entra ID.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -133,6 +135,7 @@ pub fn app(name: &str) -> Router {
         .route("/v1/models", get(models))
         .fallback(post(openai))
         .with_state(mock)
+        .merge(crate::entra_mock::routes())
 }
 
 /// Serve the mock named `name` (the name its answers carry) on `listener`, until the future is dropped.

@@ -279,7 +279,7 @@ impl Provider for Bedrock {
         Ok(Outbound { url, body, native_key_header: None, headers: &[] })
     }
 
-    fn per_request_credentials(&self) -> bool {
+    fn per_request_credentials(&self, _backend: &policy_engine::config::BackendSpec) -> bool {
         true
     }
 

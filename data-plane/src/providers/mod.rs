@@ -3,7 +3,8 @@
 //! (failover, metering, tool validation, the stream stages) sees OpenAI-shaped traffic only, so a new backend kind
 //! is a new module here and one arm in [`of`].
 //!
-//! - [`openai`]: `openai` and `azure_openai` (the same wire format, different URLs).
+//! - [`openai`]: `openai` and `azure_openai` (the same wire format, different URLs; [`entra`]: Azure's Entra ID
+//!   sign-in).
 //! - [`anthropic`]: the Messages API, translated both ways.
 //! - [`bedrock`]: Amazon Bedrock's Converse API, translated both ways ([`bedrock_stream`]: its binary event stream),
 //!   signed with SigV4 ([`sigv4`]).
@@ -21,6 +22,7 @@ pub mod bedrock;
 pub mod bedrock_shapes;
 pub mod bedrock_stream;
 pub mod egress;
+pub mod entra;
 pub mod gemini;
 pub mod gemini_shapes;
 pub mod gemini_stream;
@@ -103,9 +105,9 @@ pub trait Provider: Sync {
     /// The request this kind wants; `AttemptError::Unsupported` when it cannot serve it (another candidate may).
     fn request(&self, request: &Inbound<'_>) -> Result<Outbound, AttemptError>;
 
-    /// Whether this kind's credentials are computed per request by [`Provider::authorize`] (then the static secret
+    /// Whether `backend`'s credentials are computed per request by [`Provider::authorize`] (then the static secret
     /// is not presented as a header: it is the kind's to use).
-    fn per_request_credentials(&self) -> bool {
+    fn per_request_credentials(&self, _backend: &BackendSpec) -> bool {
         false
     }
 

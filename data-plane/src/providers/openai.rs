@@ -1,12 +1,13 @@
 //! The `openai` and `azure_openai` backend kinds: OpenAI's own wire format, so the caller's body goes as it came, with
 //! `model` set to the upstream's name. They differ only in the URL (Azure names the deployment in the path and the
-//! API version in the query).
+//! API version in the query), and Azure may sign in with Entra ID ([`super::entra`]) instead of a key.
 
+use futures_util::future::BoxFuture;
 use policy_engine::config::BackendSpec;
 use serde_json::{Map, Value};
 
 use super::upstream::AttemptError;
-use super::{Inbound, Outbound, Provider};
+use super::{Credentials, Inbound, Outbound, Provider, Unsigned};
 
 /// OpenAI and every server compatible with it.
 pub struct OpenAi;
@@ -21,6 +22,14 @@ impl Provider for OpenAi {
 }
 
 impl Provider for AzureOpenAi {
+    fn per_request_credentials(&self, backend: &BackendSpec) -> bool {
+        super::entra::settings(backend).is_some()
+    }
+
+    fn authorize<'a>(&'a self, unsigned: Unsigned<'a>) -> BoxFuture<'a, Result<Credentials, AttemptError>> {
+        Box::pin(super::entra::authorize(unsigned))
+    }
+
     fn health_check(&self, backend: &BackendSpec, path: &str) -> Outbound {
         let version = backend.azure.as_ref().map(|a| a.api_version.as_str()).unwrap_or_default();
         let separator = if path.contains('?') { '&' } else { '?' };

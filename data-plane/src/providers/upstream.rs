@@ -233,7 +233,7 @@ impl Upstreams {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let per_request = super::of(backend.kind).per_request_credentials();
+        let per_request = super::of(backend.kind).per_request_credentials(backend);
         if let Some(secret) = secret.filter(|_| !per_request) {
             request = match (&backend.auth, native_key_header) {
                 (BackendAuth::Bearer, None) => request.bearer_auth(secret),
@@ -253,7 +253,7 @@ impl Upstreams {
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, AttemptError> {
         let provider = super::of(backend.kind);
-        if !provider.per_request_credentials() {
+        if !provider.per_request_credentials(backend) {
             return Ok(request);
         }
         let secret = self.egress.secret(backend).map_err(|reason| AttemptError::Refused(reason.0))?;

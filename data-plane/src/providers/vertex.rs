@@ -16,11 +16,10 @@ use policy_engine::google_secret::ServiceAccount;
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::gemini::{self, google_request, model_segment};
 use super::gemini_shapes;
-use super::oauth::{TokenError, TokenRequest};
+use super::oauth::{self, TokenError, TokenRequest};
 use super::upstream::AttemptError;
 use super::{AnswerError, Credentials, Inbound, Outbound, Provider, StatusClass, Unsigned, UpstreamBytes};
 
@@ -66,18 +65,6 @@ pub fn token_request(account: &ServiceAccount) -> Result<TokenRequest, TokenErro
     })
 }
 
-/// A token failure as an attempt's failure: unusable credentials and egress refusals are this data plane's
-/// configuration (nothing sent), a failing token endpoint the backend's trouble (failed over, counted).
-fn attempt_error(backend: &BackendSpec, error: TokenError) -> AttemptError {
-    let message = format!("backend '{}': no OAuth token for its service account: {error}", backend.name);
-    match error {
-        TokenError::Credentials(_) | TokenError::Refused(_) => AttemptError::Refused(message),
-        TokenError::Unreachable(_) | TokenError::Status { .. } | TokenError::Malformed(_) => {
-            AttemptError::Credentials(message)
-        }
-    }
-}
-
 /// The `vertex` backend kind (see the module documentation).
 pub struct Vertex;
 
@@ -101,7 +88,7 @@ impl Provider for Vertex {
         Ok(Outbound { url, body, native_key_header: None, headers: &[] })
     }
 
-    fn per_request_credentials(&self) -> bool {
+    fn per_request_credentials(&self, _backend: &BackendSpec) -> bool {
         true
     }
 
@@ -117,16 +104,13 @@ impl Provider for Vertex {
             let account = ServiceAccount::parse(secret)
                 .map_err(|e| AttemptError::Refused(format!("backend '{}': {e}", backend.name)))?;
             // A changed secret (or a renamed backend) gets its own token, never the previous account's.
-            let key = format!("{}/{}", backend.name, hex::encode(Sha256::digest(secret.as_bytes())));
+            let key = oauth::cache_key(backend, &[], secret);
             let token = unsigned
                 .tokens
                 .get(&key, || token_request(&account))
                 .await
-                .map_err(|error| attempt_error(backend, error))?;
-            let value = http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
-                AttemptError::Credentials(format!("backend '{}': the token is not a header", backend.name))
-            })?;
-            Ok(vec![(http::header::AUTHORIZATION, value)])
+                .map_err(|error| oauth::attempt_error(backend, "OAuth token for its service account", error))?;
+            oauth::bearer(backend, &token)
         })
     }
 

@@ -106,17 +106,9 @@ pub(crate) struct CandidateFacts {
 
 impl CandidateFacts {
     pub(crate) fn new(model: &ModelSpec, backend: &BackendSpec) -> CandidateFacts {
-        use crate::config::BackendKind;
         CandidateFacts {
             backend_name: backend.name.clone(),
-            backend_kind: match backend.kind {
-                BackendKind::Openai => "openai",
-                BackendKind::AzureOpenai => "azure_openai",
-                BackendKind::Anthropic => "anthropic",
-                BackendKind::Bedrock => "bedrock",
-                BackendKind::Gemini => "gemini",
-                BackendKind::Vertex => "vertex",
-            },
+            backend_kind: backend.kind.as_str(),
             backend_region: backend.region.clone(),
             backend_tags: backend.tags.clone(),
             model_name: model.name.clone(),

@@ -46,6 +46,20 @@ pub enum BackendKind {
     Vertex,
 }
 
+impl BackendKind {
+    /// The name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Openai => "openai",
+            BackendKind::AzureOpenai => "azure_openai",
+            BackendKind::Anthropic => "anthropic",
+            BackendKind::Bedrock => "bedrock",
+            BackendKind::Gemini => "gemini",
+            BackendKind::Vertex => "vertex",
+        }
+    }
+}
+
 /// How the gateway presents the backend's secret upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -855,6 +869,29 @@ impl ConfigSet {
                 && !self.has_alias_or_model(model)
             {
                 fail("budget", &budget.name, format!("alias or model {model:?} does not exist"));
+            }
+        }
+        for guardrail in self.guardrails.values() {
+            for (i, detector) in guardrail.detectors.iter().enumerate() {
+                let DetectorSpec::Moderation(moderation) = detector else { continue };
+                match self.backends.get(&moderation.backend) {
+                    None => fail(
+                        "guardrail",
+                        &guardrail.name,
+                        format!("detectors[{i}].backend: backend {:?} does not exist", moderation.backend),
+                    ),
+                    Some(backend) if backend.kind != BackendKind::Openai => fail(
+                        "guardrail",
+                        &guardrail.name,
+                        format!(
+                            "detectors[{i}].backend: backend {:?} is of kind {}; a moderation classifier needs an \
+                             OpenAI-compatible backend (kind openai) serving /moderations",
+                            moderation.backend,
+                            backend.kind.as_str()
+                        ),
+                    ),
+                    Some(_) => {}
+                }
             }
         }
         errors

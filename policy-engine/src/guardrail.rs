@@ -148,14 +148,11 @@ impl Scanner {
                         Err(error) => fail(at("terms"), format!("do not compile: {error}")),
                     }
                 }
-                DetectorSpec::Moderation(_) | DetectorSpec::Webhook(_) => fail(
-                    at("type"),
-                    format!(
-                        "'{}' (an external classifier) is not supported by this gateway yet; use the built-in \
-                         detectors, regex or terms",
-                        detector.category()
-                    ),
-                ),
+                DetectorSpec::Moderation(_) | DetectorSpec::Webhook(_) => {
+                    for (field, message) in crate::guardrail_classifier::check_settings(detector) {
+                        fail(at(&field), message);
+                    }
+                }
                 _ => {}
             }
         }
@@ -250,6 +247,17 @@ pub struct Blocked {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     counts: BTreeMap<(Side, usize, usize), u32>,
+    /// External classifiers' verdicts: a category that crossed its threshold, or a failure and what it did.
+    classified: BTreeMap<(Side, usize, usize, Verdict), u32>,
+}
+
+/// What one external classifier said about one side of a request, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// This category's score reached its threshold.
+    Flagged(String),
+    /// The classifier failed (error, timeout, unreadable answer); `on_error` said what happened next.
+    Failed(OnError),
 }
 
 impl Tally {
@@ -259,7 +267,13 @@ impl Tally {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.counts.is_empty() && self.classified.is_empty()
+    }
+
+    /// Count an external classifier's verdict on one side.
+    pub fn classified(&mut self, side: Side, classifier: &ClassifierRef<'_>, verdict: Verdict) {
+        let count = self.classified.entry((side, classifier.guardrail, classifier.detector, verdict)).or_default();
+        *count = count.saturating_add(1);
     }
 
     /// Add another tally's counts (a stream's, to the request's).
@@ -268,15 +282,22 @@ impl Tally {
             let total = self.counts.entry(*key).or_default();
             *total = total.saturating_add(*count);
         }
+        for (key, count) in &other.classified {
+            let total = self.classified.entry(key.clone()).or_default();
+            *total = total.saturating_add(*count);
+        }
     }
 }
 
-/// One guardrail outcome as recorded: names and counts, never content.
+/// One guardrail outcome as recorded: names and counts, never content. `detector` is the category (a built-in
+/// detector's type, a custom detector's name, or the category an external classifier flagged; the classifier's
+/// type, `moderation` or `webhook`, when it failed); `action` the guardrail's, or `fail_open` / `fail_closed` for a
+/// classifier that failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
     pub guardrail: String,
     pub detector: String,
-    pub action: GuardrailAction,
+    pub action: &'static str,
     pub side: Side,
     pub count: u32,
 }
@@ -296,6 +317,19 @@ pub struct CompiledGuardrail {
     pub stream_window_chars: u32,
     when: CompiledExpression,
     scanner: Scanner,
+    /// The external classifiers among the detectors, by detector position.
+    classifiers: Vec<(usize, DetectorSpec)>,
+}
+
+/// One external classifier of an applied guardrail: what the data plane calls.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifierRef<'a> {
+    /// The guardrail's position in the set, and the detector's in the guardrail.
+    pub guardrail: usize,
+    pub detector: usize,
+    pub guardrail_name: &'a str,
+    pub action: GuardrailAction,
+    pub spec: &'a DetectorSpec,
 }
 
 /// The guardrails of one config version, compiled: enabled ones only, `block` first, then `audit`, then `redact`
@@ -357,6 +391,13 @@ impl GuardrailSet {
                 stream_window_chars: spec.stream_window_chars,
                 when,
                 scanner,
+                classifiers: spec
+                    .detectors
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| d.classifier().is_some())
+                    .map(|(i, d)| (i, d.clone()))
+                    .collect(),
             });
         }
         if errors.is_empty() { Ok(GuardrailSet { guardrails, reads }) } else { Err(errors) }
@@ -417,6 +458,28 @@ impl GuardrailSet {
             Side::Prompt => g.side.covers_prompt(),
             Side::Completion => g.side.covers_completion(),
         })
+    }
+
+    /// The external classifiers of the applied guardrails covering `side`, in the set's order.
+    pub fn classifiers<'a>(&'a self, applied: &'a Applied, side: Side) -> Vec<ClassifierRef<'a>> {
+        applied
+            .indices
+            .iter()
+            .filter_map(|&i| Some((i, self.guardrails.get(i)?)))
+            .filter(|(_, g)| match side {
+                Side::Prompt => g.side.covers_prompt(),
+                Side::Completion => g.side.covers_completion(),
+            })
+            .flat_map(|(i, g)| {
+                g.classifiers.iter().map(move |(detector, spec)| ClassifierRef {
+                    guardrail: i,
+                    detector: *detector,
+                    guardrail_name: &g.name,
+                    action: g.action,
+                    spec,
+                })
+            })
+            .collect()
     }
 
     /// Whether any applied guardrail covers `side`.
@@ -486,20 +549,25 @@ impl GuardrailSet {
 
     /// The recorded outcomes of a tally, in a stable order.
     pub fn outcomes(&self, tally: &Tally) -> Vec<Outcome> {
-        tally
-            .counts
-            .iter()
-            .filter_map(|(&(side, guardrail, detector), &count)| {
-                let compiled = self.guardrails.get(guardrail)?;
-                Some(Outcome {
-                    guardrail: compiled.name.clone(),
-                    detector: compiled.scanner.categories.get(detector)?.clone(),
-                    action: compiled.action,
-                    side,
-                    count,
-                })
+        let found = tally.counts.iter().filter_map(|(&(side, guardrail, detector), &count)| {
+            let compiled = self.guardrails.get(guardrail)?;
+            Some(Outcome {
+                guardrail: compiled.name.clone(),
+                detector: compiled.scanner.categories.get(detector)?.clone(),
+                action: compiled.action.as_str(),
+                side,
+                count,
             })
-            .collect()
+        });
+        let classified = tally.classified.iter().filter_map(|((side, guardrail, detector, verdict), &count)| {
+            let compiled = self.guardrails.get(*guardrail)?;
+            let (detector, action) = match verdict {
+                Verdict::Flagged(category) => (category.clone(), compiled.action.as_str()),
+                Verdict::Failed(on_error) => (compiled.scanner.categories.get(*detector)?.clone(), on_error.as_str()),
+            };
+            Some(Outcome { guardrail: compiled.name.clone(), detector, action, side: *side, count })
+        });
+        found.chain(classified).collect()
     }
 }
 

@@ -2,6 +2,8 @@
 //! exchange, which detectors look at the content, and what a match does. Compiled by [`crate::guardrail`];
 //! semantics in `docs/guardrails.md`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "openapi")]
@@ -116,13 +118,122 @@ pub enum DetectorSpec {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         case_sensitive: bool,
     },
-    /// An OpenAI-compatible `/v1/moderations` classifier. Not supported yet: refused at validation.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    Moderation(serde_json::Map<String, serde_json::Value>),
-    /// A generic HTTP classifier. Not supported yet: refused at validation.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    Webhook(serde_json::Map<String, serde_json::Value>),
+    /// An OpenAI-compatible `/moderations` endpoint of a backend of the registry (kind `openai`), called with that
+    /// backend's credentials. Its `category_scores` are compared with `thresholds`.
+    Moderation(ModerationSpec),
+    /// A generic HTTP classifier: `POST url` with `{"input": [texts], "side": "prompt"|"completion", "guardrail":
+    /// name}`, answering `{"categories": {name: score}}` (`docs/guardrails.md`).
+    Webhook(WebhookSpec),
 }
+
+/// Longest and shortest wait for an external classifier, in ms.
+pub const MIN_CLASSIFIER_TIMEOUT_MS: u64 = 10;
+pub const MAX_CLASSIFIER_TIMEOUT_MS: u64 = 30_000;
+/// Most categories one classifier may threshold, and most headers a webhook may add.
+pub const MAX_THRESHOLDS: usize = 64;
+pub const MAX_WEBHOOK_HEADERS: usize = 16;
+
+/// What a guardrail does when its external classifier fails (error, timeout, unreadable answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let the request or answer through; the failure is recorded (`action: fail_open`).
+    FailOpen,
+    /// Refuse it: 503 `guardrail_unavailable`, naming the guardrail (`action: fail_closed`).
+    FailClosed,
+}
+
+impl OnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::FailOpen => "fail_open",
+            OnError::FailClosed => "fail_closed",
+        }
+    }
+}
+
+/// A score from 0 to 1 at or above which a category flags. JSON numbers are never NaN, and validation refuses any
+/// value outside 0..=1, so equality is total.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct Threshold(pub f64);
+
+impl Eq for Threshold {}
+
+/// The settings every external classifier shares.
+pub trait ClassifierSettings {
+    /// Category name to the score at or above which it flags; categories the classifier reports without a
+    /// threshold here are ignored.
+    fn thresholds(&self) -> &BTreeMap<String, Threshold>;
+    fn timeout_ms(&self) -> u64;
+    fn on_error(&self) -> OnError;
+}
+
+/// `{"type": "moderation", "backend": ..., "model": ..., "thresholds": {...}, "timeout_ms": ..., "on_error": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ModerationSpec {
+    /// A backend of kind `openai`; its base URL, secret and egress rules are used as for its chat requests.
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::name))]
+    pub backend: String,
+    /// The `model` sent (e.g. `omni-moderation-latest`); omitted when absent, so the endpoint's default applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// 1 to 64 categories (the endpoint's `category_scores` names, e.g. `violence`, `hate`) and their thresholds
+    /// (0 to 1).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, f64>))]
+    pub thresholds: BTreeMap<String, Threshold>,
+    /// Longest wait for the answer, 10 to 30000 ms; past it `on_error` decides.
+    #[cfg_attr(feature = "openapi", schema(minimum = 10, maximum = 30000))]
+    pub timeout_ms: u64,
+    /// `fail_open` or `fail_closed`: required, there is no silent default.
+    pub on_error: OnError,
+}
+
+/// `{"type": "webhook", "url": ..., "headers": {...}, "secret_ref": "env:NAME", "thresholds": {...}, ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http` or `https` URL, checked against the backend allowlist at write and the data plane's egress rules.
+    pub url: String,
+    /// Up to 16 extra headers sent as they are (no secrets here: they are shown to readers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A secret sent as `Authorization: Bearer <secret>`: a reference `env:NAME` resolved by each data plane, under
+    /// the same prefixes as backends' secret references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+    /// 1 to 64 categories of the answer's `categories` and their thresholds (0 to 1).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, f64>))]
+    pub thresholds: BTreeMap<String, Threshold>,
+    /// Longest wait for the answer, 10 to 30000 ms; past it `on_error` decides.
+    #[cfg_attr(feature = "openapi", schema(minimum = 10, maximum = 30000))]
+    pub timeout_ms: u64,
+    /// `fail_open` or `fail_closed`: required, there is no silent default.
+    pub on_error: OnError,
+}
+
+macro_rules! classifier_settings {
+    ($spec:ty) => {
+        impl ClassifierSettings for $spec {
+            fn thresholds(&self) -> &BTreeMap<String, Threshold> {
+                &self.thresholds
+            }
+            fn timeout_ms(&self) -> u64 {
+                self.timeout_ms
+            }
+            fn on_error(&self) -> OnError {
+                self.on_error
+            }
+        }
+    };
+}
+classifier_settings!(ModerationSpec);
+classifier_settings!(WebhookSpec);
 
 impl DetectorSpec {
     /// The category a match of this detector is reported under.
@@ -138,6 +249,15 @@ impl DetectorSpec {
             DetectorSpec::Regex { name, .. } | DetectorSpec::Terms { name, .. } => name,
             DetectorSpec::Moderation(_) => "moderation",
             DetectorSpec::Webhook(_) => "webhook",
+        }
+    }
+
+    /// The settings of an external classifier; `None` for the local detectors.
+    pub fn classifier(&self) -> Option<&dyn ClassifierSettings> {
+        match self {
+            DetectorSpec::Moderation(spec) => Some(spec),
+            DetectorSpec::Webhook(spec) => Some(spec),
+            _ => None,
         }
     }
 }
@@ -213,8 +333,8 @@ mod wire {
             #[serde(default)]
             case_sensitive: bool,
         },
-        Moderation(serde_json::Map<String, serde_json::Value>),
-        Webhook(serde_json::Map<String, serde_json::Value>),
+        Moderation(super::ModerationSpec),
+        Webhook(super::WebhookSpec),
     }
 
     impl From<DetectorSpec> for super::DetectorSpec {

@@ -152,7 +152,7 @@ fn refusals(value: serde_json::Value) -> Vec<String> {
 }
 
 #[test]
-fn hostile_or_unsupported_detectors_are_refused_with_their_place() {
+fn hostile_or_incomplete_detectors_are_refused_with_their_place() {
     let base = |detectors: serde_json::Value| json!({"name": "g", "action": "block", "detectors": detectors});
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (base(json!([])), "detectors: list at least one detector"),
@@ -168,13 +168,10 @@ fn hostile_or_unsupported_detectors_are_refused_with_their_place() {
         ),
         (base(json!([{"type": "terms", "name": "x", "terms": vec!["t"; 1001]}])), "detectors[0].terms: list 1 to 1000"),
         (base(json!([{"type": "terms", "name": "x", "terms": ["ok", " "]}])), "detectors[0].terms[1]"),
+        (base(json!([{"type": "moderation", "backend": "openai"}])), "missing field `thresholds`"),
         (
-            base(json!([{"type": "moderation", "backend": "openai"}])),
-            "detectors[0].type: 'moderation' (an external classifier) is not supported",
-        ),
-        (
-            base(json!([{"type": "webhook", "url": "http://x"}])),
-            "detectors[0].type: 'webhook' (an external classifier) is not supported",
+            base(json!([{"type": "webhook", "url": "http://x", "thresholds": {"pii": 0.5}, "timeout_ms": 100}])),
+            "missing field `on_error`",
         ),
         (base(json!([{"type": "email", "extra": 1}])), "unknown field"),
         (
@@ -190,4 +187,29 @@ fn hostile_or_unsupported_detectors_are_refused_with_their_place() {
         let errors = refusals(value.clone());
         assert!(errors.iter().any(|e| e.contains(expected)), "{value}: {errors:?} lacks {expected:?}");
     }
+}
+
+#[test]
+fn classifier_verdicts_are_outcomes_named_by_category_or_failure() {
+    let classifier = json!({"type": "moderation", "backend": "b", "thresholds": {"hate": 0.5}, "timeout_ms": 100,
+        "on_error": "fail_open"});
+    let set = set_of(vec![
+        json!({"name": "mod", "action": "block", "side": "prompt", "detectors": [{"type": "email"}, classifier]}),
+        json!({"name": "local", "action": "audit", "detectors": [{"type": "email"}]}),
+    ]);
+    let applied = applied_all(&set);
+    let prompt = set.classifiers(&applied, Side::Prompt);
+    assert_eq!(prompt.len(), 1);
+    assert_eq!((prompt[0].guardrail_name, prompt[0].detector, prompt[0].action), ("mod", 1, GuardrailAction::Block));
+    assert!(set.classifiers(&applied, Side::Completion).is_empty(), "the guardrail covers only the prompt");
+    let mut tally = Tally::default();
+    tally.classified(Side::Prompt, &prompt[0], Verdict::Flagged("hate".to_owned()));
+    tally.classified(Side::Prompt, &prompt[0], Verdict::Failed(OnError::FailOpen));
+    tally.classified(Side::Prompt, &prompt[0], Verdict::Failed(OnError::FailOpen));
+    let outcomes: Vec<(&str, String, &str, u32)> =
+        set.outcomes(&tally).into_iter().map(|o| (o.action, o.detector, o.side.as_str(), o.count)).collect();
+    assert_eq!(
+        outcomes,
+        vec![("block", "hate".to_owned(), "prompt", 1), ("fail_open", "moderation".to_owned(), "prompt", 2)]
+    );
 }

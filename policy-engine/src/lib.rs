@@ -15,6 +15,7 @@
 //! - [`tool_schema`]: JSON Schema compilation for tool arguments.
 //! - [`tool_policy`]: tool policies (who may declare which tools) and tool-call validation.
 //! - [`guardrail`]: guardrails (content safety, data protection): detectors compiled once, scanning and redaction.
+//! - [`guardrail_classifier`]: guardrails' external classifiers (moderation, webhook): settings, bodies, verdicts.
 //! - [`base_url`]: backend URL normalisation, the SSRF allowlist and the always-refused addresses.
 //! - [`secret_ref`]: which environment variables a backend's secret reference may name.
 //! - [`budget_period`]: UTC calendar budget periods.
@@ -33,6 +34,7 @@ pub mod facts;
 pub mod fields;
 pub mod google_secret;
 pub mod guardrail;
+pub mod guardrail_classifier;
 mod guardrail_detectors;
 pub mod guardrail_spec;
 pub mod routing;

@@ -564,6 +564,43 @@ pub fn guardrail(spec: &GuardrailSpec) -> Result<(), Vec<SpecError>> {
             errors.push(error.field, error.message);
         }
     }
+    if spec.action == GuardrailAction::Redact {
+        for (i, detector) in spec.detectors.iter().enumerate() {
+            if detector.classifier().is_some() {
+                errors.push(
+                    format!("detectors[{i}]"),
+                    format!(
+                        "'{}' is an external classifier: it reports categories, not where they are in the text, so \
+                         a redact guardrail cannot use it; use block or audit",
+                        detector.category()
+                    ),
+                );
+            }
+        }
+    }
+    errors.finish()
+}
+
+/// What only the control plane checks of a guardrail at write (as for backends): webhook URLs against the backend
+/// allowlist and secret references against the allowed prefixes. Each data plane checks both again with its own
+/// settings, at connection and before it reads its environment.
+pub fn guardrail_destinations(
+    spec: &GuardrailSpec,
+    urls: &BaseUrlPolicy,
+    secret_env: &SecretEnvPolicy,
+) -> Result<(), Vec<SpecError>> {
+    let mut errors = Errors::default();
+    for (i, detector) in spec.detectors.iter().enumerate() {
+        let DetectorSpec::Webhook(webhook) = detector else { continue };
+        if let Err(error) = urls.normalize(&webhook.url) {
+            errors.push(format!("detectors[{i}].url"), error.to_string());
+        }
+        if let Some(reference) = &webhook.secret_ref
+            && let Err(error) = secret_env.variable(reference)
+        {
+            errors.push(format!("detectors[{i}].secret_ref"), error.to_string());
+        }
+    }
     errors.finish()
 }
 

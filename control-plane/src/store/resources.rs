@@ -245,8 +245,11 @@ impl Resource for GuardrailSpec {
         &self.name
     }
 
-    fn validate(&mut self, _ctx: &WriteContext) -> Result<(), Vec<SpecError>> {
-        validate::guardrail(self)
+    fn validate(&mut self, ctx: &WriteContext) -> Result<(), Vec<SpecError>> {
+        let mut errors = validate::guardrail(self).err().unwrap_or_default();
+        errors
+            .extend(validate::guardrail_destinations(self, &ctx.base_urls, &ctx.secret_env).err().unwrap_or_default());
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
     fn slot(config: &mut ConfigSet) -> &mut BTreeMap<String, Self> {

@@ -3,8 +3,12 @@
 //! before anything is sent upstream (or refuses it, `content_blocked`); [`Guard::answer`] does the same to a
 //! non-streamed answer, and [`stream::GuardedStream`] to a streamed one, through a bounded window. What they find is
 //! recorded as names and counts only ([`Guard::record`]): the spend event and `gateway_guardrail_matches_total`.
+//! External classifiers ([`classifiers`]) run after the local detectors, over the texts as they would leave: on the
+//! prompt ([`Guard::classify_prompt`]) and on non-streamed answers ([`Guard::classify_answer`]); a streamed request
+//! they would have to check is refused ([`Guard::refuse_unclassifiable_stream`]).
 //! Below `proxy/` and `stream/`, above `spend/` and `openai/`.
 
+pub mod classifiers;
 pub mod stream;
 
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use serde_json::{Map, Value};
 use crate::control::snapshot::CompiledSnapshot;
 use crate::openai::error::GatewayError;
 use crate::openai::request::Endpoint;
+use crate::providers::upstream::Upstreams;
 use crate::spend::record::SpendHandle;
 
 /// The guardrails that apply to one request, with the snapshot that compiled them.
@@ -110,6 +115,90 @@ impl Guard {
         }
     }
 
+    /// Refuse a streamed request when an applied guardrail would classify its answer with an external classifier:
+    /// streamed answers are released as they come, and a classifier needs the text whole (`docs/guardrails.md`).
+    pub fn refuse_unclassifiable_stream(&self, stream: bool) -> Result<(), GatewayError> {
+        if !stream {
+            return Ok(());
+        }
+        match self.set().classifiers(&self.applied, Side::Completion).first() {
+            None => Ok(()),
+            Some(classifier) => Err(GatewayError::Unsupported(format!(
+                "guardrail '{}' checks answers with an external {} classifier, which streamed answers do not \
+                 support: ask without stream, or have the guardrail cover only the prompt (side: prompt) or skip \
+                 streams (when: !request.stream)",
+                classifier.guardrail_name,
+                classifier.spec.category()
+            ))),
+        }
+    }
+
+    /// The prompt's texts, as they now stand (redacted), through the external classifiers; their verdicts added to
+    /// `tally`. A refusal records the tally (no spend event: nothing reached an upstream).
+    pub async fn classify_prompt(
+        &self,
+        upstreams: &Upstreams,
+        endpoint: Endpoint,
+        body: &mut Map<String, Value>,
+        request_id: &str,
+        tally: &mut Tally,
+    ) -> Result<(), GatewayError> {
+        if !self.classifies(Side::Prompt) {
+            return Ok(());
+        }
+        let mut texts = Vec::new();
+        let mut collect = |text: &mut String| -> Result<(), Blocked> {
+            texts.push(text.clone());
+            Ok(())
+        };
+        let _ = match endpoint {
+            Endpoint::ChatCompletions => match body.get_mut("messages") {
+                Some(Value::Array(messages)) => messages.iter_mut().try_for_each(|m| message_texts(m, &mut collect)),
+                _ => Ok(()),
+            },
+            Endpoint::Completions => body.get_mut("prompt").map_or(Ok(()), |p| strings(p, &mut collect)),
+            Endpoint::Embeddings => body.get_mut("input").map_or(Ok(()), |i| strings(i, &mut collect)),
+        };
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let outcome = self.classify(upstreams, Side::Prompt, &texts, request_id, tally).await;
+        if outcome.is_err() {
+            self.record(tally, None);
+        }
+        outcome
+    }
+
+    /// A non-streamed answer's texts (`bytes`, as they will go out) through the external classifiers covering
+    /// completions; their verdicts added to `tally`.
+    pub async fn classify_answer(
+        &self,
+        upstreams: &Upstreams,
+        bytes: &Bytes,
+        request_id: &str,
+        tally: &mut Tally,
+    ) -> Result<(), GatewayError> {
+        if !self.classifies(Side::Completion) {
+            return Ok(());
+        }
+        let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(bytes) else { return Ok(()) };
+        let mut texts = Vec::new();
+        let mut collect = |text: &mut String| -> Result<(), Blocked> {
+            texts.push(text.clone());
+            Ok(())
+        };
+        if let Some(Value::Array(choices)) = answer.get_mut("choices") {
+            for choice in choices {
+                if let Some(message) = choice.get_mut("message") {
+                    let _ = message_texts(message, &mut collect);
+                }
+                if let Some(Value::String(text)) = choice.get_mut("text") {
+                    let _ = collect(text);
+                }
+            }
+        }
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        self.classify(upstreams, Side::Completion, &texts, request_id, tally).await
+    }
+
     /// A non-streamed answer inspected: each choice's message content and tool-call arguments (chat) or text
     /// (completions). The answer comes back re-serialized only when something was redacted.
     pub fn answer(&self, bytes: &Bytes, tally: &mut Tally) -> Result<Option<Bytes>, GatewayError> {
@@ -152,7 +241,7 @@ impl Guard {
             metrics::counter!(crate::metrics::GUARDRAIL_MATCHES,
                 "guardrail" => outcome.guardrail.clone(),
                 "detector" => outcome.detector.clone(),
-                "action" => outcome.action.as_str(),
+                "action" => outcome.action,
                 "side" => outcome.side.as_str())
             .increment(u64::from(outcome.count));
         }
@@ -163,7 +252,7 @@ impl Guard {
                     .map(|o| v1::GuardrailOutcome {
                         guardrail: o.guardrail,
                         detector: o.detector,
-                        action: o.action.as_str().to_owned(),
+                        action: o.action.to_owned(),
                         side: o.side.as_str().to_owned(),
                         count: o.count,
                     })

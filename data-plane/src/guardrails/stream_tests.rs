@@ -118,3 +118,80 @@ proptest! {
         prop_assert_eq!(text, "Contact [REDACTED:email] with token [REDACTED:credential] today, thanks!");
     }
 }
+
+/// A streamed tool call whose arguments arrive in `fragments` (the first delta names the call).
+fn tool_call_sse(fragments: &[&str]) -> Vec<u8> {
+    let mut out = String::new();
+    let first = serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0,
+        "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+        "function": {"name": "send_mail", "arguments": ""}}]}, "finish_reason": null}]});
+    out.push_str(&format!("data: {first}\n\n"));
+    for fragment in fragments {
+        let delta = serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0,
+            "delta": {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}, "finish_reason": null}]});
+        out.push_str(&format!("data: {delta}\n\n"));
+    }
+    out.push_str("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n");
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// The arguments a client assembles for tool call 0, the call's name, and whether an error event came.
+fn assembled_arguments(output: &str) -> (String, String, bool) {
+    let (mut arguments, mut name, mut error) = (String::new(), String::new(), false);
+    for event in output.split("\n\n") {
+        let Some(data) = event.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            break;
+        }
+        let value: serde_json::Value = serde_json::from_str(data).unwrap();
+        error |= value.get("error").is_some();
+        for choice in value["choices"].as_array().into_iter().flatten() {
+            for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                assert_eq!(call["index"], 0, "{output}");
+                name.push_str(call["function"]["name"].as_str().unwrap_or(""));
+                arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+            assert!(choice["delta"].get("content").is_none(), "no content invented: {output}");
+        }
+    }
+    (arguments, name, error)
+}
+
+#[test]
+fn a_secret_split_across_two_tool_call_argument_deltas_is_redacted() {
+    let input = tool_call_sse(&[r#"{"to": "ops", "body": "use sk-proj-abcdefghij"#, r#"klmnopqrstuvwx now"}"#]);
+    let output = run(guard("redact", 32), &input, &[]);
+    let (arguments, name, error) = assembled_arguments(&output);
+    assert!(!error, "{output}");
+    assert_eq!(name, "send_mail");
+    assert_eq!(arguments, r#"{"to": "ops", "body": "use [REDACTED:credential] now"}"#);
+    assert!(!output.contains("abcdefghij"), "{output}");
+}
+
+#[test]
+fn a_blocked_match_in_tool_call_arguments_ends_the_stream() {
+    let input = tool_call_sse(&[r#"{"to": "jo"#, r#"e@example.com"}"#]);
+    let output = run(guard("block", 32), &input, &[]);
+    let (_, _, error) = assembled_arguments(&output);
+    assert!(error && output.contains("content_blocked"), "{output}");
+    assert!(!output.contains("example.com"), "{output}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// However the arguments are cut into deltas and the stream into chunks, the assembled arguments are redacted.
+    #[test]
+    fn any_cut_of_tool_call_arguments_assembles_the_redacted_arguments(
+        split in 1usize..70,
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let arguments = r#"{"to": "ops@example.org", "token": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"}"#;
+        let split = split.min(arguments.len() - 1);
+        let input = tool_call_sse(&[&arguments[..split], &arguments[split..]]);
+        let (assembled, _, error) = assembled_arguments(&run(guard("redact", 64), &input, &cuts));
+        prop_assert!(!error);
+        prop_assert_eq!(assembled, r#"{"to": "[REDACTED:email]", "token": "[REDACTED:credential]"}"#);
+    }
+}

@@ -59,6 +59,12 @@ pub enum GatewayError {
     /// The provider's own safety system refused the prompt or withheld the answer (e.g. Gemini's `blockReason`).
     #[error("{0}")]
     ContentFiltered(String),
+    /// A guardrail's external classifier failed (error, timeout) under `on_error: fail_closed`.
+    #[error(
+        "guardrail '{guardrail}' could not check the {side}: its {detector} classifier failed, and the guardrail \
+         fails closed; try again later"
+    )]
+    GuardrailUnavailable { guardrail: String, detector: String, side: &'static str },
     #[error("{}", budget_exceeded_message(.0))]
     BudgetExceeded(Refusal),
     /// An API key over its rate limit, or every candidate's backend at its own (`docs/rate-limits.md`).
@@ -216,9 +222,10 @@ impl GatewayError {
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::NoEligibleCandidate(_) => StatusCode::FORBIDDEN,
             GatewayError::ModelNotFound { .. } | GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            GatewayError::NotReady(_) | GatewayError::UpstreamUnavailable(_) | GatewayError::SpendSpoolFull { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::NotReady(_)
+            | GatewayError::UpstreamUnavailable(_)
+            | GatewayError::SpendSpoolFull { .. }
+            | GatewayError::GuardrailUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamRateLimited { .. }
             | GatewayError::BudgetExceeded(_)
             | GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -252,6 +259,7 @@ impl GatewayError {
             GatewayError::ContentBlocked { .. } => "content_blocked",
             // Azure OpenAI's code for its own filter's refusals, which OpenAI-shaped clients already know.
             GatewayError::ContentFiltered(_) => "content_filter",
+            GatewayError::GuardrailUnavailable { .. } => "guardrail_unavailable",
             GatewayError::BudgetExceeded(_) => "budget_exceeded",
             GatewayError::RateLimited(_) => "rate_limit_exceeded",
             GatewayError::SpendSpoolFull { .. } => "spend_spool_full",
@@ -271,7 +279,8 @@ impl GatewayError {
             | GatewayError::NoEligibleCandidate(_) => Some("policy"),
             GatewayError::ToolNotAllowed { .. }
             | GatewayError::InvalidToolCall { .. }
-            | GatewayError::ContentBlocked { .. } => Some("guard"),
+            | GatewayError::ContentBlocked { .. }
+            | GatewayError::GuardrailUnavailable { .. } => Some("guard"),
             GatewayError::InvalidRequest(_)
             | GatewayError::InvalidField { .. }
             | GatewayError::TooLarge { .. }

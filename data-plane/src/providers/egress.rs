@@ -93,19 +93,23 @@ impl Egress {
         match &backend.secret {
             None => Ok(None),
             Some(SecretSpec::Value(value)) => Ok(Some(value.clone())),
-            Some(SecretSpec::Ref(reference)) => {
-                let variable = self.secret_env.variable(reference).map_err(|error| {
-                    Refused(format!("backend '{name}': this data plane refuses its secret reference: {error}"))
-                })?;
-                match (self.environment)(variable) {
-                    Some(value) if !value.is_empty() => Ok(Some(value)),
-                    _ => Err(Refused(format!(
-                        "backend '{name}': its secret env:{variable} is not set in this data plane's environment"
-                    ))),
-                }
-            }
+            Some(SecretSpec::Ref(reference)) => self.referenced(&format!("backend '{name}'"), reference).map(Some),
             // Sealed secrets are opened by the control plane before they travel; one here cannot be used.
             Some(SecretSpec::Sealed(_)) => Err(Refused(format!("backend '{name}': its secret arrived still sealed"))),
+        }
+    }
+
+    /// The value of a secret reference (`env:NAME`) of `owner` (named in refusals), under this data plane's prefixes.
+    pub fn referenced(&self, owner: &str, reference: &str) -> Result<String, Refused> {
+        let variable = self
+            .secret_env
+            .variable(reference)
+            .map_err(|error| Refused(format!("{owner}: this data plane refuses its secret reference: {error}")))?;
+        match (self.environment)(variable) {
+            Some(value) if !value.is_empty() => Ok(value),
+            _ => {
+                Err(Refused(format!("{owner}: its secret env:{variable} is not set in this data plane's environment")))
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use policy_engine::config::{BackendAuth, BackendSpec};
+use policy_engine::guardrail_spec::WebhookSpec;
 use serde_json::{Map, Value};
 
 use super::egress::{self, Egress};
@@ -213,6 +214,74 @@ impl Upstreams {
         }
         // The body is not read: its status says enough, and a check must not wait on it.
         Err(AttemptError::Status { status: status.as_u16(), body: String::new(), retry_after: None })
+    }
+}
+
+/// Where a guardrail's external classifier is sent (`docs/guardrails.md`).
+pub enum ClassifierTarget<'a> {
+    /// `POST {base_url}/moderations` on an `openai` backend, with its secret and headers.
+    Moderation(&'a BackendSpec),
+    /// `POST url` with the webhook's headers and, from its `secret_ref`, `Authorization: Bearer`.
+    Webhook(&'a WebhookSpec),
+}
+
+impl Upstreams {
+    /// One call of an external classifier: `body` posted as JSON, its answer read as JSON, all within `timeout`
+    /// (connection, response head and body together). Same pooled clients, egress rules and no redirects as
+    /// attempts.
+    pub async fn classify(
+        &self,
+        target: ClassifierTarget<'_>,
+        body: Vec<u8>,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Value, AttemptError> {
+        let call = async {
+            let request = match target {
+                ClassifierTarget::Moderation(backend) => {
+                    let url = super::join(&backend.base_url, "/moderations");
+                    self.authorized(backend, reqwest::Method::POST, &url, None, &[])?
+                }
+                ClassifierTarget::Webhook(webhook) => {
+                    let refused =
+                        |reason: egress::Refused| AttemptError::Refused(format!("webhook classifier: {reason}"));
+                    let url = reqwest::Url::parse(&webhook.url)
+                        .map_err(|e| refused(egress::Refused(format!("invalid URL: {e}"))))?;
+                    self.egress.check_url(&url).map_err(refused)?;
+                    let connect_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                    let mut request = self.client(connect_ms)?.post(url);
+                    for (name, value) in &webhook.headers {
+                        request = request.header(name.as_str(), value.as_str());
+                    }
+                    if let Some(reference) = &webhook.secret_ref {
+                        let secret = self.egress.referenced("webhook classifier", reference).map_err(refused)?;
+                        request = request.bearer_auth(secret);
+                    }
+                    request
+                }
+            };
+            let request = request.header("content-type", "application/json").header("x-request-id", request_id);
+            let response = match request.body(body).send().await {
+                Ok(response) => response,
+                Err(error) => {
+                    return Err(match egress::refusal_in(&error) {
+                        Some(reason) => AttemptError::Refused(reason.to_string()),
+                        None => AttemptError::Connect(error_chain(&error)),
+                    });
+                }
+            };
+            let status = response.status();
+            if !status.is_success() {
+                // The body is not read: an error status says enough, and the caller is waiting.
+                return Err(AttemptError::Status { status: status.as_u16(), body: String::new(), retry_after: None });
+            }
+            let bytes = response.bytes().await.map_err(|e| AttemptError::Connect(error_chain(&e)))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| AttemptError::Unsupported(format!("the classifier's answer is not JSON: {e}")))
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(AttemptError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))))
     }
 }
 

@@ -527,9 +527,16 @@ impl Attempts<'_> {
             let bytes = match self.guard.filter(|guard| guard.covers(Side::Completion)) {
                 Some(guard) => {
                     let mut found = Tally::default();
-                    let checked = guard.answer(&bytes, &mut found);
+                    let checked = match guard.answer(&bytes, &mut found) {
+                        Ok(redacted) => {
+                            let answer = redacted.unwrap_or(bytes);
+                            let upstreams = &self.proxy.upstreams;
+                            guard.classify_answer(upstreams, &answer, self.id, &mut found).await.map(|()| answer)
+                        }
+                        Err(error) => Err(error),
+                    };
                     guard.record(&found, Some(self.spend));
-                    checked?.unwrap_or(bytes)
+                    checked?
                 }
                 None => bytes,
             };

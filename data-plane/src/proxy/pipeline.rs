@@ -89,7 +89,13 @@ pub async fn handle(
     // prompt costs nothing, and a redacted one is what the upstream, the estimates and the limits see.
     let guard = guardrails::prepare(&snapshot, &facts, &key_facts)?;
     let prompt_findings = match &guard {
-        Some(guard) => guard.prompt(parsed.endpoint, &mut parsed.body)?,
+        Some(guard) => {
+            guard.refuse_unclassifiable_stream(parsed.stream)?;
+            let mut found = guard.prompt(parsed.endpoint, &mut parsed.body)?;
+            // External classifiers after the local detectors: they see the prompt as it would leave.
+            guard.classify_prompt(&proxy.upstreams, parsed.endpoint, &mut parsed.body, id, &mut found).await?;
+            found
+        }
         None => Tally::default(),
     };
     if strategy == Strategy::Weighted {
@@ -166,7 +172,7 @@ pub async fn handle(
         Err(error) => {
             let outcome = match error {
                 GatewayError::InvalidToolCall { .. } => "rejected",
-                GatewayError::ContentBlocked { .. } => "blocked",
+                GatewayError::ContentBlocked { .. } | GatewayError::GuardrailUnavailable { .. } => "blocked",
                 _ => "upstream_error",
             };
             spend.finish(error.status().as_u16(), outcome);

@@ -1,6 +1,7 @@
 """A caller of the gateway with the official `openai` SDK, for the guardrails end-to-end test
 (`tests/tests/e2e/guardrails.rs`). Not a pytest module: `python guardrails_client.py BASE_URL KEY MODE CASE PROMPT`
-prints one JSON object with what the caller saw (`content`, or the error's `status`, `code` and `message`)."""
+prints one JSON object with what the caller saw (`content`; `arguments`, the streamed tool call's assembled arguments, in
+mode `stream_tool`; or the error's `status`, `code` and `message`)."""
 
 import json
 import sys
@@ -14,6 +15,18 @@ def main() -> None:
     headers = {"x-gateway-meta-case": case, "x-request-id": f"guardrails-{case}"}
     messages = [{"role": "user", "content": prompt}]
     try:
+        if mode == "stream_tool":
+            stream = client.chat.completions.create(
+                model="chat", messages=messages, stream=True, extra_headers=headers
+            )
+            arguments = ""
+            for chunk in stream:
+                for choice in chunk.choices or []:
+                    for call in (choice.delta.tool_calls or []) if choice.delta else []:
+                        if call.function and call.function.arguments:
+                            arguments += call.function.arguments
+            print(json.dumps({"arguments": arguments}))
+            return
         if mode == "stream":
             stream = client.chat.completions.create(
                 model="chat", messages=messages, stream=True, extra_headers=headers

@@ -19,6 +19,8 @@
 //! `GET /__mock/requests` lists what it received; `GET /__mock/stats` counts requests per wall-clock second
 //! (`per_second`), streams finished and cancelled, and
 //! requests cancelled (the caller closed the connection) before the answer started.
+//! `POST /v1/moderations` answers as OpenAI's moderation endpoint does, every input scored with the behaviour's
+//! `scores` (`{"scores": {"violence": 0.9}}`; default every category 0).
 //! `POST .../messages` answers as Anthropic's Messages API does (errors, answers and event streams, tool calls as
 //! `tool_use` blocks; `usage` then is Anthropic's usage object), for the `anthropic` backend kind.
 //! `POST /{tenant}/oauth2/v2.0/token` is Entra ID's token endpoint ([`crate::entra_mock`]), for `azure_openai` backends
@@ -65,6 +67,8 @@ struct Behaviour {
     location: Option<String>,
     /// The answer's text in exactly these pieces: one content delta each when streamed, joined when not.
     pieces: Option<Vec<String>>,
+    /// `/moderations`: the `category_scores` of every input (default: every category 0.0).
+    scores: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +137,7 @@ pub fn app(name: &str) -> Router {
         .route("/__mock/stats", get(stats))
         .route("/__mock/models", post(set_models))
         .route("/v1/models", get(models))
+        .route("/v1/moderations", post(moderations))
         .fallback(post(openai))
         .with_state(mock)
         .merge(crate::entra_mock::routes())
@@ -279,6 +284,46 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
     }
     let completion = path.ends_with("/completions") && !path.ends_with("/chat/completions");
     Json(chat(&mock.name, &request, &model, &behaviour, completion)).into_response()
+}
+
+/// An OpenAI `/moderations` answer: one result per input, each with the behaviour's `scores` (a category flagged
+/// when its score is at least 0.5, as OpenAI's own flags are opaque to callers anyway). Recorded like every request;
+/// `status` and `delay_ms` apply.
+async fn moderations(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    mock.requests.lock().await.push(json!({
+        "path": "/v1/moderations",
+        "authorization": header("authorization"),
+        "request_id": header("x-request-id"),
+        "body": request,
+    }));
+    let scripted = mock.script.lock().await.pop_front();
+    let behaviour = match scripted {
+        Some(behaviour) => behaviour,
+        None => mock.default.lock().await.clone(),
+    };
+    if let Some(delay) = behaviour.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap_or(StatusCode::OK);
+    if !status.is_success() {
+        let error = json!({"error": {"message": format!("{} says {status}", mock.name), "type": "server_error"}});
+        return (status, Json(error)).into_response();
+    }
+    let scores = behaviour.scores.clone().unwrap_or_else(|| {
+        ["hate", "harassment", "self-harm", "sexual", "violence"].iter().map(|c| (c.to_string(), json!(0.0))).collect()
+    });
+    let categories: serde_json::Map<String, Value> =
+        scores.iter().map(|(c, s)| (c.clone(), json!(s.as_f64().unwrap_or(0.0) >= 0.5))).collect();
+    let flagged = categories.values().any(|f| f == &json!(true));
+    let inputs = match &request["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let result = json!({"flagged": flagged, "categories": categories, "category_scores": scores});
+    let model = request["model"].as_str().unwrap_or("omni-moderation-latest");
+    Json(json!({"id": "modr-mock", "model": model, "results": vec![result; inputs]})).into_response()
 }
 
 fn content_for(name: &str, request: &Value) -> String {

@@ -104,6 +104,11 @@ impl Snapshot {
         self
     }
 
+    pub fn guardrail(&mut self, spec: Value) -> &mut Snapshot {
+        insert(&mut self.config.guardrails, "guardrail", spec);
+        self
+    }
+
     /// An API key from a `POST /keys` body; its secret, as the admin API shows it once.
     pub fn key(&mut self, spec: Value) -> String {
         let spec: KeySpec = serde_json::from_value(spec.clone()).unwrap_or_else(|e| panic!("key {spec}: {e}"));

@@ -1,7 +1,9 @@
 //! Guardrails across the real planes, with the official `openai` SDK as the caller (`tests/sdk/guardrails_client.py`)
 //! and the mock's request log as the upstream's view: a prompt redacted before it leaves, a blocked one never sent, a
-//! secret split across two streamed chunks redacted in what the client assembles, the outcomes in the ledger and the
-//! metrics, and no matched text in any log, event or error. Semantics: `docs/guardrails.md`.
+//! secret split across two streamed chunks (or a streamed tool call's argument deltas) redacted in what the client
+//! assembles, the outcomes in the ledger and the metrics, and no matched text in any log, event or error; external
+//! classifiers (a moderation backend, a webhook) blocking, passing, failing open or closed. Semantics:
+//! `docs/guardrails.md`.
 
 use std::path::PathBuf;
 
@@ -62,21 +64,22 @@ async fn prompts_are_redacted_or_blocked_streams_redacted_and_outcomes_recorded_
     .await;
     cp.create(
         "guardrails",
-        json!({"name": "answer-secrets", "when": when("stream"), "side": "completion",
+        json!({"name": "answer-secrets", "when": "has(request.metadata.case) && request.metadata.case in ['stream', 'stream-tool']",
+        "side": "completion",
         "action": "redact", "stream_window_chars": 64, "detectors": [{"type": "credential"}]}),
     )
     .await;
-    // Refused at write, never silently accepted: external classifiers are not built yet.
+    // A moderation classifier on a backend that does not exist is refused at write, naming the field.
     let (status, refused) = cp
         .call(
             "POST",
             "/guardrails",
-            Some(json!({"name": "mod", "action": "block",
-            "detectors": [{"type": "moderation", "backend": "up"}]})),
+            Some(json!({"name": "mod", "action": "block", "detectors": [{"type": "moderation", "backend": "nope",
+            "thresholds": {"violence": 0.5}, "timeout_ms": 500, "on_error": "fail_closed"}]})),
         )
         .await;
     assert_eq!(status, 400, "{refused}");
-    assert!(refused.to_string().contains("not supported"), "{refused}");
+    assert!(refused.to_string().contains("detectors[0].backend: backend \\\"nope\\\" does not exist"), "{refused}");
     let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "app"}))).await;
     let key = created["secret"].as_str().unwrap().to_owned();
     let version = cp.fleet().await["config_version"].as_u64().unwrap();
@@ -125,8 +128,15 @@ async fn prompts_are_redacted_or_blocked_streams_redacted_and_outcomes_recorded_
     let streamed = sdk(&dp, &key, "stream", "stream", "what is my key?").await;
     assert_eq!(streamed["content"], json!("Your key is [REDACTED:credential], keep it safe."), "{streamed}");
 
+    // 4. So is a secret split across a streamed tool call's argument deltas (the mock cuts them in three).
+    mock.script(json!([{"tool_calls": [{"name": "send", "arguments": format!(
+        "{{\"token\": \"{STREAM_KEY_HEAD}{STREAM_KEY_TAIL}\"}}")}]}]))
+        .await;
+    let tool = sdk(&dp, &key, "stream_tool", "stream-tool", "send my key").await;
+    assert_eq!(tool["arguments"], json!("{\"token\": \"[REDACTED:credential]\"}"), "{tool}");
+
     // Outcomes in the ledger: names and counts.
-    let events = cp.wait_for_spend_events(2).await;
+    let events = cp.wait_for_spend_events(3).await;
     let outcomes = |id: &str| -> Vec<Value> {
         let event = events.iter().find(|e| e["request_id"] == json!(id)).unwrap_or_else(|| panic!("{id}: {events:?}"));
         event["guardrails"].as_array().unwrap().clone()
@@ -154,7 +164,7 @@ async fn prompts_are_redacted_or_blocked_streams_redacted_and_outcomes_recorded_
     };
     assert_eq!(count(&["guardrail=\"secrets\"", "detector=\"credential\"", "action=\"block\""]).as_deref(), Some("1"));
     assert_eq!(count(&["guardrail=\"pii\"", "detector=\"email\"", "side=\"prompt\""]).as_deref(), Some("1"));
-    assert_eq!(count(&["guardrail=\"answer-secrets\"", "side=\"completion\""]).as_deref(), Some("1"));
+    assert_eq!(count(&["guardrail=\"answer-secrets\"", "side=\"completion\""]).as_deref(), Some("2"));
 
     // No matched text in any log, event or error.
     let mut seen = format!("{events:?}{blocked}{metrics}");
@@ -164,4 +174,161 @@ async fn prompts_are_redacted_or_blocked_streams_redacted_and_outcomes_recorded_
     for secret in [EMAIL, CARD, AWS_KEY, STREAM_KEY_HEAD, STREAM_KEY_TAIL] {
         assert!(!seen.contains(secret), "{secret} appears in a log, event or error");
     }
+}
+
+const VIOLENT: &str = "a prompt the classifier scores as violent";
+const HOOKED: &str = "a prompt the webhook scores as personal data";
+
+#[sqlx::test(migrations = false)]
+async fn external_classifiers_block_pass_and_fail_open_or_closed_as_configured(pool: PgPool) {
+    let test = "guardrail_classifiers";
+    let cp = ControlPlane::start(ControlPlaneConfig::new(test, "cp", &test_database_url(&pool))).await;
+    let chat = MockUpstream::start(test, "m0").await;
+    let moderator = MockUpstream::start(test, "mod0").await;
+    let hook = MockUpstream::start(test, "hook0").await;
+    cp.create("backends", json!({"name": "up", "kind": "openai", "base_url": chat.base_url()})).await;
+    cp.create(
+        "backends",
+        json!({"name": "moderator", "kind": "openai", "base_url": moderator.base_url(),
+        "secret": {"value": "sk-moderator"}}),
+    )
+    .await;
+    cp.create(
+        "models",
+        json!({"name": "m", "backend": "up", "upstream_model": "upstream-m",
+        "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "2"}}),
+    )
+    .await;
+    cp.create("aliases", json!({"name": "chat", "candidates": [{"model": "m"}]})).await;
+    let when = |case: &str| format!("has(request.metadata.case) && request.metadata.case == '{case}'");
+    let moderation = |timeout_ms: u64, on_error: &str| {
+        json!({"type": "moderation", "backend": "moderator", "model": "omni-moderation-latest",
+        "thresholds": {"violence": 0.5, "hate": 0.5}, "timeout_ms": timeout_ms, "on_error": on_error})
+    };
+    let guardrails = [
+        json!({"name": "moderated", "when": when("moderate"), "side": "prompt", "action": "block",
+            "detectors": [moderation(5000, "fail_closed")]}),
+        json!({"name": "mod-open", "when": when("slow-open"), "side": "prompt", "action": "block",
+            "detectors": [moderation(300, "fail_open")]}),
+        json!({"name": "mod-closed", "when": when("slow-closed"), "side": "prompt", "action": "block",
+            "detectors": [moderation(300, "fail_closed")]}),
+        json!({"name": "answers", "when": when("answer"), "side": "completion", "action": "block",
+            "detectors": [moderation(5000, "fail_closed")]}),
+        json!({"name": "hook", "when": when("webhook"), "side": "prompt", "action": "block",
+            "detectors": [{"type": "webhook", "url": format!("{}/classify", hook.base_url()),
+            "headers": {"x-tenant": "acme"}, "secret_ref": "env:PROVIDER_HOOK_TOKEN",
+            "thresholds": {"pii": 0.8}, "timeout_ms": 5000, "on_error": "fail_closed"}]}),
+    ];
+    for guardrail in guardrails {
+        cp.create("guardrails", guardrail).await;
+    }
+    let (_, created) = cp.call("POST", "/keys", Some(json!({"name": "app"}))).await;
+    let key = created["secret"].as_str().unwrap().to_owned();
+    let version = cp.fleet().await["config_version"].as_u64().unwrap();
+    let mut config = DataPlaneConfig::new(test, "dp", &cp.grpc_url());
+    config.env.push(("PROVIDER_HOOK_TOKEN".to_owned(), "hook-token".to_owned()));
+    let dp = DataPlane::start(&config);
+    dp.wait_for_version(version).await;
+    let error_of = |seen: &Value| (seen["status"].clone(), seen["code"].clone());
+
+    // 1. A category at or above its threshold blocks: content_blocked naming the guardrail and the category; the
+    // chat upstream receives nothing; the moderation endpoint got the prompt with the backend's credentials.
+    moderator.set_default(json!({"scores": {"violence": 0.91, "hate": 0.1, "sexual": 1.0}})).await;
+    let blocked = sdk(&dp, &key, "chat", "moderate", VIOLENT).await;
+    assert_eq!(error_of(&blocked), (json!(400), json!("content_blocked")), "{blocked}");
+    let message = blocked["message"].as_str().unwrap();
+    assert!(message.contains("'moderated'") && message.contains("violence"), "{message}");
+    assert!(!message.contains(VIOLENT), "{message}");
+    assert!(chat.requests().await.is_empty(), "a blocked prompt never reaches the chat upstream");
+    let asked = moderator.requests().await;
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0]["body"], json!({"input": [VIOLENT], "model": "omni-moderation-latest"}));
+    assert_eq!(asked[0]["authorization"], json!("Bearer sk-moderator"));
+
+    // 2. Below every threshold (and a category without one ignored): served.
+    moderator.set_default(json!({"scores": {"violence": 0.49, "sexual": 1.0}})).await;
+    let passed = sdk(&dp, &key, "chat", "moderate", "a harmless prompt").await;
+    assert_eq!(passed["content"], json!("Hello from m0"), "{passed}");
+    assert_eq!(chat.requests().await.len(), 1);
+
+    // 3. A classifier slower than its timeout: fail_open serves (within about the timeout, not the delay), and
+    // fail_closed refuses with 503 guardrail_unavailable; neither waits for the classifier.
+    // The classifier answers after 10 s; each call below takes its 300 ms timeout plus the SDK's own start-up.
+    moderator.set_default(json!({"delay_ms": 10000, "scores": {"violence": 1.0}})).await;
+    let bound = std::time::Duration::from_secs(8);
+    let started = std::time::Instant::now();
+    let open = sdk(&dp, &key, "chat", "slow-open", "a prompt while the classifier hangs").await;
+    assert!(started.elapsed() < bound, "fail_open waited {:?}", started.elapsed());
+    assert_eq!(open["content"], json!("Hello from m0"), "{open}");
+    assert_eq!(chat.requests().await.len(), 2);
+    let started = std::time::Instant::now();
+    let closed = sdk(&dp, &key, "chat", "slow-closed", "another prompt while it hangs").await;
+    assert!(started.elapsed() < bound, "fail_closed waited {:?}", started.elapsed());
+    assert_eq!(error_of(&closed), (json!(503), json!("guardrail_unavailable")), "{closed}");
+    assert!(closed["message"].as_str().unwrap().contains("'mod-closed'"), "{closed}");
+    assert_eq!(chat.requests().await.len(), 2, "a fail_closed refusal sends nothing upstream");
+
+    // 4. A webhook that scores a category over its threshold blocks; it got the documented request.
+    hook.set_default(json!({"body": {"flagged": true, "categories": {"pii": 0.95, "other": 1.0}}})).await;
+    let hooked = sdk(&dp, &key, "chat", "webhook", HOOKED).await;
+    assert_eq!(error_of(&hooked), (json!(400), json!("content_blocked")), "{hooked}");
+    assert!(hooked["message"].as_str().unwrap().contains("'hook' (pii"), "{hooked}");
+    let calls = hook.requests().await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["path"], json!("/v1/classify"));
+    assert_eq!(calls[0]["body"], json!({"input": [HOOKED], "side": "prompt", "guardrail": "hook"}));
+    assert_eq!(calls[0]["authorization"], json!("Bearer hook-token"));
+    assert_eq!(chat.requests().await.len(), 2);
+
+    // 5. The completion side of a non-streamed answer: the answer is classified before it reaches the caller.
+    moderator.set_default(json!({"scores": {"hate": 0.7}})).await;
+    let answer = sdk(&dp, &key, "chat", "answer", "say something").await;
+    assert_eq!(error_of(&answer), (json!(400), json!("content_blocked")), "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("hate found in the completion"), "{answer}");
+    let last = moderator.requests().await.pop().unwrap();
+    assert_eq!(last["body"]["input"], json!(["Hello from m0"]));
+    // A streamed request such a guardrail would have to classify is refused before anything is sent.
+    let streamed = sdk(&dp, &key, "stream", "answer", "say something").await;
+    assert_eq!(error_of(&streamed), (json!(400), json!("unsupported_request")), "{streamed}");
+    assert!(streamed["message"].as_str().unwrap().contains("guardrail 'answers'"), "{streamed}");
+    assert_eq!(chat.requests().await.len(), 3);
+
+    // Outcomes in the ledger: the flagged category, the classifier failing open; never content.
+    let events = cp.wait_for_spend_events(3).await;
+    let outcomes = |id: &str| -> Vec<Value> {
+        let event = events.iter().find(|e| e["request_id"] == json!(id)).unwrap_or_else(|| panic!("{id}: {events:?}"));
+        event["guardrails"].as_array().unwrap().clone()
+    };
+    assert_eq!(
+        outcomes("guardrails-slow-open"),
+        vec![json!({"guardrail": "mod-open", "detector": "moderation", "action": "fail_open", "side": "prompt",
+            "count": 1})]
+    );
+    assert_eq!(
+        outcomes("guardrails-answer"),
+        vec![json!({"guardrail": "answers", "detector": "hate", "action": "block", "side": "completion", "count": 1})]
+    );
+    let metrics = http_client().get(dp.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let count = |labels: &[&str]| -> Option<String> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("gateway_guardrail_matches_total{") && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+    };
+    assert_eq!(count(&["guardrail=\"moderated\"", "detector=\"violence\"", "action=\"block\""]).as_deref(), Some("1"));
+    assert_eq!(count(&["guardrail=\"mod-open\"", "action=\"fail_open\""]).as_deref(), Some("1"));
+    assert_eq!(count(&["guardrail=\"mod-closed\"", "action=\"fail_closed\""]).as_deref(), Some("1"));
+    assert_eq!(count(&["guardrail=\"hook\"", "detector=\"pii\""]).as_deref(), Some("1"));
+    let mut seen = format!("{events:?}{blocked}{hooked}{metrics}");
+    for log in [&dp.log, &cp.log] {
+        seen.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+    }
+    for text in [VIOLENT, HOOKED] {
+        assert!(!seen.contains(text), "{text:?} appears in a log, event or error");
+    }
+
+    // The moderation backend is a reference: it cannot be deleted while a guardrail uses it.
+    let (status, refused) = cp.call("DELETE", "/backends/moderator", None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.to_string().contains("guardrail/answers: detectors[0].backend"), "{refused}");
 }

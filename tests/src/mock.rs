@@ -288,7 +288,7 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
 
 /// An OpenAI `/moderations` answer: one result per input, each with the behaviour's `scores` (a category flagged
 /// when its score is at least 0.5, as OpenAI's own flags are opaque to callers anyway). Recorded like every request;
-/// `status` and `delay_ms` apply.
+/// `status` and `delay_ms` apply; a caller that hangs up during the delay is counted in `requests_cancelled`.
 async fn moderations(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -303,9 +303,12 @@ async fn moderations(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
         Some(behaviour) => behaviour,
         None => mock.default.lock().await.clone(),
     };
+    let mut pending = Pending { mock: &mock, answered: false };
     if let Some(delay) = behaviour.delay_ms {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    pending.answered = true;
+    drop(pending);
     let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap_or(StatusCode::OK);
     if !status.is_success() {
         let error = json!({"error": {"message": format!("{} says {status}", mock.name), "type": "server_error"}});

@@ -97,15 +97,7 @@ impl Guard {
         }
         let mut findings = Vec::new();
         let mut inspect = |text: &mut String| self.inspect(Side::Prompt, text, &mut findings, &mut tally).map(drop);
-        let outcome = match endpoint {
-            Endpoint::ChatCompletions => match body.get_mut("messages") {
-                Some(Value::Array(messages)) => messages.iter_mut().try_for_each(|m| message_texts(m, &mut inspect)),
-                _ => Ok(()),
-            },
-            Endpoint::Completions => body.get_mut("prompt").map_or(Ok(()), |p| strings(p, &mut inspect)),
-            Endpoint::Embeddings => body.get_mut("input").map_or(Ok(()), |i| strings(i, &mut inspect)),
-            Endpoint::ImageGenerations => body.get_mut("prompt").map_or(Ok(()), |p| strings(p, &mut inspect)),
-        };
+        let outcome = prompt_texts(endpoint, body, &mut inspect);
         match outcome {
             Ok(()) => Ok(tally),
             Err(blocked) => {
@@ -151,14 +143,7 @@ impl Guard {
             texts.push(text.clone());
             Ok(())
         };
-        let _ = match endpoint {
-            Endpoint::ChatCompletions => match body.get_mut("messages") {
-                Some(Value::Array(messages)) => messages.iter_mut().try_for_each(|m| message_texts(m, &mut collect)),
-                _ => Ok(()),
-            },
-            Endpoint::Completions => body.get_mut("prompt").map_or(Ok(()), |p| strings(p, &mut collect)),
-            Endpoint::Embeddings => body.get_mut("input").map_or(Ok(()), |i| strings(i, &mut collect)),
-        };
+        let _ = prompt_texts(endpoint, body, &mut collect);
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let outcome = self.classify(upstreams, Side::Prompt, &texts, request_id, tally).await;
         if outcome.is_err() {
@@ -279,6 +264,23 @@ fn strings(value: &mut Value, inspect: &mut impl FnMut(&mut String) -> Result<()
             _ => Ok(()),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Each text of a request's prompt, by endpoint: chat messages (with tool calls and results), a completion's
+/// `prompt`, an embedding's `input`, an image's `prompt`.
+fn prompt_texts(
+    endpoint: Endpoint,
+    body: &mut Map<String, Value>,
+    f: &mut impl FnMut(&mut String) -> Result<(), Blocked>,
+) -> Result<(), Blocked> {
+    match endpoint {
+        Endpoint::ChatCompletions => match body.get_mut("messages") {
+            Some(Value::Array(messages)) => messages.iter_mut().try_for_each(|m| message_texts(m, f)),
+            _ => Ok(()),
+        },
+        Endpoint::Completions | Endpoint::ImageGenerations => body.get_mut("prompt").map_or(Ok(()), |p| strings(p, f)),
+        Endpoint::Embeddings => body.get_mut("input").map_or(Ok(()), |i| strings(i, f)),
     }
 }
 

@@ -19,6 +19,8 @@ use crate::cel_native::Facts;
 use crate::config::ConfigSet;
 use crate::facts::{KeyFacts, RequestFacts};
 use crate::guardrail_detectors::{self as builtin, BuiltinPattern, Check};
+/// Which side a scan is for (declared with the spec, which the classifiers share).
+pub use crate::guardrail_spec::Side;
 use crate::guardrail_spec::*;
 use crate::routing::{self, CompileError};
 
@@ -216,23 +218,6 @@ pub struct Finding {
     pub end: usize,
     pub guardrail: usize,
     pub detector: usize,
-}
-
-/// Which side a scan is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    Prompt,
-    Completion,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Prompt => "prompt",
-            Side::Completion => "completion",
-        }
-    }
 }
 
 /// A guardrail whose `block` matched: what the error names (never the text).

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::guardrail::Side;
 use crate::guardrail_spec::*;
 
 /// Longest category name a threshold may name, and longest `model` or header value.

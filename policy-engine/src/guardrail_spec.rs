@@ -357,3 +357,20 @@ mod wire {
         }
     }
 }
+
+/// Which side a scan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Prompt,
+    Completion,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Prompt => "prompt",
+            Side::Completion => "completion",
+        }
+    }
+}

@@ -6,6 +6,7 @@
 use policy_engine::config::{BackendSpec, EntraSettings};
 
 use super::oauth::{self, TokenRequest};
+use super::token_credentials;
 use super::upstream::AttemptError;
 use super::{Credentials, Unsigned};
 
@@ -46,8 +47,8 @@ pub async fn authorize(unsigned: Unsigned<'_>) -> Result<Credentials, AttemptErr
         .tokens
         .get(&key, || Ok(token_request(entra, secret)))
         .await
-        .map_err(|error| oauth::attempt_error(backend, "Entra ID token", error))?;
-    oauth::bearer(backend, &token)
+        .map_err(|error| token_credentials::attempt_error(backend, "Entra ID token", error))?;
+    token_credentials::bearer(backend, &token)
 }
 
 #[cfg(test)]

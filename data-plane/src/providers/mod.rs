@@ -9,7 +9,7 @@
 //! - [`bedrock`]: Amazon Bedrock's Converse API, translated both ways ([`bedrock_stream`]: its binary event stream),
 //!   signed with SigV4 ([`sigv4`]).
 //! - [`gemini`]: Google's `generateContent` (the Gemini API), translated both ways ([`gemini_stream`]: its event
-//!   stream; [`gemini_shapes`]: what answers and events share); [`vertex`]: the same on Vertex AI, with service-account OAuth tokens ([`oauth`]: the token cache).
+//!   stream; [`gemini_shapes`]: what answers and events share); [`vertex`]: the same on Vertex AI, with service-account OAuth tokens ([`oauth`]: the token cache; [`token_credentials`]: a token as an attempt's credentials).
 //! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects.
 //!
 //! Credentials a static header cannot carry (a signature over the request, a token fetched from an endpoint) are a
@@ -30,6 +30,7 @@ pub mod google_embeddings;
 pub mod oauth;
 pub mod openai;
 pub mod sigv4;
+pub mod token_credentials;
 pub mod upstream;
 pub mod vertex;
 

@@ -12,9 +12,7 @@ use tokio::time::Instant;
 
 use policy_engine::config::BackendSpec;
 
-use super::Credentials;
 use super::egress::{self, Egress};
-use super::upstream::AttemptError;
 
 /// How long a token fetch may take, connection included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,26 +146,6 @@ impl Tokens {
         let refresh_at = sent + lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 2));
         Ok(Token { value: value.to_owned(), refresh_at })
     }
-}
-
-/// A token failure as an attempt's failure (`what`: the token asked for, e.g. "OAuth token for its service
-/// account"): unusable credentials and egress refusals are this data plane's configuration (nothing sent), a failing
-/// token endpoint the backend's trouble (failed over, counted).
-pub fn attempt_error(backend: &BackendSpec, what: &str, error: TokenError) -> AttemptError {
-    let message = format!("backend '{}': no {what}: {error}", backend.name);
-    match error {
-        TokenError::Credentials(_) | TokenError::Refused(_) => AttemptError::Refused(message),
-        TokenError::Unreachable(_) | TokenError::Status { .. } | TokenError::Malformed(_) => {
-            AttemptError::Credentials(message)
-        }
-    }
-}
-
-/// `token` as the credentials of a request to `backend`: `Authorization: Bearer`.
-pub fn bearer(backend: &BackendSpec, token: &str) -> Result<Credentials, AttemptError> {
-    let value = http::HeaderValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| AttemptError::Credentials(format!("backend '{}': the token is not a header", backend.name)))?;
-    Ok(vec![(http::header::AUTHORIZATION, value)])
 }
 
 /// The cache key of a token asked with `secret` for `backend`: a changed secret or other settings (`settings`, joined

@@ -20,6 +20,7 @@ use serde_json::json;
 use super::gemini::{self, google_request, model_segment};
 use super::gemini_shapes;
 use super::oauth::{self, TokenError, TokenRequest};
+use super::token_credentials;
 use super::upstream::AttemptError;
 use super::{AnswerError, Credentials, Inbound, Outbound, Provider, StatusClass, Unsigned, UpstreamBytes};
 
@@ -105,12 +106,10 @@ impl Provider for Vertex {
                 .map_err(|e| AttemptError::Refused(format!("backend '{}': {e}", backend.name)))?;
             // A changed secret (or a renamed backend) gets its own token, never the previous account's.
             let key = oauth::cache_key(backend, &[], secret);
-            let token = unsigned
-                .tokens
-                .get(&key, || token_request(&account))
-                .await
-                .map_err(|error| oauth::attempt_error(backend, "OAuth token for its service account", error))?;
-            oauth::bearer(backend, &token)
+            let token = unsigned.tokens.get(&key, || token_request(&account)).await.map_err(|error| {
+                token_credentials::attempt_error(backend, "OAuth token for its service account", error)
+            })?;
+            token_credentials::bearer(backend, &token)
         })
     }
 

@@ -447,6 +447,19 @@ pub struct ModelSpec {
     pub capabilities: Capabilities,
     /// Prices in USD per million tokens, as decimal strings.
     pub pricing: Pricing,
+    /// For embedding models: the model that makes the vectors, as its maker names it (e.g.
+    /// `text-embedding-3-small`), when `upstream_model` names something else (an Azure deployment); default
+    /// `upstream_model`. Vectors of two models are comparable only when this is the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_label))]
+    pub embedding_model: Option<String>,
+}
+
+impl ModelSpec {
+    /// The model that makes this model's vectors: `embedding_model`, else `upstream_model`.
+    pub fn effective_embedding_model(&self) -> &str {
+        self.embedding_model.as_deref().unwrap_or(&self.upstream_model)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -504,6 +517,12 @@ pub struct AliasSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub pinned_dimensions: Option<u32>,
+    /// For embedding aliases: the one embedding model every candidate must serve (each candidate model's
+    /// `embedding_model`, which defaults to its `upstream_model`), so failover never mixes vectors of two models.
+    /// Once set it never changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_label))]
+    pub pinned_model: Option<String>,
 }
 
 /// What a matching route policy does.
@@ -832,6 +851,25 @@ impl ConfigSet {
                 match self.models.get(&candidate.model) {
                     None => fail("alias", &alias.name, format!("model {:?} does not exist", candidate.model)),
                     Some(model) => {
+                        if let Some(pinned) = &alias.pinned_model {
+                            let serves = model.effective_embedding_model();
+                            if !model.capabilities.embeddings || serves != pinned {
+                                fail(
+                                    "alias",
+                                    &alias.name,
+                                    format!(
+                                        "model {:?} serves {} but the alias is pinned to the embedding model {pinned:?} \
+                                         (vectors of two models are not comparable)",
+                                        model.name,
+                                        if model.capabilities.embeddings {
+                                            format!("the embedding model {serves:?}")
+                                        } else {
+                                            "no embeddings".to_owned()
+                                        },
+                                    ),
+                                );
+                            }
+                        }
                         if let Some(pinned) = alias.pinned_dimensions {
                             let dims = model.capabilities.embedding_dimensions;
                             if !model.capabilities.embeddings || dims != Some(pinned) {

@@ -350,6 +350,12 @@ pub fn model(spec: &ModelSpec) -> Result<(), Vec<SpecError>> {
     errors.name("name", &spec.name);
     errors.name("backend", &spec.backend);
     errors.label("upstream_model", &spec.upstream_model);
+    if let Some(model) = &spec.embedding_model {
+        errors.label("embedding_model", model);
+        if !spec.capabilities.embeddings {
+            errors.push("embedding_model", "only models that serve embeddings name an embedding model");
+        }
+    }
     let p = &spec.pricing;
     for (field, price) in [
         ("pricing.input", Some(p.input)),
@@ -462,6 +468,9 @@ pub fn alias(spec: &AliasSpec) -> Result<(), Vec<SpecError>> {
     candidates(&mut errors, "candidates", &spec.candidates, spec.strategy);
     if spec.pinned_dimensions == Some(0) {
         errors.push("pinned_dimensions", "must be greater than zero");
+    }
+    if let Some(model) = &spec.pinned_model {
+        errors.label("pinned_model", model);
     }
     errors.finish()
 }

@@ -158,6 +158,7 @@ pub fn encode(
             price_cache_write: m.pricing.cache_write.map(|d| d.to_string()).unwrap_or_default(),
             images: m.capabilities.images,
             price_per_image: m.pricing.per_image.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            embedding_model: m.embedding_model.clone().unwrap_or_default(),
         })
         .collect();
     let aliases = config
@@ -169,6 +170,7 @@ pub fn encode(
             strategy: enum_name(&a.strategy),
             candidates: candidates_to(&a.candidates),
             pinned_dimensions: a.pinned_dimensions,
+            pinned_model: a.pinned_model.clone().unwrap_or_default(),
         })
         .collect();
     let route_policies = config
@@ -375,6 +377,7 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
                 embedding_dimensions: m.embedding_dimensions,
             },
             pricing,
+            embedding_model: non_empty(&m.embedding_model),
         };
         config.models.insert(spec.name.clone(), spec);
     }
@@ -386,6 +389,7 @@ pub fn decode(content: &v1::SnapshotContent) -> Result<ConfigSet, Vec<DecodeErro
             strategy: d.parse_enum("strategy", &a.strategy),
             candidates: candidates_from(&a.candidates),
             pinned_dimensions: a.pinned_dimensions,
+            pinned_model: non_empty(&a.pinned_model),
         };
         config.aliases.insert(spec.name.clone(), spec);
     }

@@ -6,7 +6,8 @@
 //! divided by the extra requests are the instructions per request, without the process's start and shutdown.
 //!
 //! `cargo build --release --bin data-plane --bin mock-upstream && cargo bench -p gateway-e2e --bench trace_cost`
-//! (needs valgrind; no database); `-- sampled` runs only tracing off and the modes whose name holds `sampled`.
+//! (needs valgrind; no database); `-- sampled` runs only tracing off and the modes whose name holds `sampled`;
+//! `KEEP_CALLGRIND=1` keeps the callgrind output files (their folder is printed) for `callgrind_annotate`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -110,7 +111,12 @@ async fn bench() {
         off.get_or_insert((plain, streamed));
     }
     println!("spans received: {}", receiver.spans().len());
-    let _ = std::fs::remove_dir_all(dir);
+    // `KEEP_CALLGRIND=1` keeps the output files, for `callgrind_annotate`.
+    if std::env::var_os("KEEP_CALLGRIND").is_some() {
+        println!("callgrind output kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// The total instructions of a callgrind output file (its `summary:` line).

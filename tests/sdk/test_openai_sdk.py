@@ -247,7 +247,7 @@ def test_embeddings_float_and_base64(client):
 
 def test_models(client):
     ids = [model.id for model in client.models.list()]
-    assert ids == ["chain", "claude", "embeddings", "paced", "paint", "pinned", "refused-first", "see", "split"]
+    assert ids == ["chain", "claude", "embeddings", "one-model", "paced", "paint", "pinned", "refused-first", "see", "split"]
     assert client.models.retrieve("split").id == "split"
     limited = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["GATEWAY_LIMITED_KEY"], max_retries=0)
     assert [model.id for model in limited.models.list()] == ["split"]

@@ -160,6 +160,20 @@ impl Resource for AliasSpec {
     }
 
     fn check_update(&self, previous: &Self) -> Result<(), StoreError> {
+        if previous.pinned_model.is_some() && previous.pinned_model != self.pinned_model {
+            return Err(StoreError::InvalidSpec {
+                kind: Self::KIND,
+                name: self.name.clone(),
+                errors: vec![SpecError {
+                    field: "pinned_model".to_owned(),
+                    message: format!(
+                        "is pinned to {:?} and can never change (stored vectors would stop being comparable); \
+                         create a new alias instead",
+                        previous.pinned_model.as_deref().unwrap_or_default()
+                    ),
+                }],
+            });
+        }
         if previous.pinned_dimensions.is_some() && previous.pinned_dimensions != self.pinned_dimensions {
             return Err(StoreError::InvalidSpec {
                 kind: Self::KIND,

@@ -377,3 +377,55 @@ async fn pinned_embedding_dimensions_never_change(pool: PgPool) {
         "invalid reference: alias/corpus: model \"e1536\" produces 768 dimensions but the alias is pinned to 1536 embedding dimensions"
     );
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_embedding_alias_pinned_to_one_model_takes_no_other(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create("backends", backend("b1")).await;
+    let embedding = |name: &str, upstream: &str, made_by: Option<&str>| {
+        let mut model = json!({"name": name, "backend": "b1", "upstream_model": upstream,
+               "capabilities": {"embeddings": true, "embedding_dimensions": 1536},
+               "pricing": {"input": "0.02", "output": "0"}});
+        if let Some(made_by) = made_by {
+            model["embedding_model"] = json!(made_by);
+        }
+        model
+    };
+    app.create("models", embedding("openai-small", "text-embedding-3-small", None)).await;
+    app.create("models", embedding("azure-small", "embed-prod", Some("text-embedding-3-small"))).await;
+    app.create("models", embedding("ada", "text-embedding-ada-002", None)).await;
+    app.create(
+        "aliases",
+        json!({"name": "corpus", "pinned_dimensions": 1536, "pinned_model": "text-embedding-3-small",
+               "candidates": [{"model": "openai-small"}, {"model": "azure-small"}]}),
+    )
+    .await;
+    // Same size, another model: refused, naming both.
+    let body = json!({"pinned_dimensions": 1536, "pinned_model": "text-embedding-3-small",
+                      "candidates": [{"model": "openai-small"}, {"model": "ada"}]});
+    let reply = app.call("PUT", "/admin/v1/aliases/corpus", Some(body)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.error_message(),
+        "invalid reference: alias/corpus: model \"ada\" serves the embedding model \"text-embedding-ada-002\" but the alias is pinned to the embedding model \"text-embedding-3-small\" (vectors of two models are not comparable)"
+    );
+    // The pin itself never changes.
+    let body = json!({"pinned_dimensions": 1536, "pinned_model": "text-embedding-ada-002",
+                      "candidates": [{"model": "ada"}]});
+    let reply = app.call("PUT", "/admin/v1/aliases/corpus", Some(body)).await;
+    assert_eq!(
+        reply.error_message(),
+        "alias \"corpus\" is invalid: pinned_model: is pinned to \"text-embedding-3-small\" and can never change (stored vectors would stop being comparable); create a new alias instead"
+    );
+    // Nor can a model under the alias start serving another.
+    let reply =
+        app.call("PUT", "/admin/v1/models/azure-small", Some(embedding("azure-small", "embed-prod", None))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.error_message().contains("model \"azure-small\" serves the embedding model \"embed-prod\""));
+    // An embedding model named on a model that serves no embeddings is refused.
+    let chat = json!({"name": "chatty", "backend": "b1", "upstream_model": "gpt", "embedding_model": "x",
+                      "capabilities": {"chat": true}, "pricing": {"input": "1", "output": "1"}});
+    let reply = app.call("POST", "/admin/v1/models", Some(chat)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.error_message().contains("embedding_model"), "{}", reply.error_message());
+}

@@ -202,37 +202,50 @@ pub async fn handle(
     Ok(response)
 }
 
-/// An embedding alias with `pinned_dimensions` promises vectors of that size whatever serves it: a request asking for
-/// another size is refused, and candidates of another size (which a route policy may have chosen) are dropped.
+/// An embedding alias with `pinned_dimensions` promises vectors of that size whatever serves it, and one with
+/// `pinned_model` vectors of that model: a request asking for another size is refused, and candidates of another size
+/// or model (which a route policy may have chosen) are dropped.
 fn keep_pinned_dimensions(
     snapshot: &CompiledSnapshot,
     parsed: &ParsedRequest,
     candidates: &mut Vec<PlannedCandidate>,
 ) -> Result<(), GatewayError> {
-    let pinned = match snapshot.config.aliases.get(&parsed.model) {
-        Some(alias) if parsed.endpoint == Endpoint::Embeddings => match alias.pinned_dimensions {
-            Some(pinned) => pinned,
-            None => return Ok(()),
-        },
+    let alias = match snapshot.config.aliases.get(&parsed.model) {
+        Some(alias) if parsed.endpoint == Endpoint::Embeddings => alias,
         _ => return Ok(()),
     };
-    if let Some(asked) = parsed.body.get("dimensions")
-        && asked.as_u64() != Some(u64::from(pinned))
-    {
-        return Err(GatewayError::InvalidField {
-            message: format!("'{}' is pinned to {pinned} dimensions; the request asked for {asked}", parsed.model),
-            param: "dimensions",
-        });
-    }
-    let size = |c: &PlannedCandidate| snapshot.config.models.get(&c.model)?.capabilities.embedding_dimensions;
     let before: Vec<String> = candidates.iter().map(|c| c.model.clone()).collect();
-    candidates.retain(|c| size(c) == Some(pinned));
-    if candidates.is_empty() {
-        return Err(GatewayError::Unsupported(format!(
-            "'{}' is pinned to {pinned} dimensions and none of its candidates ({}) produces them",
-            parsed.model,
-            before.join(", ")
-        )));
+    if let Some(pinned) = alias.pinned_dimensions {
+        if let Some(asked) = parsed.body.get("dimensions")
+            && asked.as_u64() != Some(u64::from(pinned))
+        {
+            return Err(GatewayError::InvalidField {
+                message: format!("'{}' is pinned to {pinned} dimensions; the request asked for {asked}", parsed.model),
+                param: "dimensions",
+            });
+        }
+        let size = |c: &PlannedCandidate| snapshot.config.models.get(&c.model)?.capabilities.embedding_dimensions;
+        candidates.retain(|c| size(c) == Some(pinned));
+        if candidates.is_empty() {
+            return Err(GatewayError::Unsupported(format!(
+                "'{}' is pinned to {pinned} dimensions and none of its candidates ({}) produces them",
+                parsed.model,
+                before.join(", ")
+            )));
+        }
+    }
+    if let Some(pinned) = &alias.pinned_model {
+        let serves = |c: &PlannedCandidate| {
+            snapshot.config.models.get(&c.model).is_some_and(|m| m.effective_embedding_model() == pinned)
+        };
+        candidates.retain(serves);
+        if candidates.is_empty() {
+            return Err(GatewayError::Unsupported(format!(
+                "'{}' is pinned to the embedding model '{pinned}' and none of its candidates ({}) serves it",
+                parsed.model,
+                before.join(", ")
+            )));
+        }
     }
     Ok(())
 }

@@ -79,6 +79,18 @@ impl Gateway {
         config.route_policy(json!({"name": "widen", "priority": 50,
             "when": "request.model == 'pinned' && has(request.metadata.wide)",
             "action": {"type": "route", "candidates": candidates(&["wide", "embed0"])}}));
+        // An alias pinned to one embedding model: `twin` serves it under another deployment name, `lookalike` has the
+        // same size but is another model; a route policy would send the alias to the lookalike first.
+        config.model(json!({"name": "twin", "backend": "up1", "upstream_model": "deploy-embed",
+            "embedding_model": "embedding-0",
+            "capabilities": {"embeddings": true, "embedding_dimensions": 8}, "pricing": {"input": "1", "output": "0"}}));
+        config.model(json!({"name": "lookalike", "backend": "up1", "upstream_model": "lookalike-8",
+            "capabilities": {"embeddings": true, "embedding_dimensions": 8}, "pricing": {"input": "1", "output": "0"}}));
+        config.alias(json!({"name": "one-model", "pinned_dimensions": 8, "pinned_model": "embedding-0",
+            "candidates": candidates(&["twin", "embed0"])}));
+        config.route_policy(json!({"name": "mix", "priority": 60,
+            "when": "request.model == 'one-model' && has(request.metadata.mix)",
+            "action": {"type": "route", "candidates": candidates(&["lookalike", "twin"])}}));
         config.route_policy(json!({"name": "no-secrets-please", "priority": 100,
             "when": "has(request.metadata.classification) && request.metadata.classification == 'secret'",
             "action": {"type": "deny", "message": "secret data may not leave the building"}}));
@@ -170,6 +182,24 @@ async fn an_alias_pinned_to_a_size_only_ever_answers_with_vectors_of_that_size()
     assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "embed0"));
     let wide_requests = gw.mocks[1].requests().await;
     assert!(wide_requests.iter().all(|r| r["body"]["model"] != json!("wide-1")), "{wide_requests:?}");
+}
+
+#[tokio::test]
+async fn an_alias_pinned_to_a_model_never_mixes_in_vectors_of_another() {
+    let gw = Gateway::start("proxy_pinned_model").await;
+    let embed = async |metadata: Value| {
+        let body = json!({"model": "one-model", "input": "hello", "metadata": metadata});
+        gw.dp.post("/v1/embeddings", Some(&gw.key), &body).await
+    };
+    // The same embedding model under another deployment name serves.
+    let response = embed(json!({})).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "twin"));
+    // The route policy lists a model of the same size but another make first: it is dropped.
+    let response = embed(json!({"mix": "yes"})).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-gateway-model")), (200, "twin"));
+    let seen = gw.mocks[1].requests().await;
+    assert!(seen.iter().all(|r| r["body"]["model"] != json!("lookalike-8")), "{seen:?}");
+    assert_eq!(seen.iter().filter(|r| r["body"]["model"] == json!("deploy-embed")).count(), 2, "{seen:?}");
 }
 
 #[tokio::test]
@@ -461,7 +491,10 @@ async fn models_lists_what_the_key_may_use() {
     };
     let all = list(gw.key.clone()).await;
     let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["chain", "claude", "embeddings", "paced", "paint", "pinned", "refused-first", "see", "split"]);
+    assert_eq!(
+        ids,
+        ["chain", "claude", "embeddings", "one-model", "paced", "paint", "pinned", "refused-first", "see", "split"]
+    );
     assert_eq!(all["object"], json!("list"));
     let limited = list(gw.limited_key.clone()).await;
     assert_eq!(limited["data"], json!([{"id": "split", "object": "model", "created": 0, "owned_by": "gateway"}]));

@@ -10,7 +10,8 @@
 //!   signed with SigV4 ([`sigv4`]).
 //! - [`gemini`]: Google's `generateContent` (the Gemini API), translated both ways ([`gemini_stream`]: its event
 //!   stream; [`gemini_shapes`]: what answers and events share); [`vertex`]: the same on Vertex AI, with service-account OAuth tokens ([`oauth`]: the token cache; [`token_credentials`]: a token as an attempt's credentials).
-//! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects.
+//! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects; [`body`]: small answers
+//!   (tokens, classifiers, errors) read with a size bound.
 //!
 //! Credentials a static header cannot carry (a signature over the request, a token fetched from an endpoint) are a
 //! kind's own: it says so ([`Provider::per_request_credentials`]) and computes them from the request as it will be
@@ -21,6 +22,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod bedrock_shapes;
 pub mod bedrock_stream;
+pub mod body;
 pub mod egress;
 pub mod entra;
 pub mod gemini;

@@ -19,7 +19,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refreshed this long before it expires (or at half its lifetime, for shorter ones), so no request carries a token
 /// that expires on the way.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
-/// Token answers larger than this are not read.
+/// Token answers larger than this are refused, not read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Why no token could be had. Never quotes the secret or the token.
@@ -124,14 +124,16 @@ impl Tokens {
                 None => TokenError::Unreachable(e.to_string()),
             })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| TokenError::Unreachable(e.to_string()))?;
-        let body = &body[..body.len().min(MAX_ANSWER_BYTES)];
+        let body = super::body::read_at_most(response, MAX_ANSWER_BYTES).await.map_err(|e| match e {
+            super::body::BodyError::Read(e) => TokenError::Unreachable(e.to_string()),
+            too_large @ super::body::BodyError::TooLarge { .. } => TokenError::Malformed(too_large.to_string()),
+        })?;
         if !status.is_success() {
-            let text: String = String::from_utf8_lossy(body).chars().take(300).collect();
+            let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
             return Err(TokenError::Status { status: status.as_u16(), body: text });
         }
         let answer: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| TokenError::Malformed("not JSON".to_owned()))?;
+            serde_json::from_slice(&body).map_err(|_| TokenError::Malformed("not JSON".to_owned()))?;
         let value = answer
             .get("access_token")
             .and_then(serde_json::Value::as_str)

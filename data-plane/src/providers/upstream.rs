@@ -16,6 +16,11 @@ use super::oauth::Tokens;
 use super::{Inbound, Outbound, Unsigned};
 use crate::openai::request::Endpoint;
 
+/// An upstream's error answer larger than this is not read.
+const MAX_ERROR_ANSWER_BYTES: usize = 256 * 1024;
+/// A classifier's answer larger than this is refused (scores for a few categories are a few hundred bytes).
+const MAX_CLASSIFIER_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// Why an attempt did not produce a usable response.
 #[derive(Debug)]
 pub enum AttemptError {
@@ -194,8 +199,10 @@ impl Upstreams {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry_after(v, std::time::SystemTime::now()));
-        let body = match tokio::time::timeout(Duration::from_millis(first_byte), response.text()).await {
-            Ok(Ok(text)) => text,
+        // An error answer is passed on or quoted: a larger one is not read (as if it had none).
+        let read = super::body::read_at_most(response, MAX_ERROR_ANSWER_BYTES);
+        let body = match tokio::time::timeout(Duration::from_millis(first_byte), read).await {
+            Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
             _ => String::new(),
         };
         Err(AttemptError::Status { status, body, retry_after })
@@ -275,7 +282,13 @@ impl Upstreams {
                 // The body is not read: an error status says enough, and the caller is waiting.
                 return Err(AttemptError::Status { status: status.as_u16(), body: String::new(), retry_after: None });
             }
-            let bytes = response.bytes().await.map_err(|e| AttemptError::Connect(error_chain(&e)))?;
+            let bytes =
+                super::body::read_at_most(response, MAX_CLASSIFIER_ANSWER_BYTES).await.map_err(|e| match e {
+                    super::body::BodyError::Read(e) => AttemptError::Connect(error_chain(&e)),
+                    too_large @ super::body::BodyError::TooLarge { .. } => {
+                        AttemptError::Unsupported(format!("the classifier's answer: {too_large}"))
+                    }
+                })?;
             serde_json::from_slice(&bytes)
                 .map_err(|e| AttemptError::Unsupported(format!("the classifier's answer is not JSON: {e}")))
         };

@@ -1,5 +1,6 @@
-//! Short-lived OAuth access tokens for backends whose secret is not itself a credential (a Vertex service account):
-//! fetched from a token endpoint with a form POST, cached per backend and secret, refreshed before they expire.
+//! Short-lived OAuth access tokens for backends whose secret is not itself a credential (a Vertex service account,
+//! an Entra ID client secret): fetched from a token endpoint with a form POST, cached per backend, settings and
+//! secret ([`cache_key`]), refreshed before they expire.
 //! Concurrent requests needing the same token share one fetch (each entry is behind an async lock the fetch holds).
 //! Token endpoints pass this data plane's egress rules like every upstream, through a client that follows no
 //! redirects and resolves names with the guarded resolver.

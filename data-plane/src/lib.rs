@@ -200,6 +200,7 @@ pub async fn run(
         current,
         upstreams,
         max_body_bytes: args.max_body_bytes,
+        max_upstream_answer_bytes: args.max_upstream_answer_bytes,
         max_retry_after: Duration::from_millis(args.max_retry_after_ms),
         reporter: reporter.clone(),
         budgets,

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest non-streamed upstream answer read, in bytes (502 beyond); streams are metered as they pass and not
+    /// held. The default leaves room for a full embeddings batch as JSON floats.
+    #[arg(long, env = "GATEWAY_MAX_UPSTREAM_ANSWER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_upstream_answer_bytes: usize,
+
     /// Longest upstream `Retry-After` waited out before retrying the same candidate; longer ones fail over.
     #[arg(long, env = "GATEWAY_MAX_RETRY_AFTER_MS", default_value_t = 2_000)]
     pub max_retry_after_ms: u64,

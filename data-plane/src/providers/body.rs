@@ -1,5 +1,5 @@
-//! Reading an answer's body with a size bound, for answers that are read whole and are small by nature (token
-//! endpoints, classifiers, upstream errors): a peer that sends more is refused once the bound is passed, never
+//! Reading an answer's body with a size bound, for answers that are read whole (token endpoints, classifiers,
+//! upstream errors, non-streamed upstream answers): a peer that sends more is refused once the bound is passed, never
 //! buffered whole.
 
 use bytes::{Bytes, BytesMut};

@@ -10,8 +10,8 @@
 //!   signed with SigV4 ([`sigv4`]).
 //! - [`gemini`]: Google's `generateContent` (the Gemini API), translated both ways ([`gemini_stream`]: its event
 //!   stream; [`gemini_shapes`]: what answers and events share); [`vertex`]: the same on Vertex AI, with service-account OAuth tokens ([`oauth`]: the token cache; [`token_credentials`]: a token as an attempt's credentials).
-//! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects; [`body`]: small answers
-//!   (tokens, classifiers, errors) read with a size bound.
+//! - [`upstream`]: sending an attempt: pooled clients, timeouts, secrets, no redirects; [`body`]: answers read
+//!   whole (tokens, classifiers, errors, non-streamed answers) with a size bound.
 //!
 //! Credentials a static header cannot carry (a signature over the request, a token fetched from an endpoint) are a
 //! kind's own: it says so ([`Provider::per_request_credentials`]) and computes them from the request as it will be

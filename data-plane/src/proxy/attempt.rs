@@ -483,7 +483,8 @@ impl Attempts<'_> {
                 },
             }
         } else {
-            let bytes = tokio::time::timeout_at(deadline, upstream.bytes())
+            let limit = self.proxy.max_upstream_answer_bytes;
+            let bytes = tokio::time::timeout_at(deadline, providers::body::read_at_most(upstream, limit))
                 .await
                 .map_err(|_| {
                     if self.request_deadline.get() == Some(&deadline) {
@@ -494,7 +495,14 @@ impl Attempts<'_> {
                         total.as_millis()
                     ))
                 })?
-                .map_err(|e| GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}")))?;
+                .map_err(|e| match e {
+                    providers::body::BodyError::TooLarge { limit } => GatewayError::UpstreamFailed(format!(
+                        "the upstream's answer is larger than {limit} bytes (GATEWAY_MAX_UPSTREAM_ANSWER_BYTES)"
+                    )),
+                    providers::body::BodyError::Read(e) => {
+                        GatewayError::UpstreamFailed(format!("reading the upstream response failed: {e}"))
+                    }
+                })?;
             let bytes = match provider.answer(bytes.clone()) {
                 Ok(translated) => translated,
                 Err(error) => {

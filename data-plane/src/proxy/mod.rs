@@ -37,6 +37,8 @@ pub struct Proxy {
     pub current: Arc<Current>,
     pub upstreams: Arc<Upstreams>,
     pub max_body_bytes: usize,
+    /// The largest non-streamed upstream answer read (`GATEWAY_MAX_UPSTREAM_ANSWER_BYTES`).
+    pub max_upstream_answer_bytes: usize,
     /// The longest `Retry-After` the gateway waits out before retrying the same candidate; longer ones fail over.
     pub max_retry_after: Duration,
     /// Where every request's spend event goes.

@@ -362,6 +362,24 @@ async fn a_client_disconnect_cancels_the_upstream_stream() {
 }
 
 #[tokio::test]
+async fn an_upstream_answer_over_the_bound_is_refused_not_buffered() {
+    let gw = Gateway::start_with("proxy_answer_bound", &["--max-upstream-answer-bytes=65536"]).await;
+    let big = "x".repeat(100_000);
+    gw.mocks[0]
+        .script(json!([{"body": {"id": "c", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": big}, "finish_reason": "stop"}]}}]))
+        .await;
+    let chat = json!({"model": "chain", "messages": [{"role": "user", "content": "Hi"}]});
+    let (status, body) = json_of(gw.dp.post("/v1/chat/completions", Some(&gw.key), &chat).await).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("larger than 65536 bytes (GATEWAY_MAX_UPSTREAM_ANSWER_BYTES)"), "{message}");
+    // Answers within the bound are served as before.
+    let response = gw.dp.post("/v1/chat/completions", Some(&gw.key), &chat).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
 async fn bad_requests_get_openai_shaped_errors() {
     let gw = Gateway::start_with("proxy_errors", &["--max-body-bytes=65536"]).await;
     let raw = |body: &'static str| {

@@ -106,6 +106,11 @@ impl Gateway {
             "capabilities": {"images": true}, "pricing": {"input": "0", "output": "0",
             "per_image": {"512x512": "0.018"}}}));
         config.alias(json!({"name": "paint", "candidates": candidates(&["sketcher", "painter"])}));
+        // Image prompts pass the guardrails too: emails redacted, a codename blocked (image requests only).
+        config.guardrail(json!({"name": "image-prompts", "when": "request.model == 'paint'", "side": "prompt",
+            "action": "redact", "detectors": [{"type": "email"}]}));
+        config.guardrail(json!({"name": "image-codenames", "when": "request.model == 'paint'", "side": "prompt",
+            "action": "block", "detectors": [{"type": "terms", "name": "codename", "terms": ["bluebird"]}]}));
         let key = config.key(json!({"name": "app", "team": "search"}));
         let limited_key = config.key(json!({"name": "limited", "allowed_aliases": ["split"]}));
         let revoked_key = config.key(json!({"name": "gone"}));
@@ -533,6 +538,23 @@ async fn the_official_python_sdk_works_unchanged() {
 #[tokio::test]
 async fn the_official_anthropic_sdk_works_unchanged() {
     sdk_suite("sdk_anthropic", "tests/sdk/test_anthropic_sdk.py", 18).await;
+}
+
+#[tokio::test]
+async fn image_prompts_are_redacted_or_blocked_by_guardrails() {
+    let gw = Gateway::start("proxy_image_guardrails").await;
+    let paint = |prompt: &str| json!({"model": "paint", "prompt": prompt, "size": "1024x1024"});
+    let response = gw.dp.post("/v1/images/generations", Some(&gw.key), &paint("a portrait for jane@example.com")).await;
+    assert_eq!(response.status(), 200);
+    let seen = gw.mocks[0].requests().await;
+    let sent = seen.iter().find(|r| r["path"] == json!("/v1/images/generations")).expect("the image request");
+    assert_eq!(sent["body"]["prompt"], json!("a portrait for [REDACTED:email]"), "{sent}");
+    let before = gw.mocks[0].requests().await.len();
+    let (status, body) =
+        json_of(gw.dp.post("/v1/images/generations", Some(&gw.key), &paint("the bluebird launch poster")).await).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("content_blocked")), "{body}");
+    assert!(!body.to_string().contains("bluebird"), "the error names the category, never the text: {body}");
+    assert_eq!(gw.mocks[0].requests().await.len(), before, "a blocked prompt is never sent");
 }
 
 /// `/v1/images/generations` with the official `openai` Python package (`tests/sdk/test_openai_images.py`).

@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use gateway_e2e::load::{load, percentiles, post};
 use gateway_e2e::pipeline::Snapshot;
 use gateway_e2e::{DataPlane, DataPlaneConfig, MockUpstream};
 use serde_json::{Value, json};
@@ -162,11 +163,7 @@ async fn bench() {
 /// One stream: the time to its first non-empty `delta.content`, and to its end.
 async fn first_token(client: &reqwest::Client, url: &str, key: Option<&str>, body: &Value) -> (Duration, Duration) {
     let started = Instant::now();
-    let mut request = client.post(url).json(body);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.unwrap();
+    let response = post(client, url, key, body).send().await.unwrap();
     assert!(response.status().is_success(), "{url}: {}", response.status());
     let mut stream = response.bytes_stream();
     let mut seen = Vec::new();
@@ -189,38 +186,4 @@ fn has_text(seen: &[u8]) -> bool {
             .and_then(|v| v.pointer("/choices/0/delta/content").and_then(Value::as_str).map(|t| !t.is_empty()))
             .unwrap_or(false)
     })
-}
-
-/// `count` requests at `concurrency`; each one's latency (the whole answer read).
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    key: Option<&str>,
-    body: &Value,
-    concurrency: usize,
-    count: usize,
-) -> Vec<Duration> {
-    let worker = || async {
-        let mut taken = Vec::with_capacity(count / concurrency);
-        for _ in 0..count / concurrency {
-            let started = Instant::now();
-            let mut request = client.post(url).json(body);
-            if let Some(key) = key {
-                request = request.bearer_auth(key);
-            }
-            let response = request.send().await.unwrap();
-            assert!(response.status().is_success(), "{url}: {}", response.status());
-            response.bytes().await.unwrap();
-            taken.push(started.elapsed());
-        }
-        taken
-    };
-    futures::future::join_all((0..concurrency).map(|_| worker())).await.into_iter().flatten().collect()
-}
-
-/// p50 and p99 in milliseconds.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort_unstable();
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3;
-    (at(0.5), at(0.99))
 }

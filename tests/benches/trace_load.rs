@@ -10,12 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use gateway_e2e::load::{load, percentiles};
 use gateway_e2e::otlp::OtlpReceiver;
 use gateway_e2e::pipeline::Snapshot;
 use gateway_e2e::{DataPlane, DataPlaneConfig, MockUpstream};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const SLICES: usize = 8;
 const REQUESTS: usize = 3200;
@@ -103,38 +104,4 @@ async fn bench() {
     println!("spans received: {}", receiver.spans().len());
     drop((off, on, sampled));
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// `count` requests at `concurrency`; each one's latency (the whole answer read).
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    key: Option<&str>,
-    body: &Value,
-    concurrency: usize,
-    count: usize,
-) -> Vec<Duration> {
-    let worker = || async {
-        let mut taken = Vec::with_capacity(count / concurrency);
-        for _ in 0..count / concurrency {
-            let started = Instant::now();
-            let mut request = client.post(url).json(body);
-            if let Some(key) = key {
-                request = request.bearer_auth(key);
-            }
-            let response = request.send().await.unwrap();
-            assert!(response.status().is_success(), "{url}: {}", response.status());
-            response.bytes().await.unwrap();
-            taken.push(started.elapsed());
-        }
-        taken
-    };
-    futures::future::join_all((0..concurrency).map(|_| worker())).await.into_iter().flatten().collect()
-}
-
-/// p50 and p99 in milliseconds.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort_unstable();
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3;
-    (at(0.5), at(0.99))
 }

@@ -7,6 +7,7 @@
 
 mod background;
 pub mod entra_mock;
+pub mod load;
 pub mod mock;
 pub mod otlp;
 pub mod pipeline;

@@ -223,6 +223,22 @@ async fn models(State(mock): State<Arc<Mock>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The next scripted behaviour (else the default), after its `delay_ms`; a caller that hangs up during the delay is
+/// counted in `requests_cancelled`.
+async fn next_behaviour(mock: &Mock) -> Behaviour {
+    let scripted = mock.script.lock().await.pop_front();
+    let behaviour = match scripted {
+        Some(behaviour) => behaviour,
+        None => mock.default.lock().await.clone(),
+    };
+    let mut pending = Pending { mock, answered: false };
+    if let Some(delay) = behaviour.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    pending.answered = true;
+    behaviour
+}
+
 async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     *mock.per_second.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(second).or_default() += 1;
@@ -240,17 +256,7 @@ async fn openai(State(mock): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, bod
         "tracestate": header("tracestate"),
         "body": request,
     }));
-    let scripted = mock.script.lock().await.pop_front();
-    let behaviour = match scripted {
-        Some(behaviour) => behaviour,
-        None => mock.default.lock().await.clone(),
-    };
-    let mut pending = Pending { mock: &mock, answered: false };
-    if let Some(delay) = behaviour.delay_ms {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    pending.answered = true;
-    drop(pending);
+    let behaviour = next_behaviour(&mock).await;
     let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap();
     if uri.path().ends_with("/messages") {
         return anthropic(mock, request, behaviour, status);
@@ -298,17 +304,7 @@ async fn moderations(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
         "request_id": header("x-request-id"),
         "body": request,
     }));
-    let scripted = mock.script.lock().await.pop_front();
-    let behaviour = match scripted {
-        Some(behaviour) => behaviour,
-        None => mock.default.lock().await.clone(),
-    };
-    let mut pending = Pending { mock: &mock, answered: false };
-    if let Some(delay) = behaviour.delay_ms {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    pending.answered = true;
-    drop(pending);
+    let behaviour = next_behaviour(&mock).await;
     let status = StatusCode::from_u16(behaviour.status.unwrap_or(200)).unwrap_or(StatusCode::OK);
     if !status.is_success() {
         let error = json!({"error": {"message": format!("{} says {status}", mock.name), "type": "server_error"}});

@@ -83,7 +83,7 @@ pub async fn handle(
     };
     let Routed { policy, mut candidates, strategy, limits } =
         route(snapshot.router.route(&facts, &key_facts, occurred_at, None))?;
-    keep_pinned_dimensions(&snapshot, &parsed, &mut candidates)?;
+    keep_pinned_embeddings(&snapshot, &parsed, &mut candidates)?;
     let governance = governance::prepare(&snapshot, &mut parsed, &facts, &key_facts)?;
     // Guardrails after the policies (a deny wins) and before anything is counted, reserved or sent: a blocked
     // prompt costs nothing, and a redacted one is what the upstream, the estimates and the limits see.
@@ -205,7 +205,7 @@ pub async fn handle(
 /// An embedding alias with `pinned_dimensions` promises vectors of that size whatever serves it, and one with
 /// `pinned_model` vectors of that model: a request asking for another size is refused, and candidates of another size
 /// or model (which a route policy may have chosen) are dropped.
-fn keep_pinned_dimensions(
+fn keep_pinned_embeddings(
     snapshot: &CompiledSnapshot,
     parsed: &ParsedRequest,
     candidates: &mut Vec<PlannedCandidate>,

@@ -10,6 +10,7 @@
 //! field of every span first.
 
 mod context;
+mod export_thread;
 mod settings;
 mod spans;
 mod switches;
@@ -25,6 +26,8 @@ use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
+
+use crate::export_thread::ExportThread;
 
 pub use context::{RequestTrace, TRACEPARENT, TRACESTATE};
 pub use opentelemetry::trace::SpanKind;
@@ -43,6 +46,8 @@ pub enum InitError {
     Settings(#[from] SettingsError),
     #[error("could not build the OTLP exporter: {0}")]
     Exporter(String),
+    #[error("could not start the trace export thread: {0}")]
+    ExportThread(#[from] std::io::Error),
     #[error("a tracing subscriber is already installed: {0}")]
     Subscriber(#[from] tracing_subscriber::util::TryInitError),
 }
@@ -50,7 +55,7 @@ pub enum InitError {
 /// The installed telemetry; [`Telemetry::shutdown`] flushes the spans not exported yet.
 #[must_use = "shut it down to export the last spans"]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    export: Option<(SdkTracerProvider, ExportThread)>,
 }
 
 /// Install the process's subscriber from the environment; `service` names the process in traces unless
@@ -78,28 +83,34 @@ pub fn init(service: &'static str) -> Result<Telemetry, InitError> {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = match settings.export {
+    let export = match settings.export {
         None => None,
         Some(protocol) => {
             let resource =
                 if named { Resource::builder() } else { Resource::builder().with_service_name(service) }.build();
-            let provider = SdkTracerProvider::builder()
-                .with_span_processor(
-                    BatchSpanProcessor::builder(exporter(protocol, &settings.tls)?, opentelemetry_sdk::runtime::Tokio)
-                        .build(),
-                )
-                .with_resource(resource)
-                .build();
+            let thread = ExportThread::start()?;
+            let processor = thread.within(|| {
+                exporter(protocol, &settings.tls)
+                    .map(|exporter| BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build())
+            });
+            let processor = match processor {
+                Ok(processor) => processor,
+                Err(error) => {
+                    thread.stop();
+                    return Err(error);
+                }
+            };
+            let provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build();
             spans::install(provider.tracer(service));
-            Some(provider)
+            Some((provider, thread))
         }
     };
     tracing_subscriber::registry().with(logs).with(filter).try_init()?;
-    switches::set(provider.is_some(), json);
+    switches::set(export.is_some(), json);
     if let Some(protocol) = settings.export {
         tracing::info!(?protocol, "exporting traces over OTLP");
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry { export })
 }
 
 fn exporter(protocol: Protocol, tls: &ExportTls) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
@@ -153,10 +164,17 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 impl Telemetry {
     /// Export the spans still buffered, within a few seconds (a collector that is down must not hold a shutdown).
     pub async fn shutdown(self) {
-        let Some(provider) = self.provider else { return };
-        // The processor answers from its own task: wait for it off the async workers.
-        let flushed =
-            tokio::time::timeout(FLUSH_TIMEOUT, tokio::task::spawn_blocking(move || provider.shutdown())).await;
+        let Some((provider, thread)) = self.export else { return };
+        // The processor answers from its own thread: wait for it off the async workers.
+        let flushed = tokio::time::timeout(
+            FLUSH_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                let flushed = provider.shutdown();
+                thread.stop();
+                flushed
+            }),
+        )
+        .await;
         match flushed {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => tracing::warn!(%error, "the last traces could not be exported"),

@@ -1,5 +1,5 @@
 //! The request metrics' cost on the request path: what one request's spend event adds when it records its series
-//! (`crate::metrics::record_request`: the request counter, the latency and first-token histograms, three token
+//! (`crate::metrics::record_request`, through its cache of series handles: the request counter, the latency and first-token histograms, three token
 //! kinds and the cost), with the names bounded against the snapshot's maps and the cost turned to nano-dollars, as
 //! `spend/record.rs` does. Measured into the Prometheus recorder already holding 60 label sets (as after traffic
 //! over 5 aliases x 3 backends x 4 models), against the same calls into a no-op recorder; and one scrape
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use data_plane::stages::{RequestFigures, known_or_placeholder, metrics_builder, record_request};
+use data_plane::stages::{RequestFigures, RequestSeriesCache, known_or_placeholder, metrics_builder};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
@@ -25,13 +25,13 @@ struct Request {
     cost_usd: String,
 }
 
-fn record(known: &HashMap<String, ()>, request: &Request) {
+fn record(known: &HashMap<String, ()>, series: &RequestSeriesCache, request: &Request) {
     let cost = request
         .cost_usd
         .parse::<Decimal>()
         .ok()
         .and_then(|usd| (usd * Decimal::from(1_000_000_000u64)).round().to_u64());
-    record_request(&RequestFigures {
+    series.record(&RequestFigures {
         alias: known_or_placeholder(&request.alias, known.contains_key(&request.alias)),
         backend: known_or_placeholder(&request.backend, known.contains_key(&request.backend)),
         model: known_or_placeholder(&request.model, known.contains_key(&request.model)),
@@ -74,15 +74,21 @@ fn bench(c: &mut Criterion) {
         .collect();
     let recorder = metrics_builder().build_recorder();
     let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || requests.iter().for_each(|r| record(&known, r)));
+    // Each recorder with its cache of handles (the data plane has one of each), warmed by the traffic.
+    let series = RequestSeriesCache::new();
+    metrics::with_local_recorder(&recorder, || requests.iter().for_each(|r| record(&known, &series, r)));
+    let noop_series = RequestSeriesCache::new();
+    metrics::with_local_recorder(&metrics::NoopRecorder, || {
+        requests.iter().for_each(|r| record(&known, &noop_series, r))
+    });
     let one = &requests[17];
 
     let mut group = c.benchmark_group("request metrics per request");
     group.bench_function("no-op recorder (the calls alone)", |b| {
-        b.iter(|| metrics::with_local_recorder(&metrics::NoopRecorder, || record(&known, black_box(one))))
+        b.iter(|| metrics::with_local_recorder(&metrics::NoopRecorder, || record(&known, &noop_series, black_box(one))))
     });
     group.bench_function("prometheus recorder, 60 label sets", |b| {
-        b.iter(|| metrics::with_local_recorder(&recorder, || record(&known, black_box(one))))
+        b.iter(|| metrics::with_local_recorder(&recorder, || record(&known, &series, black_box(one))))
     });
     group.finish();
     c.bench_function("render /metrics (60 label sets of the request series)", |b| b.iter(|| handle.render().len()));

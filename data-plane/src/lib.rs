@@ -53,7 +53,9 @@ pub mod stages {
     pub use crate::apis::stream::Translation;
     pub use crate::health::breaker::Outcome;
     pub use crate::health::tracker::Tracker;
-    pub use crate::metrics::{RequestFigures, builder as metrics_builder, known_or_placeholder, record_request};
+    pub use crate::metrics::{
+        RequestFigures, RequestSeriesCache, builder as metrics_builder, known_or_placeholder, record_request,
+    };
     pub use crate::openai::request::Endpoint;
     pub use crate::providers::anthropic::StreamTranslator;
     pub use crate::providers::{Inbound, of as provider};

@@ -8,9 +8,10 @@
 //! Labels are bounded: names only as the snapshot spells them ([`known_or_placeholder`]), fixed codes and classes,
 //! never a key, a secret or the caller's metadata.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use metrics::{Label, SharedString, Unit, describe_counter, describe_gauge, describe_histogram};
+use hashbrown::{Equivalent, HashMap};
+use metrics::{Counter, Histogram, Label, SharedString, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -105,44 +106,162 @@ pub struct RequestFigures<'a> {
     pub cost_nano_usd: Option<u64>,
 }
 
-/// Record a finished request's series. The three names are shared by every series (one allocation each, then
-/// reference counts), not copied per series.
+/// Record a finished request's series, through the process's handles ([`RequestSeriesCache::global`]).
 pub fn record_request(figures: &RequestFigures<'_>) {
-    let shared = |name: &str| SharedString::from(Arc::<str>::from(name));
-    let labels = [
-        Label::new("alias", shared(figures.alias)),
-        Label::new("backend", shared(figures.backend)),
-        Label::new("model", shared(figures.model)),
-    ];
-    let with = |key: &'static str, value: SharedString| {
-        let mut more = Vec::with_capacity(labels.len() + 2);
-        more.extend_from_slice(&labels);
-        more.push(Label::new(key, value));
-        more
-    };
-    let mut counted = with("status", SharedString::from_owned(status_label(figures.status)));
-    counted.push(Label::new("outcome", figures.outcome.to_owned()));
-    metrics::counter!(REQUESTS, counted).increment(1);
-    metrics::histogram!(REQUEST_DURATION, labels.to_vec()).record(figures.latency_seconds);
-    if let Some(seconds) = figures.first_token_seconds {
-        metrics::histogram!(TIME_TO_FIRST_TOKEN, labels.to_vec()).record(seconds);
+    RequestSeriesCache::global().record(figures);
+}
+
+/// The request series' handles per alias, backend and model, registered on first use: a request then records
+/// through one map look-up and its handles instead of building label lists and looking up each series in the
+/// recorder's registry (six look-ups a request; docs/benchmarks.md, "CPU per request"). Bounded like the labels:
+/// names come from the snapshot or are [`UNKNOWN`], and the map starts over past [`MAX_CACHED_SERIES`] (snapshots
+/// that renamed many things), the recorder keeping the series themselves.
+pub struct RequestSeriesCache {
+    series: RwLock<HashMap<SeriesKey, Arc<RequestSeries>>>,
+}
+
+/// More alias × backend × model combinations than a configuration routes (a map of them is ~1 KiB each).
+const MAX_CACHED_SERIES: usize = 4096;
+
+#[derive(Hash, PartialEq, Eq)]
+struct SeriesKey(Box<str>, Box<str>, Box<str>);
+
+/// A look-up's borrowed names; hashes as [`SeriesKey`] does (the fields in order).
+#[derive(Hash)]
+struct SeriesNames<'a>(&'a str, &'a str, &'a str);
+
+impl Equivalent<SeriesKey> for SeriesNames<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        *self.0 == *key.0 && *self.1 == *key.1 && *self.2 == *key.2
     }
-    for (kind, tokens) in [
-        ("input", figures.input_tokens),
-        ("output", figures.output_tokens),
-        ("cached_input", figures.cached_input_tokens),
-        ("cache_creation", figures.cache_creation_tokens),
-    ] {
-        if tokens > 0 {
-            metrics::counter!(TOKENS, with("kind", SharedString::const_str(kind))).increment(tokens);
+}
+
+/// One alias, backend and model's handles; those that only some requests record are registered when first
+/// recorded, so `/metrics` shows no series a request did not cause.
+struct RequestSeries {
+    labels: [Label; 3],
+    duration: Histogram,
+    first_token: OnceLock<Histogram>,
+    /// `gateway_requests_total` by status and outcome: a handful each.
+    requests: RwLock<Vec<(u16, Box<str>, Counter)>>,
+    tokens: [OnceLock<Counter>; 4],
+    estimated: OnceLock<Counter>,
+    cost: OnceLock<Counter>,
+}
+
+const TOKEN_KINDS: [&str; 4] = ["input", "output", "cached_input", "cache_creation"];
+
+impl RequestSeriesCache {
+    pub fn new() -> RequestSeriesCache {
+        RequestSeriesCache { series: RwLock::new(HashMap::new()) }
+    }
+
+    /// The process's cache, for the global recorder.
+    pub fn global() -> &'static RequestSeriesCache {
+        static GLOBAL: OnceLock<RequestSeriesCache> = OnceLock::new();
+        GLOBAL.get_or_init(RequestSeriesCache::new)
+    }
+
+    /// Record a finished request's series (through the recorder current when a series is first used).
+    pub fn record(&self, figures: &RequestFigures<'_>) {
+        let series = self.series(figures.alias, figures.backend, figures.model);
+        series.requests(figures.status, figures.outcome).increment(1);
+        series.duration.record(figures.latency_seconds);
+        if let Some(seconds) = figures.first_token_seconds {
+            series
+                .first_token
+                .get_or_init(|| metrics::histogram!(TIME_TO_FIRST_TOKEN, series.labels.to_vec()))
+                .record(seconds);
+        }
+        let tokens =
+            [figures.input_tokens, figures.output_tokens, figures.cached_input_tokens, figures.cache_creation_tokens];
+        for ((count, handle), kind) in tokens.into_iter().zip(&series.tokens).zip(TOKEN_KINDS) {
+            if count > 0 {
+                handle
+                    .get_or_init(|| metrics::counter!(TOKENS, series.with("kind", SharedString::const_str(kind))))
+                    .increment(count);
+            }
+        }
+        if figures.estimated {
+            series.estimated.get_or_init(|| metrics::counter!(USAGE_ESTIMATED, series.labels.to_vec())).increment(1);
+        }
+        if let Some(cost) = figures.cost_nano_usd {
+            series.cost.get_or_init(|| metrics::counter!(COST, series.labels.to_vec())).increment(cost);
         }
     }
-    if figures.estimated {
-        metrics::counter!(USAGE_ESTIMATED, labels.to_vec()).increment(1);
+
+    fn series(&self, alias: &str, backend: &str, model: &str) -> Arc<RequestSeries> {
+        let names = SeriesNames(alias, backend, model);
+        if let Some(series) = read(&self.series).get(&names) {
+            return Arc::clone(series);
+        }
+        let mut map = write(&self.series);
+        if map.len() >= MAX_CACHED_SERIES {
+            map.clear();
+        }
+        let key = SeriesKey(alias.into(), backend.into(), model.into());
+        Arc::clone(map.entry(key).or_insert_with(|| Arc::new(RequestSeries::new(alias, backend, model))))
     }
-    if let Some(cost) = figures.cost_nano_usd {
-        metrics::counter!(COST, labels.to_vec()).increment(cost);
+}
+
+impl Default for RequestSeriesCache {
+    fn default() -> Self {
+        RequestSeriesCache::new()
     }
+}
+
+impl RequestSeries {
+    fn new(alias: &str, backend: &str, model: &str) -> RequestSeries {
+        let labels = [
+            Label::new("alias", alias.to_owned()),
+            Label::new("backend", backend.to_owned()),
+            Label::new("model", model.to_owned()),
+        ];
+        RequestSeries {
+            duration: metrics::histogram!(REQUEST_DURATION, labels.to_vec()),
+            labels,
+            first_token: OnceLock::new(),
+            requests: RwLock::new(Vec::new()),
+            tokens: Default::default(),
+            estimated: OnceLock::new(),
+            cost: OnceLock::new(),
+        }
+    }
+
+    /// The three names' labels and one more.
+    fn with(&self, key: &'static str, value: SharedString) -> Vec<Label> {
+        let mut labels = Vec::with_capacity(self.labels.len() + 2);
+        labels.extend_from_slice(&self.labels);
+        labels.push(Label::new(key, value));
+        labels
+    }
+
+    fn requests(&self, status: u16, outcome: &str) -> Counter {
+        let found = |list: &[(u16, Box<str>, Counter)]| {
+            list.iter().find(|(s, o, _)| *s == status && **o == *outcome).map(|(_, _, counter)| counter.clone())
+        };
+        if let Some(counter) = found(&read(&self.requests)) {
+            return counter;
+        }
+        let mut list = write(&self.requests);
+        if let Some(counter) = found(&list) {
+            return counter;
+        }
+        let mut labels = self.with("status", SharedString::from_owned(status_label(status)));
+        labels.push(Label::new("outcome", outcome.to_owned()));
+        let counter = metrics::counter!(REQUESTS, labels);
+        list.push((status, outcome.into(), counter.clone()));
+        counter
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere mid-insert; the map is still whole.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// HTTP statuses as labels: the common ones as themselves, anything outside 100..=599 as `other`.
@@ -173,9 +292,11 @@ mod tests {
     fn request_series_render_as_histograms_and_counters() {
         let recorder = builder().build_recorder();
         let handle = recorder.handle();
+        // A cache of its own: its handles come from this test's recorder.
+        let cache = RequestSeriesCache::new();
         metrics::with_local_recorder(&recorder, || {
             describe();
-            record_request(&RequestFigures {
+            let answered = RequestFigures {
                 alias: "chat",
                 backend: "primary",
                 model: "gpt",
@@ -189,6 +310,18 @@ mod tests {
                 cache_creation_tokens: 0,
                 estimated: false,
                 cost_nano_usd: Some(1500),
+            };
+            cache.record(&answered);
+            // The same names again, through the cached handles: another status and outcome, nothing else to count.
+            cache.record(&RequestFigures {
+                status: 502,
+                outcome: "upstream_error",
+                latency_seconds: 1.0,
+                first_token_seconds: None,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_nano_usd: None,
+                ..answered
             });
         });
         let text = handle.render();
@@ -200,6 +333,9 @@ mod tests {
             r#"gateway_request_duration_seconds_bucket{alias="chat",backend="primary",model="gpt",le="0.5"} 1"#,
             r#"gateway_time_to_first_token_seconds_bucket{alias="chat",backend="primary",model="gpt",le="0.05"} 1"#,
             r#"gateway_requests_total{alias="chat",backend="primary",model="gpt",status="200",outcome="ok"} 1"#,
+            r#"gateway_requests_total{alias="chat",backend="primary",model="gpt",status="502",outcome="upstream_error"} 1"#,
+            r#"gateway_request_duration_seconds_count{alias="chat",backend="primary",model="gpt"} 2"#,
+            r#"gateway_time_to_first_token_seconds_count{alias="chat",backend="primary",model="gpt"} 1"#,
             r#"gateway_tokens_total{alias="chat",backend="primary",model="gpt",kind="input"} 12"#,
             r#"gateway_tokens_total{alias="chat",backend="primary",model="gpt",kind="output"} 5"#,
             r#"gateway_cost_nano_usd_total{alias="chat",backend="primary",model="gpt"} 1500"#,

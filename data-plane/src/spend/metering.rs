@@ -20,6 +20,7 @@ use policy_engine::config::Pricing;
 use policy_engine::tokens;
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::openai::request::Endpoint;
@@ -61,12 +62,18 @@ struct RawDetails {
     cached_tokens: Option<u64>,
 }
 
-/// `usage` as an object: serde's derive would also take a positional array for a struct, which is not usage.
-type UsageObject = Map<String, Value>;
+/// `usage` as it came, borrowed: read as [`RawUsage`] only when it is an object (serde's derive would also take a
+/// positional array for a struct, which is not usage), and a malformed one fails only itself, not its answer or
+/// chunk. Kept raw rather than built into a `Map` of `Value`s and converted again (per answer and per stream).
+type UsageObject<'a> = &'a RawValue;
 
 impl RawUsage {
-    fn from_object(usage: UsageObject) -> Option<RawUsage> {
-        serde_json::from_value(Value::Object(usage)).ok()
+    fn from_object(usage: UsageObject<'_>) -> Option<RawUsage> {
+        let text = usage.get();
+        if !text.starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(text).ok()
     }
 
     /// Embeddings report only prompt (and total) tokens; the generating endpoints must report completion tokens.
@@ -99,9 +106,9 @@ impl RawUsage {
 }
 
 #[derive(Deserialize)]
-struct Answer {
-    #[serde(default)]
-    usage: Option<UsageObject>,
+struct Answer<'a> {
+    #[serde(default, borrow)]
+    usage: Option<UsageObject<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +124,7 @@ pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
         let answer: ImagesAnswer = serde_json::from_slice(body).ok()?;
         return Some(Usage { images: answer.data.len() as u64, ..Usage::default() });
     }
-    let answer: Answer = serde_json::from_slice(body).ok()?;
+    let answer: Answer<'_> = serde_json::from_slice(body).ok()?;
     RawUsage::from_object(answer.usage?)?.into_usage(endpoint)
 }
 
@@ -215,8 +222,8 @@ pub fn inject_include_usage(body: &mut Map<String, Value>) -> bool {
 struct StreamChunk<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<StreamChoice<'a>>>,
-    #[serde(default)]
-    usage: Option<UsageObject>,
+    #[serde(default, borrow)]
+    usage: Option<UsageObject<'a>>,
 }
 
 #[derive(Deserialize)]

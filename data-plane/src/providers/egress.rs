@@ -115,7 +115,7 @@ impl Egress {
 
     /// `name`'s addresses a connection may use. A refusal when the name or every address is refused; an I/O
     /// error when the lookup itself fails (that is an outage, not a refusal).
-    async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, BoxError> {
         let host = Host::parse(name).map_err(|error| Refused(format!("{name:?} is not a valid host name: {error}")))?;
         let rule = self.hosts.check_host(&host).map_err(|refusal| Refused(refusal.to_string()))?;
         let found = (self.lookup)(name.to_owned()).await?;
@@ -149,16 +149,44 @@ pub struct GuardedResolver {
     egress: Egress,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+impl GuardedResolver {
+    /// `name`'s permitted addresses, with port 0: the connectors put the URL's port (or the scheme's) in.
+    fn addresses(&self, name: &str) -> BoxFuture<'static, Result<Vec<SocketAddr>, BoxError>> {
         let egress = self.egress.clone();
-        let name = name.as_str().to_owned();
+        let name = name.to_owned();
         Box::pin(async move {
             let addresses = egress.resolve(&name).await?;
-            // Port 0: reqwest puts the URL's port (or the scheme's) in.
-            let addrs: Addrs = Box::new(addresses.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addresses.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect())
+        })
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// For reqwest's clients (classifiers, token endpoints).
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let addresses = self.addresses(name.as_str());
+        Box::pin(async move {
+            let addrs: Addrs = Box::new(addresses.await?.into_iter());
             Ok(addrs)
         })
+    }
+}
+
+/// For hyper's connector ([`super::client`]: attempts and health checks).
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let addresses = self.addresses(name.as_str());
+        Box::pin(async move { Ok(addresses.await?.into_iter()) })
     }
 }
 

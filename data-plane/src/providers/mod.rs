@@ -23,6 +23,7 @@ pub mod bedrock;
 pub mod bedrock_shapes;
 pub mod bedrock_stream;
 pub mod body;
+pub mod client;
 pub mod egress;
 pub mod entra;
 pub mod gemini;

@@ -11,6 +11,7 @@ use policy_engine::config::{BackendAuth, BackendSpec};
 use policy_engine::guardrail_spec::WebhookSpec;
 use serde_json::{Map, Value};
 
+use super::client::{SendError, UpstreamClient};
 use super::egress::{self, Egress};
 use super::oauth::Tokens;
 use super::{Inbound, Outbound, Unsigned};
@@ -96,7 +97,9 @@ impl AttemptError {
 /// One keep-alive pool per connect timeout, shared across snapshots so a config change keeps warm connections.
 #[derive(Default)]
 pub struct Upstreams {
-    clients: Mutex<HashMap<u64, reqwest::Client>>,
+    /// Per connect timeout: the reqwest client requests are built with (and classifiers sent with), and the client
+    /// attempts and health checks are sent with ([`super::client`]).
+    clients: Mutex<HashMap<u64, (reqwest::Client, UpstreamClient)>>,
     /// Backends that answered 400 to the `stream_options` the gateway adds for metering.
     usage_option_refused: Mutex<std::collections::HashSet<String>>,
     /// Upstream URLs already parsed and passed by the egress rules: the same few on every request of a snapshot, so
@@ -127,9 +130,17 @@ impl Upstreams {
     }
 
     fn client(&self, connect_ms: u64) -> Result<reqwest::Client, AttemptError> {
+        self.clients_of(connect_ms).map(|(builder, _)| builder)
+    }
+
+    fn sender(&self, connect_ms: u64) -> Result<UpstreamClient, AttemptError> {
+        self.clients_of(connect_ms).map(|(_, sender)| sender)
+    }
+
+    fn clients_of(&self, connect_ms: u64) -> Result<(reqwest::Client, UpstreamClient), AttemptError> {
         let mut clients = self.clients.lock().map_err(|_| AttemptError::Connect("client pool poisoned".to_owned()))?;
-        if let Some(client) = clients.get(&connect_ms) {
-            return Ok(client.clone());
+        if let Some(clients) = clients.get(&connect_ms) {
+            return Ok(clients.clone());
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(connect_ms))
@@ -142,8 +153,10 @@ impl Upstreams {
             .dns_resolver(self.egress.resolver())
             .build()
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
-        clients.insert(connect_ms, client.clone());
-        Ok(client)
+        let tls = super::client::platform_tls().map_err(AttemptError::Connect)?;
+        let sender = UpstreamClient::new(Duration::from_millis(connect_ms), self.egress.resolver(), tls);
+        clients.insert(connect_ms, (client.clone(), sender.clone()));
+        Ok((client, sender))
     }
 
     /// Send `body` (with `model` set to the upstream name) to `backend`; the response once its headers arrived.
@@ -373,13 +386,13 @@ impl Upstreams {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<reqwest::Response, AttemptError> {
-        match tokio::time::timeout(timeout, request.send()).await {
+        let request = request.build().map_err(|e| AttemptError::Connect(error_chain(&e)))?;
+        let sender = self.sender(backend.timeouts.connect_ms)?;
+        match tokio::time::timeout(timeout, sender.send(request)).await {
             Err(_) => Err(AttemptError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))),
-            Ok(Err(error)) if error.is_timeout() => Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
-            Ok(Err(error)) => match egress::refusal_in(&error) {
-                Some(reason) => Err(refused(backend, reason.clone())),
-                None => Err(AttemptError::Connect(error_chain(&error))),
-            },
+            Ok(Err(SendError::ConnectTimeout)) => Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
+            Ok(Err(SendError::Refused(reason))) => Err(refused(backend, reason)),
+            Ok(Err(error)) => Err(AttemptError::Connect(error_chain(&error))),
             Ok(Ok(response)) => Ok(response),
         }
     }

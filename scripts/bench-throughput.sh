@@ -14,7 +14,8 @@
 #
 # Needs nginx (`apt-get install nginx-light`, done here when missing and run as root) and oha (`cargo install oha
 # --locked`, likewise); Postgres as scripts/lib/postgres.sh finds it (DATABASE_URL or a throwaway cluster).
-# Settings: DURATION (seconds per phase, default 10), C1_REQUESTS (default 2000), CARGO_TARGET_DIR (default target).
+# Settings: DURATION (seconds per phase, default 10), C1_REQUESTS (default 2000), CARGO_TARGET_DIR (default target),
+# DATA_PLANE (a data-plane binary to measure instead of the one built, e.g. a copy kept from before a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
@@ -22,6 +23,7 @@ source scripts/lib/postgres.sh
 DURATION=${DURATION:-10}
 C1_REQUESTS=${C1_REQUESTS:-2000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+DATA_PLANE=${DATA_PLANE:-$TARGET_DIR/release/data-plane}
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     echo "nginx is missing: installing Debian's nginx-light" >&2
@@ -102,7 +104,7 @@ export GATEWAY_LISTEN_ADDR=127.0.0.1:$dp_port GATEWAY_CONTROL_PLANE=http://127.0
 export GATEWAY_STATE_DIR=$work/data-plane RUST_LOG=${RUST_LOG:-warn}
 DATABASE_URL="$admin_url_db/$database" "$TARGET_DIR/release/control-plane" serve 2> "$work/control-plane.log" &
 cp_pid=$!; pids+=("$cp_pid")
-"$TARGET_DIR/release/data-plane" serve 2> "$work/data-plane.log" &
+"$DATA_PLANE" serve 2> "$work/data-plane.log" &
 dp_pid=$!; pids+=("$dp_pid")
 
 admin() { # method path [body]

@@ -1,5 +1,7 @@
 //! Virtual-key authentication against the snapshot's key index.
 
+use std::collections::HashMap;
+
 use axum::http::HeaderMap;
 use gateway_proto::v1;
 use sha2::{Digest, Sha256};
@@ -35,8 +37,7 @@ pub fn authenticate<'a>(
             )?
         }
     };
-    let hash = hex::encode(Sha256::digest(secret.as_bytes()));
-    let key = snapshot.keys.get(&hash).ok_or(GatewayError::InvalidApiKey("incorrect API key provided"))?;
+    let key = indexed(&snapshot.keys, secret).ok_or(GatewayError::InvalidApiKey("incorrect API key provided"))?;
     if key.revoked {
         return Err(GatewayError::InvalidApiKey("this API key has been revoked"));
     }
@@ -44,4 +45,12 @@ pub fn authenticate<'a>(
         return Err(GatewayError::InvalidApiKey("this API key has expired"));
     }
     Ok(key)
+}
+
+/// The key `secret` is, looked up by its SHA-256 in lowercase hex (the index's form), written into a buffer rather
+/// than a `String` per request.
+fn indexed<'a>(keys: &'a HashMap<String, v1::ApiKey>, secret: &str) -> Option<&'a v1::ApiKey> {
+    let mut hash = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(secret.as_bytes()), &mut hash).ok()?;
+    keys.get(std::str::from_utf8(&hash).ok()?)
 }

@@ -3,7 +3,7 @@
 //! reqwest's client was (keep-alive and TCP settings, ALPN `h2` then `http/1.1`, `accept: */*`). The requests are
 //! still built as reqwest requests (providers sign and inspect those); only sending skips reqwest's per-request
 //! pipeline, which parsed each request's URL twice more (its redirect layer and its pending request) with redirects
-//! off: about a sixth of the data plane's instructions per request (docs/benchmarks.md, "CPU per request").
+//! off: about an eighth of the data plane's instructions per request (docs/benchmarks.md, "CPU per request").
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use super::egress::{self, GuardedResolver};
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The request could not be turned into an HTTP request (an invalid URL or header).
-    #[error("invalid request: {0}")]
+    #[error("invalid request")]
     Invalid(#[source] reqwest::Error),
     /// The egress rules refused the destination (the resolver's refusal): nothing was sent.
     #[error("{0}")]
@@ -36,7 +36,44 @@ pub enum SendError {
 /// One keep-alive pool with one connect timeout.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, reqwest::Body>,
+    client: Client<Within<HttpsConnector<HttpConnector<GuardedResolver>>>, reqwest::Body>,
+}
+
+/// A connector whose whole connection (name resolution, TCP, TLS handshake) must be made within a time, as
+/// reqwest's connect timeout was: hyper's own bounds only each TCP connect, so a host whose TLS handshake hangs
+/// would otherwise hold an attempt until its first-byte timeout.
+#[derive(Clone)]
+struct Within<C> {
+    connector: C,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower_service::Service<http::Uri> for Within<C>
+where
+    C: tower_service::Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<C::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.connector.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.connector.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout").into()),
+            }
+        })
+    }
 }
 
 /// As reqwest's defaults: idle connections kept 90 s, TCP keep-alive probes after 15 s, every 15 s, 3 of them,
@@ -53,6 +90,7 @@ impl UpstreamClient {
         let mut http = HttpConnector::new_with_resolver(resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
+        // Each address's TCP connect within the whole connection's time ([`Within`] bounds the rest).
         http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(KEEPALIVE));
         http.set_keepalive_interval(Some(KEEPALIVE));
@@ -64,11 +102,12 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = Within { connector: https, timeout: connect_timeout };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(https);
+            .build(connector);
         UpstreamClient { client }
     }
 

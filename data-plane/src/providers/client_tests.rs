@@ -1,6 +1,6 @@
 //! The upstream client against a local TLS server: certificates verified (a trusted CA passes, an unknown one
-//! fails before anything is sent), reqwest's `accept: */*` and the `Host` header kept, and the egress resolver's
-//! refusals reported as refusals.
+//! fails before anything is sent), reqwest's `accept: */*` and the `Host` header kept, the egress resolver's
+//! refusals reported as refusals, and the connect timeout bounding the whole connection as reqwest's did.
 
 use std::io;
 use std::net::IpAddr;
@@ -116,4 +116,27 @@ async fn names_the_egress_rules_refuse_are_refusals_and_nothing_connects() {
     let error = client.send(get("http://metadata.example:80/latest")).await.unwrap_err();
     let SendError::Refused(refused) = error else { panic!("expected a refusal, got {error:?}") };
     assert!(refused.0.contains("169.254.169.254"), "{refused}");
+}
+
+#[tokio::test]
+async fn the_connect_timeout_bounds_name_resolution_and_the_tls_handshake_too() {
+    // A server that takes the TCP connection and never answers the TLS handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let client = UpstreamClient::new(Duration::from_millis(200), Egress::default().resolver(), trusting(None));
+    let error = client.send(get(&format!("https://127.0.0.1:{port}/v1/models"))).await.unwrap_err();
+    assert!(matches!(error, SendError::ConnectTimeout), "{error:?}");
+
+    // A name whose lookup never ends.
+    let lookup: crate::providers::egress::Lookup = Arc::new(|_| Box::pin(std::future::pending()));
+    let egress = Egress::new(BaseUrlPolicy::default(), SecretEnvPolicy::default()).with_lookup(lookup);
+    let client = UpstreamClient::new(Duration::from_millis(200), egress.resolver(), trusting(None));
+    let error = client.send(get("http://slow-dns.example:80/v1/models")).await.unwrap_err();
+    assert!(matches!(error, SendError::ConnectTimeout), "{error:?}");
 }

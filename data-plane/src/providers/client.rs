@@ -111,8 +111,25 @@ impl UpstreamClient {
         UpstreamClient { client }
     }
 
-    /// Send `request`; the response once its head arrived (its body streams as reqwest's would).
-    pub async fn send(&self, request: reqwest::Request) -> Result<reqwest::Response, SendError> {
+    /// Send `request`; the response once its head arrived (its body streams as reqwest's would). A request the
+    /// server refused unprocessed (HTTP/2 `REFUSED_STREAM`, or a graceful `GOAWAY` closing the connection under it)
+    /// is sent again, at most [`PROTOCOL_NACK_RETRIES`] times, as reqwest's client did: providers behind HTTP/2
+    /// front ends rotate connections that way.
+    pub async fn send(&self, mut request: reqwest::Request) -> Result<reqwest::Response, SendError> {
+        let mut retries = 0;
+        loop {
+            let again = (retries < PROTOCOL_NACK_RETRIES).then(|| request.try_clone()).flatten();
+            match (self.send_once(request).await, again) {
+                (Err(SendError::Failed(error)), Some(again)) if refused_unprocessed(&error) => {
+                    request = again;
+                    retries += 1;
+                }
+                (sent, _) => return sent,
+            }
+        }
+    }
+
+    async fn send_once(&self, request: reqwest::Request) -> Result<reqwest::Response, SendError> {
         let url = request.url().clone();
         let mut request = http::Request::<reqwest::Body>::try_from(request).map_err(SendError::Invalid)?;
         request.headers_mut().entry(http::header::ACCEPT).or_insert_with(|| http::HeaderValue::from_static("*/*"));
@@ -126,6 +143,18 @@ impl UpstreamClient {
     }
 }
 
+/// As reqwest's default retry policy: twice on top of the first send.
+const PROTOCOL_NACK_RETRIES: usize = 2;
+
+/// Whether the server refused the request before processing it: safe to send again on a new stream (RFC 9113,
+/// 8.7).
+fn refused_unprocessed(error: &hyper_util::client::legacy::Error) -> bool {
+    let Some(h2) = find_source::<h2::Error>(error) else { return false };
+    let remote = h2.is_remote();
+    (h2.is_go_away() && remote && h2.reason() == Some(h2::Reason::NO_ERROR))
+        || (h2.is_reset() && remote && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
 fn classify(error: hyper_util::client::legacy::Error) -> SendError {
     if let Some(refused) = egress::refusal_in(&error) {
         return SendError::Refused(refused.clone());
@@ -136,16 +165,21 @@ fn classify(error: hyper_util::client::legacy::Error) -> SendError {
     SendError::Failed(error)
 }
 
-/// Whether an I/O timeout is somewhere in `error`'s sources (the connector's connect timeout).
+/// Whether an I/O timeout is somewhere in `error`'s sources (a connect timeout).
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    find_source::<std::io::Error>(error).is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// The first error of type `T` in `error`'s chain, itself included.
+fn find_source<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
     let mut source = Some(error);
     while let Some(current) = source {
-        if current.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
-            return true;
+        if let Some(found) = current.downcast_ref::<T>() {
+            return Some(found);
         }
         source = current.source();
     }
-    false
+    None
 }
 
 /// The TLS settings of every upstream connection, built once: TLS 1.2 and 1.3 with the process's crypto provider

@@ -1,6 +1,7 @@
 //! The upstream client against a local TLS server: certificates verified (a trusted CA passes, an unknown one
 //! fails before anything is sent), reqwest's `accept: */*` and the `Host` header kept, the egress resolver's
-//! refusals reported as refusals, and the connect timeout bounding the whole connection as reqwest's did.
+//! refusals reported as refusals, the connect timeout bounding the whole connection, and HTTP/2 refusals sent again,
+//! as reqwest's client did.
 
 use std::io;
 use std::net::IpAddr;
@@ -23,8 +24,8 @@ struct Server {
     ca: CertificateDer<'static>,
 }
 
-/// A TLS server for 127.0.0.1 answering every request with the `accept` and `host` headers it received.
-async fn tls_server() -> Server {
+/// A server certificate for 127.0.0.1 signed by a throwaway CA, offering `alpn`; and the CA.
+fn server_config(alpn: &[&[u8]]) -> (rustls::ServerConfig, CertificateDer<'static>) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -33,7 +34,7 @@ async fn tls_server() -> Server {
     params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -42,6 +43,13 @@ async fn tls_server() -> Server {
             PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
         )
         .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (config, CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+}
+
+/// A TLS server for 127.0.0.1 (HTTP/1.1) answering every request with the `accept` and `host` headers it received.
+async fn tls_server() -> Server {
+    let (config, ca) = server_config(&[b"http/1.1"]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -62,7 +70,7 @@ async fn tls_server() -> Server {
             });
         }
     });
-    Server { port, ca: CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap() }
+    Server { port, ca }
 }
 
 fn trusting(ca: Option<&CertificateDer<'static>>) -> rustls::ClientConfig {
@@ -139,4 +147,52 @@ async fn the_connect_timeout_bounds_name_resolution_and_the_tls_handshake_too() 
     let client = UpstreamClient::new(Duration::from_millis(200), egress.resolver(), trusting(None));
     let error = client.send(get("http://slow-dns.example:80/v1/models")).await.unwrap_err();
     assert!(matches!(error, SendError::ConnectTimeout), "{error:?}");
+}
+
+/// An HTTP/2 server over TLS that refuses the first `refusals` streams (`REFUSED_STREAM`) and answers the rest;
+/// the count of streams it received.
+async fn refusing_h2_server(refusals: usize) -> (Server, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (config, ca) = server_config(&[b"h2"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let Ok(mut connection) = h2::server::handshake(stream).await else { return };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    if count.fetch_add(1, Ordering::SeqCst) < refusals {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else if let Ok(mut body) = respond.send_response(hyper::Response::new(()), false) {
+                        let _ = body.send_data(Bytes::from_static(b"served"), true);
+                    }
+                }
+            });
+        }
+    });
+    (Server { port, ca }, received)
+}
+
+#[tokio::test]
+async fn http2_streams_refused_unprocessed_are_sent_again_at_most_twice() {
+    use std::sync::atomic::Ordering;
+    let (server, received) = refusing_h2_server(2).await;
+    let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
+    let client = UpstreamClient::new(Duration::from_secs(5), Egress::default().resolver(), trusting(Some(&server.ca)));
+    let response = client.send(get(&url)).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.text().await.unwrap(), "served");
+    assert_eq!(received.load(Ordering::SeqCst), 3, "two refusals, then served");
+
+    let (server, received) = refusing_h2_server(usize::MAX).await;
+    let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
+    let client = UpstreamClient::new(Duration::from_secs(5), Egress::default().resolver(), trusting(Some(&server.ca)));
+    let error = client.send(get(&url)).await.unwrap_err();
+    assert!(matches!(error, SendError::Failed(_)), "{error:?}");
+    assert_eq!(received.load(Ordering::SeqCst), 3, "the first send and two more, no further");
 }

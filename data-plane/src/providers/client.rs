@@ -34,7 +34,6 @@ pub enum SendError {
 }
 
 /// One keep-alive pool with one connect timeout.
-#[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<Within<HttpsConnector<HttpConnector<GuardedResolver>>>, reqwest::Body>,
 }
@@ -149,7 +148,7 @@ const PROTOCOL_NACK_RETRIES: usize = 2;
 /// Whether the server refused the request before processing it: safe to send again on a new stream (RFC 9113,
 /// 8.7).
 fn refused_unprocessed(error: &hyper_util::client::legacy::Error) -> bool {
-    let Some(h2) = find_source::<h2::Error>(error) else { return false };
+    let Some(h2) = egress::find_source::<h2::Error>(error) else { return false };
     let remote = h2.is_remote();
     (h2.is_go_away() && remote && h2.reason() == Some(h2::Reason::NO_ERROR))
         || (h2.is_reset() && remote && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
@@ -167,19 +166,7 @@ fn classify(error: hyper_util::client::legacy::Error) -> SendError {
 
 /// Whether an I/O timeout is somewhere in `error`'s sources (a connect timeout).
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    find_source::<std::io::Error>(error).is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
-}
-
-/// The first error of type `T` in `error`'s chain, itself included.
-fn find_source<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
-    let mut source = Some(error);
-    while let Some(current) = source {
-        if let Some(found) = current.downcast_ref::<T>() {
-            return Some(found);
-        }
-        source = current.source();
-    }
-    None
+    egress::find_source::<std::io::Error>(error).is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// The TLS settings of every upstream connection, built once: TLS 1.2 and 1.3 with the process's crypto provider

@@ -192,10 +192,16 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
 
 /// The egress refusal somewhere in `error`'s chain of sources, if the resolver refused.
 pub fn refusal_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+    find_source(error)
+}
+
+/// The first error of type `T` in `error`'s chain, itself included (the clients find the resolver's refusals, and
+/// their connect timeouts, inside the errors they wrap them in).
+pub fn find_source<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
     let mut source = Some(error);
     while let Some(current) = source {
-        if let Some(refused) = current.downcast_ref::<Refused>() {
-            return Some(refused);
+        if let Some(found) = current.downcast_ref::<T>() {
+            return Some(found);
         }
         source = current.source();
     }

@@ -4,7 +4,7 @@
 //! plane's egress rules ([`super::egress`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use policy_engine::config::{BackendAuth, BackendSpec};
@@ -97,9 +97,8 @@ impl AttemptError {
 /// One keep-alive pool per connect timeout, shared across snapshots so a config change keeps warm connections.
 #[derive(Default)]
 pub struct Upstreams {
-    /// Per connect timeout: the reqwest client requests are built with (and classifiers sent with), and the client
-    /// attempts and health checks are sent with ([`super::client`]).
-    clients: Mutex<HashMap<u64, (reqwest::Client, UpstreamClient)>>,
+    /// Per connect timeout ([`Clients`]).
+    clients: Mutex<HashMap<u64, Arc<Clients>>>,
     /// Backends that answered 400 to the `stream_options` the gateway adds for metering.
     usage_option_refused: Mutex<std::collections::HashSet<String>>,
     /// Upstream URLs already parsed and passed by the egress rules: the same few on every request of a snapshot, so
@@ -108,6 +107,13 @@ pub struct Upstreams {
     egress: Egress,
     /// Short-lived tokens of backends whose secret is a way to get them (Vertex's service accounts).
     tokens: Tokens,
+}
+
+/// One connect timeout's clients: the reqwest client requests are built with (and classifiers sent with), and the
+/// client attempts and health checks are sent with ([`super::client`]).
+struct Clients {
+    builder: reqwest::Client,
+    sender: UpstreamClient,
 }
 
 /// The most upstream URLs [`Upstreams`] keeps parsed; past it the cache starts over (a snapshot's backends,
@@ -130,17 +136,14 @@ impl Upstreams {
     }
 
     fn client(&self, connect_ms: u64) -> Result<reqwest::Client, AttemptError> {
-        self.clients_of(connect_ms).map(|(builder, _)| builder)
+        self.clients_of(connect_ms).map(|clients| clients.builder.clone())
     }
 
-    fn sender(&self, connect_ms: u64) -> Result<UpstreamClient, AttemptError> {
-        self.clients_of(connect_ms).map(|(_, sender)| sender)
-    }
-
-    fn clients_of(&self, connect_ms: u64) -> Result<(reqwest::Client, UpstreamClient), AttemptError> {
+    /// Shared, not cloned: a hyper client's clone copies its connector (the resolver, the TLS settings).
+    fn clients_of(&self, connect_ms: u64) -> Result<Arc<Clients>, AttemptError> {
         let mut clients = self.clients.lock().map_err(|_| AttemptError::Connect("client pool poisoned".to_owned()))?;
         if let Some(clients) = clients.get(&connect_ms) {
-            return Ok(clients.clone());
+            return Ok(Arc::clone(clients));
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(connect_ms))
@@ -155,8 +158,9 @@ impl Upstreams {
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
         let tls = super::client::platform_tls().map_err(AttemptError::Connect)?;
         let sender = UpstreamClient::new(Duration::from_millis(connect_ms), self.egress.resolver(), tls);
-        clients.insert(connect_ms, (client.clone(), sender.clone()));
-        Ok((client, sender))
+        let made = Arc::new(Clients { builder: client, sender });
+        clients.insert(connect_ms, Arc::clone(&made));
+        Ok(made)
     }
 
     /// Send `body` (with `model` set to the upstream name) to `backend`; the response once its headers arrived.
@@ -387,8 +391,8 @@ impl Upstreams {
         timeout: Duration,
     ) -> Result<reqwest::Response, AttemptError> {
         let request = request.build().map_err(|e| AttemptError::Connect(error_chain(&e)))?;
-        let sender = self.sender(backend.timeouts.connect_ms)?;
-        match tokio::time::timeout(timeout, sender.send(request)).await {
+        let clients = self.clients_of(backend.timeouts.connect_ms)?;
+        match tokio::time::timeout(timeout, clients.sender.send(request)).await {
             Err(_) => Err(AttemptError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))),
             Ok(Err(SendError::ConnectTimeout)) => Err(AttemptError::Timeout(backend.timeouts.connect_ms)),
             Ok(Err(SendError::Refused(reason))) => Err(refused(backend, reason)),

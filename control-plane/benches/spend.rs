@@ -100,7 +100,13 @@ fn batch(n: usize, day: DateTime<Utc>, seed: usize, spread: Spread) -> v1::Spend
                 attempts: 1,
                 trace_id: String::new(),
                 guardrails: vec![],
-                attempt_log: vec![],
+                // One attempt, as the data plane reports for every answered request.
+                attempt_log: vec![v1::AttemptRecord {
+                    backend: format!("backend-{}", i % 3),
+                    model: format!("model-{}", i % 7),
+                    outcome: "answered".into(),
+                    status: 200,
+                }],
                 images: 0,
             }
         })
@@ -116,6 +122,7 @@ async fn ingestion(store: &Store, pool: &sqlx::PgPool) {
     let events = (BATCHES * BATCH) as f64;
 
     // One writer, batch after batch, as one data plane's sender does.
+    let cpu = CpuClock::new(pool).await;
     let started = Instant::now();
     for b in &batches[..BATCHES / 2] {
         let v = validate(b, Utc::now()).unwrap();
@@ -123,7 +130,9 @@ async fn ingestion(store: &Store, pool: &sqlx::PgPool) {
         assert_eq!(outcome.accepted, BATCH as u64);
     }
     let sequential = events / 2.0 / started.elapsed().as_secs_f64();
+    let sequential_cpu = cpu.per_event_us(pool, events / 2.0).await;
     // The same with a typical spread (about 20 roll-up rows per batch).
+    let cpu = CpuClock::new(pool).await;
     let started = Instant::now();
     for b in &typical {
         let v = validate(b, Utc::now()).unwrap();
@@ -131,6 +140,7 @@ async fn ingestion(store: &Store, pool: &sqlx::PgPool) {
         assert_eq!(outcome.accepted, BATCH as u64);
     }
     let typical_rate = events / 2.0 / started.elapsed().as_secs_f64();
+    let typical_cpu = cpu.per_event_us(pool, events / 2.0).await;
     // Several writers at once (several data planes), into the same roll-up rows.
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -216,6 +226,10 @@ async fn ingestion(store: &Store, pool: &sqlx::PgPool) {
         copy.finish().await.unwrap();
     }
     let baseline = events / 2.0 / started.elapsed().as_secs_f64();
+    println!(
+        "ingestion CPU (this process and its Postgres sessions) per event, one writer: {sequential_cpu:.1} µs \
+         (typical spread: {typical_cpu:.1} µs)"
+    );
     println!(
         "ingestion, batches of {BATCH}: one writer {sequential:.0} events/s (typical spread: {typical_rate:.0}); \
          {WRITERS} writers {concurrent:.0} events/s; resent (all duplicates) {duplicates:.0} events/s; bare COPY \
@@ -307,6 +321,41 @@ async fn report(store: &Store, pool: &sqlx::PgPool) {
         ms(baseline.0),
         ms(runs.0) / ms(baseline.0)
     );
+}
+
+/// CPU time (user + system) of this process and of the database's Postgres sessions, from `/proc`: what ingestion
+/// costs per event, whatever else the machine is doing.
+struct CpuClock {
+    ticks: u64,
+}
+
+impl CpuClock {
+    async fn new(pool: &sqlx::PgPool) -> Self {
+        Self { ticks: Self::ticks(pool).await }
+    }
+
+    async fn per_event_us(self, pool: &sqlx::PgPool, events: f64) -> f64 {
+        let used = Self::ticks(pool).await.saturating_sub(self.ticks) as f64;
+        // Linux reports these in USER_HZ, 100 per second on every architecture it supports.
+        used * 10_000.0 / events
+    }
+
+    async fn ticks(pool: &sqlx::PgPool) -> u64 {
+        let backends: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let of = |path: String| -> u64 {
+            let stat = std::fs::read_to_string(path).unwrap_or_default();
+            // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            field(11) + field(12)
+        };
+        of("/proc/self/stat".to_owned()) + backends.into_iter().map(|pid| of(format!("/proc/{pid}/stat"))).sum::<u64>()
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod principals;
 pub mod resources;
 pub mod spend;
+mod spend_copy;
 
 use std::sync::{Arc, Mutex};
 

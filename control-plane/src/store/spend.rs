@@ -14,6 +14,7 @@ use sqlx::FromRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::spend_copy::{COPY_EVENTS, CopyPayload, UPSERT_DAILY, UPSERT_MONTHLY};
 use super::{Store, sql};
 use crate::spend::{Rejected, SpendRecord};
 use crate::store::error::StoreError;
@@ -312,9 +313,17 @@ fn retryable(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// A batch that repeats a stored event (or one of its own) fails the bulk `COPY` on the primary key.
+fn repeats_an_event(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
 impl Store {
     /// Store `records` (each id once) and update the roll-ups from exactly the newly stored rows, and quarantine
     /// `rejected`, all in one transaction. Returns after the commit.
+    ///
+    /// First as one bulk `COPY` with roll-ups summed in the control plane (`spend_copy`); a batch that repeats a
+    /// stored event fails that on the primary key and goes through `INGEST`, which skips duplicates.
     pub async fn ingest_spend(
         &self,
         node_id: &str,
@@ -322,10 +331,22 @@ impl Store {
         records: &[SpendRecord],
         rejected: &[Rejected],
     ) -> Result<IngestOutcome, StoreError> {
+        let mut bulk = match records.is_empty() {
+            true => None,
+            false => CopyPayload::encode(node_id, records).map_err(sqlx::Error::Encode)?,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_ingest(node_id, batch_id, records, rejected).await {
+            let result = match &bulk {
+                Some(payload) => self.try_ingest_bulk(node_id, batch_id, records, payload, rejected).await,
+                None => self.try_ingest(node_id, batch_id, records, rejected).await,
+            };
+            match result {
+                Err(error) if bulk.is_some() && repeats_an_event(&error) => {
+                    tracing::debug!("spend batch repeats stored events; ingesting it with duplicates skipped");
+                    bulk = None;
+                }
                 Err(error) if attempt < 5 && retryable(&error) => {
                     tracing::debug!(%error, attempt, "spend ingestion conflicted; retrying");
                 }
@@ -335,6 +356,45 @@ impl Store {
         }
     }
 
+    /// The bulk path: every record is new, or the `COPY` fails and nothing is stored.
+    async fn try_ingest_bulk(
+        &self,
+        node_id: &str,
+        batch_id: &str,
+        records: &[SpendRecord],
+        payload: &CopyPayload,
+        rejected: &[Rejected],
+    ) -> Result<IngestOutcome, sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        let mut copy = tx.copy_in_raw(COPY_EVENTS).await?;
+        copy.send(payload.rows.as_slice()).await?;
+        let copied = copy.finish().await?;
+        for (statement, rows) in [(UPSERT_DAILY, &payload.daily), (UPSERT_MONTHLY, &payload.monthly)] {
+            sqlx::query(statement)
+                .bind(&rows.period)
+                .bind(&rows.key_id)
+                .bind(&rows.key_name)
+                .bind(&rows.team)
+                .bind(&rows.alias)
+                .bind(&rows.backend)
+                .bind(&rows.model)
+                .bind(&rows.requests)
+                .bind(&rows.errors)
+                .bind(&rows.estimated)
+                .bind(&rows.prompt_tokens)
+                .bind(&rows.cached_prompt_tokens)
+                .bind(&rows.completion_tokens)
+                .bind(&rows.cache_creation_tokens)
+                .bind(&rows.cost_usd)
+                .execute(&mut *tx)
+                .await?;
+        }
+        quarantine(&mut tx, node_id, batch_id, rejected).await?;
+        tx.commit().await?;
+        self.ingest_outcome(records.len(), copied).await
+    }
+
+    /// The general path: `INGEST` skips stored and repeated events and rolls up the rows it inserted.
     async fn try_ingest(
         &self,
         node_id: &str,
@@ -389,29 +449,19 @@ impl Store {
                 .await?;
             accepted = inserted;
         }
-        if !rejected.is_empty() {
-            sqlx::query(
-                "INSERT INTO spend_quarantine (node_id, event_id, batch_id, field, reason, event)
-                 SELECT $1, * FROM UNNEST($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[])
-                 ON CONFLICT (node_id, event_id) DO NOTHING",
-            )
-            .bind(node_id)
-            .bind(rejected.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
-            .bind(rejected.iter().map(|_| batch_id.to_owned()).collect::<Vec<_>>())
-            .bind(rejected.iter().map(|r| r.field.clone()).collect::<Vec<_>>())
-            .bind(rejected.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
-            .bind(rejected.iter().map(|r| r.event.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
+        quarantine(&mut tx, node_id, batch_id, rejected).await?;
         tx.commit().await?;
-        // Read after the commit returned: any budget state read later (by the same clock) includes this batch.
+        self.ingest_outcome(records.len(), u64::try_from(accepted).unwrap_or(0)).await
+    }
+
+    /// What a committed ingestion stored, with the database's clock read after the commit returned: any budget
+    /// state read later (by the same clock) includes this batch.
+    async fn ingest_outcome(&self, records: usize, accepted: u64) -> Result<IngestOutcome, sqlx::Error> {
         let committed_unix_us: i64 =
             sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT")
                 .fetch_one(self.pool())
                 .await?;
-        let accepted = u64::try_from(accepted).unwrap_or(0);
-        Ok(IngestOutcome { accepted, duplicates: (records.len() as u64).saturating_sub(accepted), committed_unix_us })
+        Ok(IngestOutcome { accepted, duplicates: (records as u64).saturating_sub(accepted), committed_unix_us })
     }
 
     /// Totals over `[from, to)` grouped by `group_by` (any subset; none: one row, or none without events), sorted
@@ -620,6 +670,32 @@ impl Store {
     pub async fn quarantined_spend(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM spend_quarantine").fetch_one(self.pool()).await?)
     }
+}
+
+/// Keep `rejected` events (each once per node) for an operator to look at.
+async fn quarantine(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    node_id: &str,
+    batch_id: &str,
+    rejected: &[Rejected],
+) -> Result<(), sqlx::Error> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO spend_quarantine (node_id, event_id, batch_id, field, reason, event)
+         SELECT $1, * FROM UNNEST($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[])
+         ON CONFLICT (node_id, event_id) DO NOTHING",
+    )
+    .bind(node_id)
+    .bind(rejected.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|_| batch_id.to_owned()).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|r| r.field.clone()).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|r| r.event.clone()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The SQL fragments of a report grouped by some dimensions, built from constant column names only. Only the

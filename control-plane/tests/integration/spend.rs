@@ -142,6 +142,85 @@ async fn the_same_batch_twice_is_counted_once(pool: PgPool) {
     assert_eq!(reply.body["total"]["cost_usd"], json!("0.75"));
 }
 
+/// Every stored column and roll-up row as Postgres writes them (numbers with their scale), `ingested_at` aside.
+async fn ledger_text(pool: &PgPool) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let rows = |sql: &'static str| async move { sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await.unwrap() };
+    (
+        rows("SELECT (to_jsonb(e) - 'ingested_at')::TEXT FROM spend_events e ORDER BY id").await,
+        rows("SELECT d::TEXT FROM spend_daily d ORDER BY d::TEXT").await,
+        rows("SELECT m::TEXT FROM spend_monthly m ORDER BY m::TEXT").await,
+    )
+}
+
+/// The bulk path (`COPY`, roll-ups summed in the control plane) and the general one (`INGEST`, which a batch
+/// repeating an event takes) store the same rows and the same roll-ups, to the scale of every sum.
+#[sqlx::test(migrations = "../migrations")]
+async fn bulk_and_general_ingestion_store_the_same_ledger(pool: PgPool) {
+    let app = TestApp::new(pool.clone()).await;
+    let now = at("2026-12-02T12:00:00Z");
+    // Groups summed at different scales: 0, 1 and 2 decimal places here, 18 in the group below.
+    let costs = ["0.5", "0.25", "3", "0.10", "0"];
+    let mut events: Vec<v1::SpendEvent> = (0..70)
+        .map(|i: usize| {
+            // Across a day and a month boundary, two keys and teams, errors and estimates.
+            let mut e = ev(at("2026-11-30T22:00:00Z") + Duration::minutes(7 * i as i64), costs[i % costs.len()]);
+            e.key = ["k1", "k2"][i % 2];
+            e.team = ["search", ""][(i / 2) % 2];
+            e.outcome = if i.is_multiple_of(9) { "upstream_error" } else { "ok" };
+            let mut m = message(&e);
+            m.ttft_ms = (!i.is_multiple_of(3)).then_some(i as u64);
+            m.trace_id = if i.is_multiple_of(4) { String::new() } else { format!("{:032x}", i + 1) };
+            m.guardrails = vec![v1::GuardrailOutcome {
+                guardrail: "pii".into(),
+                detector: "email".into(),
+                action: "redact".into(),
+                side: "prompt".into(),
+                count: 2,
+            }];
+            m.attempt_log = vec![v1::AttemptRecord {
+                backend: "openai".into(),
+                model: "m".into(),
+                outcome: "answered".into(),
+                status: 200,
+            }];
+            m.images = (i % 5) as u32;
+            m
+        })
+        .collect();
+    // One group's cost past what rust_decimal holds (about 7.9e10 at 18 decimal places).
+    let big = "999999999.999999999999999999";
+    events.extend((0..89).map(|i| message(&ev(at("2026-11-30T10:00:00Z") + Duration::seconds(i), big))));
+    events.push(message(&ev(at("2026-11-30T11:00:00Z"), "0.000000000000000001")));
+    events.sort_by(|a, b| a.id.cmp(&b.id));
+    // Roll-up rows that exist before, so the upserts add to them.
+    let earlier: Vec<v1::SpendEvent> = (0..5).map(|_| message(&ev(at("2026-11-30T23:00:00Z"), "1.5"))).collect();
+    let fresh = batch(events.clone());
+    let mut repeating = batch(events.clone());
+    repeating.events.push(events[0].clone());
+
+    ingest_at(&app, &batch(earlier.clone()), now).await;
+    let (outcome, _) = ingest_at(&app, &fresh, now).await;
+    assert_eq!((outcome.accepted, outcome.duplicates), (160, 0));
+    let bulk = ledger_text(&pool).await;
+    // Sent again: every event a duplicate, nothing changes.
+    let (outcome, _) = ingest_at(&app, &fresh, now).await;
+    assert_eq!((outcome.accepted, outcome.duplicates), (0, 160));
+    assert_eq!(ledger_text(&pool).await, bulk);
+
+    sqlx::query("TRUNCATE spend_events, spend_daily, spend_monthly").execute(&pool).await.unwrap();
+    ingest_at(&app, &batch(earlier), now).await;
+    let (outcome, _) = ingest_at(&app, &repeating, now).await;
+    assert_eq!((outcome.accepted, outcome.duplicates), (160, 1));
+    let general = ledger_text(&pool).await;
+
+    assert_eq!(bulk.0.len(), 165);
+    assert_eq!(bulk, general);
+    // The paths agree beyond what rust_decimal holds.
+    let biggest: String =
+        sqlx::query_scalar("SELECT max(cost_usd)::TEXT FROM spend_daily").fetch_one(&pool).await.unwrap();
+    assert_eq!(biggest, "89000000011.349999999999999912");
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn invalid_events_are_quarantined_and_never_block_valid_ones(pool: PgPool) {
     let app = TestApp::new(pool).await;

@@ -13,9 +13,11 @@
 # plane's Postgres sessions, the upstream nginx. Last, the spend ledger is reconciled: one event per request sent.
 #
 # Needs nginx (`apt-get install nginx-light`, done here when missing and run as root) and oha (`cargo install oha
-# --locked`, likewise); Postgres as scripts/lib/postgres.sh finds it (DATABASE_URL or a throwaway cluster).
+# --locked --no-default-features --features native-tls`, likewise, with Debian's libssl-dev: its default TLS
+# backend compiles aws-lc, minutes on this machine); Postgres as scripts/lib/postgres.sh finds it (DATABASE_URL or
+# a throwaway cluster).
 # Settings: DURATION (seconds per phase, default 10), C1_REQUESTS (default 2000), CARGO_TARGET_DIR (default target),
-# DATA_PLANE (a data-plane binary to measure instead of the one built, e.g. a copy kept from before a change).
+# DATA_PLANE and CONTROL_PLANE (binaries to measure instead of the ones built, e.g. copies kept from before a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
@@ -24,6 +26,7 @@ DURATION=${DURATION:-10}
 C1_REQUESTS=${C1_REQUESTS:-2000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 DATA_PLANE=${DATA_PLANE:-$TARGET_DIR/release/data-plane}
+CONTROL_PLANE=${CONTROL_PLANE:-$TARGET_DIR/release/control-plane}
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     echo "nginx is missing: installing Debian's nginx-light" >&2
@@ -31,8 +34,12 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if ! command -v oha >/dev/null; then
-    echo "oha is missing: cargo install oha --locked" >&2
-    cargo install oha --locked
+    echo "oha is missing: cargo install oha --locked --no-default-features --features native-tls" >&2
+    if ! pkg-config --exists openssl 2>/dev/null; then
+        apt-get install -y -qq libssl-dev pkg-config >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null; }
+    fi
+    cargo install oha --locked --no-default-features --features native-tls
 fi
 
 ensure_database_url
@@ -102,7 +109,7 @@ export GATEWAY_SECRET_KEY=000102030405060708090a0b0c0d0e0f101112131415161718191a
 export GATEWAY_ADMIN_ADDR=127.0.0.1:$admin_port GATEWAY_GRPC_ADDR=127.0.0.1:$grpc_port
 export GATEWAY_LISTEN_ADDR=127.0.0.1:$dp_port GATEWAY_CONTROL_PLANE=http://127.0.0.1:$grpc_port
 export GATEWAY_STATE_DIR=$work/data-plane RUST_LOG=${RUST_LOG:-warn}
-DATABASE_URL="$admin_url_db/$database" "$TARGET_DIR/release/control-plane" serve 2> "$work/control-plane.log" &
+DATABASE_URL="$admin_url_db/$database" "$CONTROL_PLANE" serve 2> "$work/control-plane.log" &
 cp_pid=$!; pids+=("$cp_pid")
 "$DATA_PLANE" serve 2> "$work/data-plane.log" &
 dp_pid=$!; pids+=("$dp_pid")

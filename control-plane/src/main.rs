@@ -4,6 +4,11 @@ use control_plane::settings::{Cli, Command};
 use control_plane::store::Store;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than glibc's malloc: spend ingestion decodes, validates and encodes thousands of small strings
+/// per batch (docs/benchmarks.md, "Spend ledger").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -133,14 +133,50 @@ pub fn validate(batch: &v1::SpendBatch, now: DateTime<Utc>) -> Result<Validated,
 
 type Invalid = (&'static str, String);
 
-fn text(field: &'static str, value: &str, max: usize) -> Result<String, Invalid> {
+/// `value` if it is at most `max` bytes without NUL characters.
+fn checked<'a>(field: &'static str, value: &'a str, max: usize) -> Result<&'a str, Invalid> {
     if value.len() > max {
         return Err((field, format!("longer than {max} bytes")));
     }
     if value.contains('\0') {
         return Err((field, "contains a NUL character".to_owned()));
     }
-    Ok(value.to_owned())
+    Ok(value)
+}
+
+fn text(field: &'static str, value: &str, max: usize) -> Result<String, Invalid> {
+    checked(field, value, max).map(str::to_owned)
+}
+
+// The JSON columns' elements, serialised straight from the checked event (stored as `jsonb`, so key order is
+// Postgres's own).
+#[derive(Serialize)]
+struct ToolCallJson<'a> {
+    tool: &'a str,
+    outcome: &'a str,
+    violations: u32,
+}
+
+#[derive(Serialize)]
+struct GuardrailJson<'a> {
+    guardrail: &'a str,
+    detector: &'a str,
+    action: &'a str,
+    side: &'a str,
+    count: u32,
+}
+
+#[derive(Serialize)]
+struct AttemptJson<'a> {
+    backend: &'a str,
+    model: &'a str,
+    outcome: &'a str,
+    status: u32,
+}
+
+fn json_text(value: &impl Serialize) -> String {
+    // Serialising borrowed strings and integers into a String cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// Most tokens of one kind one event may count: far above any context window, low enough that the roll-ups'
@@ -182,31 +218,31 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
     }
     let mut metadata = BTreeMap::new();
     for (key, value) in &event.metadata {
-        metadata.insert(text("metadata", key, MAX_METADATA_KEY)?, text("metadata", value, MAX_METADATA_VALUE)?);
+        metadata.insert(checked("metadata", key, MAX_METADATA_KEY)?, checked("metadata", value, MAX_METADATA_VALUE)?);
     }
     if event.tool_calls.len() > MAX_TOOL_CALLS {
         return Err(("tool_calls", format!("more than {MAX_TOOL_CALLS} tool calls")));
     }
     let mut tool_calls = Vec::with_capacity(event.tool_calls.len());
     for call in &event.tool_calls {
-        tool_calls.push(serde_json::json!({
-            "tool": text("tool_calls.tool", &call.tool, MAX_TEXT)?,
-            "outcome": text("tool_calls.outcome", &call.outcome, MAX_TEXT)?,
-            "violations": call.violations,
-        }));
+        tool_calls.push(ToolCallJson {
+            tool: checked("tool_calls.tool", &call.tool, MAX_TEXT)?,
+            outcome: checked("tool_calls.outcome", &call.outcome, MAX_TEXT)?,
+            violations: call.violations,
+        });
     }
     if event.guardrails.len() > MAX_GUARDRAIL_OUTCOMES {
         return Err(("guardrails", format!("more than {MAX_GUARDRAIL_OUTCOMES} guardrail outcomes")));
     }
     let mut guardrails = Vec::with_capacity(event.guardrails.len());
     for found in &event.guardrails {
-        guardrails.push(serde_json::json!({
-            "guardrail": text("guardrails.guardrail", &found.guardrail, MAX_TEXT)?,
-            "detector": text("guardrails.detector", &found.detector, MAX_TEXT)?,
-            "action": text("guardrails.action", &found.action, 64)?,
-            "side": text("guardrails.side", &found.side, 64)?,
-            "count": found.count,
-        }));
+        guardrails.push(GuardrailJson {
+            guardrail: checked("guardrails.guardrail", &found.guardrail, MAX_TEXT)?,
+            detector: checked("guardrails.detector", &found.detector, MAX_TEXT)?,
+            action: checked("guardrails.action", &found.action, 64)?,
+            side: checked("guardrails.side", &found.side, 64)?,
+            count: found.count,
+        });
     }
     if event.attempt_log.len() > MAX_ATTEMPT_RECORDS {
         return Err(("attempt_log", format!("more than {MAX_ATTEMPT_RECORDS} attempts")));
@@ -216,12 +252,12 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
         if attempt.status > 999 {
             return Err(("attempt_log.status", format!("{} is not an HTTP status", attempt.status)));
         }
-        attempt_log.push(serde_json::json!({
-            "backend": text("attempt_log.backend", &attempt.backend, MAX_TEXT)?,
-            "model": text("attempt_log.model", &attempt.model, MAX_TEXT)?,
-            "outcome": text("attempt_log.outcome", &attempt.outcome, 64)?,
-            "status": attempt.status,
-        }));
+        attempt_log.push(AttemptJson {
+            backend: checked("attempt_log.backend", &attempt.backend, MAX_TEXT)?,
+            model: checked("attempt_log.model", &attempt.model, MAX_TEXT)?,
+            outcome: checked("attempt_log.outcome", &attempt.outcome, 64)?,
+            status: attempt.status,
+        });
     }
     let outcome = text("outcome", &event.outcome, 64)?;
     if outcome.is_empty() {
@@ -261,10 +297,10 @@ fn record(event: &v1::SpendEvent, now: DateTime<Utc>) -> Result<SpendRecord, Inv
             .map_err(|_| ("attempts", format!("{} is out of range", event.attempts)))?,
         images: i32::try_from(event.images).map_err(|_| ("images", format!("{} is out of range", event.images)))?,
         trace_id: trace_id(&event.trace_id)?,
-        metadata: serde_json::to_string(&metadata).unwrap_or_else(|_| "{}".to_owned()),
-        tool_calls: serde_json::Value::Array(tool_calls).to_string(),
-        guardrails: serde_json::Value::Array(guardrails).to_string(),
-        attempt_log: serde_json::Value::Array(attempt_log).to_string(),
+        metadata: json_text(&metadata),
+        tool_calls: json_text(&tool_calls),
+        guardrails: json_text(&guardrails),
+        attempt_log: json_text(&attempt_log),
     })
 }
 

@@ -5,6 +5,7 @@
 //! `spend_events`. Both are exact: the roll-ups are updated from exactly the rows each ingestion inserted.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Days, NaiveDate, Utc};
 use policy_engine::budget_period::midnight;
@@ -333,13 +334,26 @@ impl Store {
     ) -> Result<IngestOutcome, StoreError> {
         let mut bulk = match records.is_empty() {
             true => None,
-            false => CopyPayload::encode(node_id, records).map_err(sqlx::Error::Encode)?,
+            false => CopyPayload::encode(node_id, records).map_err(sqlx::Error::Encode)?.map(Arc::new),
         };
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = match &bulk {
-                Some(payload) => self.try_ingest_bulk(node_id, batch_id, records, payload, rejected).await,
+                Some(payload) => {
+                    // On a task of its own, which runs to its end even if this caller is dropped (a data plane
+                    // hanging up mid-call): a `COPY` abandoned half-way leaves its pooled connection out of step
+                    // with the protocol (sqlx writes a `CopyFail` whose answers nothing reads), and the next query
+                    // on that connection would read the previous statement's results.
+                    let (store, payload) = (self.clone(), payload.clone());
+                    let (node_id, batch_id, rejected) = (node_id.to_owned(), batch_id.to_owned(), rejected.to_vec());
+                    let records = records.len();
+                    tokio::spawn(async move {
+                        store.try_ingest_bulk(&node_id, &batch_id, records, &payload, &rejected).await
+                    })
+                    .await
+                    .unwrap_or_else(|panicked| Err(sqlx::Error::Protocol(format!("spend ingestion: {panicked}"))))
+                }
                 None => self.try_ingest(node_id, batch_id, records, rejected).await,
             };
             match result {
@@ -356,12 +370,12 @@ impl Store {
         }
     }
 
-    /// The bulk path: every record is new, or the `COPY` fails and nothing is stored.
+    /// The bulk path: all `records` are new, or the `COPY` fails and nothing is stored.
     async fn try_ingest_bulk(
         &self,
         node_id: &str,
         batch_id: &str,
-        records: &[SpendRecord],
+        records: usize,
         payload: &CopyPayload,
         rejected: &[Rejected],
     ) -> Result<IngestOutcome, sqlx::Error> {
@@ -391,7 +405,7 @@ impl Store {
         }
         quarantine(&mut tx, node_id, batch_id, rejected).await?;
         tx.commit().await?;
-        self.ingest_outcome(records.len(), copied).await
+        self.ingest_outcome(records, copied).await
     }
 
     /// The general path: `INGEST` skips stored and repeated events and rolls up the rows it inserted.

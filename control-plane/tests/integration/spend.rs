@@ -221,6 +221,41 @@ async fn bulk_and_general_ingestion_store_the_same_ledger(pool: PgPool) {
     assert_eq!(biggest, "89000000011.349999999999999912");
 }
 
+/// A caller dropped mid-ingestion (a data plane killed during `ReportSpend`) neither loses the batch's commit nor
+/// leaves a pooled connection out of step: later queries on it read their own results.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_ingestion_whose_caller_hangs_up_leaves_the_connection_in_step(pool: PgPool) {
+    // One connection, so the queries after a dropped call run on the connection it used.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let store = control_plane::store::Store::new(one.clone());
+    let now = Utc::now();
+    for (round, after_us) in [0_u64, 300, 1_000, 3_000, 10_000, 30_000].into_iter().enumerate() {
+        let start = now - Duration::minutes(10) + Duration::seconds(round as i64 * 10);
+        let events = (0..5_000).map(|i| message(&ev(start + Duration::milliseconds(i), "0.001"))).collect();
+        let b = batch(events);
+        let v = validate(&b, now).unwrap();
+        let call = store.ingest_spend(&b.node_id, &b.batch_id, &v.records, &v.rejected);
+        // Dropped after `after_us`, or not at all if it finished by then.
+        let _ = tokio::time::timeout(std::time::Duration::from_micros(after_us), call).await;
+        let answer: i32 = sqlx::query_scalar("SELECT 42").fetch_one(&one).await.unwrap();
+        assert_eq!(answer, 42, "round {round}");
+        let expected = 5_000 * (round as i64 + 1);
+        let mut stored = 0;
+        for _ in 0..200 {
+            stored = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM spend_events").fetch_one(&one).await.unwrap();
+            if stored == expected {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(stored, expected, "round {round}: the abandoned batch is stored whole");
+    }
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn invalid_events_are_quarantined_and_never_block_valid_ones(pool: PgPool) {
     let app = TestApp::new(pool).await;

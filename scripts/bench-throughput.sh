@@ -10,7 +10,8 @@
 # `oha` (closed loop, keep-alive) sends the same requests direct, via the nginx hop and via the data plane: C=1
 # (p50 and the latency each hop adds), C=32 and C=128 (req/s as a share of direct) and C=32 streaming. Then CPU
 # seconds per request from /proc under a fixed C=32 load of the gateway: data plane, control plane, the control
-# plane's Postgres sessions, the upstream nginx. Last, the spend ledger is reconciled: one event per request sent.
+# plane's Postgres sessions, the upstream nginx; and the data plane's system calls and context switches per request
+# (perf's tracepoints, where available). Last, the spend ledger is reconciled: one event per request sent.
 #
 # Needs nginx (`apt-get install nginx-light`, done here when missing and run as root) and oha (`cargo install oha
 # --locked --no-default-features --features native-tls`, likewise, with Debian's libssl-dev: its default TLS
@@ -184,8 +185,17 @@ cpu_of() { # pids... -> clock ticks used (utime + stime)
 }
 pg_pids=$(psql -At "$DATABASE_URL" -c "SELECT pid FROM pg_stat_activity WHERE datname = '$database'" | tr '\n' ' ')
 nginx_pids=$(pgrep -P "$(cat "$work/upstream.pid")" | tr '\n' ' ')
+# The data plane's system calls and context switches in that phase, where perf can count them (tracepoints).
+perf_pid=""
+if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$dp_pid" -o "$work/dp.perf" &
+    perf_pid=$!
+else
+    echo "perf cannot count system calls here: the table goes without them" >&2
+fi
 before=("$(cpu_of "$dp_pid")" "$(cpu_of "$cp_pid")" "$(cpu_of $pg_pids)" "$(cpu_of $nginx_pids)")
 read -r cpu_rps _ cpu_ok < <(load "$gateway/v1/chat/completions" gpt false 32 "$key")
+if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 sleep 2 # the last spend batches reach the ledger
 after=("$(cpu_of "$dp_pid")" "$(cpu_of "$cp_pid")" "$(cpu_of $pg_pids)" "$(cpu_of $nginx_pids)")
 
@@ -198,10 +208,12 @@ for _ in $(seq 60); do
     sleep 1
 done
 
-python3 - "$work/figures" "$ticks" "$cpu_ok" "$cpu_rps" "$expected" "$ledger" "${before[@]}" "${after[@]}" <<'PY'
+python3 - "$work/figures" "$ticks" "$cpu_ok" "$cpu_rps" "$expected" "$ledger" "${before[@]}" "${after[@]}" \
+    "$work/dp.perf" <<'PY'
 import sys
 figures, ticks, ok, rps, expected, ledger = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 before, after = list(map(int, sys.argv[7:11])), list(map(int, sys.argv[11:15]))
+perf_file = sys.argv[15]
 rows = {}
 for line in open(figures):
     label, *values = line.split()
@@ -218,6 +230,16 @@ print()
 print(f"CPU per request under C=32 through the data plane ({ok} requests, {rps:.0f}/s):")
 for name, b, a in zip(["data plane", "control plane", "Postgres (its sessions)", "upstream nginx"], before, after):
     print(f"  {name:<24} {(a - b) / ticks / ok * 1e6:7.1f} µs")
+try:
+    counts = {}
+    for line in open(perf_file):
+        fields = line.strip().split(",")
+        if len(fields) > 2 and fields[0].isdigit():
+            counts[fields[2]] = int(fields[0])
+    print(f"data plane per request: {counts['raw_syscalls:sys_enter'] / ok:.1f} system calls, "
+          f"{counts['context-switches'] / ok:.2f} context switches")
+except (OSError, KeyError):
+    pass
 print()
 state = "reconciles" if ledger == expected else "DOES NOT reconcile"
 print(f"spend ledger: {ledger} events for {expected} requests answered by the data plane: {state}")

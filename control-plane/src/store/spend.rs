@@ -12,6 +12,7 @@ use policy_engine::budget_period::midnight;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::FromRow;
+use tracing::Instrument;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -348,11 +349,11 @@ impl Store {
                     let (store, payload) = (self.clone(), payload.clone());
                     let (node_id, batch_id, rejected) = (node_id.to_owned(), batch_id.to_owned(), rejected.to_vec());
                     let records = records.len();
-                    tokio::spawn(async move {
-                        store.try_ingest_bulk(&node_id, &batch_id, records, &payload, &rejected).await
-                    })
-                    .await
-                    .unwrap_or_else(|panicked| Err(sqlx::Error::Protocol(format!("spend ingestion: {panicked}"))))
+                    let task =
+                        async move { store.try_ingest_bulk(&node_id, &batch_id, records, &payload, &rejected).await };
+                    tokio::spawn(task.instrument(tracing::Span::current()))
+                        .await
+                        .unwrap_or_else(|panicked| Err(sqlx::Error::Protocol(format!("spend ingestion: {panicked}"))))
                 }
                 None => self.try_ingest(node_id, batch_id, records, rejected).await,
             };
